@@ -1,0 +1,219 @@
+"""`reconciler` command line. Every expected failure is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from reconciler import __version__
+from reconciler.config import Settings
+from reconciler.controller.run import slugs_filter
+from reconciler.errors import ReconcilerError
+from reconciler.spec import loader
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+SCHEMA_PATH = Path("schemas/org.schema.json")
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    result = loader.validate_tree(Path(args.path))
+    for problem in result.problems:
+        print(problem)
+    if result.problems:
+        print(
+            f"{len(result.problems)} problem(s) in {len(result.bad_paths)} file(s)", file=sys.stderr
+        )
+        return EXIT_ERROR
+    print(f"{len(result.specs)} spec(s) valid")
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> loader.LoadResult:
+    return slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reconciler.cli.render import render_text, report_json
+    from reconciler.cli.runtime import runtime
+
+    loaded = _load(args)
+    with runtime(Settings(), write=False) as rt:
+        report = rt.controller.plan(loaded, prune=args.prune)
+    if args.format == "json":
+        print(json.dumps(report_json(report), indent=2, default=str))
+    else:
+        render_text(report, _out())
+    if not report.ok:
+        return EXIT_ERROR
+    return EXIT_CHANGES if report.has_changes and args.detailed_exitcode else EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.cli.render import render_text
+    from reconciler.cli.runtime import runtime
+
+    loaded = _load(args)
+    with runtime(Settings(), write=True) as rt:
+        report = rt.controller.apply(loaded, prune=args.prune)
+    render_text(report, _out(), verb="Applied")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from reconciler.cli.runtime import runtime
+
+    with runtime(Settings(), write=False) as rt:
+        row = rt.state.resolve_assistant(args.assistant_id)
+    if row is None:
+        print(f"error: assistant {args.assistant_id} belongs to no known org", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{row['org_id']} {row['slug']} ({row['role']})")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from reconciler.cli.runtime import database_url
+    from reconciler.state.db import open_pool
+    from reconciler.state.migrate import migrate
+
+    pool = open_pool(database_url(Settings()), max_size=2)
+    try:
+        applied = migrate(pool)
+    finally:
+        pool.close()
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return EXIT_OK
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from reconciler.vapi.emulator import serve
+
+    host, _, port = args.listen.rpartition(":")
+    print(f"Vapi emulator on http://{args.listen} (latency {args.latency_ms} ms)", file=sys.stderr)
+    serve(host or "127.0.0.1", int(port), latency_ms=args.latency_ms)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from reconciler.spec.schema import schema_text
+
+    text = schema_text()
+    path = Path(args.output)
+    if args.check:
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            print(f"{path} is stale: run `reconciler schema`", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"{path} is up to date")
+        return EXIT_OK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reconciler.cli.demo import run_demo
+
+    return run_demo(Path(args.path), _out())
+
+
+def _path_arg(p: argparse.ArgumentParser, default: str = "specs") -> None:
+    p.add_argument(
+        "path", nargs="?", default=default, help=f"spec file or folder (default {default})"
+    )
+
+
+def _org_args(p: argparse.ArgumentParser) -> None:
+    _path_arg(p)
+    p.add_argument("--org", action="append", metavar="SLUG", help="only this org (repeatable)")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete assistants removed from the spec (and tagged duplicates)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler", description="GitOps reconciler for multi-tenant Vapi deployments."
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check spec files offline")
+    _path_arg(p)
+    p.set_defaults(func=cmd_validate)
+
+    for name, helptext in (("plan", "show what apply would change"), ("diff", "alias of plan")):
+        p = sub.add_parser(name, help=helptext)
+        _org_args(p)
+        p.add_argument("--format", choices=("text", "json"), default="text")
+        p.add_argument(
+            "--detailed-exitcode", action="store_true", help="exit 2 when there are changes"
+        )
+        p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("apply", help="converge Postgres and every org's Vapi account")
+    _org_args(p)
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("resolve", help="which org owns a Vapi assistant id")
+    p.add_argument("assistant_id")
+    p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    m = dbsub.add_parser("migrate", help="apply migrations")
+    m.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("vapi-emulator", help="run the local Vapi emulator")
+    p.add_argument("--listen", default="127.0.0.1:8787")
+    p.add_argument("--latency-ms", type=int, default=0)
+    p.set_defaults(func=cmd_emulator)
+
+    p = sub.add_parser("schema", help="write the JSON schema of spec files")
+    p.add_argument("--check", action="store_true", help="fail when the committed file is stale")
+    p.add_argument("--output", default=str(SCHEMA_PATH))
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("demo", help="embedded Postgres + emulator: the whole flow on the examples")
+    _path_arg(p, "specs/examples")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ReconcilerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("RECONCILER_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__} (set RECONCILER_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR

@@ -1,0 +1,80 @@
+"""Wiring settings into live parts (pool, key, HTTP client, controller) for one command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from psycopg_pool import ConnectionPool
+
+from reconciler.config import Settings
+from reconciler.controller.run import Controller
+from reconciler.errors import ConfigError
+from reconciler.secrets.crypto import MasterKey
+from reconciler.state.db import embedded_url, open_pool
+from reconciler.state.migrate import migrate
+from reconciler.state.store import StateReader, StateWriter
+from reconciler.vapi.client import http_client
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return embedded_url(settings.data_dir)
+
+
+def master_key(settings: Settings) -> MasterKey:
+    """From RECONCILER_MASTER_KEY; with the embedded default, one kept in the data directory."""
+    if settings.master_key is not None:
+        return MasterKey.from_b64(settings.master_key.get_secret_value())
+    if settings.database_url is not None:
+        raise ConfigError("RECONCILER_MASTER_KEY is required with RECONCILER_DATABASE_URL")
+    path = settings.data_dir / "master.key"
+    if path.exists():
+        return MasterKey.from_b64(path.read_text())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = MasterKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.to_b64() + "\n")
+    print(
+        f"warning: generated a master key at {path} (mode 0600); "
+        "set RECONCILER_MASTER_KEY in production",
+        file=sys.stderr,
+    )
+    return key
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: ConnectionPool
+    state: StateReader
+    key: MasterKey
+    http: httpx.Client
+    controller: Controller
+
+
+@contextmanager
+def runtime(settings: Settings, *, write: bool) -> Iterator[Runtime]:
+    """`write=False` builds a StateReader only: `plan` cannot write by construction."""
+    key = master_key(settings)
+    url = database_url(settings)
+    pool = open_pool(url, max_size=settings.concurrency * 2 + 4)
+    try:
+        migrate(pool)
+        state = StateWriter(pool) if write else StateReader(pool)
+        with http_client(settings.vapi_base_url, timeout_s=settings.vapi_timeout_s) as http:
+            controller = Controller(state, http, key, concurrency=settings.concurrency)
+            yield Runtime(settings, pool, state, key, http, controller)
+    finally:
+        pool.close()
+
+
+def data_path(settings: Settings, name: str) -> Path:
+    return settings.data_dir / name

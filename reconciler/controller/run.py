@@ -1,0 +1,222 @@
+"""Reconciling many orgs: each org is its own Vapi account, so they run concurrently (bounded),
+and one org's failure never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from reconciler.engine.actions import OrgPlan
+from reconciler.engine.apply import Applier
+from reconciler.engine.desired import desired_org
+from reconciler.engine.model import DesiredOrg
+from reconciler.engine.observe import observed_from_rows
+from reconciler.engine.planner import plan_org
+from reconciler.errors import ReconcilerError
+from reconciler.secrets.crypto import MasterKey
+from reconciler.spec.loader import LoadResult, Problem
+from reconciler.state.store import StateReader, StateWriter
+from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiReader, VapiWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OrgOutcome:
+    slug: str
+    org_id: str
+    plan: OrgPlan | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class RunReport:
+    outcomes: list[OrgOutcome] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[OrgOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.problems
+
+    def counts(self) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for o in self.outcomes:
+            for action in o.plan.actions if o.plan else ():
+                c[action.kind] += 1
+        return {k: c.get(k, 0) for k in ("create", "update", "delete", "adopt")}
+
+    @property
+    def has_changes(self) -> bool:
+        return any(o.plan is not None and o.plan.has_changes for o in self.outcomes)
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ReconcilerError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}"  # never str(exc): it may hold anything
+
+
+class Controller:
+    """Holds the long-lived parts (pool, HTTP client, key) and runs plan or apply over specs."""
+
+    def __init__(
+        self,
+        state: StateReader,
+        http: httpx.Client,
+        key: MasterKey,
+        *,
+        concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.state = state
+        self.http = http
+        self.key = key
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+
+    def _desired(self, loaded: LoadResult) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
+        for spec in loaded.specs:
+            md = spec.org.metadata
+            outcome = OrgOutcome(md.slug, str(md.id))
+            try:
+                out.append((desired_org(spec.org, self.key, source=str(spec.path)), outcome))
+            except ReconcilerError as exc:
+                outcome.error = str(exc)
+                out.append((None, outcome))
+        return out
+
+    def _each(
+        self,
+        items: list[tuple[DesiredOrg | None, OrgOutcome]],
+        work: Callable[[DesiredOrg, OrgOutcome], None],
+    ) -> list[OrgOutcome]:
+        def guarded(item: tuple[DesiredOrg | None, OrgOutcome]) -> OrgOutcome:
+            desired, outcome = item
+            if desired is None:
+                return outcome
+            try:
+                work(desired, outcome)
+            except Exception as exc:  # one org's failure never stops the others
+                outcome.error = _message(exc)
+                if not isinstance(exc, ReconcilerError):
+                    log.error("org %s: unexpected %s", outcome.slug, type(exc).__name__)
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(guarded, items))
+
+    def _list_live(
+        self, desired: DesiredOrg, reader: VapiReader | None
+    ) -> tuple[list[dict[str, Any]] | None, VapiError | None]:
+        if reader is None:
+            return [], None
+        try:
+            return reader.list_assistants(), None
+        except VapiError as exc:
+            return None, exc
+
+    def plan(self, loaded: LoadResult, *, prune: bool = False) -> RunReport:
+        """Read-only: Postgres reads and Vapi GETs, through reader objects only."""
+        started = time.monotonic()
+        items = self._desired(loaded)
+        rows = self.state.observe([d.org_id for d, _ in items if d is not None])
+
+        def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            reader = (
+                VapiReader(self.http, desired.vapi_api_key.reveal(), retry=self.retry)
+                if desired.vapi_api_key
+                else None
+            )
+            live, error = self._list_live(desired, reader)
+            outcome.plan = plan_org(
+                desired, observed_from_rows(rows.get(desired.org_id), live), prune=prune
+            )
+            if error is not None:
+                outcome.error = str(error)
+
+        outcomes = self._each(items, work)
+        return RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+
+    def apply(
+        self, loaded: LoadResult, *, prune: bool = False, command: str = "apply"
+    ) -> RunReport:
+        if not isinstance(self.state, StateWriter):
+            raise TypeError("apply needs a StateWriter")
+        state: StateWriter = self.state
+        started = time.monotonic()
+        items = self._desired(loaded)
+        run_id = state.start_run(command, len(items))
+
+        def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            with state.org_lock(desired.org_id) as got:
+                if not got:
+                    outcome.error = "skipped: another reconciler is working on this org"
+                    return
+                self._apply_org(state, desired, outcome, prune)
+
+        outcomes = self._each(items, work)
+        report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+        errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
+        errors += [{"file": str(p.path), "error": str(p)} for p in loaded.problems]
+        state.finish_run(run_id, len(errors), report.counts(), errors)
+        return report
+
+    def _apply_org(
+        self, state: StateWriter, desired: DesiredOrg, outcome: OrgOutcome, prune: bool
+    ) -> None:
+        writer = (
+            VapiWriter(self.http, desired.vapi_api_key.reveal(), retry=self.retry)
+            if desired.vapi_api_key
+            else None
+        )
+        row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
+        live, list_error = self._list_live(desired, writer)
+        plan = plan_org(desired, observed_from_rows(row, live), prune=prune)
+        outcome.plan = plan
+        try:
+            Applier(desired, writer, state, self.key).apply(plan)
+        except Exception as exc:
+            self._finish(state, desired, error=_message(exc))
+            raise
+        if writer is not None and list_error is None and "vapi" in desired.credentials:
+            state.mark_verified(desired.org_id, "vapi", None)
+        if list_error is not None:
+            if isinstance(list_error, VapiAuthError):
+                state.mark_verified(desired.org_id, "vapi", str(list_error))
+            self._finish(state, desired, error=str(list_error))
+            raise list_error
+        self._finish(state, desired, error=None)
+
+    @staticmethod
+    def _finish(state: StateWriter, desired: DesiredOrg, *, error: str | None) -> None:
+        state.set_status(desired.org_id, "Failed" if error else "Ready", error)
+
+
+def slugs_filter(loaded: LoadResult, slugs: Iterable[str]) -> LoadResult:
+    """`--org`: keep only the named orgs; an unknown slug is a problem."""
+    wanted = set(slugs)
+    if not wanted:
+        return loaded
+    known = {s.org.metadata.slug for s in loaded.specs} | {p.path.stem for p in loaded.problems}
+    problems = [p for p in loaded.problems if p.path.stem in wanted]
+    from pathlib import Path
+
+    problems += [Problem(Path(s), "", "no spec with this slug") for s in sorted(wanted - known)]
+    return LoadResult([s for s in loaded.specs if s.org.metadata.slug in wanted], problems)

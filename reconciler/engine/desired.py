@@ -1,0 +1,63 @@
+"""Specs -> desired state. The only place a spec's plaintext credentials are handled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.engine.diff import mask
+from reconciler.engine.model import (
+    DesiredAssistant,
+    DesiredCredential,
+    DesiredOrg,
+    Sensitive,
+    ownership_tag,
+)
+from reconciler.secrets.crypto import MasterKey
+from reconciler.spec.models import Organization
+
+WEBHOOK_SECRET_HEADER = "x-vapi-secret"  # noqa: S105 - a header name
+
+
+def desired_org(org: Organization, key: MasterKey, *, source: str = "") -> DesiredOrg:
+    org_id = str(org.metadata.id)
+    revealed = org.spec.credentials.revealed()
+    credentials = {
+        provider: DesiredCredential(provider, key.fingerprint(config), Sensitive(config))
+        for provider, config in revealed.items()
+    }
+    vapi = revealed.get("vapi")
+    secret = vapi["webhookSecret"] if vapi else None
+
+    def fingerprint(value: Any) -> str:
+        return "sha256-hmac:" + key.fingerprint({"v": value})[:32]
+
+    assistants = {}
+    for role, spec in org.spec.assistants.by_role().items():
+        body = assistant_body(spec.vapi_fields(), org_id, role, secret)
+        assistants[role] = DesiredAssistant(role, body, mask(body, fingerprint))
+    return DesiredOrg(
+        org_id=org_id,
+        slug=org.metadata.slug,
+        name=org.metadata.name,
+        credentials=credentials,
+        assistants=assistants,
+        vapi_api_key=Sensitive(vapi["apiKey"]) if vapi else None,
+        source=source,
+    )
+
+
+def assistant_body(
+    fields: dict[str, Any], org_id: str, role: str, webhook_secret: str | None
+) -> dict[str, Any]:
+    """The Vapi body: the user's fields, our ownership tag, and the org's webhook secret as the
+    `x-vapi-secret` header of `server` (so webhooks can be verified without a plaintext secret
+    in the spec)."""
+    body = dict(fields)
+    body["metadata"] = {**(fields.get("metadata") or {}), **ownership_tag(org_id, role)}
+    server = fields.get("server")
+    if isinstance(server, dict) and server.get("url") and webhook_secret:
+        headers = dict(server.get("headers") or {})
+        if not any(h.lower() == WEBHOOK_SECRET_HEADER for h in headers):
+            headers[WEBHOOK_SECRET_HEADER] = webhook_secret
+        body["server"] = {**server, "headers": headers}
+    return body

@@ -1,0 +1,117 @@
+"""The data the planner works on: desired state (from specs) and observed state (Postgres + Vapi).
+
+Plain frozen dataclasses: no I/O, cheap to build in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TAG_MANAGED_BY = "reconciler"
+
+
+class Sensitive:
+    """Holds a secret value; its repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def reveal(self) -> Any:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "(sensitive)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sensitive) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(repr(self._value))
+
+
+@dataclass(frozen=True)
+class DesiredCredential:
+    provider: str
+    fingerprint: str
+    config: Sensitive
+
+
+@dataclass(frozen=True)
+class DesiredAssistant:
+    role: str
+    body: dict[str, Any]  # what we send to Vapi, ownership tag included
+    stored: dict[str, Any]  # the same with sensitive leaves replaced by fingerprints
+
+    @property
+    def name(self) -> str:
+        return str(self.body.get("name", ""))
+
+
+@dataclass(frozen=True)
+class DesiredOrg:
+    org_id: str
+    slug: str
+    name: str
+    credentials: dict[str, DesiredCredential]
+    assistants: dict[str, DesiredAssistant]
+    vapi_api_key: Sensitive | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class StoredOrg:
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True)
+class StoredCredential:
+    provider: str
+    fingerprint: str
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class StoredAssistant:
+    role: str
+    vapi_assistant_id: str | None
+    status: str  # 'creating' | 'ready'
+    applied_config: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class MappingRow:
+    vapi_assistant_id: str
+    role: str
+    name: str | None
+
+
+@dataclass(frozen=True)
+class ObservedOrg:
+    """What Postgres and the org's Vapi account say now. `live` is None when not listed."""
+
+    org: StoredOrg | None = None
+    credentials: dict[str, StoredCredential] = field(default_factory=dict)
+    assistants: dict[str, StoredAssistant] = field(default_factory=dict)
+    mappings: dict[str, MappingRow] = field(default_factory=dict)
+    live: list[dict[str, Any]] | None = None
+
+
+def ownership_tag(org_id: str, role: str) -> dict[str, str]:
+    return {"managedBy": TAG_MANAGED_BY, "orgId": org_id, "role": role}
+
+
+def tag_of(assistant: dict[str, Any]) -> tuple[str, str] | None:
+    """(org_id, role) of an assistant we manage, else None."""
+    meta = assistant.get("metadata")
+    if not isinstance(meta, dict) or meta.get("managedBy") != TAG_MANAGED_BY:
+        return None
+    org_id, role = meta.get("orgId"), meta.get("role")
+    if isinstance(org_id, str) and isinstance(role, str):
+        return org_id, role
+    return None

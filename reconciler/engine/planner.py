@@ -1,0 +1,186 @@
+"""The planner: (desired, observed) -> ordered actions. Pure: no I/O, no clock, no randomness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.engine.actions import (
+    Action,
+    AdoptAssistant,
+    CreateAssistant,
+    DeactivateCredential,
+    DeleteAssistant,
+    OrgPlan,
+    StoreCredential,
+    UpdateAssistant,
+    UpsertOrg,
+)
+from reconciler.engine.diff import FieldChange, contains, field_changes, strip_server_owned
+from reconciler.engine.model import DesiredAssistant, DesiredOrg, ObservedOrg, tag_of
+
+ROLES = ("inbound", "outbound")
+
+
+def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False) -> OrgPlan:
+    actions: list[Action] = []
+    warnings: list[str] = []
+    unchanged: list[str] = []
+
+    actions += _plan_org_row(desired, observed)
+    actions += _plan_credentials(desired, observed)
+
+    live = observed.live or []
+    mine = [a for a in live if (tag := tag_of(a)) is not None and tag[0] == desired.org_id]
+    foreign = sorted(
+        {t[0] for a in live if (t := tag_of(a)) is not None and t[0] != desired.org_id}
+    )
+    if foreign:
+        warnings.append(
+            f"this Vapi account also holds assistants tagged for other orgs {foreign}: "
+            "two specs share one account?"
+        )
+
+    deletes: list[Action] = []
+    if observed.live is None:
+        if desired.assistants or observed.assistants:
+            warnings.append("assistants not planned: the Vapi account could not be listed")
+        return OrgPlan(desired.org_id, desired.slug, tuple(actions), (), tuple(warnings))
+    for role in ROLES:
+        tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
+        want = desired.assistants.get(role)
+        if want is None:
+            deletes += _plan_absent_role(role, observed, tagged, prune, warnings)
+            continue
+        role_actions, current_id = _plan_assistant(want, observed, tagged)
+        if not role_actions:
+            unchanged.append(role)
+        actions += role_actions
+        extras = [a for a in tagged if a["id"] != current_id]
+        if extras:
+            ids = [a["id"] for a in extras]
+            if prune:
+                deletes += [DeleteAssistant(role, i, note="duplicate") for i in ids]
+            else:
+                warnings.append(
+                    f"{role}: duplicate tagged assistants {ids} (use --prune to delete)"
+                )
+    return OrgPlan(
+        org_id=desired.org_id,
+        slug=desired.slug,
+        actions=tuple(actions + deletes),
+        unchanged=tuple(unchanged),
+        warnings=tuple(warnings),
+    )
+
+
+def _created(assistant: dict[str, Any]) -> tuple[str, str]:
+    return str(assistant.get("createdAt", "")), str(assistant["id"])
+
+
+def _plan_org_row(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:
+    if observed.org is None:
+        return [UpsertOrg("create", desired.slug, desired.name)]
+    changes = tuple(
+        FieldChange(f, old, new)
+        for f, old, new in (
+            ("slug", observed.org.slug, desired.slug),
+            ("name", observed.org.name, desired.name),
+        )
+        if old != new
+    )
+    return [UpsertOrg("update", desired.slug, desired.name, changes)] if changes else []
+
+
+def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:
+    out: list[Action] = []
+    for provider, cred in sorted(desired.credentials.items()):
+        stored = observed.credentials.get(provider)
+        if stored is None:
+            out.append(StoreCredential("create", provider))
+        elif stored.fingerprint != cred.fingerprint or not stored.is_active:
+            out.append(StoreCredential("update", provider))
+    for provider, stored in sorted(observed.credentials.items()):
+        if provider not in desired.credentials and stored.is_active:
+            out.append(DeactivateCredential(provider))
+    return out
+
+
+def _plan_assistant(
+    want: DesiredAssistant, observed: ObservedOrg, tagged: list[dict[str, Any]]
+) -> tuple[list[Action], str | None]:
+    role = want.role
+    stored = observed.assistants.get(role)
+    mapping = observed.mappings.get(role)
+    live_by_id = {a["id"]: a for a in observed.live or []}
+    known_id = (mapping.vapi_assistant_id if mapping else None) or (
+        stored.vapi_assistant_id if stored else None
+    )
+
+    current = live_by_id.get(known_id) if known_id else None
+    note = ""
+    if current is None and tagged:
+        current = tagged[0]
+        note = "found by ownership tag"
+    if current is None:
+        if known_id:
+            note = f"{known_id} is gone from the Vapi account"
+        elif stored is not None and stored.status == "creating":
+            note = "an earlier create did not finish and left no assistant"
+        changes = tuple(field_changes({}, want.body))
+        return [CreateAssistant(role, want.body, changes, note)], None
+
+    vapi_id = current["id"]
+    live = strip_server_owned(current)
+    applied = stored.applied_config if stored and stored.vapi_assistant_id == vapi_id else None
+    patch: dict[str, Any] = {}
+    for key, value in want.body.items():
+        edited = applied is not None and applied.get(key) != want.stored.get(key)
+        if edited or not contains(live.get(key), value):
+            patch[key] = value
+    for key in applied or {}:  # removed from the spec since last apply: clear it
+        if key not in want.body and live.get(key) is not None:
+            patch[key] = None
+
+    in_sync = (
+        mapping is not None
+        and mapping.vapi_assistant_id == vapi_id
+        and mapping.name == want.name
+        and stored is not None
+        and stored.status == "ready"
+        and applied == want.stored
+    )
+    if patch:
+        changes = tuple(field_changes(live, patch))
+        adopt = mapping is None or mapping.vapi_assistant_id != vapi_id
+        return [UpdateAssistant(role, vapi_id, patch, changes, adopt=adopt)], vapi_id
+    if not in_sync:
+        return [AdoptAssistant(role, vapi_id, note or "record in Postgres")], vapi_id
+    return [], vapi_id
+
+
+def _plan_absent_role(
+    role: str,
+    observed: ObservedOrg,
+    tagged: list[dict[str, Any]],
+    prune: bool,
+    warnings: list[str],
+) -> list[Action]:
+    mapping = observed.mappings.get(role)
+    stored = observed.assistants.get(role)
+    ids = [a["id"] for a in tagged]
+    for known in (
+        mapping.vapi_assistant_id if mapping else None,
+        stored.vapi_assistant_id if stored else None,
+    ):
+        if known and known not in ids:
+            ids.append(known)
+    if not ids and stored is None and mapping is None:
+        return []
+    if not prune:
+        warnings.append(
+            f"{role}: removed from the spec, kept {ids or '(state only)'} (use --prune)"
+        )
+        return []
+    return [DeleteAssistant(role, i, note="removed from the spec") for i in ids] or [
+        DeleteAssistant(role, None, note="forget state")
+    ]

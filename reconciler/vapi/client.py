@@ -1,0 +1,194 @@
+"""Our httpx client for Vapi's /assistant API: paging, timeouts, retries that never duplicate.
+
+`VapiReader` can only read; `VapiWriter` adds the writes. `plan` is given readers only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from reconciler.errors import ReconcilerError
+
+PAGE_LIMIT = 1000  # Vapi's maximum; fewer round trips than the default 100
+USER_AGENT = "vapi-reconciler/0.1"
+
+
+class VapiError(ReconcilerError):
+    """A Vapi call failed; the message names the call and the reason, never the key."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class VapiAuthError(VapiError):
+    """401/403: the org's API key is wrong or revoked."""
+
+
+class VapiNotFound(VapiError):
+    """404: unknown id, or an id of another account."""
+
+
+class VapiAmbiguousWrite(VapiError):
+    """A create may or may not have happened (5xx or lost response): look before retrying."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    base_s: float = 0.5
+    cap_s: float = 10.0
+    max_retry_after_s: float = 60.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    def backoff(self, attempt: int, retry_after: str | None) -> float:
+        hinted = _parse_retry_after(retry_after)
+        if hinted is not None:
+            return min(hinted, self.max_retry_after_s)
+        exp = min(self.cap_s, self.base_s * (2**attempt))
+        return random.uniform(exp / 2, exp)  # noqa: S311 - jitter, not crypto
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.reason_phrase or f"HTTP {resp.status_code}"
+    msg = body.get("message") if isinstance(body, dict) else None
+    if isinstance(msg, list):
+        msg = "; ".join(str(m) for m in msg)
+    return str(msg or resp.reason_phrase or f"HTTP {resp.status_code}")[:300]
+
+
+class VapiReader:
+    """Read access to one Vapi account (one org's API key)."""
+
+    def __init__(
+        self, http: httpx.Client, api_key: str, *, retry: RetryPolicy | None = None
+    ) -> None:
+        self._http = http
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._retry = retry or RetryPolicy()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._http.base_url})"
+
+    def _request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        idempotent = method != "POST"
+        what = f"{method} {path}"
+        for attempt in range(self._retry.attempts):
+            last = attempt == self._retry.attempts - 1
+            try:
+                resp = self._http.request(
+                    method, path, json=json, params=params, headers=self._headers
+                )
+            except httpx.TimeoutException as exc:
+                sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+                if sent and not idempotent:
+                    raise VapiAmbiguousWrite(f"{what}: timed out, outcome unknown") from None
+                if last:
+                    raise VapiError(f"{what}: timed out") from None
+            except httpx.TransportError as exc:
+                # A connect error never reached Vapi; other transport errors may have.
+                if not isinstance(exc, httpx.ConnectError) and not idempotent:
+                    raise VapiAmbiguousWrite(f"{what}: connection lost, outcome unknown") from None
+                if last:
+                    raise VapiError(f"{what}: {type(exc).__name__}") from None
+            else:
+                code = resp.status_code
+                if code < 400:
+                    return resp.json()
+                if code in (401, 403):
+                    raise VapiAuthError(f"{what}: Vapi rejected the API key ({code})", status=code)
+                if code == 404:
+                    raise VapiNotFound(f"{what}: not found", status=404)
+                retryable = code == 429 or (code >= 500 and idempotent)
+                if code >= 500 and not idempotent:
+                    raise VapiAmbiguousWrite(
+                        f"{what}: Vapi answered {code}, outcome unknown", status=code
+                    )
+                if not retryable or last:
+                    raise VapiError(f"{what}: {code} {_message(resp)}", status=code)
+                self._retry.sleep(self._retry.backoff(attempt, resp.headers.get("Retry-After")))
+                continue
+            self._retry.sleep(self._retry.backoff(attempt, None))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def list_assistants(self, *, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
+        """Every assistant in the account, paging backwards by createdAt.
+
+        `createdAtLe` plus de-duplication by id, so assistants that share a timestamp at a page
+        boundary are neither skipped nor counted twice.
+        """
+        seen: dict[str, dict[str, Any]] = {}
+        params: dict[str, Any] = {"limit": limit}
+        while True:
+            page = self._request("GET", "/assistant", params=params)
+            if not isinstance(page, list):
+                raise VapiError("GET /assistant: expected a JSON array")
+            fresh = [a for a in page if a["id"] not in seen]
+            for item in fresh:
+                seen[item["id"]] = item
+            if len(page) < limit:
+                return list(seen.values())
+            if not fresh:
+                raise VapiError(f"GET /assistant: more than {limit} assistants share a createdAt")
+            params = {"limit": limit, "createdAtLe": min(a["createdAt"] for a in page)}
+
+    def get_assistant(self, assistant_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/assistant/{assistant_id}")
+        return result
+
+
+class VapiWriter(VapiReader):
+    """Read and write access to one Vapi account."""
+
+    def create_assistant(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Never retried on an ambiguous failure: the caller looks for the tag instead."""
+        result: dict[str, Any] = self._request("POST", "/assistant", json=body)
+        return result
+
+    def update_assistant(self, assistant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("PATCH", f"/assistant/{assistant_id}", json=body)
+        return result
+
+    def delete_assistant(self, assistant_id: str) -> None:
+        # already gone (e.g. our retried DELETE had succeeded): the goal holds
+        with contextlib.suppress(VapiNotFound):
+            self._request("DELETE", f"/assistant/{assistant_id}")
+
+
+def http_client(
+    base_url: str, *, timeout_s: float = 30.0, max_connections: int = 64
+) -> httpx.Client:
+    """One pooled client shared by all orgs; each request carries its org's key."""
+    return httpx.Client(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=32),
+        headers={"User-Agent": USER_AGENT},
+    )
