@@ -1,0 +1,127 @@
+"""Reconcile benchmark: N orgs against the emulator with simulated Vapi latency.
+
+Counts Vapi requests (from the emulator) and Postgres statements (from the store), and times
+a cold apply, a no-op apply and a plan, at concurrency 1 and at the default 16.
+
+    python bench/bench_reconcile.py --orgs 200 --latency-ms 20 [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from reconciler.controller.run import Controller
+from reconciler.secrets.crypto import MasterKey
+from reconciler.spec.loader import LoadResult, SpecFile
+from reconciler.spec.models import Organization
+from reconciler.state.db import embedded_url, open_pool
+from reconciler.state.migrate import migrate
+from reconciler.state.store import StateWriter
+from reconciler.vapi.client import http_client
+from reconciler.vapi.emulator import running_emulator
+
+
+def specs(n: int) -> LoadResult:
+    out = []
+    for i in range(n):
+        slug = f"org-{i:04d}"
+        doc = {
+            "apiVersion": "reconciler/v1",
+            "kind": "Organization",
+            "metadata": {"id": str(uuid.uuid4()), "slug": slug, "name": slug},
+            "spec": {
+                "credentials": {"vapi": {"apiKey": f"bench-{slug}", "webhookSecret": "s"}},
+                "assistants": {
+                    "inbound": {"name": f"{slug} in", "firstMessage": "Hi"},
+                    "outbound": {
+                        "name": f"{slug} out",
+                        "voice": {"provider": "11labs", "voiceId": "burt"},
+                    },
+                },
+            },
+        }
+        out.append(SpecFile(Path(f"{slug}.yaml"), Organization.model_validate(doc)))
+    return LoadResult(out, [])
+
+
+def requests(url: str) -> int:
+    return sum(httpx.get(f"{url}/_emulator/stats").json()["requests"].values())
+
+
+def measure(url: str, pool_url: str, orgs: int, concurrency: int) -> dict[str, float]:
+    httpx.post(f"{url}/_emulator/reset").raise_for_status()
+    pool = open_pool(pool_url, max_size=concurrency * 2 + 4)
+    migrate(pool)
+    with pool.connection() as conn:
+        conn.execute(
+            "TRUNCATE reconcile_runs, assistant_org_mapping, assistants, org_credentials,"
+            " organizations CASCADE"
+        )
+    state = StateWriter(pool)
+    loaded = specs(orgs)
+    row: dict[str, float] = {}
+    with http_client(url) as http:
+        ctl = Controller(state, http, MasterKey.generate(), concurrency=concurrency)
+        for name, run in (
+            ("cold apply", lambda: ctl.apply(loaded)),
+            ("no-op apply", lambda: ctl.apply(loaded)),
+            ("plan", lambda: ctl.plan(loaded)),
+        ):
+            r0, q0, t0 = requests(url), state.queries, time.perf_counter()
+            report = run()
+            assert report.ok, [o.error for o in report.failed][:3]
+            row[f"{name} s"] = time.perf_counter() - t0
+            row[f"{name} vapi"] = requests(url) - r0
+            row[f"{name} sql"] = state.queries - q0
+    pool.close()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--orgs", type=int, default=200)
+    ap.add_argument("--latency-ms", type=int, default=20)
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, running_emulator(latency_ms=args.latency_ms) as url:
+        pg = embedded_url(Path(tmp), cleanup="delete")
+        rows = {c: measure(url, pg, args.orgs, c) for c in (1, 16)}
+    cols = list(rows[1])
+    lines = [
+        f"| concurrency | {' | '.join(cols)} |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
+    for c, row in rows.items():
+        cells = [f"{row[k]:.2f}" if k.endswith(" s") else f"{int(row[k])}" for k in cols]
+        lines.append(f"| {c} | {' | '.join(cells)} |")
+    speedup = rows[1]["cold apply s"] / rows[16]["cold apply s"]
+    lines.append("")
+    lines.append(f"Cold apply, concurrency 16 vs 1: {speedup:.1f}x faster (same run).")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        cmd = f"python bench/bench_reconcile.py --orgs {args.orgs} --latency-ms {args.latency_ms}"
+        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
+        marker = "<!-- bench_reconcile -->"
+        section = (
+            f"{marker}\n## Reconcile: {args.orgs} orgs, 2 assistants each, "
+            f"emulator latency {args.latency_ms} ms\n\nCommand: `{cmd}`\n\n{table}\n{marker}"
+        )
+        if marker in text:
+            head, _, rest = text.partition(marker)
+            _, _, tail = rest.partition(marker)
+            text = head + section + tail
+        else:
+            text = text.rstrip() + "\n\n" + section + "\n"
+        args.write.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Fixtures: real Postgres (RECONCILER_TEST_DATABASE_URL, else an embedded server), the Vapi
+emulator over HTTP, and a throwaway age key for sops."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pyrage
+import pytest
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from reconciler.controller.run import Controller
+from reconciler.secrets.crypto import MasterKey
+from reconciler.state.db import embedded_url, open_pool
+from reconciler.state.migrate import migrate
+from reconciler.state.store import StateWriter
+from reconciler.vapi.client import RetryPolicy, http_client
+from reconciler.vapi.emulator import running_emulator
+from tests.helpers import SpecDir
+
+TABLES = "reconcile_runs, assistant_org_mapping, assistants, org_credentials, organizations"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("RECONCILER_TEST_DATABASE_URL")
+    if url:
+        return url
+    return embedded_url(tmp_path_factory.mktemp("pg"), cleanup="delete")
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database per test session, dropped at the end."""
+    name = f"reconciler_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    info["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**info)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def session_pool(database_url: str) -> Iterator[ConnectionPool]:
+    pool = open_pool(database_url, max_size=40, name="reconciler-tests")
+    migrate(pool)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def pool(session_pool: ConnectionPool) -> ConnectionPool:
+    with session_pool.connection() as conn:
+        conn.execute(f"TRUNCATE {TABLES} CASCADE")
+    return session_pool
+
+
+@pytest.fixture
+def state(pool: ConnectionPool) -> StateWriter:
+    return StateWriter(pool)
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[str]:
+    with running_emulator() as url:
+        yield url
+
+
+@pytest.fixture
+def emulator(emulator_session: str) -> str:
+    httpx.post(f"{emulator_session}/_emulator/reset").raise_for_status()
+    return emulator_session
+
+
+def emulator_stats(url: str) -> dict[str, int]:
+    stats: dict[str, int] = httpx.get(f"{url}/_emulator/stats").json()["requests"]
+    return stats
+
+
+def writes(url: str) -> int:
+    s = emulator_stats(url)
+    return s["POST /assistant"] + s["PATCH /assistant/{id}"] + s["DELETE /assistant/{id}"]
+
+
+@pytest.fixture(scope="session")
+def age_identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    ident = pyrage.x25519.Identity.generate()
+    path = tmp_path_factory.mktemp("age") / "key.txt"
+    path.write_text(f"{ident}\n")
+    return path, str(ident.to_public())
+
+
+@pytest.fixture
+def specs(
+    tmp_path: Path, age_identity: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> SpecDir:
+    key_file, public = age_identity
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(key_file))
+    monkeypatch.delenv("SOPS_AGE_KEY", raising=False)
+    return SpecDir(tmp_path / "specs", public)
+
+
+@pytest.fixture(scope="session")
+def master_key() -> MasterKey:
+    return MasterKey.generate()
+
+
+FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.01, sleep=lambda _s: None)
+
+
+@pytest.fixture
+def controller(state: StateWriter, emulator: str, master_key: MasterKey) -> Iterator[Controller]:
+    with http_client(emulator, timeout_s=5) as http:
+        yield Controller(state, http, master_key, concurrency=8, retry=FAST_RETRY)
