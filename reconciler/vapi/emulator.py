@@ -1,0 +1,465 @@
+"""A local emulator of Vapi's assistant API, for tests, benchmarks and users' CI.
+
+It behaves like `https://api.vapi.ai` for `/assistant`: one account per bearer token (isolated:
+foreign ids answer 404), 201 on create, a bare JSON array newest first on list (`limit` default
+100, max 1000, `createdAt*`/`updatedAt*` filters), PATCH replacing each named top-level field
+wholesale (`null` clears it), and NestJS-shaped errors. Bodies are validated
+against the CreateAssistantDTO / UpdateAssistantDTO trees of Vapi's OpenAPI document
+(`assistant_schema.json`, see `emulator_schema.py`).
+
+An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts` (keyed by token
+fingerprint), `POST reset`, and `GET/POST/DELETE faults`. A fault is
+`{"method", "path": "/assistant" | "/assistant/{id}" | "/assistant/<id>", "mode": "error" |
+"error_after_commit" | "delay", "status": 500, "times": 1 (null: forever), "delay_ms": 0,
+"retry_after": "0" (default for 429; null: no header), "body": <optional JSON to answer>}`; the
+first matching fault applies. `delay_ms` also delays the two error modes.
+
+The module is standalone: stdlib, starlette and uvicorn (and its own `emulator_schema.py`).
+
+Run it with `python -m reconciler.vapi.emulator --port 8787`, or in tests with `running_emulator()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import http
+import json
+import math
+import operator
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from reconciler.vapi.emulator_schema import AssistantValidator
+
+INVALID_KEY_MESSAGE = (
+    "Invalid Key. Hot tip, you may be using the private key instead of the public key,"
+    " or vice versa."
+)
+ROUTE_KEYS = (
+    "GET /assistant",
+    "POST /assistant",
+    "GET /assistant/{id}",
+    "PATCH /assistant/{id}",
+    "DELETE /assistant/{id}",
+)
+LIST_DEFAULT_LIMIT = 100
+LIST_MAX_LIMIT = 1000
+COMPARISONS = {"Gt": operator.gt, "Lt": operator.lt, "Ge": operator.ge, "Le": operator.le}
+DATE_FILTERS = {
+    f"{field}{op}": (field, compare)
+    for field in ("createdAt", "updatedAt")
+    for op, compare in COMPARISONS.items()
+}
+FAULT_MODES = ("error", "error_after_commit", "delay")
+FAULT_KEYS = {"method", "path", "mode", "status", "times", "delay_ms", "retry_after", "body"}
+
+Json = dict[str, Any]
+
+
+def _iso(ts: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and `Z`, as Vapi writes it: 2026-11-25T19:54:52.123Z."""
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def _stamp_after(previous: datetime | None) -> datetime:
+    """Now to the millisecond, or 1 ms after `previous` if the clock has not moved past it."""
+    now = datetime.now(UTC)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return now if previous is None or now > previous else previous + timedelta(milliseconds=1)
+
+
+def _parse_iso(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _error(
+    status: int, message: str | list[str], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A NestJS-shaped error body: {"message": ..., "error": <reason phrase>, "statusCode": n}."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = {"message": message, "error": phrase, "statusCode": status}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _bad_request(messages: list[str]) -> JSONResponse:
+    return _error(400, messages)
+
+
+def fingerprint(token: str) -> str:
+    """How the admin API names an account: the first 8 hex chars of sha256(token)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+@dataclass
+class Account:
+    org_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    assistants: dict[str, Json] = field(default_factory=dict)  # id -> assistant, creation order
+    last_created: datetime | None = None
+
+
+@dataclass
+class Fault:
+    method: str
+    path: str  # "/assistant", "/assistant/{id}" or a concrete "/assistant/<id>"
+    mode: str
+    status: int = 500
+    times: int | None = 1  # None: every matching request, forever
+    delay_ms: int = 0
+    retry_after: str | None = None
+    body: Any = None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method != method:
+            return False
+        if self.path == "/assistant/{id}":
+            return path.startswith("/assistant/")
+        return self.path == path
+
+    def response(self) -> Response:
+        headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+        if self.body is not None:
+            return JSONResponse(self.body, status_code=self.status, headers=headers or None)
+        phrase = http.HTTPStatus(self.status).phrase
+        return _error(self.status, f"Emulated fault: {phrase}", headers)
+
+    def as_json(self) -> Json:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def parse(cls, data: Any) -> Fault | list[str]:
+        """A fault from the admin API's JSON, or the list of what is wrong with it."""
+        if not isinstance(data, dict):
+            return ["fault must be a JSON object"]
+        errors = [f"property {k} should not exist" for k in data if k not in FAULT_KEYS]
+        method = str(data.get("method", "")).upper()
+        path = str(data.get("path", "")).rstrip("/")
+        mode, status = data.get("mode"), data.get("status", 500)
+        times, delay_ms = data.get("times", 1), data.get("delay_ms", 0)
+        if f"{method} {path}" not in ROUTE_KEYS and not (
+            method in ("GET", "PATCH", "DELETE") and path.startswith("/assistant/")
+        ):
+            errors.append(f"no route {method} {path}; use /assistant or /assistant/{{id}}")
+        if mode not in FAULT_MODES:
+            errors.append(f"mode must be one of the following values: {', '.join(FAULT_MODES)}")
+        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+            errors.append("status must be an integer from 400 to 599")
+        if times is not None and (not isinstance(times, int) or times < 1):
+            errors.append("times must be a positive integer or null (forever)")
+        if not isinstance(delay_ms, int) or delay_ms < 0:
+            errors.append("delay_ms must be a non-negative integer")
+        if errors:
+            return errors
+        retry_after = data.get("retry_after", "0" if status == 429 else None)
+        return cls(
+            method=method,
+            path=path,
+            mode=str(mode),
+            status=status,
+            times=times,
+            delay_ms=delay_ms,
+            retry_after=None if retry_after is None else str(retry_after),
+            body=data.get("body"),
+        )
+
+
+@dataclass
+class EmulatorState:
+    accounts: dict[str, Account] = field(default_factory=dict)  # token -> account
+    faults: list[Fault] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTE_KEYS, 0))
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        """The first registered fault matching the request, used up by one."""
+        for fault in self.faults:
+            if fault.matches(method, path):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self.faults.remove(fault)
+                return fault
+        return None
+
+
+Handler = Callable[[Request, Account], Awaitable[Response]]
+
+
+class Emulator:
+    """The state and the route handlers. Handlers never await in the middle of a mutation (the
+    body is read first, then the change is made synchronously), so one event loop needs no lock."""
+
+    def __init__(self, latency_ms: int = 0, rejected_prefixes: Sequence[str] = ("invalid",)):
+        self.latency_ms = latency_ms
+        self.rejected_prefixes = tuple(rejected_prefixes)
+        self.state = EmulatorState()
+        self.validator = AssistantValidator.load()
+
+    # -- the request pipeline shared by every Vapi route -------------------------------------
+
+    def vapi_route(self, key: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            self.state.requests[key] += 1
+            if self.latency_ms > 0:
+                await asyncio.sleep(self.latency_ms / 1000)
+            fault = self.state.take_fault(request.method, request.url.path.rstrip("/"))
+            if fault is not None and fault.delay_ms > 0:
+                await asyncio.sleep(fault.delay_ms / 1000)
+            if fault is not None and fault.mode == "error":
+                return fault.response()
+            account = self.authenticate(request)
+            if account is None:
+                response: Response = _error(401, INVALID_KEY_MESSAGE)
+            else:
+                response = await handler(request, account)
+            if fault is not None and fault.mode == "error_after_commit":
+                return fault.response()  # the work is done, but the answer is lost
+            return response
+
+        return endpoint
+
+    def authenticate(self, request: Request) -> Account | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or token.startswith(self.rejected_prefixes):
+            return None
+        return self.state.accounts.setdefault(token, Account())
+
+    @staticmethod
+    async def read_object(request: Request) -> Json | JSONResponse:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"Unexpected token in JSON: {exc}")
+        if not isinstance(body, dict):
+            return _bad_request(["request body must be a JSON object"])
+        return body
+
+    # -- /assistant --------------------------------------------------------------------------
+
+    async def create_assistant(self, request: Request, account: Account) -> Response:
+        body = await self.read_object(request)
+        if isinstance(body, Response):
+            return body
+        if errors := self.validator.validate(body, "create"):
+            return _bad_request(errors)
+        created = account.last_created = _stamp_after(account.last_created)  # strictly increasing
+        assistant_id = str(uuid.uuid4())
+        stamp = _iso(created)
+        assistant = {k: v for k, v in body.items() if v is not None}
+        assistant.update(id=assistant_id, orgId=account.org_id, createdAt=stamp, updatedAt=stamp)
+        account.assistants[assistant_id] = assistant
+        return JSONResponse(assistant, status_code=201)
+
+    async def list_assistants(self, request: Request, account: Account) -> Response:
+        errors: list[str] = []
+        limit = LIST_DEFAULT_LIMIT
+        bounds: list[tuple[str, Callable[[datetime, datetime], bool], datetime]] = []
+        for name, value in request.query_params.multi_items():
+            if name == "limit":
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = math.nan
+                if not math.isfinite(number):
+                    errors.append("limit must be a number conforming to the specified constraints")
+                elif number < 0:
+                    errors.append("limit must not be less than 0")
+                elif number > LIST_MAX_LIMIT:
+                    errors.append(f"limit must not be greater than {LIST_MAX_LIMIT}")
+                else:
+                    limit = int(number)
+            elif name in DATE_FILTERS:
+                parsed = _parse_iso(value)
+                if parsed is None:
+                    errors.append(f"{name} must be a valid ISO 8601 date string")
+                else:
+                    bounds.append((*DATE_FILTERS[name], parsed))
+            else:
+                errors.append(f"property {name} should not exist")
+        if errors:
+            return _bad_request(errors)
+        newest_first = sorted(
+            account.assistants.values(), key=lambda a: str(a["createdAt"]), reverse=True
+        )
+        matching = [
+            a
+            for a in newest_first
+            if all(compare(datetime.fromisoformat(a[f]), bound) for f, compare, bound in bounds)
+        ]
+        return JSONResponse(matching[:limit])
+
+    @staticmethod
+    def _not_found(assistant_id: str) -> JSONResponse:
+        return _error(404, f"Couldn't find assistant {assistant_id}.")
+
+    async def get_assistant(self, request: Request, account: Account) -> Response:
+        assistant_id = request.path_params["id"]
+        assistant = account.assistants.get(assistant_id)
+        return self._not_found(assistant_id) if assistant is None else JSONResponse(assistant)
+
+    async def update_assistant(self, request: Request, account: Account) -> Response:
+        body = await self.read_object(request)
+        if isinstance(body, Response):
+            return body
+        if errors := self.validator.validate(body, "update"):  # NestJS pipes run first
+            return _bad_request(errors)
+        assistant_id = request.path_params["id"]
+        if (assistant := account.assistants.get(assistant_id)) is None:
+            return self._not_found(assistant_id)
+        for key, value in body.items():  # each named top-level field is replaced as a whole
+            if value is None:
+                assistant.pop(key, None)
+            else:
+                assistant[key] = value
+        assistant["updatedAt"] = _iso(_stamp_after(datetime.fromisoformat(assistant["updatedAt"])))
+        return JSONResponse(assistant)
+
+    async def delete_assistant(self, request: Request, account: Account) -> Response:
+        assistant_id = request.path_params["id"]
+        assistant = account.assistants.pop(assistant_id, None)
+        return self._not_found(assistant_id) if assistant is None else JSONResponse(assistant)
+
+    # -- /_emulator (admin, no auth) ---------------------------------------------------------
+
+    async def stats(self, request: Request) -> Response:
+        total = sum(len(a.assistants) for a in self.state.accounts.values())
+        return JSONResponse({"requests": dict(self.state.requests), "assistants_total": total})
+
+    async def accounts(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                fingerprint(token): {"orgId": acc.org_id, "assistants": len(acc.assistants)}
+                for token, acc in self.state.accounts.items()
+            }
+        )
+
+    async def faults(self, request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse([f.as_json() for f in self.state.faults])
+        if request.method == "DELETE":
+            cleared = len(self.state.faults)
+            self.state.faults.clear()
+            return JSONResponse({"cleared": cleared})
+        try:
+            fault = Fault.parse(json.loads(await request.body()))
+        except ValueError:
+            fault = ["body must be JSON"]
+        if isinstance(fault, list):
+            return _bad_request(fault)
+        self.state.faults.append(fault)
+        return JSONResponse(fault.as_json(), status_code=201)
+
+    async def reset(self, request: Request) -> Response:
+        self.state = EmulatorState()
+        return JSONResponse({"reset": True})
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Unknown routes answer like NestJS: 404 "Cannot GET /path" (also for a wrong method)."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status in (404, 405):
+        return _error(404, f"Cannot {request.method} {request.url.path}")
+    return _error(status, http.HTTPStatus(status).phrase)
+
+
+def create_app(
+    latency_ms: int = 0, *, rejected_prefixes: Sequence[str] = ("invalid",)
+) -> Starlette:
+    """The emulator as an ASGI app. `latency_ms` is added to every Vapi route; bearer tokens
+    starting with any of `rejected_prefixes` are answered 401 like a wrong key."""
+    emu = Emulator(latency_ms, rejected_prefixes)
+    vapi_routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/assistant", emu.list_assistants),
+        ("POST", "/assistant", emu.create_assistant),
+        ("GET", "/assistant/{id}", emu.get_assistant),
+        ("PATCH", "/assistant/{id}", emu.update_assistant),
+        ("DELETE", "/assistant/{id}", emu.delete_assistant),
+    ]
+    routes = [
+        Route(path, emu.vapi_route(f"{method} {path}", handler), methods=[method])
+        for method, path, handler in vapi_routes
+    ]
+    routes += [
+        Route("/_emulator/stats", emu.stats, methods=["GET"]),
+        Route("/_emulator/accounts", emu.accounts, methods=["GET"]),
+        Route("/_emulator/faults", emu.faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_emulator/reset", emu.reset, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    app.state.emulator = emu
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8787, latency_ms: int = 0) -> None:
+    """Run the emulator in the foreground (blocking) with uvicorn."""
+    uvicorn.run(create_app(latency_ms), host=host, port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def running_emulator(latency_ms: int = 0) -> Iterator[str]:
+    """Run the emulator on 127.0.0.1 and a free port in a daemon thread; yield its base URL."""
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only then (else each
+    # request waits ~40 ms for a delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(create_app(latency_ms), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=1) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Vapi emulator did not start on {url}") from None
+                time.sleep(0.02)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the Vapi assistant API emulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--latency-ms", type=int, default=0, help="added to every Vapi request")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.latency_ms)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""The Vapi emulator, driven over HTTP with plain httpx."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.vapi.emulator import INVALID_KEY_MESSAGE, fingerprint, running_emulator
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+UNAUTHORIZED = {"message": INVALID_KEY_MESSAGE, "error": "Unauthorized", "statusCode": 401}
+VOICE = {"provider": "11labs", "voiceId": "burt"}
+MODEL = {
+    "provider": "openai",
+    "model": "gpt-4o",
+    "messages": [{"role": "system", "content": "You are helpful."}],
+}
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with running_emulator() as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _reset(base_url: str) -> None:
+    httpx.post(f"{base_url}/_emulator/reset").raise_for_status()
+
+
+def _client(base_url: str, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=10)
+
+
+@pytest.fixture
+def api(base_url: str) -> Iterator[httpx.Client]:
+    with _client(base_url, "tenant-a-key") as client:
+        yield client
+
+
+@pytest.fixture
+def other(base_url: str) -> Iterator[httpx.Client]:
+    with _client(base_url, "tenant-b-key") as client:
+        yield client
+
+
+@pytest.fixture
+def admin(base_url: str) -> Iterator[httpx.Client]:
+    with _client(base_url, None) as client:
+        yield client
+
+
+def _create(api: httpx.Client, **body: Any) -> dict[str, Any]:
+    response = api.post("/assistant", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def _fault(admin: httpx.Client, **spec: Any) -> None:
+    response = admin.post("/_emulator/faults", json=spec)
+    assert response.status_code == 201, response.text
+
+
+def _bad_request(response: httpx.Response) -> list[str]:
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error"] == "Bad Request"
+    assert body["statusCode"] == 400
+    assert isinstance(body["message"], list)
+    return [str(m) for m in body["message"]]
+
+
+# -- auth and accounts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer invalid-key-123"},
+    ],
+)
+def test_requests_without_a_valid_key_get_401(base_url: str, headers: dict[str, str]) -> None:
+    for method, path in [("GET", "/assistant"), ("POST", "/assistant"), ("GET", "/assistant/x")]:
+        response = httpx.request(method, f"{base_url}{path}", headers=headers, json={})
+        assert response.status_code == 401
+        assert response.json() == UNAUTHORIZED
+    assert httpx.get(f"{base_url}/_emulator/stats").json()["assistants_total"] == 0
+
+
+def test_create_returns_the_body_and_server_fields(api: httpx.Client) -> None:
+    response = api.post(
+        "/assistant", json={"name": "Support", "metadata": {"managed-by": "x"}, "voice": VOICE}
+    )
+    assert response.status_code == 201
+    created = response.json()
+    assert uuid.UUID(created["id"]).version == 4
+    uuid.UUID(created["orgId"])
+    assert ISO_MS.match(created["createdAt"])
+    assert created["updatedAt"] == created["createdAt"]
+    assert created["name"] == "Support"
+    assert created["metadata"] == {"managed-by": "x"}
+    assert created["voice"] == VOICE
+    assert api.get(f"/assistant/{created['id']}").json() == created
+
+
+def test_names_are_not_unique(api: httpx.Client) -> None:
+    first, second = _create(api, name="same"), _create(api, name="same")
+    assert first["id"] != second["id"]
+    assert len(api.get("/assistant").json()) == 2
+
+
+def test_accounts_are_isolated(api: httpx.Client, other: httpx.Client, admin: httpx.Client) -> None:
+    mine = _create(api, name="mine")
+    theirs = _create(other, name="theirs")
+    assert mine["orgId"] != theirs["orgId"]
+    assert _create(api, name="mine too")["orgId"] == mine["orgId"]
+
+    assert other.get(f"/assistant/{mine['id']}").status_code == 404
+    assert other.patch(f"/assistant/{mine['id']}", json={"name": "stolen"}).status_code == 404
+    assert other.delete(f"/assistant/{mine['id']}").status_code == 404
+    assert api.get(f"/assistant/{mine['id']}").json()["name"] == "mine"
+
+    assert [a["name"] for a in other.get("/assistant").json()] == ["theirs"]
+    assert {a["name"] for a in api.get("/assistant").json()} == {"mine", "mine too"}
+
+    accounts = admin.get("/_emulator/accounts")
+    assert accounts.json() == {
+        fingerprint("tenant-a-key"): {"orgId": mine["orgId"], "assistants": 2},
+        fingerprint("tenant-b-key"): {"orgId": theirs["orgId"], "assistants": 1},
+    }
+    assert "tenant-a-key" not in accounts.text
+
+
+def test_unknown_id_is_404_in_nestjs_shape(api: httpx.Client) -> None:
+    response = api.get(f"/assistant/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.json()["statusCode"] == 404
+    assert response.json()["error"] == "Not Found"
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+def test_name_longer_than_40_characters_is_rejected(api: httpx.Client) -> None:
+    response = api.post("/assistant", json={"name": "n" * 41})
+    assert response.json() == {
+        "message": ["name must be shorter than or equal to 40 characters"],
+        "error": "Bad Request",
+        "statusCode": 400,
+    }
+    assert response.status_code == 400
+    assert _create(api, name="n" * 40)["name"] == "n" * 40
+    assert len(api.get("/assistant").json()) == 1
+
+
+def test_unknown_top_level_property_is_rejected(api: httpx.Client) -> None:
+    messages = _bad_request(api.post("/assistant", json={"name": "x", "foo": 1}))
+    assert messages == ["property foo should not exist"]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"voice": {**VOICE, "bogus": 1}}, "voice.property bogus should not exist"),
+        ({"model": {**MODEL, "temp": 1}}, "model.property temp should not exist"),
+        ({"server": {"url": "https://h.example", "secret": "s"}}, "server.property secret"),
+        (
+            {"model": {**MODEL, "messages": [{"role": "system", "content": "x", "extra": 1}]}},
+            "model.messages.0.property extra should not exist",
+        ),
+        ({"transcriber": {"provider": "deepgram", "lang": "en"}}, "transcriber.property lang"),
+    ],
+)
+def test_unknown_nested_property_is_rejected(
+    api: httpx.Client, body: dict[str, Any], expected: str
+) -> None:
+    messages = _bad_request(api.post("/assistant", json=body))
+    assert any(m.startswith(expected) for m in messages), messages
+
+
+def test_unknown_provider_is_rejected(api: httpx.Client) -> None:
+    messages = _bad_request(api.post("/assistant", json={"voice": {"provider": "nope"}}))
+    assert messages[0].startswith("voice.provider must be one of the following values: ")
+    assert "11labs" in messages[0]
+
+
+def test_max_duration_seconds_bounds(api: httpx.Client) -> None:
+    for bad in (9, 43201, "600"):
+        _bad_request(api.post("/assistant", json={"maxDurationSeconds": bad}))
+    for good in (10, 43200):
+        assert _create(api, maxDurationSeconds=good)["maxDurationSeconds"] == good
+
+
+def test_body_must_be_a_json_object(api: httpx.Client) -> None:
+    _bad_request(api.post("/assistant", json=[{"name": "x"}]))
+    bad_json = api.post(
+        "/assistant", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert bad_json.status_code == 400
+    assert api.get("/assistant").json() == []
+
+
+def test_a_realistic_assistant_is_accepted(api: httpx.Client) -> None:
+    body = {
+        "name": "Front desk",
+        "firstMessage": "Hello!",
+        "model": MODEL,
+        "voice": VOICE,
+        "transcriber": {"provider": "deepgram", "model": "nova-2", "language": "en"},
+        "server": {"url": "https://hooks.example/vapi", "headers": {"x-vapi-secret": "s"}},
+        "serverMessages": ["end-of-call-report", "status-update"],
+        "endCallPhrases": ["goodbye"],
+        "metadata": {"reconciler": {"key": "abc", "nested": [1, 2]}},
+        "voicemailDetection": "off",
+    }
+    created = _create(api, **body)
+    assert {k: created[k] for k in body} == body
+
+
+# -- update and delete ---------------------------------------------------------------------------
+
+
+def test_patch_replaces_named_fields_wholesale_and_null_clears(api: httpx.Client) -> None:
+    created = _create(
+        api,
+        name="orig",
+        firstMessage="hi",
+        voice={**VOICE, "stability": 0.5},
+        metadata={"a": 1, "b": 2},
+    )
+    time.sleep(0.002)
+    response = api.patch(
+        f"/assistant/{created['id']}",
+        json={"voice": {"provider": "openai", "voiceId": "alloy"}, "metadata": {"c": 3}},
+    )
+    assert response.status_code == 200
+    updated = response.json()
+    assert updated["voice"] == {"provider": "openai", "voiceId": "alloy"}  # no deep merge
+    assert updated["metadata"] == {"c": 3}
+    assert updated["name"] == "orig"
+    assert updated["firstMessage"] == "hi"
+    assert updated["createdAt"] == created["createdAt"]
+    assert updated["updatedAt"] > created["updatedAt"]
+    assert ISO_MS.match(updated["updatedAt"])
+
+    cleared = api.patch(f"/assistant/{created['id']}", json={"firstMessage": None}).json()
+    assert "firstMessage" not in cleared
+    assert api.get(f"/assistant/{created['id']}").json() == cleared
+
+
+def test_patch_is_validated_and_cannot_touch_server_fields(api: httpx.Client) -> None:
+    created = _create(api, name="orig")
+    for body in ({"name": "x" * 41}, {"id": "other"}, {"orgId": "o"}, {"createdAt": "2020"}):
+        _bad_request(api.patch(f"/assistant/{created['id']}", json=body))
+    assert api.get(f"/assistant/{created['id']}").json() == created
+    assert api.patch(f"/assistant/{uuid.uuid4()}", json={"name": "x"}).status_code == 404
+
+
+def test_delete_returns_the_assistant_then_404(api: httpx.Client) -> None:
+    created = _create(api, name="gone")
+    response = api.delete(f"/assistant/{created['id']}")
+    assert response.status_code == 200
+    assert response.json() == created
+    assert api.get(f"/assistant/{created['id']}").status_code == 404
+    assert api.delete(f"/assistant/{created['id']}").status_code == 404
+    assert api.get("/assistant").json() == []
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+def test_list_limits_order_and_paging_backwards(api: httpx.Client) -> None:
+    ids = [_create(api, name=f"a{i}")["id"] for i in range(250)]
+
+    page = api.get("/assistant").json()
+    assert isinstance(page, list)
+    assert [a["id"] for a in page] == ids[::-1][:100]  # newest first, default limit 100
+    stamps = [a["createdAt"] for a in page]
+    assert stamps == sorted(stamps, reverse=True)
+    assert len(set(stamps)) == len(stamps)
+
+    assert len(api.get("/assistant", params={"limit": 1000}).json()) == 250
+    assert len(api.get("/assistant", params={"limit": 7}).json()) == 7
+    for bad in ("1001", "-1", "abc"):
+        _bad_request(api.get("/assistant", params={"limit": bad}))
+
+    seen: list[str] = []
+    params: dict[str, str | int] = {"limit": 100}
+    while True:
+        page = api.get("/assistant", params=params).json()
+        seen += [a["id"] for a in page]
+        if len(page) < 100:
+            break
+        params["createdAtLt"] = page[-1]["createdAt"]
+    assert len(seen) == 250
+    assert set(seen) == set(ids)
+
+
+def test_list_date_filters(api: httpx.Client) -> None:
+    first, second, third = (_create(api, name=n) for n in ("1", "2", "3"))
+
+    def names(**params: str) -> list[str]:
+        response = api.get("/assistant", params=params)
+        assert response.status_code == 200, response.text
+        return [a["name"] for a in response.json()]
+
+    assert names(createdAtGt=first["createdAt"]) == ["3", "2"]
+    assert names(createdAtGe=second["createdAt"]) == ["3", "2"]
+    assert names(createdAtLe=second["createdAt"]) == ["2", "1"]
+    assert names(createdAtGt=first["createdAt"], createdAtLt=third["createdAt"]) == ["2"]
+    time.sleep(0.002)
+    patched = api.patch(f"/assistant/{first['id']}", json={"firstMessage": "hi"}).json()
+    assert names(updatedAtGe=patched["updatedAt"]) == ["1"]
+    assert names(updatedAtLt=patched["updatedAt"]) == ["3", "2"]
+    assert _bad_request(api.get("/assistant", params={"createdAtLt": "yesterday"})) == [
+        "createdAtLt must be a valid ISO 8601 date string"
+    ]
+    _bad_request(api.get("/assistant", params={"name": "1"}))
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+def test_error_fault_does_no_work_and_is_used_up(api: httpx.Client, admin: httpx.Client) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="error", status=500)
+    response = api.post("/assistant", json={"name": "x"})
+    assert response.status_code == 500
+    assert response.json()["statusCode"] == 500
+    assert response.json()["error"] == "Internal Server Error"
+    assert api.get("/assistant").json() == []
+    assert admin.get("/_emulator/faults").json() == []
+    assert api.post("/assistant", json={"name": "x"}).status_code == 201
+
+
+def test_error_after_commit_creates_but_answers_the_error(
+    api: httpx.Client, admin: httpx.Client
+) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="error_after_commit", status=502)
+    response = api.post("/assistant", json={"name": "lost response"})
+    assert response.status_code == 502
+    assert "id" not in response.json()
+    assert [a["name"] for a in api.get("/assistant").json()] == ["lost response"]
+    assert admin.get("/_emulator/stats").json()["assistants_total"] == 1
+
+
+def test_fault_on_a_concrete_id_and_on_the_pattern(api: httpx.Client, admin: httpx.Client) -> None:
+    a, b = _create(api, name="a"), _create(api, name="b")
+    _fault(admin, method="DELETE", path=f"/assistant/{a['id']}", mode="error_after_commit")
+    assert api.delete(f"/assistant/{b['id']}").status_code == 200
+    assert api.delete(f"/assistant/{a['id']}").status_code == 500
+    assert api.get(f"/assistant/{a['id']}").status_code == 404  # deleted all the same
+    c = _create(api, name="c")
+    _fault(admin, method="PATCH", path="/assistant/{id}", mode="error", status=503)
+    assert api.patch(f"/assistant/{c['id']}", json={"name": "d"}).status_code == 503
+    assert api.get(f"/assistant/{c['id']}").json()["name"] == "c"
+
+
+def test_delay_fault(api: httpx.Client, admin: httpx.Client) -> None:
+    _fault(admin, method="GET", path="/assistant", mode="delay", delay_ms=300)
+    started = time.monotonic()
+    assert api.get("/assistant").status_code == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    api.get("/assistant")
+    assert time.monotonic() - started < 0.3
+
+
+def test_429_sends_retry_after(api: httpx.Client, admin: httpx.Client) -> None:
+    _fault(admin, method="GET", path="/assistant", mode="error", status=429)
+    _fault(admin, method="GET", path="/assistant", mode="error", status=429, retry_after="7")
+    _fault(admin, method="GET", path="/assistant", mode="error", status=429, retry_after=None)
+    first, second, third = (api.get("/assistant") for _ in range(3))
+    assert (first.status_code, first.headers.get("retry-after")) == (429, "0")
+    assert (second.status_code, second.headers.get("retry-after")) == (429, "7")
+    assert third.status_code == 429
+    assert "retry-after" not in third.headers
+    assert api.get("/assistant").status_code == 200
+
+
+def test_fault_times_is_honoured(api: httpx.Client, admin: httpx.Client) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="error", status=500, times=2)
+    codes = [api.post("/assistant", json={}).status_code for _ in range(3)]
+    assert codes == [500, 500, 201]
+    assert len(api.get("/assistant").json()) == 1
+
+
+def test_faults_can_be_cleared_and_bad_specs_are_rejected(
+    api: httpx.Client, admin: httpx.Client
+) -> None:
+    _fault(admin, method="GET", path="/assistant", mode="error", times=None)
+    assert [api.get("/assistant").status_code for _ in range(3)] == [500] * 3
+    assert admin.delete("/_emulator/faults").json() == {"cleared": 1}
+    assert api.get("/assistant").status_code == 200
+    for spec in (
+        {"method": "GET", "path": "/nowhere", "mode": "error"},
+        {"method": "GET", "path": "/assistant", "mode": "explode"},
+        {"method": "GET", "path": "/assistant", "mode": "error", "status": 200},
+        {"method": "GET", "path": "/assistant", "mode": "error", "time": 1},
+    ):
+        assert admin.post("/_emulator/faults", json=spec).status_code == 400
+
+
+# -- stats, reset, latency -----------------------------------------------------------------------
+
+
+def test_stats_count_every_request(base_url: str, api: httpx.Client, admin: httpx.Client) -> None:
+    empty = admin.get("/_emulator/stats").json()
+    assert empty == {"requests": dict.fromkeys(empty["requests"], 0), "assistants_total": 0}
+    assert set(empty["requests"]) == {
+        "GET /assistant",
+        "POST /assistant",
+        "GET /assistant/{id}",
+        "PATCH /assistant/{id}",
+        "DELETE /assistant/{id}",
+    }
+    created = _create(api, name="x")
+    api.post("/assistant", json={"foo": 1})  # 400
+    httpx.post(f"{base_url}/assistant", json={})  # 401
+    _fault(admin, method="GET", path="/assistant", mode="error")
+    api.get("/assistant")  # faulted
+    api.get("/assistant")
+    api.get(f"/assistant/{created['id']}")
+    api.patch(f"/assistant/{created['id']}", json={"name": "y"})
+    api.delete(f"/assistant/{uuid.uuid4()}")  # 404
+    assert admin.get("/_emulator/stats").json() == {
+        "requests": {
+            "GET /assistant": 2,
+            "POST /assistant": 3,
+            "GET /assistant/{id}": 1,
+            "PATCH /assistant/{id}": 1,
+            "DELETE /assistant/{id}": 1,
+        },
+        "assistants_total": 1,
+    }
+
+
+def test_reset_clears_everything(
+    api: httpx.Client, other: httpx.Client, admin: httpx.Client
+) -> None:
+    created = _create(api, name="x")
+    _create(other, name="y")
+    _fault(admin, method="GET", path="/assistant", mode="error", times=5)
+    assert admin.post("/_emulator/reset").status_code == 200
+    assert admin.get("/_emulator/accounts").json() == {}
+    assert admin.get("/_emulator/faults").json() == []
+    stats = admin.get("/_emulator/stats").json()
+    assert stats["assistants_total"] == 0
+    assert set(stats["requests"].values()) == {0}
+    assert api.get("/assistant").json() == []
+    assert api.get(f"/assistant/{created['id']}").status_code == 404
+    assert _create(api, name="z")["orgId"] != created["orgId"]  # a new account
+
+
+def test_global_latency() -> None:
+    with running_emulator(latency_ms=150) as url, _client(url, "k") as client:
+        started = time.monotonic()
+        assert client.get("/assistant").status_code == 200
+        assert time.monotonic() - started >= 0.15
+        started = time.monotonic()
+        assert client.get(f"{url}/_emulator/stats").status_code == 200
+        assert time.monotonic() - started < 0.15
