@@ -4,6 +4,7 @@ emulator over HTTP, and a throwaway age key for sops."""
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from reconciler.controller.run import Controller
 from reconciler.secrets.crypto import MasterKey
-from reconciler.state.db import embedded_url, open_pool
+from reconciler.state.db import open_pool, temporary_embedded
 from reconciler.state.migrate import migrate
 from reconciler.state.store import StateWriter
 from reconciler.vapi.client import RetryPolicy, http_client
@@ -28,11 +29,18 @@ TABLES = "reconcile_runs, assistant_org_mapping, assistants, org_credentials, or
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_url() -> Iterator[str]:
     url = os.environ.get("RECONCILER_TEST_DATABASE_URL")
     if url:
-        return url
-    return embedded_url(tmp_path_factory.mktemp("pg"), cleanup="delete")
+        yield url
+        return
+    # Outside pytest's basetemp: pytest prunes old basetemps, which would pull the data
+    # directory from under a server that a concurrent session still uses.
+    with (
+        tempfile.TemporaryDirectory(prefix="reconciler-test-pg-") as tmp,
+        temporary_embedded(Path(tmp)) as embedded,
+    ):
+        yield embedded
 
 
 @pytest.fixture(scope="session")

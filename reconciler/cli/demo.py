@@ -19,6 +19,7 @@ from reconciler.config import Settings
 from reconciler.errors import ConfigError
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec import loader
+from reconciler.state.db import temporary_embedded
 from reconciler.vapi.emulator import running_emulator
 from reconciler.webhooks.resolver import BadSecret, WebhookResolver
 
@@ -37,10 +38,11 @@ def run_demo(path: Path, out: Console) -> int:
     if checked.problems:
         return 1
 
-    with tempfile.TemporaryDirectory(prefix="reconciler-demo-") as tmp, running_emulator() as url:
-        from reconciler.state.db import embedded_url
-
-        database = embedded_url(Path(tmp), cleanup="delete")
+    with (
+        tempfile.TemporaryDirectory(prefix="reconciler-demo-") as tmp,
+        temporary_embedded(Path(tmp)) as database,
+        running_emulator() as url,
+    ):
         settings = Settings(
             RECONCILER_DATABASE_URL=SecretStr(database),
             RECONCILER_DATA_DIR=Path(tmp),

