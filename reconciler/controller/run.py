@@ -92,9 +92,18 @@ class Controller:
 
     def _desired(self, loaded: LoadResult) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
+        known = self.state.org_ids_by_slug()
         for spec in loaded.specs:
             md = spec.org.metadata
             outcome = OrgOutcome(md.slug, str(md.id))
+            owner = known.get(md.slug)
+            if owner is not None and owner != str(md.id):
+                outcome.error = (
+                    f"slug {md.slug} belongs to org {owner} in Postgres, not to {md.id}: "
+                    "a new id for an existing slug is refused"
+                )
+                out.append((None, outcome))
+                continue
             try:
                 out.append((desired_org(spec.org, self.key, source=str(spec.path)), outcome))
             except ReconcilerError as exc:
