@@ -44,8 +44,9 @@ class DesiredCredential:
 @dataclass(frozen=True)
 class DesiredAssistant:
     role: str
-    body: dict[str, Any]  # what we send to Vapi, ownership tag included
-    stored: dict[str, Any]  # the same with sensitive leaves replaced by fingerprints
+    # what we send to Vapi, ownership tag and webhook secret included: never in a repr
+    body: dict[str, Any] = field(repr=False)
+    stored: dict[str, Any] = field(default_factory=dict)  # secret leaves as fingerprints
 
     @property
     def name(self) -> str:

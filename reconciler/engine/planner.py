@@ -51,7 +51,7 @@ def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False)
         if want is None:
             deletes += _plan_absent_role(role, observed, tagged, prune, warnings)
             continue
-        role_actions, current_id = _plan_assistant(want, observed, tagged)
+        role_actions, current_id = _plan_assistant(want, desired.org_id, observed, tagged)
         if not role_actions:
             unchanged.append(role)
         actions += role_actions
@@ -106,7 +106,7 @@ def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action
 
 
 def _plan_assistant(
-    want: DesiredAssistant, observed: ObservedOrg, tagged: list[dict[str, Any]]
+    want: DesiredAssistant, org_id: str, observed: ObservedOrg, tagged: list[dict[str, Any]]
 ) -> tuple[list[Action], str | None]:
     role = want.role
     stored = observed.assistants.get(role)
@@ -117,6 +117,8 @@ def _plan_assistant(
     )
 
     current = live_by_id.get(known_id) if known_id else None
+    if current is not None and tag_of(current) not in (None, (org_id, role)):
+        current = None  # a stale row pointing at an assistant that is not this role's
     note = ""
     if current is None and tagged:
         current = tagged[0]

@@ -126,11 +126,18 @@ class VapiReader:
                     raise VapiAuthError(f"{what}: Vapi rejected the API key ({code})", status=code)
                 if code == 404:
                     raise VapiNotFound(f"{what}: not found", status=404)
-                retryable = code == 429 or (code >= 500 and idempotent)
-                if code >= 500 and not idempotent:
+                if not idempotent and (code >= 500 or code == 429):
+                    # A 429 should mean "not processed", but a proxy or a rate limiter placed
+                    # after the handler can break that promise; a duplicate costs more than a
+                    # list call, so the caller looks for its tag before any second POST.
+                    if code == 429:
+                        self._retry.sleep(
+                            self._retry.backoff(attempt, resp.headers.get("Retry-After"))
+                        )
                     raise VapiAmbiguousWrite(
                         f"{what}: Vapi answered {code}, outcome unknown", status=code
                     )
+                retryable = code == 429 or code >= 500
                 if not retryable or last:
                     raise VapiError(f"{what}: {code} {_message(resp)}", status=code)
                 self._retry.sleep(self._retry.backoff(attempt, resp.headers.get("Retry-After")))
@@ -156,7 +163,7 @@ class VapiReader:
             if len(page) < limit:
                 return list(seen.values())
             if not fresh:
-                raise VapiError(f"GET /assistant: more than {limit} assistants share a createdAt")
+                raise VapiError(f"GET /assistant: at least {limit} assistants share a createdAt")
             params = {"limit": limit, "createdAtLe": min(a["createdAt"] for a in page)}
 
     def get_assistant(self, assistant_id: str) -> dict[str, Any]:
@@ -168,7 +175,8 @@ class VapiWriter(VapiReader):
     """Read and write access to one Vapi account."""
 
     def create_assistant(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Never retried on an ambiguous failure: the caller looks for the tag instead."""
+        """Never retried here once sent (only a refused connection is): on 5xx, 429, a timeout
+        or a lost connection it raises VapiAmbiguousWrite and the caller looks for its tag."""
         result: dict[str, Any] = self._request("POST", "/assistant", json=body)
         return result
 
