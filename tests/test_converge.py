@@ -273,3 +273,31 @@ def test_prune_deletes_removed_role_only_when_asked(
     pruned = controller.apply(load_tree(specs.root), prune=True)
     assert pruned.ok and emulator_stats(emulator)["DELETE /assistant/{id}"] == 1
     assert [row[1] for row in mapping(state)] == ["inbound"]
+
+
+def test_two_specs_sharing_one_vapi_account_are_refused(
+    specs: SpecDir, controller: Controller, emulator: str
+) -> None:
+    specs.write(org_doc("acme", api_key="shared-key-123"))
+    specs.write(org_doc("globex", api_key="shared-key-123"))
+    specs.write(org_doc("initech"))
+    report = controller.apply(load_tree(specs.root))
+    failed = {o.slug: o.error for o in report.failed}
+    assert set(failed) == {"acme", "globex"}
+    assert "shares its Vapi API key with globex" in (failed["acme"] or "")
+    assert "shared-key-123" not in str(failed)
+    assert live(emulator, "shared-key-123") == []  # nothing written to the shared account
+    assert emulator_stats(emulator)["POST /assistant"] == 2  # initech converged
+
+
+def test_org_without_assistants_or_vapi_key_converges(
+    specs: SpecDir, controller: Controller, emulator: str
+) -> None:
+    doc = org_doc("quiet", assistants={})
+    doc["spec"]["credentials"] = {"resend": {"apiKey": "re_123"}}
+    specs.write(doc)
+    report = controller.apply(load_tree(specs.root))
+    assert report.ok, [o.error for o in report.failed]
+    assert report.counts()["create"] == 2  # org row + resend credential
+    assert emulator_stats(emulator)["GET /assistant"] == 0
+    assert not controller.plan(load_tree(specs.root)).has_changes

@@ -28,7 +28,7 @@ def run_demo(path: Path, out: Console) -> int:
     agekey = path / "demo.agekey"
     if not agekey.exists():
         raise ConfigError(f"{agekey} not found: run the demo from the repository root")
-    os.environ.setdefault("SOPS_AGE_KEY_FILE", str(agekey))
+    os.environ["SOPS_AGE_KEY_FILE"] = str(agekey)  # the demo key, whatever the user has set
 
     out.rule("1. validate (offline, no keys)")
     checked = loader.validate_tree(path)

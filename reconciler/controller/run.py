@@ -109,6 +109,29 @@ class Controller:
             except ReconcilerError as exc:
                 outcome.error = str(exc)
                 out.append((None, outcome))
+        return self._refuse_shared_accounts(out)
+
+    def _refuse_shared_accounts(
+        self, items: list[tuple[DesiredOrg | None, OrgOutcome]]
+    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+        """BYOC means one Vapi account per org; two specs on one key would fight over it."""
+        by_key: dict[str, list[str]] = {}
+        for desired, outcome in items:
+            if desired is not None and desired.vapi_api_key is not None:
+                digest = self.key.fingerprint({"vapiApiKey": desired.vapi_api_key.reveal()})
+                by_key.setdefault(digest, []).append(outcome.slug)
+        shared = {slug: slugs for slugs in by_key.values() if len(slugs) > 1 for slug in slugs}
+        if not shared:
+            return items
+        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
+        for desired, outcome in items:
+            if outcome.slug in shared:
+                others = ", ".join(s for s in shared[outcome.slug] if s != outcome.slug)
+                outcome.error = (
+                    f"shares its Vapi API key with {others}: each org needs its own Vapi account"
+                )
+                desired = None
+            out.append((desired, outcome))
         return out
 
     def _each(
@@ -135,7 +158,7 @@ class Controller:
         self, desired: DesiredOrg, reader: VapiReader | None
     ) -> tuple[list[dict[str, Any]] | None, VapiError | None]:
         if reader is None:
-            return [], None
+            return None, None  # no Vapi key: the account cannot be seen, so not planned
         try:
             return reader.list_assistants(), None
         except VapiError as exc:

@@ -14,6 +14,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from reconciler.errors import ReconcilerError
+
 _OBSERVE_SQL = """
 SELECT o.id::text AS id, o.slug, o.name,
   COALESCE((SELECT json_agg(json_build_object(
@@ -175,7 +177,7 @@ class StateWriter(StateReader):
                 " AND vapi_assistant_id <> %s",
                 (org_id, role, vapi_id),
             )
-            conn.execute(
+            cur = conn.execute(
                 "INSERT INTO assistant_org_mapping (vapi_assistant_id, org_id, assistant_role,"
                 " assistant_name) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (vapi_assistant_id) DO UPDATE SET"
@@ -184,6 +186,11 @@ class StateWriter(StateReader):
                 " WHERE assistant_org_mapping.org_id = EXCLUDED.org_id",
                 (vapi_id, org_id, role, name),
             )
+            if cur.rowcount != 1:  # rolls the whole transaction back
+                raise ReconcilerError(
+                    f"assistant {vapi_id} is already mapped to another org: "
+                    "do two specs share one Vapi account?"
+                )
 
     def forget_assistant(self, org_id: str, role: str, vapi_id: str | None) -> None:
         with self._tx(2) as conn:
