@@ -3,7 +3,7 @@
 Counts Vapi requests (from the emulator) and Postgres statements (from the store), and times
 a cold apply, a no-op apply and a plan, at concurrency 1 and at the default 16.
 
-    python bench/bench_reconcile.py --orgs 200 --latency-ms 20 [--write docs/benchmarks.md]
+    python -m bench.bench_reconcile --orgs 200 --latency-ms 20 [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.report import table, write_section
 from reconciler.controller.run import Controller
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import LoadResult, SpecFile
@@ -94,33 +95,22 @@ def main() -> None:
         pg = embedded_url(Path(tmp), cleanup="delete")
         rows = {c: measure(url, pg, args.orgs, c) for c in (1, 16)}
     cols = list(rows[1])
-    lines = [
-        f"| concurrency | {' | '.join(cols)} |",
-        "|---" * (len(cols) + 1) + "|",
+    cells = [
+        [str(c)] + [f"{row[k]:.2f}" if k.endswith(" s") else f"{int(row[k])}" for k in cols]
+        for c, row in rows.items()
     ]
-    for c, row in rows.items():
-        cells = [f"{row[k]:.2f}" if k.endswith(" s") else f"{int(row[k])}" for k in cols]
-        lines.append(f"| {c} | {' | '.join(cells)} |")
     speedup = rows[1]["cold apply s"] / rows[16]["cold apply s"]
-    lines.append("")
-    lines.append(f"Cold apply, concurrency 16 vs 1: {speedup:.1f}x faster (same run).")
-    table = "\n".join(lines)
-    print(table)
+    body = table(["concurrency", *cols], cells)
+    body += f"\n\nCold apply, concurrency 16 vs 1: {speedup:.1f}x faster (same run)."
+    print(body)
     if args.write:
-        cmd = f"python bench/bench_reconcile.py --orgs {args.orgs} --latency-ms {args.latency_ms}"
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        marker = "<!-- bench_reconcile -->"
-        section = (
-            f"{marker}\n## Reconcile: {args.orgs} orgs, 2 assistants each, "
-            f"emulator latency {args.latency_ms} ms\n\nCommand: `{cmd}`\n\n{table}\n{marker}"
+        write_section(
+            args.write,
+            "bench_reconcile",
+            f"Reconcile: {args.orgs} orgs, 2 assistants each, emulator latency {args.latency_ms} ms",
+            f"python -m bench.bench_reconcile --orgs {args.orgs} --latency-ms {args.latency_ms}",
+            body,
         )
-        if marker in text:
-            head, _, rest = text.partition(marker)
-            _, _, tail = rest.partition(marker)
-            text = head + section + tail
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        args.write.write_text(text)
 
 
 if __name__ == "__main__":
