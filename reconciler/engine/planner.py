@@ -17,8 +17,7 @@ from reconciler.engine.actions import (
 )
 from reconciler.engine.diff import FieldChange, contains, field_changes, strip_server_owned
 from reconciler.engine.model import DesiredAssistant, DesiredOrg, ObservedOrg, tag_of
-
-ROLES = ("inbound", "outbound")
+from reconciler.spec.models import ROLES
 
 
 def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False) -> OrgPlan:
@@ -28,12 +27,14 @@ def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False)
 
     actions += _plan_org_row(desired, observed)
     actions += _plan_credentials(desired, observed)
+    if observed.live is None:
+        if desired.assistants or observed.assistants:
+            warnings.append("assistants not planned: the Vapi account could not be listed")
+        return OrgPlan(desired.org_id, desired.slug, tuple(actions), (), tuple(warnings))
 
-    live = observed.live or []
-    mine = [a for a in live if (tag := tag_of(a)) is not None and tag[0] == desired.org_id]
-    foreign = sorted(
-        {t[0] for a in live if (t := tag_of(a)) is not None and t[0] != desired.org_id}
-    )
+    tags = [(a, tag_of(a)) for a in observed.live]
+    mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
+    foreign = sorted({tag[0] for _, tag in tags if tag is not None and tag[0] != desired.org_id})
     if foreign:
         warnings.append(
             f"this Vapi account also holds assistants tagged for other orgs {foreign}: "
@@ -41,10 +42,6 @@ def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False)
         )
 
     deletes: list[Action] = []
-    if observed.live is None:
-        if desired.assistants or observed.assistants:
-            warnings.append("assistants not planned: the Vapi account could not be listed")
-        return OrgPlan(desired.org_id, desired.slug, tuple(actions), (), tuple(warnings))
     for role in ROLES:
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
         want = desired.assistants.get(role)
