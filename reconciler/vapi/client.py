@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.cookiejar
 import random
 import time
 from collections.abc import Callable
@@ -121,7 +122,10 @@ class VapiReader:
             else:
                 code = resp.status_code
                 if code < 400:
-                    return resp.json()
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise VapiError(f"{what}: {code} with a body that is not JSON") from None
                 if code in (401, 403):
                     raise VapiAuthError(f"{what}: Vapi rejected the API key ({code})", status=code)
                 if code == 404:
@@ -146,25 +150,41 @@ class VapiReader:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def list_assistants(self, *, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
-        """Every assistant in the account, paging backwards by createdAt.
+        """Every assistant in the account, whatever order Vapi lists them in.
 
-        `createdAtLe` plus de-duplication by id, so assistants that share a timestamp at a page
-        boundary are neither skipped nor counted twice.
+        A page shorter than `limit` covers its whole createdAt range. A full page covers only
+        part of it; what it left out lies at either end, so both ends are asked again
+        (`createdAtGe` / `createdAtLe`, inclusive). De-duplication by id absorbs the overlaps.
         """
         seen: dict[str, dict[str, Any]] = {}
-        params: dict[str, Any] = {"limit": limit}
-        while True:
+        ranges: list[tuple[str | None, str | None]] = [(None, None)]
+        while ranges:
+            low, high = ranges.pop()
+            params: dict[str, Any] = {"limit": limit}
+            if low is not None:
+                params["createdAtGe"] = low
+            if high is not None:
+                params["createdAtLe"] = high
             page = self._request("GET", "/assistant", params=params)
-            if not isinstance(page, list):
-                raise VapiError("GET /assistant: expected a JSON array")
+            if not isinstance(page, list) or not all(
+                isinstance(a, dict) and isinstance(a.get("id"), str) and "createdAt" in a
+                for a in page
+            ):
+                raise VapiError("GET /assistant: unexpected response shape")
             fresh = [a for a in page if a["id"] not in seen]
             for item in fresh:
                 seen[item["id"]] = item
             if len(page) < limit:
-                return list(seen.values())
+                continue
             if not fresh:
                 raise VapiError(f"GET /assistant: at least {limit} assistants share a createdAt")
-            params = {"limit": limit, "createdAtLe": min(a["createdAt"] for a in page)}
+            oldest = min(a["createdAt"] for a in page)
+            newest = max(a["createdAt"] for a in page)
+            if oldest != low:
+                ranges.append((low, oldest))
+            if newest != high:
+                ranges.append((newest, high))
+        return list(seen.values())
 
     def get_assistant(self, assistant_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/assistant/{assistant_id}")
@@ -196,6 +216,10 @@ def http_client(
     """One pooled client shared by all orgs; each request carries its org's key."""
     return httpx.Client(
         base_url=base_url,
+        # no cookie jar: a cookie set for one tenant must never ride on another's requests
+        cookies=http.cookiejar.CookieJar(
+            policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+        ),
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=32),
         headers={"User-Agent": USER_AGENT},
