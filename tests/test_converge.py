@@ -129,14 +129,26 @@ def test_lost_create_response_is_adopted_not_duplicated(
     assert [row[2] for row in mapping(state)] == [live(emulator, key)[0]["id"]]
 
 
-def test_create_that_failed_before_commit_is_retried_once(
+def test_failed_create_waits_out_the_grace_period_then_creates_once(
     specs: SpecDir, controller: Controller, emulator: str
 ) -> None:
     doc = org_doc("acme", assistants={"inbound": {"name": "Front desk"}})
     specs.write(doc)
+    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
     fault(emulator, method="POST", path="/assistant", mode="error", status=503, times=1)
+
+    first = controller.apply(load_tree(specs.root))  # outcome unknown: no second POST now
+    assert "outcome unknown" in (first.failed[0].error or "")
+    assert emulator_stats(emulator)["POST /assistant"] == 1
+
+    waiting = controller.apply(load_tree(specs.root))  # still inside the grace period
+    assert "waiting up to 60s" in (waiting.failed[0].error or "")
+    assert emulator_stats(emulator)["POST /assistant"] == 1
+
+    controller.create_grace_s = 0  # the grace period is over
     assert controller.apply(load_tree(specs.root)).ok
-    assert len(live(emulator, doc["spec"]["credentials"]["vapi"]["apiKey"])) == 1
+    assert emulator_stats(emulator)["POST /assistant"] == 2
+    assert len(live(emulator, key)) == 1
 
 
 def test_crash_between_create_and_record_adopts_next_run(

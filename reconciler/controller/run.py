@@ -18,7 +18,7 @@ from reconciler.engine.apply import Applier
 from reconciler.engine.desired import desired_org
 from reconciler.engine.model import DesiredOrg
 from reconciler.engine.observe import observed_from_rows
-from reconciler.engine.planner import plan_org
+from reconciler.engine.planner import CREATE_GRACE_S, plan_org
 from reconciler.errors import ReconcilerError
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import LoadResult, Problem
@@ -83,12 +83,14 @@ class Controller:
         *,
         concurrency: int = 16,
         retry: RetryPolicy | None = None,
+        create_grace_s: float = CREATE_GRACE_S,
     ) -> None:
         self.state = state
         self.http = http
         self.key = key
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
+        self.create_grace_s = create_grace_s
 
     def _desired(self, loaded: LoadResult) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
@@ -178,7 +180,10 @@ class Controller:
             )
             live, error = self._list_live(desired, reader)
             outcome.plan = plan_org(
-                desired, observed_from_rows(rows.get(desired.org_id), live), prune=prune
+                desired,
+                observed_from_rows(rows.get(desired.org_id), live),
+                prune=prune,
+                create_grace_s=self.create_grace_s,
             )
             if error is not None:
                 outcome.error = str(error)
@@ -220,7 +225,9 @@ class Controller:
         )
         row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
         live, list_error = self._list_live(desired, writer)
-        plan = plan_org(desired, observed_from_rows(row, live), prune=prune)
+        plan = plan_org(
+            desired, observed_from_rows(row, live), prune=prune, create_grace_s=self.create_grace_s
+        )
         outcome.plan = plan
         try:
             Applier(desired, writer, state, self.key).apply(plan)

@@ -92,6 +92,7 @@ class OrgPlan:
     actions: tuple[Action, ...]
     unchanged: tuple[str, ...] = ()  # roles already converged
     warnings: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()  # why a role cannot converge in this run (org fails)
 
     @property
     def has_changes(self) -> bool:

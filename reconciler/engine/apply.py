@@ -19,6 +19,7 @@ from reconciler.engine.actions import (
     UpsertOrg,
 )
 from reconciler.engine.model import DesiredOrg, tag_of
+from reconciler.errors import ReconcilerError
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.store import StateWriter
 from reconciler.vapi.client import VapiAmbiguousWrite, VapiWriter
@@ -44,6 +45,8 @@ class Applier:
         for action in plan.actions:
             self._run(action)
             result.done.append(action)
+        if plan.blocked:
+            raise ReconcilerError("; ".join(plan.blocked))
         return result
 
     def _writer(self) -> VapiWriter:
@@ -85,9 +88,15 @@ class Applier:
         self.state.begin_create(self.desired.org_id, role, want.stored)
         try:
             created = vapi.create_assistant(want.body)
-        except VapiAmbiguousWrite:
-            # Nothing carries our tag after the failed POST: it was not created, try once more.
-            created = self._find_tagged(role) or vapi.create_assistant(want.body)
+        except VapiAmbiguousWrite as exc:
+            # Never a second POST in this run: a slow backend may still commit the first.
+            # The `creating` row stays; later runs adopt it, or create after a grace period.
+            found = self._find_tagged(role)
+            if found is None:
+                raise ReconcilerError(
+                    f"{role}: {exc}; the next run looks for it again before creating"
+                ) from None
+            created = found
         self._record(role, created["id"])
 
     def _find_tagged(self, role: str) -> dict[str, Any] | None:

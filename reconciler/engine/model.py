@@ -83,6 +83,7 @@ class StoredAssistant:
     vapi_assistant_id: str | None
     status: str  # 'creating' | 'ready'
     applied_config: dict[str, Any] | None
+    pending_s: float | None = None  # seconds since a create began that has no known outcome
 
 
 @dataclass(frozen=True)

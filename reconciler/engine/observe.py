@@ -26,7 +26,11 @@ def observed_from_rows(
         },
         assistants={
             a["role"]: StoredAssistant(
-                a["role"], a["vapi_assistant_id"], a["status"], a["applied_config"]
+                a["role"],
+                a["vapi_assistant_id"],
+                a["status"],
+                a["applied_config"],
+                a["pending_s"] if a["status"] == "creating" else None,
             )
             for a in row["assistants"]
         },

@@ -19,11 +19,22 @@ from reconciler.engine.diff import FieldChange, contains, field_changes, strip_s
 from reconciler.engine.model import DesiredAssistant, DesiredOrg, ObservedOrg, tag_of
 from reconciler.spec.models import ROLES
 
+CREATE_GRACE_S = 60.0
 
-def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False) -> OrgPlan:
+
+def plan_org(
+    desired: DesiredOrg,
+    observed: ObservedOrg,
+    *,
+    prune: bool = False,
+    create_grace_s: float = CREATE_GRACE_S,
+) -> OrgPlan:
+    """`create_grace_s`: how long a create with an unknown outcome may still show up in the
+    account (a slow commit) before the planner creates again."""
     actions: list[Action] = []
     warnings: list[str] = []
     unchanged: list[str] = []
+    blocked: list[str] = []
 
     actions += _plan_org_row(desired, observed)
     actions += _plan_credentials(desired, observed)
@@ -48,6 +59,13 @@ def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False)
         if want is None:
             deletes += _plan_absent_role(role, observed, tagged, prune, warnings)
             continue
+        if _create_outcome_pending(observed, role, tagged, create_grace_s):
+            pending = observed.assistants[role].pending_s or 0.0
+            blocked.append(
+                f"{role}: an earlier create has an unknown outcome ({pending:.0f}s ago); "
+                f"waiting up to {create_grace_s:.0f}s for it to appear before creating again"
+            )
+            continue
         role_actions, current_id = _plan_assistant(want, desired.org_id, observed, tagged)
         if not role_actions:
             unchanged.append(role)
@@ -67,6 +85,21 @@ def plan_org(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool = False)
         actions=tuple(actions + deletes),
         unchanged=tuple(unchanged),
         warnings=tuple(warnings),
+        blocked=tuple(blocked),
+    )
+
+
+def _create_outcome_pending(
+    observed: ObservedOrg, role: str, tagged: list[dict[str, Any]], grace_s: float
+) -> bool:
+    stored = observed.assistants.get(role)
+    return (
+        stored is not None
+        and stored.status == "creating"
+        and stored.pending_s is not None
+        and stored.pending_s < grace_s
+        and not tagged
+        and role not in observed.mappings
     )
 
 

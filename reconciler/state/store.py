@@ -23,7 +23,8 @@ SELECT o.id::text AS id, o.slug, o.name,
     FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
   COALESCE((SELECT json_agg(json_build_object(
       'role', a.role, 'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status,
-      'applied_config', a.applied_config))
+      'applied_config', a.applied_config,
+      'pending_s', EXTRACT(EPOCH FROM now() - a.create_started_at)))
     FROM assistants a WHERE a.org_id = o.id), '[]') AS assistants,
   COALESCE((SELECT json_agg(json_build_object(
       'vapi_assistant_id', m.vapi_assistant_id, 'role', m.assistant_role,
