@@ -218,8 +218,10 @@ def test_id_repeated_across_files(specs: SpecDir, capsys: pytest.CaptureFixture[
     line = assert_rejected(specs, capsys, "globex.yaml", "metadata.id")
     assert org_id in line
     assert f"already used by {first}" in line
-    # the first file is kept; only the repeat is rejected
-    assert [s.path.name for s in validate_tree(specs.root).specs] == ["acme.yaml"]
+    # both are left out: neither may take over the other's state
+    result = validate_tree(specs.root)
+    assert result.specs == []
+    assert any(p.path == first and "also used by" in p.message for p in result.problems)
 
 
 def test_slug_repeated_across_files(specs: SpecDir, capsys: pytest.CaptureFixture[str]) -> None:
@@ -228,10 +230,11 @@ def test_slug_repeated_across_files(specs: SpecDir, capsys: pytest.CaptureFixtur
     first = specs.write(org_doc("acme"), name="eu/acme")
     second = specs.write(org_doc("acme"), name="us/acme")
     result = validate_tree(specs.root)
-    problem = [p for p in result.problems if p.field == "metadata.slug"]
-    assert len(problem) == 1
-    assert problem[0].path == second
-    assert f"already used by {first}" in problem[0].message
+    problem = {p.path: p.message for p in result.problems if p.field == "metadata.slug"}
+    assert set(problem) == {first, second}
+    assert f"already used by {first}" in problem[second]
+    assert f"also used by {second}" in problem[first]
+    assert result.specs == []
 
     code, lines, out, _err = run_validate(specs.root, capsys)
     assert code == 1

@@ -47,9 +47,14 @@ def plan_org(
     mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
     foreign = sorted({tag[0] for _, tag in tags if tag is not None and tag[0] != desired.org_id})
     if foreign:
-        warnings.append(
-            f"this Vapi account also holds assistants tagged for other orgs {foreign}: "
-            "two specs share one account?"
+        # Another org's assistants here: two specs (or a changed metadata.id) on one account.
+        # Creating ours would put a second set in it, so the org stops until a person looks.
+        blocked.append(
+            f"this Vapi account holds assistants tagged for other orgs {foreign}: "
+            "refusing to manage it (one Vapi account per org)"
+        )
+        return OrgPlan(
+            desired.org_id, desired.slug, tuple(actions), (), tuple(warnings), tuple(blocked)
         )
 
     deletes: list[Action] = []

@@ -178,9 +178,12 @@ def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Probl
         first: dict[str, Path] = {}
         for path, org in checked:
             value = str(getattr(org.metadata, attr))
-            if value in first:
+            if value in first:  # both files are left out: neither may take the other's state
                 problems.append(
                     Problem(path, f"metadata.{attr}", f"{value} is already used by {first[value]}")
+                )
+                problems.append(
+                    Problem(first[value], f"metadata.{attr}", f"{value} is also used by {path}")
                 )
             else:
                 first[value] = path
