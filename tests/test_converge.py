@@ -313,3 +313,27 @@ def test_org_without_assistants_or_vapi_key_converges(
     assert report.counts()["create"] == 2  # org row + resend credential
     assert emulator_stats(emulator)["GET /assistant"] == 0
     assert not controller.plan(load_tree(specs.root)).has_changes
+
+
+def test_replica_that_lost_its_lock_writes_nothing_to_vapi(
+    specs: SpecDir,
+    controller: Controller,
+    emulator: str,
+    state: StateWriter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    specs.write(org_doc("acme"))
+    loaded = load_tree(specs.root)
+    real = StateWriter.upsert_org
+
+    def upsert_then_lose_lock(self: StateWriter, *args: object) -> None:
+        real(self, *args)  # type: ignore[arg-type]
+        with state.pool.connection() as conn:  # e.g. an idle-transaction timeout, a failover
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            )
+
+    monkeypatch.setattr(StateWriter, "upsert_org", upsert_then_lose_lock)
+    report = controller.apply(loaded)
+    assert "lost the org lock" in (report.failed[0].error or "")
+    assert writes(emulator) == 0

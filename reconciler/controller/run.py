@@ -202,11 +202,11 @@ class Controller:
         run_id = state.start_run(command, len(items))
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
-            with state.org_lock(desired.org_id) as got:
-                if not got:
+            with state.org_lock(desired.org_id) as lock:
+                if not lock.held:
                     outcome.error = "skipped: another reconciler is working on this org"
                     return
-                self._apply_org(state, desired, outcome, prune)
+                self._apply_org(state, desired, outcome, prune, lock.check)
 
         outcomes = self._each(items, work)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
@@ -216,7 +216,12 @@ class Controller:
         return report
 
     def _apply_org(
-        self, state: StateWriter, desired: DesiredOrg, outcome: OrgOutcome, prune: bool
+        self,
+        state: StateWriter,
+        desired: DesiredOrg,
+        outcome: OrgOutcome,
+        prune: bool,
+        still_locked: Callable[[], None],
     ) -> None:
         writer = (
             VapiWriter(self.http, desired.vapi_api_key.reveal(), retry=self.retry)
@@ -230,7 +235,7 @@ class Controller:
         )
         outcome.plan = plan
         try:
-            Applier(desired, writer, state, self.key).apply(plan)
+            Applier(desired, writer, state, self.key, still_locked).apply(plan)
         except Exception as exc:
             self._finish(state, desired, error=_message(exc))
             raise

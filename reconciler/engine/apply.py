@@ -4,6 +4,7 @@ resolved by looking for our ownership tag, never by a blind second POST."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,16 @@ class ApplyResult:
 
 class Applier:
     def __init__(
-        self, desired: DesiredOrg, vapi: VapiWriter | None, state: StateWriter, key: MasterKey
+        self,
+        desired: DesiredOrg,
+        vapi: VapiWriter | None,
+        state: StateWriter,
+        key: MasterKey,
+        still_locked: Callable[[], None] = lambda: None,
     ) -> None:
+        """`still_locked` raises when this replica no longer holds the org's lock; it runs
+        before every Vapi write, so a replica that lost its lock cannot write."""
+        self.still_locked = still_locked
         self.desired = desired
         self.vapi = vapi
         self.state = state
@@ -52,6 +61,7 @@ class Applier:
     def _writer(self) -> VapiWriter:
         if self.vapi is None:
             raise AssertionError("assistant actions need the org's Vapi credentials")
+        self.still_locked()
         return self.vapi
 
     def _run(self, action: Action) -> None:

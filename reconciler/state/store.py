@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -78,6 +79,21 @@ class StateReader:
             ).fetchall()
 
 
+class OrgLock:
+    def __init__(self, conn: Connection[Any], held: bool, count: Callable[[], None]) -> None:
+        self._conn = conn
+        self.held = held
+        self._count = count
+
+    def check(self) -> None:
+        """Raises unless the lock's session is still alive (and so the lock still held)."""
+        self._count()
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            raise ReconcilerError("lost the org lock (database session ended); stopping") from None
+
+
 def _lock_key(org_id: str) -> int:
     # a signed 64-bit key from the uuid; a collision only serialises two orgs, never corrupts
     return int.from_bytes(uuid.UUID(org_id).bytes[:8], "big", signed=True)
@@ -85,17 +101,20 @@ def _lock_key(org_id: str) -> int:
 
 class StateWriter(StateReader):
     @contextmanager
-    def org_lock(self, org_id: str) -> Iterator[bool]:
+    def org_lock(self, org_id: str) -> Iterator[OrgLock]:
         """Holds a transaction-scoped advisory lock for the org while the block runs.
 
         Transaction-scoped (not session) so it cannot leak behind a transaction pooler, and a
-        crashed replica's lock dies with its connection. Yields False when another holds it.
+        crashed replica's lock dies with its connection. The idle-in-transaction timeout is
+        lifted for this transaction, and `OrgLock.check()` proves the lock still holds before
+        each Vapi write (fail closed if the session was killed meanwhile).
         """
-        self._count()
+        self._count(2)
         with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(org_id),))
             row = got.fetchone()
-            yield bool(row and row[0])
+            yield OrgLock(conn, bool(row and row[0]), self._count)
 
     @contextmanager
     def _tx(self, statements: int) -> Iterator[Connection[Any]]:
