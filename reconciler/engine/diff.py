@@ -18,16 +18,23 @@ SERVER_OWNED = frozenset(
         "latestVersion",
     }
 )
-_SENSITIVE_KEY = re.compile(
-    r"secret|token|password|apikey|api_key|authorization|credential", re.IGNORECASE
-)
+# A key is sensitive when one of its words (camelCase, kebab-case, snake_case) is one of these.
+# HTTP headers carry secrets under any name, so a `headers` object is sensitive as a whole.
+_SENSITIVE_WORDS = frozenset(
+    {
+        "secret", "token", "password", "passwd", "key", "apikey", "authorization", "auth",
+        "cookie", "signature", "private", "credential", "credentials", "headers",
+    }
+)  # fmt: skip
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 SENSITIVE = "(sensitive)"
 
 
 def is_sensitive_key(key: str) -> bool:
-    if key.lower().endswith(("id", "ids")):  # credentialId(s) name a secret, they are not one
+    words = [w.lower() for w in _WORD.findall(key)]
+    if words and words[-1] in ("id", "ids"):  # credentialId(s) name a secret, are not one
         return False
-    return bool(_SENSITIVE_KEY.search(key.replace("-", "")))
+    return any(w in _SENSITIVE_WORDS for w in words)
 
 
 def strip_server_owned(assistant: dict[str, Any]) -> dict[str, Any]:

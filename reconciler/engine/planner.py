@@ -15,7 +15,13 @@ from reconciler.engine.actions import (
     UpdateAssistant,
     UpsertOrg,
 )
-from reconciler.engine.diff import FieldChange, contains, field_changes, strip_server_owned
+from reconciler.engine.diff import (
+    FieldChange,
+    contains,
+    field_changes,
+    redact,
+    strip_server_owned,
+)
 from reconciler.engine.model import DesiredAssistant, DesiredOrg, ObservedOrg, tag_of
 from reconciler.spec.models import ROLES
 
@@ -172,7 +178,9 @@ def _plan_assistant(
     patch: dict[str, Any] = {}
     for key, value in want.body.items():
         edited = applied is not None and applied.get(key) != want.stored.get(key)
-        if edited or not contains(live.get(key), value):
+        # secret leaves compare as "(sensitive)": Vapi may hide them when read back; a changed
+        # secret shows in `edited` (fingerprints), so no perpetual diff either way
+        if edited or not contains(redact(live.get(key)), redact(value)):
             patch[key] = value
     for key in applied or {}:  # removed from the spec since last apply: clear it
         if key not in want.body and live.get(key) is not None:
