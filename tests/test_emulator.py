@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -67,6 +68,33 @@ def _create(api: httpx.Client, **body: Any) -> dict[str, Any]:
 def _fault(admin: httpx.Client, **spec: Any) -> None:
     response = admin.post("/_emulator/faults", json=spec)
     assert response.status_code == 201, response.text
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Warnings and errors the emulator's server logs (uvicorn logs ASGI tracebacks there)."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def _count(api: httpx.Client) -> int:
+    return len(api.get("/assistant").json())
 
 
 def _bad_request(response: httpx.Response) -> list[str]:
@@ -376,6 +404,67 @@ def test_delay_fault(api: httpx.Client, admin: httpx.Client) -> None:
     assert time.monotonic() - started < 0.3
 
 
+def test_delay_fault_reads_the_body_first(api: httpx.Client, admin: httpx.Client) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="delay", delay_ms=200)
+    started = time.monotonic()
+    response = api.post("/assistant", json={"name": "slow"})
+    assert time.monotonic() - started >= 0.2
+    assert response.status_code == 201
+    assert response.json()["name"] == "slow"
+
+
+def test_delay_fault_survives_a_client_timeout_without_a_traceback(
+    base_url: str, api: httpx.Client, admin: httpx.Client, server_log: list[logging.LogRecord]
+) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="delay", delay_ms=400)
+    with _client(base_url, "tenant-a-key") as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/assistant", json={"name": "gave up"}, timeout=0.1)
+    time.sleep(0.6)  # past the delay: the emulator has handled (and dropped) the request
+    assert _count(api) == 0  # the client left while the request was queued: no work done
+    assert server_log == []
+    assert api.post("/assistant", json={"name": "next"}).status_code == 201
+
+
+def test_late_commit_commits_after_the_client_timed_out(
+    base_url: str, api: httpx.Client, admin: httpx.Client, server_log: list[logging.LogRecord]
+) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="late_commit", delay_ms=600)
+    assert admin.get("/_emulator/faults").json()[0]["status"] is None  # answers normally
+    started = time.monotonic()
+    with _client(base_url, "tenant-a-key") as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/assistant", json={"name": "late"}, timeout=0.2)
+    assert _count(api) == 0  # not committed yet
+    time.sleep(max(0.0, started + 0.8 - time.monotonic()))
+    deadline = time.monotonic() + 3  # slack for a loaded machine
+    while _count(api) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [a["name"] for a in api.get("/assistant").json()] == ["late"]
+    assert admin.get("/_emulator/stats").json()["requests"]["POST /assistant"] == 1
+    assert server_log == []
+
+
+def test_late_commit_answers_normally_or_with_the_given_status(
+    api: httpx.Client, admin: httpx.Client
+) -> None:
+    _fault(admin, method="POST", path="/assistant", mode="late_commit", delay_ms=150)
+    started = time.monotonic()
+    response = api.post("/assistant", json={"name": "slow"})
+    assert time.monotonic() - started >= 0.15
+    assert response.status_code == 201
+    assert api.get(f"/assistant/{response.json()['id']}").json()["name"] == "slow"
+
+    _fault(admin, method="POST", path="/assistant", mode="late_commit", delay_ms=50, status=504)
+    response = api.post("/assistant", json={"name": "lost"})
+    assert response.status_code == 504
+    assert response.json()["error"] == "Gateway Timeout"
+    assert {a["name"] for a in api.get("/assistant").json()} == {"slow", "lost"}
+
+    created = _create(api, name="to delete")
+    _fault(admin, method="DELETE", path="/assistant/{id}", mode="late_commit", delay_ms=50)
+    assert api.delete(f"/assistant/{created['id']}").json() == created
+    assert api.get(f"/assistant/{created['id']}").status_code == 404
+
+
 def test_429_sends_retry_after(api: httpx.Client, admin: httpx.Client) -> None:
     _fault(admin, method="GET", path="/assistant", mode="error", status=429)
     _fault(admin, method="GET", path="/assistant", mode="error", status=429, retry_after="7")
@@ -409,6 +498,56 @@ def test_faults_can_be_cleared_and_bad_specs_are_rejected(
         {"method": "GET", "path": "/assistant", "mode": "error", "time": 1},
     ):
         assert admin.post("/_emulator/faults", json=spec).status_code == 400
+
+
+@pytest.mark.parametrize("status", [499, 509, 520, 599, 399, 600, 200, "500", 500.0, None, True])
+def test_fault_status_must_be_a_known_http_error_status(
+    api: httpx.Client, admin: httpx.Client, status: Any
+) -> None:
+    spec = {"method": "GET", "path": "/assistant", "mode": "error", "status": status}
+    assert _bad_request(admin.post("/_emulator/faults", json=spec)) == [
+        "status must be a known HTTP status code from 400 to 599"
+    ]
+    assert admin.get("/_emulator/faults").json() == []
+    assert api.get("/assistant").status_code == 200
+
+
+@pytest.mark.parametrize("status", [400, 418, 429, 451, 500, 511])
+def test_fault_status_accepts_known_error_statuses(
+    api: httpx.Client, admin: httpx.Client, status: int
+) -> None:
+    _fault(admin, method="GET", path="/assistant", mode="error", status=status)
+    response = api.get("/assistant")
+    assert response.status_code == status
+    assert response.json()["statusCode"] == status
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("delay_ms", True, "delay_ms must be a non-negative integer"),
+        ("delay_ms", False, "delay_ms must be a non-negative integer"),
+        ("times", True, "times must be a positive integer or null (forever)"),
+        ("times", False, "times must be a positive integer or null (forever)"),
+        ("status", True, "status must be a known HTTP status code from 400 to 599"),
+    ],
+)
+def test_fault_numbers_reject_booleans(
+    api: httpx.Client, admin: httpx.Client, field: str, value: bool, message: str
+) -> None:
+    spec = {"method": "GET", "path": "/assistant", "mode": "delay", field: value}
+    assert _bad_request(admin.post("/_emulator/faults", json=spec)) == [message]
+    assert admin.get("/_emulator/faults").json() == []
+
+
+def test_only_late_commit_may_have_a_null_status(admin: httpx.Client) -> None:
+    for mode in ("error", "error_after_commit", "delay"):
+        spec = {"method": "POST", "path": "/assistant", "mode": mode, "status": None}
+        _bad_request(admin.post("/_emulator/faults", json=spec))
+    spec = {"method": "POST", "path": "/assistant", "mode": "late_commit", "status": None}
+    assert admin.post("/_emulator/faults", json=spec).json()["status"] is None
+    spec["status"] = 503
+    assert admin.post("/_emulator/faults", json=spec).json()["status"] == 503
 
 
 # -- stats, reset, latency -----------------------------------------------------------------------

@@ -9,10 +9,25 @@ against the CreateAssistantDTO / UpdateAssistantDTO trees of Vapi's OpenAPI docu
 
 An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts` (keyed by token
 fingerprint), `POST reset`, and `GET/POST/DELETE faults`. A fault is
-`{"method", "path": "/assistant" | "/assistant/{id}" | "/assistant/<id>", "mode": "error" |
-"error_after_commit" | "delay", "status": 500, "times": 1 (null: forever), "delay_ms": 0,
-"retry_after": "0" (default for 429; null: no header), "body": <optional JSON to answer>}`; the
-first matching fault applies. `delay_ms` also delays the two error modes.
+`{"method", "path": "/assistant" | "/assistant/{id}" | "/assistant/<id>", "mode": see below,
+"status": 500, "times": 1 (null: forever), "delay_ms": 0, "retry_after": "0" (default for 429;
+null: no header), "body": <optional JSON to answer instead of the NestJS error>}`; the first
+matching fault applies, and each match uses up one of its `times`. `status` must be a known HTTP
+status from 400 to 599; `times` and `delay_ms` must be integers (not booleans). Modes:
+
+- `error`: wait `delay_ms`, then answer `status` without doing any work.
+- `error_after_commit`: wait `delay_ms`, do the work, then answer `status` instead of the result
+  (the change happened, the answer is lost).
+- `delay`: wait `delay_ms`, then handle the request normally (`status` is ignored). If the client
+  has disconnected meanwhile (e.g. its timeout fired), the request is dropped without doing the
+  work: a slow queue in front of the backend.
+- `late_commit`: wait `delay_ms`, then do the work even if the client has disconnected meanwhile,
+  and answer normally, or with `status` if one is given (default: none). A slow backend that
+  commits after the client gave up: the client sees a timeout, the change lands later.
+
+Every Vapi route reads the whole request body before any waiting (global latency or a fault's
+`delay_ms`), so a client that times out during a wait never breaks the request half-read, and
+answers to a client that has gone are dropped quietly (no traceback in the log).
 
 The module is standalone: stdlib, starlette and uvicorn (and its own `emulator_schema.py`).
 
@@ -43,7 +58,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -68,7 +83,8 @@ DATE_FILTERS = {
     for field in ("createdAt", "updatedAt")
     for op, compare in COMPARISONS.items()
 }
-FAULT_MODES = ("error", "error_after_commit", "delay")
+FAULT_MODES = ("error", "error_after_commit", "delay", "late_commit")
+AFTER_WORK_MODES = ("error_after_commit", "late_commit")  # modes answering `status` after the work
 FAULT_KEYS = {"method", "path", "mode", "status", "times", "delay_ms", "retry_after", "body"}
 
 Json = dict[str, Any]
@@ -110,6 +126,26 @@ def _bad_request(messages: list[str]) -> JSONResponse:
     return _error(400, messages)
 
 
+def _is_error_status(value: object) -> bool:
+    """True for an int (not a bool) that is a known HTTP status from 400 to 599."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 400 <= value <= 599:
+        return False
+    try:
+        http.HTTPStatus(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _client_gone() -> Response:
+    """The answer to a client that has disconnected: the server drops it unsent."""
+    return Response(status_code=499)
+
+
 def fingerprint(token: str) -> str:
     """How the admin API names an account: the first 8 hex chars of sha256(token)."""
     return hashlib.sha256(token.encode()).hexdigest()[:8]
@@ -127,7 +163,7 @@ class Fault:
     method: str
     path: str  # "/assistant", "/assistant/{id}" or a concrete "/assistant/<id>"
     mode: str
-    status: int = 500
+    status: int | None = 500  # None (late_commit only): answer the handler's own response
     times: int | None = 1  # None: every matching request, forever
     delay_ms: int = 0
     retry_after: str | None = None
@@ -141,11 +177,12 @@ class Fault:
         return self.path == path
 
     def response(self) -> Response:
+        status = 500 if self.status is None else self.status
         headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
         if self.body is not None:
-            return JSONResponse(self.body, status_code=self.status, headers=headers or None)
-        phrase = http.HTTPStatus(self.status).phrase
-        return _error(self.status, f"Emulated fault: {phrase}", headers)
+            return JSONResponse(self.body, status_code=status, headers=headers or None)
+        phrase = http.HTTPStatus(status).phrase
+        return _error(status, f"Emulated fault: {phrase}", headers)
 
     def as_json(self) -> Json:
         return dataclasses.asdict(self)
@@ -158,7 +195,8 @@ class Fault:
         errors = [f"property {k} should not exist" for k in data if k not in FAULT_KEYS]
         method = str(data.get("method", "")).upper()
         path = str(data.get("path", "")).rstrip("/")
-        mode, status = data.get("mode"), data.get("status", 500)
+        mode = data.get("mode")
+        status = data.get("status", None if mode == "late_commit" else 500)
         times, delay_ms = data.get("times", 1), data.get("delay_ms", 0)
         if f"{method} {path}" not in ROUTE_KEYS and not (
             method in ("GET", "PATCH", "DELETE") and path.startswith("/assistant/")
@@ -166,11 +204,11 @@ class Fault:
             errors.append(f"no route {method} {path}; use /assistant or /assistant/{{id}}")
         if mode not in FAULT_MODES:
             errors.append(f"mode must be one of the following values: {', '.join(FAULT_MODES)}")
-        if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-            errors.append("status must be an integer from 400 to 599")
-        if times is not None and (not isinstance(times, int) or times < 1):
+        if not (_is_error_status(status) or (mode == "late_commit" and status is None)):
+            errors.append("status must be a known HTTP status code from 400 to 599")
+        if times is not None and (not _is_int(times) or times < 1):
             errors.append("times must be a positive integer or null (forever)")
-        if not isinstance(delay_ms, int) or delay_ms < 0:
+        if not _is_int(delay_ms) or delay_ms < 0:
             errors.append("delay_ms must be a non-negative integer")
         if errors:
             return errors
@@ -223,11 +261,19 @@ class Emulator:
     def vapi_route(self, key: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             self.state.requests[key] += 1
+            try:
+                # Read (and cache) the body before any wait: once the client has gone, the body
+                # can no longer be read, and a late read would raise ClientDisconnect.
+                await request.body()
+            except ClientDisconnect:
+                return _client_gone()  # nobody to answer; the request never fully arrived
             if self.latency_ms > 0:
                 await asyncio.sleep(self.latency_ms / 1000)
             fault = self.state.take_fault(request.method, request.url.path.rstrip("/"))
             if fault is not None and fault.delay_ms > 0:
                 await asyncio.sleep(fault.delay_ms / 1000)
+                if fault.mode == "delay" and await request.is_disconnected():
+                    return _client_gone()  # the client gave up while queued: drop the work
             if fault is not None and fault.mode == "error":
                 return fault.response()
             account = self.authenticate(request)
@@ -235,7 +281,7 @@ class Emulator:
                 response: Response = _error(401, INVALID_KEY_MESSAGE)
             else:
                 response = await handler(request, account)
-            if fault is not None and fault.mode == "error_after_commit":
+            if fault is not None and fault.mode in AFTER_WORK_MODES and fault.status is not None:
                 return fault.response()  # the work is done, but the answer is lost
             return response
 
