@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
 
 from reconciler.controller.run import Controller
+from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import load_tree
 from reconciler.state.store import StateWriter
-from reconciler.vapi.client import VapiReader
-from tests.conftest import emulator_stats, writes
+from reconciler.vapi.client import VapiReader, http_client
+from tests.conftest import FAST_RETRY, emulator_stats, writes
 from tests.helpers import SpecDir, org_doc
 
 
@@ -337,3 +339,24 @@ def test_replica_that_lost_its_lock_writes_nothing_to_vapi(
     report = controller.apply(loaded)
     assert "lost the org lock" in (report.failed[0].error or "")
     assert writes(emulator) == 0
+
+
+def test_create_committed_after_the_client_gave_up_is_adopted_not_duplicated(
+    specs: SpecDir, state: StateWriter, emulator: str, master_key: MasterKey
+) -> None:
+    doc = org_doc("acme", assistants={"inbound": {"name": "Front desk"}})
+    specs.write(doc)
+    loaded = load_tree(specs.root)
+    fault(emulator, method="POST", path="/assistant", mode="late_commit", delay_ms=800, times=1)
+    with http_client(emulator, timeout_s=0.3) as http:
+        ctl = Controller(state, http, master_key, concurrency=1, retry=FAST_RETRY)
+        first = ctl.apply(loaded)  # the POST times out; the list shows nothing yet
+        assert "outcome unknown" in (first.failed[0].error or "")
+        second = ctl.apply(loaded)  # still nothing tagged, but inside the grace period
+        assert "waiting" in (second.failed[0].error or "")
+        time.sleep(1.0)  # the slow backend commits
+        third = ctl.apply(loaded)
+    assert third.ok
+    assert third.counts()["adopt"] == 1
+    assert emulator_stats(emulator)["POST /assistant"] == 1
+    assert len(live(emulator, doc["spec"]["credentials"]["vapi"]["apiKey"])) == 1
