@@ -142,6 +142,7 @@ def test_failed_create_waits_out_the_grace_period_then_creates_once(
     first = controller.apply(load_tree(specs.root))  # outcome unknown: no second POST now
     assert "outcome unknown" in (first.failed[0].error or "")
     assert emulator_stats(emulator)["POST /assistant"] == 1
+    assert first.counts()["create"] == 2  # what took effect: org row and credential only
 
     waiting = controller.apply(load_tree(specs.root))  # still inside the grace period
     assert "waiting up to 60s" in (waiting.failed[0].error or "")

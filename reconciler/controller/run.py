@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from reconciler.engine.actions import OrgPlan
+from reconciler.engine.actions import Action, OrgPlan
 from reconciler.engine.apply import Applier
 from reconciler.engine.desired import desired_org
 from reconciler.engine.model import DesiredOrg
@@ -34,6 +34,7 @@ class OrgOutcome:
     org_id: str
     plan: OrgPlan | None = None
     error: str | None = None
+    done: list[Action] | None = None  # apply only: the actions that took effect
 
     @property
     def ok(self) -> bool:
@@ -57,7 +58,8 @@ class RunReport:
     def counts(self) -> dict[str, int]:
         c: Counter[str] = Counter()
         for o in self.outcomes:
-            for action in o.plan.actions if o.plan else ():
+            actions = o.done if o.done is not None else (o.plan.actions if o.plan else ())
+            for action in actions:
                 c[action.kind] += 1
         return {k: c.get(k, 0) for k in ("create", "update", "delete", "adopt")}
 
@@ -234,8 +236,9 @@ class Controller:
             desired, observed_from_rows(row, live), prune=prune, create_grace_s=self.create_grace_s
         )
         outcome.plan = plan
+        outcome.done = []
         try:
-            Applier(desired, writer, state, self.key, still_locked).apply(plan)
+            Applier(desired, writer, state, self.key, still_locked).apply(plan, outcome.done)
         except Exception as exc:
             self._finish(state, desired, error=_message(exc))
             raise

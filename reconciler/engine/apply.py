@@ -5,7 +5,6 @@ resolved by looking for our ownership tag, never by a blind second POST."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.engine.actions import (
@@ -26,11 +25,6 @@ from reconciler.state.store import StateWriter
 from reconciler.vapi.client import VapiAmbiguousWrite, VapiWriter
 
 
-@dataclass
-class ApplyResult:
-    done: list[Action] = field(default_factory=list)
-
-
 class Applier:
     def __init__(
         self,
@@ -48,15 +42,15 @@ class Applier:
         self.state = state
         self.key = key
 
-    def apply(self, plan: OrgPlan) -> ApplyResult:
-        """Runs the actions in order; the first failure stops this org (not the others)."""
-        result = ApplyResult()
+    def apply(self, plan: OrgPlan, done: list[Action]) -> None:
+        """Runs the actions in order, appending each to `done` once it took effect (so a
+        report after a failure says what really happened); the first failure stops this org
+        (not the others)."""
         for action in plan.actions:
             self._run(action)
-            result.done.append(action)
+            done.append(action)
         if plan.blocked:
             raise ReconcilerError("; ".join(plan.blocked))
-        return result
 
     def _writer(self) -> VapiWriter:
         if self.vapi is None:
