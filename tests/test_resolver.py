@@ -68,7 +68,8 @@ def test_another_orgs_secret_is_refused(
         resolver.resolve(
             {"x-vapi-secret": applied["globex"]["secret"]}, body(applied["acme"]["inbound"])
         )
-    assert "acme" in str(exc.value)
+    assert exc.value.org_slug == "acme"
+    assert "acme" not in str(exc.value)  # an unauthenticated caller learns nothing
     assert applied["globex"]["secret"] not in str(exc.value)
 
 

@@ -38,9 +38,14 @@ class UnknownAssistant(WebhookError):
 
 
 class BadSecret(WebhookError):
-    """Missing or wrong `x-vapi-secret`."""
+    """Missing or wrong `x-vapi-secret`. The message does not name the org (the caller is
+    not authenticated); `org_slug` is there for our own logs."""
 
     status = 401
+
+    def __init__(self, message: str, org_slug: str) -> None:
+        super().__init__(message)
+        self.org_slug = org_slug
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class WebhookResolver:
             raise UnknownAssistant(f"assistant {assistant_id} belongs to no known org")
         given = next((v for k, v in headers.items() if k.lower() == SECRET_HEADER), None)
         if entry.secret_digest is None:
-            raise BadSecret(f"org {entry.slug} has no active webhook secret")
+            raise BadSecret("no active webhook secret for this assistant", entry.slug)
         if given is None or not hmac.compare_digest(secret_digest(given), entry.secret_digest):
-            raise BadSecret(f"bad or missing {SECRET_HEADER} for org {entry.slug}")
+            raise BadSecret(f"bad or missing {SECRET_HEADER}", entry.slug)
         return ResolvedWebhook(entry.org_id, entry.slug, assistant_id, entry.role, kind)
