@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from reconciler.errors import ConfigError
 
 
 def default_data_dir() -> Path:
@@ -25,3 +28,28 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(default=None, alias="RECONCILER_MASTER_KEY")
     concurrency: int = Field(default=16, ge=1, le=256, alias="RECONCILER_CONCURRENCY")
     vapi_timeout_s: float = Field(default=30.0, gt=0, alias="RECONCILER_VAPI_TIMEOUT")
+
+
+def load_settings(**values: Any) -> Settings:
+    """Settings from the environment (and `values`, by alias), with a bad variable as a
+    ConfigError naming it and the problem, never its value: it may be a secret."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise ConfigError(f"invalid environment: {problems}") from None
+    except SettingsError:  # a value that the source could not even parse
+        raise ConfigError("invalid environment: cannot parse the reconciler settings") from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of an error location (aliases are the variable names)."""
+    if not loc:
+        return "settings"
+    name = str(loc[0])
+    field = Settings.model_fields.get(name)
+    if field is not None and field.alias:
+        return field.alias
+    return name

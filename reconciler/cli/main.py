@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from reconciler import __version__
-from reconciler.config import Settings
+from reconciler.config import load_settings
 from reconciler.controller.run import slugs_filter
 from reconciler.errors import ReconcilerError
 from reconciler.spec import loader
@@ -51,8 +51,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text, report_json
     from reconciler.cli.runtime import runtime
 
+    settings = load_settings()
     loaded = _load(args)
-    with runtime(Settings(), write=False) as rt:
+    with runtime(settings, write=False) as rt:
         report = rt.controller.plan(loaded, prune=args.prune)
     if args.format == "json":
         print(json.dumps(report_json(report), indent=2, default=str))
@@ -67,8 +68,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text
     from reconciler.cli.runtime import runtime
 
+    settings = load_settings()
     loaded = _load(args)
-    with runtime(Settings(), write=True) as rt:
+    with runtime(settings, write=True) as rt:
         report = rt.controller.apply(loaded, prune=args.prune)
     render_text(report, _out(), verb="Applied")
     return EXIT_OK if report.ok else EXIT_ERROR
@@ -77,7 +79,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_resolve(args: argparse.Namespace) -> int:
     from reconciler.cli.runtime import runtime
 
-    with runtime(Settings(), write=False) as rt:
+    with runtime(load_settings(), write=False) as rt:
         row = rt.state.resolve_assistant(args.assistant_id)
     if row is None:
         print(f"error: assistant {args.assistant_id} belongs to no known org", file=sys.stderr)
@@ -91,7 +93,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from reconciler.state.db import open_pool
     from reconciler.state.migrate import migrate
 
-    pool = open_pool(database_url(Settings()), max_size=2)
+    pool = open_pool(database_url(load_settings()), max_size=2)
     try:
         applied = migrate(pool)
     finally:
@@ -103,9 +105,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     from reconciler.vapi.emulator import serve
 
-    host, _, port = args.listen.rpartition(":")
-    print(f"Vapi emulator on http://{args.listen} (latency {args.latency_ms} ms)", file=sys.stderr)
-    serve(host or "127.0.0.1", int(port), latency_ms=args.latency_ms)
+    host, port = args.listen
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Vapi emulator on http://{shown}:{port} (latency {args.latency_ms} ms)", file=sys.stderr)
+    serve(host, port, latency_ms=args.latency_ms)
     return EXIT_OK
 
 
@@ -131,6 +134,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from reconciler.cli.demo import run_demo
 
     return run_demo(Path(args.path), _out())
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`--listen HOST:PORT` (`:PORT` means 127.0.0.1, `[::1]:PORT` for IPv6)."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:8787)"
+        )
+    return host or "127.0.0.1", int(port_text)
 
 
 def _path_arg(p: argparse.ArgumentParser, default: str = "specs") -> None:
@@ -183,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("vapi-emulator", help="run the local Vapi emulator")
-    p.add_argument("--listen", default="127.0.0.1:8787")
+    p.add_argument(
+        "--listen",
+        type=listen_address,
+        default="127.0.0.1:8787",
+        metavar="HOST:PORT",
+        help="address to serve on (default 127.0.0.1:8787)",
+    )
     p.add_argument("--latency-ms", type=int, default=0)
     p.set_defaults(func=cmd_emulator)
 

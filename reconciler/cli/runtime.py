@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,10 +37,21 @@ def master_key(settings: Settings) -> MasterKey:
         raise ConfigError("RECONCILER_MASTER_KEY is required with RECONCILER_DATABASE_URL")
     path = settings.data_dir / "master.key"
     if path.exists():
-        return MasterKey.from_b64(path.read_text())
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return _read_key_file(path)
     key = MasterKey.generate()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{settings.data_dir}: cannot create the data directory (RECONCILER_DATA_DIR): "
+            f"{exc.strerror}"
+        ) from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another first run got there first: use its key
+        return _read_key_file(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create the master key: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:
         fh.write(key.to_b64() + "\n")
     print(
@@ -48,6 +60,28 @@ def master_key(settings: Settings) -> MasterKey:
         file=sys.stderr,
     )
     return key
+
+
+KEY_FILE_WAIT_S = 2.0
+"""How long a key file may stay half-written (another first run creating it) before it is bad."""
+
+
+def _read_key_file(path: Path) -> MasterKey:
+    """The key in `path`. A process that just created the file may not have written it yet, so
+    an empty or unterminated file is read again for a moment before it counts as corrupt."""
+    deadline = time.monotonic() + KEY_FILE_WAIT_S
+    while True:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise ConfigError(f"{path}: cannot read the master key: {reason}") from None
+        try:
+            return MasterKey.from_b64(text)
+        except ConfigError:
+            if text.endswith("\n") or time.monotonic() >= deadline:
+                raise ConfigError(f"{path}: not a valid master key (base64 of 32 bytes)") from None
+        time.sleep(0.05)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from reconciler.errors import ConfigError
@@ -50,27 +52,71 @@ def _embedded_server(data_dir: Path, cleanup: str | None) -> Any:
     return server
 
 
+CONNECT_TIMEOUT_S = 5
+"""libpq `connect_timeout` when the URL sets none: an unreachable host fails in seconds."""
+
+
 def open_pool(url: str, *, max_size: int = 20, name: str = "reconciler") -> ConnectionPool:
-    """Autocommit connections: every write states its own transaction explicitly."""
+    """Autocommit connections: every write states its own transaction explicitly.
+
+    One probe connection first, so a wrong URL fails at once with one line that names the
+    server (never the password), instead of the pool retrying and logging each attempt.
+    """
+    where = redact_url(url)  # also rejects an unparsable URL before anything else
     kwargs: dict[str, Any] = {"autocommit": True, "application_name": name}
+    if "connect_timeout" not in conninfo_to_dict(url):
+        kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        psycopg.connect(url, **kwargs).close()
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot connect to Postgres at {where}: {_reason(exc, url)}") from None
     pool = ConnectionPool(
         url, min_size=1, max_size=max_size, kwargs=kwargs, open=False, name=name, timeout=30
     )
-    try:
-        pool.open(wait=True, timeout=15)
-    except Exception:
-        pool.close()
-        raise ConfigError(f"cannot connect to Postgres at {redact_url(url)}") from None
+    with _quiet("psycopg.pool"):  # it logs every failed attempt as a multi-line warning
+        try:
+            pool.open(wait=True, timeout=2 * CONNECT_TIMEOUT_S)
+        except Exception:
+            pool.close()
+            raise ConfigError(f"cannot connect to Postgres at {where}") from None
     return pool
 
 
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Drop the logger's records for the block. A filter of our own, removed afterwards, so
+    concurrent callers restore nothing of each other's (unlike toggling `disabled`)."""
+    logger = logging.getLogger(logger_name)
 
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
+    def drop_all(_record: logging.LogRecord) -> bool:
+        return False
+
+    logger.addFilter(drop_all)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop_all)
+
+
+def _reason(exc: psycopg.Error, url: str) -> str:
+    """The first line of libpq's message, without the password should it ever appear."""
+    lines = str(exc).strip().splitlines()
+    reason = lines[0].strip() if lines else type(exc).__name__
+    password = conninfo_to_dict(url).get("password")
+    if password:
+        reason = reason.replace(str(password), "***")
+    return reason
+
+
+def redact_url(url: str) -> str:
+    """Where a database URL points (host, port, dbname, user), for messages: never the password
+    nor any other parameter. Accepts URLs and `key=value` strings; an unparsable one is a
+    ConfigError that does not echo it (it may hold a password)."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.Error:
+        raise ConfigError(
+            "RECONCILER_DATABASE_URL is not a valid Postgres URL or key=value connection string"
+        ) from None
+    parts = [f"{key}={info[key]}" for key in ("host", "port", "dbname", "user") if info.get(key)]
+    return " ".join(parts) if parts else "the libpq defaults"
