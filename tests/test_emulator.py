@@ -24,15 +24,10 @@ MODEL = {
 }
 
 
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with running_emulator() as url:
-        yield url
-
-
-@pytest.fixture(autouse=True)
-def _reset(base_url: str) -> None:
-    httpx.post(f"{base_url}/_emulator/reset").raise_for_status()
+@pytest.fixture
+def base_url(emulator: str) -> str:
+    """The session's emulator (tests/conftest.py), reset for each test."""
+    return emulator
 
 
 def _client(base_url: str, token: str | None) -> httpx.Client:

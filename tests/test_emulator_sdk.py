@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +21,15 @@ from vapi import (
 )
 from vapi.core.api_error import ApiError
 
-from reconciler.vapi.emulator import running_emulator
-
 OPENAPI = Path("/work/shared/reference/vapi-openapi.json")
 # The SDK itself uses pydantic's deprecated `__fields__`; that noise is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:vapi")
 
 
-@pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    with running_emulator() as url:
-        yield url
-
-
-@pytest.fixture(autouse=True)
-def _reset(base_url: str) -> None:
-    httpx.post(f"{base_url}/_emulator/reset").raise_for_status()
+@pytest.fixture
+def base_url(emulator: str) -> str:
+    """The session's emulator (tests/conftest.py), reset for each test."""
+    return emulator
 
 
 @pytest.fixture
