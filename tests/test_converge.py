@@ -361,3 +361,22 @@ def test_create_committed_after_the_client_gave_up_is_adopted_not_duplicated(
     assert third.counts()["adopt"] == 1
     assert emulator_stats(emulator)["POST /assistant"] == 1
     assert len(live(emulator, doc["spec"]["credentials"]["vapi"]["apiKey"])) == 1
+
+
+def test_account_with_another_orgs_assistants_fails_plan_and_apply(
+    specs: SpecDir, controller: Controller, emulator: str
+) -> None:
+    doc = org_doc("acme")
+    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
+    specs.write(doc)
+    theirs = {"managedBy": "reconciler", "orgId": "11111111-2222-4333-8444-555555555555"}
+    httpx.post(
+        f"{emulator}/assistant",
+        json={"name": "Theirs", "metadata": {**theirs, "role": "inbound"}},
+        headers={"Authorization": f"Bearer {key}"},
+    ).raise_for_status()
+    plan = controller.plan(load_tree(specs.root))
+    assert "refusing to manage it" in (plan.failed[0].error or "")
+    applied = controller.apply(load_tree(specs.root))
+    assert "refusing to manage it" in (applied.failed[0].error or "")
+    assert emulator_stats(emulator)["POST /assistant"] == 1  # only the foreign one

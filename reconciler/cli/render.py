@@ -71,7 +71,7 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
                 console.print(f"      {escape(ch.path)}: {escape(arrow)}")
         for role in plan.unchanged if plan else ():
             console.print(f"  [dim]= assistant {role} unchanged[/dim]")
-        for warning in (plan.warnings + plan.blocked) if plan else ():
+        for warning in plan.warnings if plan else ():
             console.print(f"  [magenta]! {escape(warning)}[/magenta]")
         if outcome.error:
             console.print(f"  [red]x error: {escape(outcome.error)}[/red]")

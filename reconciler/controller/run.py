@@ -9,7 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -26,6 +27,7 @@ from reconciler.state.store import StateReader, StateWriter
 from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiReader, VapiWriter
 
 log = logging.getLogger(__name__)
+_Client = TypeVar("_Client", VapiReader, VapiWriter)
 
 
 @dataclass
@@ -158,8 +160,13 @@ class Controller:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(guarded, items))
 
+    def _client(self, desired: DesiredOrg, kind: type[_Client]) -> _Client | None:
+        key = desired.vapi_api_key
+        return kind(self.http, key.reveal(), retry=self.retry) if key is not None else None
+
+    @staticmethod
     def _list_live(
-        self, desired: DesiredOrg, reader: VapiReader | None
+        reader: VapiReader | None,
     ) -> tuple[list[dict[str, Any]] | None, VapiError | None]:
         if reader is None:
             return None, None  # no Vapi key: the account cannot be seen, so not planned
@@ -175,12 +182,7 @@ class Controller:
         rows = self.state.observe([d.org_id for d, _ in items if d is not None])
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
-            reader = (
-                VapiReader(self.http, desired.vapi_api_key.reveal(), retry=self.retry)
-                if desired.vapi_api_key
-                else None
-            )
-            live, error = self._list_live(desired, reader)
+            live, error = self._list_live(self._client(desired, VapiReader))
             outcome.plan = plan_org(
                 desired,
                 observed_from_rows(rows.get(desired.org_id), live),
@@ -189,6 +191,8 @@ class Controller:
             )
             if error is not None:
                 outcome.error = str(error)
+            elif outcome.plan.blocked:  # apply would fail the org for the same reason
+                outcome.error = "; ".join(outcome.plan.blocked)
 
         outcomes = self._each(items, work)
         return RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
@@ -225,13 +229,9 @@ class Controller:
         prune: bool,
         still_locked: Callable[[], None],
     ) -> None:
-        writer = (
-            VapiWriter(self.http, desired.vapi_api_key.reveal(), retry=self.retry)
-            if desired.vapi_api_key
-            else None
-        )
+        writer = self._client(desired, VapiWriter)
         row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
-        live, list_error = self._list_live(desired, writer)
+        live, list_error = self._list_live(writer)
         plan = plan_org(
             desired, observed_from_rows(row, live), prune=prune, create_grace_s=self.create_grace_s
         )
@@ -263,7 +263,5 @@ def slugs_filter(loaded: LoadResult, slugs: Iterable[str]) -> LoadResult:
         return loaded
     known = {s.org.metadata.slug for s in loaded.specs} | {p.path.stem for p in loaded.problems}
     problems = [p for p in loaded.problems if p.path.stem in wanted]
-    from pathlib import Path
-
     problems += [Problem(Path(s), "", "no spec with this slug") for s in sorted(wanted - known)]
     return LoadResult([s for s in loaded.specs if s.org.metadata.slug in wanted], problems)
