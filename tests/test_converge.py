@@ -21,6 +21,12 @@ def live(emulator: str, api_key: str) -> list[dict]:
     return VapiReader(httpx.Client(base_url=emulator), api_key).list_assistants()
 
 
+def live_role(emulator: str, doc: dict, role: str) -> dict:
+    """The org's live assistant for `role` (found by its ownership tag)."""
+    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
+    return next(a for a in live(emulator, key) if a["metadata"]["role"] == role)
+
+
 def mapping(state: StateWriter) -> list[tuple[str, str, str]]:
     with state.pool.connection() as conn:
         return conn.execute(
@@ -77,9 +83,7 @@ def test_changed_field_sends_one_patch_with_only_that_field(
 
     assert controller.apply(load_tree(specs.root)).ok
     assert emulator_stats(emulator)["PATCH /assistant/{id}"] == 1
-    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
-    inbound = next(a for a in live(emulator, key) if a["metadata"]["role"] == "inbound")
-    assert inbound["firstMessage"] == "Changed greeting"
+    assert live_role(emulator, doc, "inbound")["firstMessage"] == "Changed greeting"
 
 
 def test_removed_field_is_cleared_on_vapi(
@@ -91,8 +95,7 @@ def test_removed_field_is_cleared_on_vapi(
     del doc["spec"]["assistants"]["outbound"]["voice"]
     specs.write(doc)
     assert controller.apply(load_tree(specs.root)).ok
-    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
-    outbound = next(a for a in live(emulator, key) if a["metadata"]["role"] == "outbound")
+    outbound = live_role(emulator, doc, "outbound")
     assert "voice" not in outbound or outbound["voice"] is None
     assert not controller.plan(load_tree(specs.root)).has_changes
 
