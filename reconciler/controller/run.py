@@ -112,8 +112,8 @@ class Controller:
                 continue
             try:
                 out.append((desired_org(spec.org, self.key, source=str(spec.path)), outcome))
-            except ReconcilerError as exc:
-                outcome.error = str(exc)
+            except Exception as exc:  # anything in one org's spec is that org's failure only
+                outcome.error = _message(exc)
                 out.append((None, outcome))
         return self._refuse_shared_accounts(out)
 

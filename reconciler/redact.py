@@ -1,0 +1,132 @@
+"""What may be shown: values under secret-looking keys masked, user text made safe for a terminal.
+
+Pure and dependency-free, so every layer (the Vapi client's error messages, the planner's
+stored configs, the CLI's output) masks with the same rules.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from typing import Any
+
+SENSITIVE = "(sensitive)"
+
+# A key is sensitive when one of its words (split at camelCase, kebab-case, snake_case, dots
+# and digits, plurals folded) is a secret word. Strong words also count inside a longer word
+# ("xapitoken", "clientsecret"); weak ones only whole or at its end ("apikey", "oauth"), so
+# "keywords" or "author" stay visible.
+STRONG_WORDS = frozenset(
+    {
+        "secret", "password", "passwd", "passphrase", "credential", "bearer", "jwt",
+        "cookie", "signature", "apikey", "privatekey", "accesskey", "authorization",
+    }
+)  # fmt: skip
+WEAK_WORDS = frozenset(
+    {"key", "token", "auth", "pwd", "private", "header", "hmac", "otp", "dsn", "salt"}
+)
+# "maxTokens", "tokenLimit": a count of tokens, not one.
+_QUANTITY_WORDS = frozenset({"max", "min", "num", "count", "limit", "total", "budget"})
+SECRET_WORDS = STRONG_WORDS | WEAK_WORDS
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
+
+
+def key_words(key: str) -> list[str]:
+    return [_singular(w.lower()) for w in _WORD.findall(key)]
+
+
+def is_sensitive_key(key: object) -> bool:
+    words = key_words(str(key))
+    if "token" in words and _QUANTITY_WORDS.intersection(words):
+        words = [w for w in words if w != "token"]
+    for word in words:
+        if word in SECRET_WORDS or any(w in word for w in STRONG_WORDS):
+            return True
+        if any(word.endswith(w) for w in WEAK_WORDS if len(w) >= 3):
+            return True
+    return False
+
+
+def mask_tree(value: Any, replace: Callable[[Any], Any], *, under: bool = False) -> Any:
+    """`value` with every scalar leaf under a secret-looking key replaced by `replace(leaf)`.
+
+    Structure is kept below a sensitive key (header names stay visible, each value is
+    replaced), so two masked trees still compare leaf by leaf. `None` is kept: an absent
+    secret is not a secret.
+    """
+    if isinstance(value, dict):
+        return {
+            k: mask_tree(v, replace, under=under or is_sensitive_key(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_tree(v, replace, under=under) for v in value]
+    if under and value is not None:
+        return replace(value)
+    return value
+
+
+def redact_tree(value: Any) -> Any:
+    """For display: every secret-looking leaf becomes "(sensitive)"."""
+    return mask_tree(value, lambda _leaf: SENSITIVE)
+
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+:[^\s/@]+@")
+_SCHEME_TOKEN = re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{4,}")
+_KEY_VALUE = re.compile(
+    r"""(?P<q>["']?)(?P<key>[A-Za-z0-9_.-]{2,64})(?P=q)(?P<sep>\s*[:=]\s*)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}\]"']+)"""
+)
+
+
+def redact_text(text: str, *, known: Iterable[str] = ()) -> str:
+    """Free text (an error body, a library's message) with likely secrets masked: the given
+    known values, `key: value` / `key=value` pairs under secret-looking keys, bearer tokens and
+    passwords in URLs."""
+    for value in sorted({k for k in known if k and len(k) >= 4}, key=len, reverse=True):
+        text = text.replace(value, SENSITIVE)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{SENSITIVE}@", text)
+    text = _SCHEME_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{SENSITIVE}", text)
+
+    def pair(m: re.Match[str]) -> str:
+        if not is_sensitive_key(m.group("key")) or m.group("value").strip("\"'") == SENSITIVE:
+            return m.group(0)
+        q = m.group("q")
+        return f"{q}{m.group('key')}{q}{m.group('sep')}{SENSITIVE}"
+
+    return _KEY_VALUE.sub(pair, text)
+
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """`text` safe to print on one terminal line: control characters, escape sequences,
+    bidirectional overrides and line separators become visible escapes (`\\x1b`, `\\u202e`),
+    so a file name or a value cannot forge an output line or send terminal codes. With
+    `limit`, cut to that many characters (escapes included) and end with "...".
+    """
+    out: list[str] = []
+    for ch in str(text):
+        if ch == " " or unicodedata.category(ch) not in _UNSAFE_CATEGORIES:
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    result = "".join(out)
+    if limit is not None and len(result) > limit:
+        result = result[: max(0, limit - 3)] + "..."
+    return result
+
+
+def safe_message(text: str, *, known: Iterable[str] = (), limit: int = 300) -> str:
+    """Masked, escaped and cut short: what an outside message may become in ours."""
+    return printable(redact_text(text, known=known), limit)
