@@ -32,28 +32,31 @@ SECRET_WORDS = STRONG_WORDS | WEAK_WORDS
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
-def _singular(word: str) -> str:
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
+def _forms(word: str) -> set[str]:
+    """The word and what it may be the plural of ("keys", "cookies", "passwords")."""
+    forms = {word}
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        return word[:-1]
-    return word
+        forms.add(word[:-1])
+        if word.endswith("ies"):
+            forms.add(word[:-3] + "y")
+    return forms
 
 
 def key_words(key: str) -> list[str]:
-    return [_singular(w.lower()) for w in _WORD.findall(key)]
+    return [w.lower() for w in _WORD.findall(key)]
+
+
+def _secret_word(word: str) -> bool:
+    if word in SECRET_WORDS or any(w in word for w in STRONG_WORDS):
+        return True
+    return any(word.endswith(w) for w in WEAK_WORDS if len(w) >= 3)
 
 
 def is_sensitive_key(key: object) -> bool:
-    words = key_words(str(key))
+    words = [form for word in key_words(str(key)) for form in _forms(word)]
     if "token" in words and _QUANTITY_WORDS.intersection(words):
-        words = [w for w in words if w != "token"]
-    for word in words:
-        if word in SECRET_WORDS or any(w in word for w in STRONG_WORDS):
-            return True
-        if any(word.endswith(w) for w in WEAK_WORDS if len(w) >= 3):
-            return True
-    return False
+        words = [w for w in words if w not in ("token", "tokens")]
+    return any(_secret_word(word) for word in words)
 
 
 def mask_tree(value: Any, replace: Callable[[Any], Any], *, under: bool = False) -> Any:
@@ -83,8 +86,12 @@ _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@:]+:[^\s/@]+@")
 _SCHEME_TOKEN = re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{4,}")
 _KEY_VALUE = re.compile(
     r"""(?P<q>["']?)(?P<key>[A-Za-z0-9_.-]{2,64})(?P=q)(?P<sep>\s*[:=]\s*)"""
-    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^\s,;&}\]"']+)"""
+    # a quoted value, or an unquoted one up to a delimiter or the next `key:` pair (so a
+    # passphrase with spaces is masked whole)
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|"""
+    r"""[^\s,;&{}\[\]"'](?:(?!\s+[A-Za-z0-9_.-]{2,64}\s*[:=])[^,;&}\]\n"'])*)"""
 )
+_ESCAPED_QUOTE = re.compile(r'\\+"')
 
 
 def redact_text(text: str, *, known: Iterable[str] = ()) -> str:
@@ -93,16 +100,23 @@ def redact_text(text: str, *, known: Iterable[str] = ()) -> str:
     passwords in URLs."""
     for value in sorted({k for k in known if k and len(k) >= 4}, key=len, reverse=True):
         text = text.replace(value, SENSITIVE)
+    text = _ESCAPED_QUOTE.sub('"', text)  # JSON quoted inside a string: read its pairs too
     text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{SENSITIVE}@", text)
     text = _SCHEME_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{SENSITIVE}", text)
 
-    def pair(m: re.Match[str]) -> str:
+    out: list[str] = []
+    pos = 0
+    while (m := _KEY_VALUE.search(text, pos)) is not None:
         if not is_sensitive_key(m.group("key")) or m.group("value").strip("\"'") == SENSITIVE:
-            return m.group(0)
-        q = m.group("q")
-        return f"{q}{m.group('key')}{q}{m.group('sep')}{SENSITIVE}"
-
-    return _KEY_VALUE.sub(pair, text)
+            out.append(text[pos : m.start("sep")])  # the value may hold a pair of its own
+            pos = m.start("sep")
+            continue
+        value = m.group("value")
+        trail = value[len(value.rstrip()) :]  # keep the space before what follows
+        out.append(f"{text[pos : m.start('value')]}{SENSITIVE}{trail}")
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -130,3 +144,15 @@ def printable(text: object, limit: int | None = None) -> str:
 def safe_message(text: str, *, known: Iterable[str] = (), limit: int = 300) -> str:
     """Masked, escaped and cut short: what an outside message may become in ours."""
     return printable(redact_text(text, known=known), limit)
+
+
+_MASK_WORDS = frozenset({"redacted", "[redacted]", "<redacted>", "hidden", "[hidden]", "(hidden)"})
+_MASK_RUN = re.compile(r"[*\u2022\u25cf]{3,}")
+
+
+def looks_masked(value: object) -> bool:
+    """A value a server shows in place of a secret it will not reveal ("********",
+    "sk-...****abcd", "[REDACTED]"): it cannot be compared with ours."""
+    if not isinstance(value, str):
+        return False
+    return value.strip().lower() in _MASK_WORDS or bool(_MASK_RUN.search(value))
