@@ -11,8 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import JSONResponse
 
-from reconciler.vapi.emulator import INVALID_KEY_MESSAGE, fingerprint, running_emulator
+from reconciler.vapi.emulator import (
+    INVALID_KEY_MESSAGE,
+    fingerprint,
+    js_dumps,
+    js_number,
+    running_emulator,
+)
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UNAUTHORIZED = {"message": INVALID_KEY_MESSAGE, "error": "Unauthorized", "statusCode": 401}
@@ -158,9 +165,10 @@ def test_accounts_are_isolated(api: httpx.Client, other: httpx.Client, admin: ht
     assert {a["name"] for a in api.get("/assistant").json()} == {"mine", "mine too"}
 
     accounts = admin.get("/_emulator/accounts")
+    fp_a, fp_b = fingerprint("tenant-a-key"), fingerprint("tenant-b-key")
     assert accounts.json() == {
-        fingerprint("tenant-a-key"): {"orgId": mine["orgId"], "assistants": 2},
-        fingerprint("tenant-b-key"): {"orgId": theirs["orgId"], "assistants": 1},
+        fp_a: {"orgId": mine["orgId"], "assistants": 2, "keys": [fp_a]},
+        fp_b: {"orgId": theirs["orgId"], "assistants": 1, "keys": [fp_b]},
     }
     assert "tenant-a-key" not in accounts.text
 
@@ -170,6 +178,292 @@ def test_unknown_id_is_404_in_nestjs_shape(api: httpx.Client) -> None:
     assert response.status_code == 404
     assert response.json()["statusCode"] == 404
     assert response.json()["error"] == "Not Found"
+
+
+# -- second keys ---------------------------------------------------------------------------------
+
+
+def _add_key(admin: httpx.Client, token: str, new_token: str) -> dict[str, Any]:
+    response = admin.post("/_emulator/keys", json={"token": token, "new_token": new_token})
+    assert response.status_code == 201, response.text
+    added: dict[str, Any] = response.json()
+    return added
+
+
+def test_a_second_key_reaches_the_same_account(
+    base_url: str, api: httpx.Client, other: httpx.Client, admin: httpx.Client
+) -> None:
+    first = _create(api, name="first")
+    _create(other, name="theirs")
+    added = _add_key(admin, "tenant-a-key", "tenant-a-second")
+    assert added == {"orgId": first["orgId"], "account": fingerprint("tenant-a-key")}
+
+    with _client(base_url, "tenant-a-second") as second:
+        assert second.get("/assistant").json() == [first]
+        assert second.get(f"/assistant/{first['id']}").json() == first
+        via_second = _create(second, name="via second")
+        assert via_second["orgId"] == first["orgId"]
+        assert [a["id"] for a in api.get("/assistant").json()] == [via_second["id"], first["id"]]
+        assert api.patch(f"/assistant/{via_second['id']}", json={"name": "renamed"}).is_success
+        assert second.get(f"/assistant/{via_second['id']}").json()["name"] == "renamed"
+        assert second.delete(f"/assistant/{first['id']}").status_code == 200
+        assert api.get(f"/assistant/{first['id']}").status_code == 404
+        assert [a["name"] for a in other.get("/assistant").json()] == ["theirs"]
+
+    fp_a, fp_b = fingerprint("tenant-a-key"), fingerprint("tenant-b-key")
+    accounts = admin.get("/_emulator/accounts").json()
+    assert accounts == {  # each account once, with the fingerprints of all its keys
+        fp_a: {
+            "orgId": first["orgId"],
+            "assistants": 1,
+            "keys": [fp_a, fingerprint("tenant-a-second")],
+        },
+        fp_b: {"orgId": accounts[fp_b]["orgId"], "assistants": 1, "keys": [fp_b]},
+    }
+    assert admin.get("/_emulator/stats").json()["assistants_total"] == 2  # not counted twice
+
+
+def test_a_second_key_for_a_token_never_used_creates_the_account(
+    base_url: str, admin: httpx.Client
+) -> None:
+    added = _add_key(admin, "fresh-key", "fresh-second")
+    assert added["account"] == fingerprint("fresh-key")
+    assert admin.get("/_emulator/accounts").json() == {
+        fingerprint("fresh-key"): {
+            "orgId": added["orgId"],
+            "assistants": 0,
+            "keys": [fingerprint("fresh-key"), fingerprint("fresh-second")],
+        }
+    }
+    with _client(base_url, "fresh-second") as second, _client(base_url, "fresh-key") as first:
+        created = _create(second, name="x")
+        assert created["orgId"] == added["orgId"]
+        assert first.get("/assistant").json() == [created]
+
+
+def test_second_keys_chain_repeat_and_never_merge_accounts(
+    base_url: str, api: httpx.Client, other: httpx.Client, admin: httpx.Client
+) -> None:
+    mine, theirs = _create(api, name="mine"), _create(other, name="theirs")
+    _add_key(admin, "tenant-a-key", "tenant-a-second")
+    assert _add_key(admin, "tenant-a-key", "tenant-a-second")["orgId"] == mine["orgId"]  # again
+    assert _add_key(admin, "tenant-a-key", "tenant-a-key")["orgId"] == mine["orgId"]  # itself
+    assert _add_key(admin, "tenant-a-second", "tenant-a-third")["orgId"] == mine["orgId"]
+    keys = [fingerprint(t) for t in ("tenant-a-key", "tenant-a-second", "tenant-a-third")]
+    assert admin.get("/_emulator/accounts").json()[keys[0]]["keys"] == keys
+
+    for body in (
+        {"token": "tenant-a-key", "new_token": "tenant-b-key"},  # b has its own account
+        {"token": "tenant-b-key", "new_token": "tenant-a-second"},
+        {"token": "never-used", "new_token": "tenant-a-key"},
+    ):
+        response = admin.post("/_emulator/keys", json=body)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "Conflict"
+        assert response.json()["statusCode"] == 409
+        assert "new_token already belongs to account" in response.json()["message"]
+    assert fingerprint("never-used") not in admin.get("/_emulator/accounts").json()
+    assert [a["id"] for a in other.get("/assistant").json()] == [theirs["id"]]
+    with _client(base_url, "tenant-a-third") as third:
+        assert [a["id"] for a in third.get("/assistant").json()] == [mine["id"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"new_token": "b"}, ["token must be a non-empty string"]),
+        ({"token": "a"}, ["new_token must be a non-empty string"]),
+        ({}, ["token must be a non-empty string", "new_token must be a non-empty string"]),
+        ({"token": "", "new_token": "b"}, ["token must be a non-empty string"]),
+        ({"token": "a", "new_token": "   "}, ["new_token must be a non-empty string"]),
+        ({"token": 1, "new_token": "b"}, ["token must be a non-empty string"]),
+        ({"token": "a", "new_token": None}, ["new_token must be a non-empty string"]),
+        ({"token": ["a"], "new_token": "b"}, ["token must be a non-empty string"]),
+        ({"token": "a", "new_token": " b"}, ["new_token must not start or end with whitespace"]),
+        (
+            {"token": "a", "new_token": "invalid-b"},
+            ["new_token starts with a rejected prefix, so it can never authenticate"],
+        ),
+        ({"token": "a", "new_token": "b", "extra": 1}, ["property extra should not exist"]),
+        (["a", "b"], ["body must be a JSON object"]),
+        ("{nope", ["body must be JSON"]),
+    ],
+)
+def test_second_key_bad_requests_are_rejected(
+    admin: httpx.Client, body: Any, expected: list[str]
+) -> None:
+    if isinstance(body, str):
+        response = admin.post("/_emulator/keys", content=body.encode())
+    else:
+        response = admin.post("/_emulator/keys", json=body)
+    assert _bad_request(response) == expected
+    assert admin.get("/_emulator/accounts").json() == {}
+
+
+def test_reset_forgets_second_keys(base_url: str, api: httpx.Client, admin: httpx.Client) -> None:
+    created = _create(api, name="x")
+    _add_key(admin, "tenant-a-key", "tenant-a-second")
+    assert admin.post("/_emulator/reset").status_code == 200
+    assert admin.get("/_emulator/accounts").json() == {}
+    with _client(base_url, "tenant-a-second") as second:
+        assert second.get("/assistant").json() == []
+        assert second.get(f"/assistant/{created['id']}").status_code == 404
+        theirs = _create(second, name="y")
+    mine = _create(api, name="z")
+    assert len({created["orgId"], theirs["orgId"], mine["orgId"]}) == 3  # separate again
+    assert [a["name"] for a in api.get("/assistant").json()] == ["z"]
+
+
+# -- numbers, as Node.js has them ----------------------------------------------------------------
+
+
+def _post_raw(api: httpx.Client, raw: str, path: str = "/assistant") -> httpx.Response:
+    return api.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+
+
+def test_big_integers_come_back_rounded_to_doubles(api: httpx.Client) -> None:
+    response = _post_raw(
+        api,
+        '{"name": "big", "metadata": {"big": 9007199254740993, "safe": 9007199254740991,'
+        ' "negative": -9007199254740995, "huge": 123456789012345678901234567890}}',
+    )
+    assert response.status_code == 201, response.text
+    expected = (
+        '"metadata":{"big":9007199254740992,"safe":9007199254740991,'
+        '"negative":-9007199254740996,"huge":1.2345678901234568e+29}'
+    )
+    assert expected in response.text
+    created = response.json()
+    assert created["metadata"]["big"] == 9007199254740992
+    assert created["metadata"]["safe"] == 9007199254740991
+    assert created["metadata"]["huge"] == 1.2345678901234568e29
+    assert expected in api.get(f"/assistant/{created['id']}").text
+    assert expected in api.get("/assistant").text
+
+    patched = api.patch(f"/assistant/{created['id']}", json={"metadata": {"id": 2**63 + 1}})
+    # 2**63 + 1 is read as the double 2**63, written with its shortest digits, as JS writes it
+    assert '"metadata":{"id":9223372036854776000}' in patched.text
+    assert float(patched.json()["metadata"]["id"]) == 2.0**63
+    assert '"id":9223372036854776000}' in api.get(f"/assistant/{created['id']}").text
+
+
+def test_numbers_are_written_as_json_stringify_writes_them(api: httpx.Client) -> None:
+    raw = (
+        '{"maxDurationSeconds": 600.0, "voice": {"provider": "11labs", "voiceId": "burt",'
+        ' "stability": 0.50}, "metadata": {"one": 1.0, "half": 2.50, "e21": 1e21, "e20": 1E20,'
+        ' "tiny": 1e-7, "small": 0.00001, "negzero": -0.0, "third": 0.3333333333333333,'
+        ' "neg": -1.5e-10, "inf": 1e400, "list": [1.0, 2, 3.25e2]}}'
+    )
+    response = _post_raw(api, raw)
+    assert response.status_code == 201, response.text
+    expected = [
+        '"maxDurationSeconds":600,',
+        '"stability":0.5}',
+        '"one":1,',
+        '"half":2.5,',
+        '"e21":1e+21,',
+        '"e20":100000000000000000000,',
+        '"tiny":1e-7,',
+        '"small":0.00001,',
+        '"negzero":0,',
+        '"third":0.3333333333333333,',
+        '"neg":-1.5e-10,',
+        '"inf":null,',  # JSON.parse reads 1e400 as Infinity; JSON.stringify writes it as null
+        '"list":[1,2,325]}',
+    ]
+    created = response.json()
+    for text in (
+        response.text,
+        api.get(f"/assistant/{created['id']}").text,
+        api.get("/assistant").text,
+        api.patch(f"/assistant/{created['id']}", json={"name": "touched"}).text,
+    ):
+        missing = [e for e in expected if e not in text]
+        assert not missing, text
+    assert type(created["maxDurationSeconds"]) is int
+    assert type(created["metadata"]["one"]) is int
+
+    patched = api.patch(f"/assistant/{created['id']}", json={"maxDurationSeconds": 43200.0})
+    assert '"maxDurationSeconds":43200,' in patched.text
+
+
+def test_numbers_are_validated_after_parsing(api: httpx.Client) -> None:
+    for raw in ('{"maxDurationSeconds": 9.0}', '{"maxDurationSeconds": 43200.5}'):
+        _bad_request(_post_raw(api, raw))
+    assert _bad_request(_post_raw(api, '{"maxDurationSeconds": 1e400}')) == [
+        "maxDurationSeconds must be a number conforming to the specified constraints"
+    ]
+    for raw in ('{"maxDurationSeconds": NaN}', '{"metadata": {"x": -Infinity}}'):
+        response = _post_raw(api, raw)  # not JSON for JSON.parse
+        assert response.status_code == 400
+        assert response.json()["statusCode"] == 400
+    assert api.get("/assistant").json() == []
+    assert _post_raw(api, '{"maxDurationSeconds": 1e1}').json()["maxDurationSeconds"] == 10
+
+
+def test_fault_bodies_are_written_like_javascript(api: httpx.Client, admin: httpx.Client) -> None:
+    _fault(admin, method="GET", path="/assistant", mode="error", status=503, body={"n": 1.0})
+    response = api.get("/assistant")
+    assert response.status_code == 503
+    assert response.text == '{"n":1}'
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),  # each `expected` is what Node.js's JSON.stringify writes
+    [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (-2.5, "-2.5"),
+        (0.1, "0.1"),
+        (1 / 3, "0.3333333333333333"),
+        (100.0, "100"),
+        (1e16, "10000000000000000"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (1e21, "1e+21"),
+        (2.0**70, "1.1805916207174113e+21"),
+        (1.5e300, "1.5e+300"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (1e-6, "0.000001"),
+        (1.2345e-5, "0.000012345"),
+        (1e-7, "1e-7"),
+        (1.5e-7, "1.5e-7"),
+        (5e-324, "5e-324"),
+        (9007199254740993.0, "9007199254740992"),
+        (float("inf"), "null"),
+        (float("nan"), "null"),
+    ],
+)
+def test_js_number_matches_json_stringify(value: float, expected: str) -> None:
+    assert js_number(value) == expected
+
+
+def test_js_dumps_writes_everything_else_like_starlette() -> None:
+    content = {"a": [1, "é", None, True, False, {"q": '"\n\u0001'}], "b": {}, "c": []}
+    assert js_dumps(content).encode() == JSONResponse(content).body
+    assert js_dumps({"n": [2**53, -(2**53), 2**53 + 1, 1.0]}) == (
+        '{"n":[9007199254740992,-9007199254740992,9007199254740992,1]}'
+    )
+
+
+def test_js_numbers_false_keeps_pythons_behaviour() -> None:
+    with running_emulator(js_numbers=False) as url, _client(url, "k") as client:
+        response = _post_raw(
+            client,
+            '{"maxDurationSeconds": 600.0, "metadata": {"big": 9007199254740993, "one": 1.0,'
+            ' "half": 2.50, "tiny": 1e-7, "e21": 1e21}}',
+        )
+        assert response.status_code == 201, response.text
+        expected = (
+            '"maxDurationSeconds":600.0,"metadata":{"big":9007199254740993,"one":1.0,'
+            '"half":2.5,"tiny":1e-07,"e21":1e+21}'
+        )
+        assert expected in response.text
+        assert expected in client.get(f"/assistant/{response.json()['id']}").text
+        assert response.json()["metadata"]["big"] == 9007199254740993
+        assert _bad_request(_post_raw(client, '{"maxDurationSeconds": 9.0}')) == [
+            "maxDurationSeconds must not be less than 10"
+        ]
 
 
 # -- validation ----------------------------------------------------------------------------------

@@ -113,6 +113,33 @@ def test_sdk_sees_404_for_a_missing_or_foreign_id(base_url: str, client: Vapi) -
     assert client.assistants.get(mine.id).name == "Front desk"
 
 
+def test_sdk_sees_the_same_assistant_under_a_second_key(base_url: str, client: Vapi) -> None:
+    mine = _create(client)
+    added = httpx.post(
+        f"{base_url}/_emulator/keys",
+        json={"token": "sdk-tenant-key", "new_token": "sdk-second-key"},
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["orgId"] == mine.org_id
+
+    second = Vapi(token="sdk-second-key", base_url=base_url)
+    fetched = second.assistants.get(mine.id)
+    assert (fetched.id, fetched.org_id, fetched.name) == (mine.id, mine.org_id, "Front desk")
+    assert fetched.created_at == mine.created_at
+    assert [a.id for a in second.assistants.list()] == [mine.id]
+
+    theirs = _create(second, name="Via second key")
+    assert theirs.org_id == mine.org_id
+    assert [a.id for a in client.assistants.list()] == [theirs.id, mine.id]
+    assert client.assistants.update(theirs.id, name="Renamed").name == "Renamed"
+    assert second.assistants.get(theirs.id).name == "Renamed"
+
+    stranger = Vapi(token="another-tenant", base_url=base_url)
+    with pytest.raises(ApiError) as raised:
+        stranger.assistants.get(mine.id)
+    assert raised.value.status_code == 404
+
+
 def test_sdk_sees_401_for_a_wrong_key(base_url: str) -> None:
     wrong = Vapi(token="invalid-key", base_url=base_url)
     with pytest.raises(ApiError) as raised:

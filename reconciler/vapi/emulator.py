@@ -1,14 +1,39 @@
 """A local emulator of Vapi's assistant API, for tests, benchmarks and users' CI.
 
 It behaves like `https://api.vapi.ai` for `/assistant`: one account per bearer token (isolated:
-foreign ids answer 404), 201 on create, a bare JSON array newest first on list (`limit` default
-100, max 1000, `createdAt*`/`updatedAt*` filters), PATCH replacing each named top-level field
-wholesale (`null` clears it), and NestJS-shaped errors. Bodies are validated
-against the CreateAssistantDTO / UpdateAssistantDTO trees of Vapi's OpenAPI document
-(`assistant_schema.json`, see `emulator_schema.py`).
+foreign ids answer 404; `POST /_emulator/keys` gives an account more tokens), 201 on create, a
+bare JSON array newest first on list (`limit` default 100, max 1000, `createdAt*`/`updatedAt*`
+filters), PATCH replacing each named top-level field wholesale (`null` clears it), and
+NestJS-shaped errors. Bodies are validated against the CreateAssistantDTO / UpdateAssistantDTO
+trees of Vapi's OpenAPI document (`assistant_schema.json`, see `emulator_schema.py`).
 
-An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts` (keyed by token
-fingerprint), `POST reset`, and `GET/POST/DELETE faults`. A fault is
+Numbers behave as in Node.js, which Vapi (a NestJS service) runs on, so that the reconciler's
+tests see what a real Vapi does to numbers that do not survive a round trip through a double:
+every JSON number in a request body is parsed as an IEEE double (9007199254740993 is stored as
+9007199254740992; `1e400` as Infinity, and `NaN`/`Infinity` literals are invalid JSON), and every
+number in a Vapi route's answer is written as JavaScript's `JSON.stringify` writes it (`1.0` as
+`1`, `2.50` as `2.5`, `1e21` as `1e+21`, `1e-7` as `1e-7`, `0.00001` as `0.00001`, a non-finite
+number as `null`). Stored assistants keep the doubles, so GET, list and PATCH show the same
+numbers. `create_app(js_numbers=False)` keeps Python's `json` behaviour instead (the admin API
+always uses it).
+
+An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST keys`,
+`POST reset`, and `GET/POST/DELETE faults`.
+
+- `GET accounts`: one entry per account, keyed by the fingerprint (`fingerprint()`) of the first
+  token that reached it: `{"orgId", "assistants": <count>, "keys": [<fingerprint of each token>]}`.
+- `POST keys` with `{"token": <a token>, "new_token": <another token>}`: a second private key for
+  one account, as a real Vapi org can have several. `new_token` then authenticates as the same
+  account as `token` (same `orgId`, same assistants); the account of `token` is created if that
+  token was never used. Answers 201 `{"orgId", "account": <the account's fingerprint>}` (also
+  when `new_token` already reaches that account); 400 (NestJS-shaped) when the body is not a JSON
+  object, has other properties, or a field is not a non-empty string without surrounding
+  whitespace, or starts with a rejected prefix (it could never authenticate); 409 when
+  `new_token` already belongs to a different account (accounts are never merged).
+- `POST reset`: forget every account, key, fault and request count.
+- `GET/POST/DELETE faults`: list, add, clear faults.
+
+A fault is
 `{"method", "path": "/assistant" | "/assistant/{id}" | "/assistant/<id>", "mode": see below,
 "status": 500, "times": 1 (null: forever), "delay_ms": 0, "retry_after": "0" (default for 429;
 null: no header), "body": <optional JSON to answer instead of the NestJS error>}`; the first
@@ -53,6 +78,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring
 from typing import Any
 
 import uvicorn
@@ -86,6 +112,8 @@ DATE_FILTERS = {
 FAULT_MODES = ("error", "error_after_commit", "delay", "late_commit")
 AFTER_WORK_MODES = ("error_after_commit", "late_commit")  # modes answering `status` after the work
 FAULT_KEYS = {"method", "path", "mode", "status", "times", "delay_ms", "retry_after", "body"}
+KEY_FIELDS = ("token", "new_token")
+JS_MAX_SAFE_INTEGER = 2**53  # a Python int beyond it is written as the double JS would hold
 
 Json = dict[str, Any]
 
@@ -146,16 +174,88 @@ def _client_gone() -> Response:
     return Response(status_code=499)
 
 
+def js_number(value: float) -> str:
+    """`value` as JavaScript's JSON.stringify writes a number: Number.prototype.toString's
+    shortest round-trip digits (Python's repr finds the same ones) in JS's layout: plain decimals
+    from 1e-6 up to below 1e21 (`1.0` → `1`, `1e20` → `100000000000000000000`), an exponent
+    otherwise (`1e+21`, `1.5e-7`), `-0` as `0`, and a non-finite number as `null`."""
+    if not math.isfinite(value):
+        return "null"
+    if value == 0:
+        return "0"
+    if value < 0:
+        return "-" + js_number(-value)
+    mantissa, _, exponent = repr(value).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    point = int(exponent or 0) + len(whole)  # value = 0.<digits> * 10**point
+    significant = digits.lstrip("0")
+    point -= len(digits) - len(significant)
+    digits = significant.rstrip("0")
+    count = len(digits)
+    if count <= point <= 21:
+        return digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return f"{digits[:point]}.{digits[point:]}"
+    if -6 < point <= 0:
+        return "0." + "0" * -point + digits
+    power = point - 1
+    head = digits[0] + (f".{digits[1:]}" if count > 1 else "")
+    return f"{head}e{'+' if power >= 0 else '-'}{abs(power)}"
+
+
+def js_dumps(value: Any) -> str:
+    """Compact JSON like starlette's JSONResponse writes it, but numbers as JSON.stringify does:
+    a float by `js_number`, an int beyond 2**53 as the double it would be in JavaScript."""
+    if isinstance(value, str):
+        return encode_basestring(value)
+    if isinstance(value, dict):
+        items = (f"{encode_basestring(str(k))}:{js_dumps(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join([js_dumps(v) for v in value]) + "]"
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, float):
+        return js_number(float(value))
+    if isinstance(value, int):
+        in_range = -JS_MAX_SAFE_INTEGER <= value <= JS_MAX_SAFE_INTEGER
+        return str(int(value)) if in_range else js_number(float(value))
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _invalid_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def js_loads(raw: bytes | str) -> Any:
+    """JSON as JavaScript's JSON.parse reads it: every number an IEEE double (an integer beyond
+    2**53 rounds to the nearest double), and no NaN/Infinity literals."""
+    return json.loads(raw, parse_int=float, parse_constant=_invalid_constant)
+
+
+class JSNumbersResponse(JSONResponse):
+    """A JSON answer written by `js_dumps`, as a Node.js server would write it."""
+
+    def render(self, content: Any) -> bytes:
+        return js_dumps(content).encode("utf-8")
+
+
 def fingerprint(token: str) -> str:
     """How the admin API names an account: the first 8 hex chars of sha256(token)."""
     return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
-@dataclass
+@dataclass(eq=False)  # an account is itself, not its contents
 class Account:
+    keys: list[str]  # fingerprints of the tokens that reach it, the first one names it
     org_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     assistants: dict[str, Json] = field(default_factory=dict)  # id -> assistant, creation order
     last_created: datetime | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.keys[0]
 
 
 @dataclass
@@ -176,11 +276,11 @@ class Fault:
             return path.startswith("/assistant/")
         return self.path == path
 
-    def response(self) -> Response:
+    def response(self, response_class: type[JSONResponse] = JSONResponse) -> Response:
         status = 500 if self.status is None else self.status
         headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
         if self.body is not None:
-            return JSONResponse(self.body, status_code=status, headers=headers or None)
+            return response_class(self.body, status_code=status, headers=headers or None)
         phrase = http.HTTPStatus(status).phrase
         return _error(status, f"Emulated fault: {phrase}", headers)
 
@@ -227,7 +327,7 @@ class Fault:
 
 @dataclass
 class EmulatorState:
-    accounts: dict[str, Account] = field(default_factory=dict)  # token -> account
+    accounts: dict[str, Account] = field(default_factory=dict)  # token -> account (keys share)
     faults: list[Fault] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTE_KEYS, 0))
 
@@ -242,6 +342,10 @@ class EmulatorState:
                 return fault
         return None
 
+    def unique_accounts(self) -> list[Account]:
+        """Each account once (several tokens may reach one), in the order they were created."""
+        return list({id(account): account for account in self.accounts.values()}.values())
+
 
 Handler = Callable[[Request, Account], Awaitable[Response]]
 
@@ -250,9 +354,18 @@ class Emulator:
     """The state and the route handlers. Handlers never await in the middle of a mutation (the
     body is read first, then the change is made synchronously), so one event loop needs no lock."""
 
-    def __init__(self, latency_ms: int = 0, rejected_prefixes: Sequence[str] = ("invalid",)):
+    def __init__(
+        self,
+        latency_ms: int = 0,
+        rejected_prefixes: Sequence[str] = ("invalid",),
+        *,
+        js_numbers: bool = True,
+    ):
         self.latency_ms = latency_ms
         self.rejected_prefixes = tuple(rejected_prefixes)
+        self.js_numbers = js_numbers
+        self.json_response: type[JSONResponse] = JSNumbersResponse if js_numbers else JSONResponse
+        self.loads: Callable[[bytes], Any] = js_loads if js_numbers else json.loads
         self.state = EmulatorState()
         self.validator = AssistantValidator.load()
 
@@ -275,14 +388,14 @@ class Emulator:
                 if fault.mode == "delay" and await request.is_disconnected():
                     return _client_gone()  # the client gave up while queued: drop the work
             if fault is not None and fault.mode == "error":
-                return fault.response()
+                return fault.response(self.json_response)
             account = self.authenticate(request)
             if account is None:
                 response: Response = _error(401, INVALID_KEY_MESSAGE)
             else:
                 response = await handler(request, account)
             if fault is not None and fault.mode in AFTER_WORK_MODES and fault.status is not None:
-                return fault.response()  # the work is done, but the answer is lost
+                return fault.response(self.json_response)  # the work is done, the answer lost
             return response
 
         return endpoint
@@ -292,15 +405,21 @@ class Emulator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or token.startswith(self.rejected_prefixes):
             return None
-        return self.state.accounts.setdefault(token, Account())
+        return self.account(token)
 
-    @staticmethod
-    async def read_object(request: Request) -> Json | JSONResponse:
+    def account(self, token: str) -> Account:
+        """The account `token` reaches, created on first use."""
+        account = self.state.accounts.get(token)
+        if account is None:
+            account = self.state.accounts[token] = Account(keys=[fingerprint(token)])
+        return account
+
+    async def read_object(self, request: Request) -> Json | JSONResponse:
         raw = await request.body()
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
+            body = self.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"Unexpected token in JSON: {exc}")
         if not isinstance(body, dict):
@@ -321,7 +440,7 @@ class Emulator:
         assistant = {k: v for k, v in body.items() if v is not None}
         assistant.update(id=assistant_id, orgId=account.org_id, createdAt=stamp, updatedAt=stamp)
         account.assistants[assistant_id] = assistant
-        return JSONResponse(assistant, status_code=201)
+        return self.json_response(assistant, status_code=201)
 
     async def list_assistants(self, request: Request, account: Account) -> Response:
         errors: list[str] = []
@@ -359,7 +478,7 @@ class Emulator:
             for a in newest_first
             if all(compare(datetime.fromisoformat(a[f]), bound) for f, compare, bound in bounds)
         ]
-        return JSONResponse(matching[:limit])
+        return self.json_response(matching[:limit])
 
     @staticmethod
     def _not_found(assistant_id: str) -> JSONResponse:
@@ -368,7 +487,7 @@ class Emulator:
     async def get_assistant(self, request: Request, account: Account) -> Response:
         assistant_id = request.path_params["id"]
         assistant = account.assistants.get(assistant_id)
-        return self._not_found(assistant_id) if assistant is None else JSONResponse(assistant)
+        return self._not_found(assistant_id) if assistant is None else self.json_response(assistant)
 
     async def update_assistant(self, request: Request, account: Account) -> Response:
         body = await self.read_object(request)
@@ -385,26 +504,59 @@ class Emulator:
             else:
                 assistant[key] = value
         assistant["updatedAt"] = _iso(_stamp_after(datetime.fromisoformat(assistant["updatedAt"])))
-        return JSONResponse(assistant)
+        return self.json_response(assistant)
 
     async def delete_assistant(self, request: Request, account: Account) -> Response:
         assistant_id = request.path_params["id"]
         assistant = account.assistants.pop(assistant_id, None)
-        return self._not_found(assistant_id) if assistant is None else JSONResponse(assistant)
+        return self._not_found(assistant_id) if assistant is None else self.json_response(assistant)
 
     # -- /_emulator (admin, no auth) ---------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        total = sum(len(a.assistants) for a in self.state.accounts.values())
+        total = sum(len(a.assistants) for a in self.state.unique_accounts())
         return JSONResponse({"requests": dict(self.state.requests), "assistants_total": total})
 
     async def accounts(self, request: Request) -> Response:
         return JSONResponse(
             {
-                fingerprint(token): {"orgId": acc.org_id, "assistants": len(acc.assistants)}
-                for token, acc in self.state.accounts.items()
+                acc.fingerprint: {
+                    "orgId": acc.org_id,
+                    "assistants": len(acc.assistants),
+                    "keys": list(acc.keys),
+                }
+                for acc in self.state.unique_accounts()
             }
         )
+
+    async def keys(self, request: Request) -> Response:
+        """`POST keys`: let `new_token` reach the account of `token` (see the module docstring)."""
+        try:
+            data = json.loads(await request.body())
+        except ValueError:  # UnicodeDecodeError included
+            return _bad_request(["body must be JSON"])
+        if not isinstance(data, dict):
+            return _bad_request(["body must be a JSON object"])
+        errors = [f"property {k} should not exist" for k in data if k not in KEY_FIELDS]
+        for name in KEY_FIELDS:
+            value = data.get(name)
+            if not isinstance(value, str) or not value.strip():
+                errors.append(f"{name} must be a non-empty string")
+            elif value != value.strip():
+                errors.append(f"{name} must not start or end with whitespace")
+            elif value.startswith(self.rejected_prefixes):
+                errors.append(f"{name} starts with a rejected prefix, so it can never authenticate")
+        if errors:
+            return _bad_request(errors)
+        token, new_token = data["token"], data["new_token"]
+        holder, current = self.state.accounts.get(new_token), self.state.accounts.get(token)
+        if holder is not None and holder is not current:
+            return _error(409, f"new_token already belongs to account {holder.fingerprint}")
+        account = self.account(token)
+        if new_token not in self.state.accounts:  # else it already reaches this account
+            self.state.accounts[new_token] = account
+            account.keys.append(fingerprint(new_token))
+        return JSONResponse({"orgId": account.org_id, "account": account.fingerprint}, 201)
 
     async def faults(self, request: Request) -> Response:
         if request.method == "GET":
@@ -436,11 +588,15 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    latency_ms: int = 0, *, rejected_prefixes: Sequence[str] = ("invalid",)
+    latency_ms: int = 0,
+    *,
+    rejected_prefixes: Sequence[str] = ("invalid",),
+    js_numbers: bool = True,
 ) -> Starlette:
     """The emulator as an ASGI app. `latency_ms` is added to every Vapi route; bearer tokens
-    starting with any of `rejected_prefixes` are answered 401 like a wrong key."""
-    emu = Emulator(latency_ms, rejected_prefixes)
+    starting with any of `rejected_prefixes` are answered 401 like a wrong key; `js_numbers`
+    reads and writes the Vapi routes' numbers as Node.js does (False: as Python's json does)."""
+    emu = Emulator(latency_ms, rejected_prefixes, js_numbers=js_numbers)
     vapi_routes: list[tuple[str, str, Handler]] = [
         ("GET", "/assistant", emu.list_assistants),
         ("POST", "/assistant", emu.create_assistant),
@@ -455,6 +611,7 @@ def create_app(
     routes += [
         Route("/_emulator/stats", emu.stats, methods=["GET"]),
         Route("/_emulator/accounts", emu.accounts, methods=["GET"]),
+        Route("/_emulator/keys", emu.keys, methods=["POST"]),
         Route("/_emulator/faults", emu.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_emulator/reset", emu.reset, methods=["POST"]),
     ]
@@ -463,20 +620,24 @@ def create_app(
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8787, latency_ms: int = 0) -> None:
+def serve(
+    host: str = "127.0.0.1", port: int = 8787, latency_ms: int = 0, *, js_numbers: bool = True
+) -> None:
     """Run the emulator in the foreground (blocking) with uvicorn."""
-    uvicorn.run(create_app(latency_ms), host=host, port=port, log_level="warning")
+    app = create_app(latency_ms, js_numbers=js_numbers)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @contextlib.contextmanager
-def running_emulator(latency_ms: int = 0) -> Iterator[str]:
+def running_emulator(latency_ms: int = 0, *, js_numbers: bool = True) -> Iterator[str]:
     """Run the emulator on 127.0.0.1 and a free port in a daemon thread; yield its base URL."""
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only then (else each
     # request waits ~40 ms for a delayed ACK).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = uvicorn.Config(create_app(latency_ms), log_level="warning", lifespan="off")
+    app = create_app(latency_ms, js_numbers=js_numbers)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -503,8 +664,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every Vapi request")
+    parser.add_argument(
+        "--python-numbers",
+        action="store_true",
+        help="read and write numbers as Python's json does, not as Node.js (Vapi) does",
+    )
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.latency_ms)
+    serve(args.host, args.port, args.latency_ms, js_numbers=not args.python_numbers)
 
 
 if __name__ == "__main__":
