@@ -1,6 +1,20 @@
 """Our httpx client for Vapi's /assistant API: paging, timeouts, retries that never duplicate.
 
 `VapiReader` can only read; `VapiWriter` adds the writes. `plan` is given readers only.
+
+What a failed call raises (every one a `VapiError`; nothing else escapes a call):
+
+    VapiError                    the call failed; for GET/PATCH/DELETE after bounded retries
+    ├── VapiRejected             a definite refusal (400 401 403 404 405 413 415 422): the
+    │   │                        request had no effect; for a POST, nothing was created
+    │   ├── VapiAuthError        401/403: the org's API key is wrong or revoked
+    │   └── VapiNotFound         404: unknown id, or an id of another account
+    └── VapiAmbiguousWrite       a POST whose outcome is unknown: look for the tag before any
+        └── VapiRateLimited      second POST; a POST answered 429 (never slept on, never retried)
+
+Every message is one line of at most 300 characters; whatever part of it comes from Vapi's
+answer is masked (`reconciler.redact`: secret-looking JSON keys, this client's API key, bearer
+tokens, ...), escaped and cut short.
 """
 
 from __future__ import annotations
@@ -8,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.cookiejar
+import json
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,48 +33,94 @@ from typing import Any
 import httpx
 
 from reconciler.errors import ReconcilerError
+from reconciler.redact import printable, redact_text, redact_tree, safe_message
 
 PAGE_LIMIT = 1000  # Vapi's maximum; fewer round trips than the default 100
 USER_AGENT = "vapi-reconciler/0.1"
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a successful answer larger than this is refused
+ERROR_BODY_BYTES = 64 * 1024  # of an error answer only this much is read (for its reason)
+MESSAGE_LIMIT = 300  # every VapiError message fits in this many characters, on one line
+REASON_LIMIT = 200  # the part of a message that quotes Vapi's answer
+# A POST answered with one of these was refused before anything was created. Every other
+# non-2xx answer to a POST (408, 409, 425, 429, 5xx, 3xx, ...) leaves its outcome unknown.
+DEFINITE_REFUSALS = frozenset({400, 401, 403, 404, 405, 413, 415, 422})
+_ESCAPED_QUOTES = re.compile(r'\\+"')
+_NEXT_RUN = "not retried in this run: the next run looks for it before creating again"
 
 
 class VapiError(ReconcilerError):
-    """A Vapi call failed; the message names the call and the reason, never the key."""
+    """A Vapi call failed; the message names the call and the reason, never the key.
+
+    `status` is the HTTP status of Vapi's error answer, or None when there was none (timeout,
+    lost connection, a 2xx answer we could not read)."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
 
-class VapiAuthError(VapiError):
-    """401/403: the org's API key is wrong or revoked."""
+class VapiRejected(VapiError):
+    """Vapi definitely refused the request (400, 401, 403, 404, 405, 413, 415 or 422): it had
+    no effect, so a refused create created nothing and needs no look for its tag.
+
+    `status` is always set; `reason` is Vapi's reason (the NestJS `message`, joined if a list),
+    masked and cut short, as it appears in the message."""
+
+    status: int
+
+    def __init__(self, message: str, *, status: int, reason: str = "") -> None:
+        super().__init__(message, status=status)
+        self.reason = reason
 
 
-class VapiNotFound(VapiError):
+class VapiAuthError(VapiRejected):
+    """401/403: the org's API key is wrong or revoked (a definite refusal, like any
+    VapiRejected: a POST refused so created nothing)."""
+
+
+class VapiNotFound(VapiRejected):
     """404: unknown id, or an id of another account."""
 
 
 class VapiAmbiguousWrite(VapiError):
-    """A create may or may not have happened (5xx or lost response): look before retrying."""
+    """A create may or may not have happened: a timeout or a lost connection once the request
+    may have been sent, a 5xx, a 429 or another 4xx that is not a definite refusal, a 3xx, or a
+    2xx whose body we cannot read. It is never retried here: the caller lists the account and
+    looks for its ownership tag before any second POST."""
+
+
+class VapiRateLimited(VapiAmbiguousWrite):
+    """A POST answered 429. Raised at once, with no sleep (the caller holds the org's lock) and
+    no retry: a limiter placed after the handler may have let the create through, so it stays
+    ambiguous. `retry_after_s` is Vapi's Retry-After in seconds, if it sent a readable one."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message, status=429)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Retries of GET, PATCH and DELETE on 429, 5xx, timeouts and lost connections (and of a
+    POST whose connection was refused, so never sent): at most `attempts` tries, with jittered
+    exponential backoff or Vapi's Retry-After. A Retry-After above `max_retry_after_s` is not
+    waited for (the call fails at once), and one call never sleeps more than
+    `max_total_wait_s` in all."""
+
     attempts: int = 4
     base_s: float = 0.5
     cap_s: float = 10.0
-    max_retry_after_s: float = 60.0
+    max_retry_after_s: float = 10.0
+    max_total_wait_s: float = 20.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
-    def backoff(self, attempt: int, retry_after: str | None) -> float:
-        hinted = _parse_retry_after(retry_after)
-        if hinted is not None:
-            return min(hinted, self.max_retry_after_s)
+    def backoff(self, attempt: int) -> float:
         exp = min(self.cap_s, self.base_s * (2**attempt))
         return random.uniform(exp / 2, exp)  # noqa: S311 - jitter, not crypto
 
 
 def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
     if value is None:
         return None
     try:
@@ -67,87 +129,275 @@ def _parse_retry_after(value: str | None) -> float | None:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
-def _message(resp: httpx.Response) -> str:
+def _seconds(value: float) -> str:
+    if value >= 1e9:
+        return f"{value:.3g}"
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _compose(head: str, reason: str = "", tail: str = "") -> str:
+    """`head: reason tail` on one line within MESSAGE_LIMIT; only the reason is shortened."""
+    if not reason:
+        return printable(head + tail, MESSAGE_LIMIT)
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 2
+    if len(reason) > room:
+        reason = reason[: max(0, room - 3)] + "..."
+    return printable(f"{head}: {reason}{tail}", MESSAGE_LIMIT)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    cut: bool  # the body was longer than what was read
+    note: str = ""  # why the body could not be read, if it could not
+
+
+def _read_at_most(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the (decoded) body, and whether there was more."""
+    buf = bytearray()
+    for chunk in resp.iter_bytes():
+        buf += chunk
+        if len(buf) > limit:
+            return bytes(buf[:limit]), True
+    return bytes(buf), False
+
+
+def _declared_length(resp: httpx.Response) -> int | None:
     try:
-        body = resp.json()
+        return int(resp.headers.get("Content-Length", ""))
     except ValueError:
-        return resp.reason_phrase or f"HTTP {resp.status_code}"
-    msg = body.get("message") if isinstance(body, dict) else None
-    if isinstance(msg, list):
-        msg = "; ".join(str(m) for m in msg)
-    return str(msg or resp.reason_phrase or f"HTTP {resp.status_code}")[:300]
+        return None
 
 
 class VapiReader:
     """Read access to one Vapi account (one org's API key)."""
 
     def __init__(
-        self, http: httpx.Client, api_key: str, *, retry: RetryPolicy | None = None
+        self,
+        http: httpx.Client,
+        api_key: str,
+        *,
+        retry: RetryPolicy | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self._http = http
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._known = (api_key,)  # masked wherever it appears in an answer we quote
         self._retry = retry or RetryPolicy()
+        self._max_body = max_body_bytes
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._http.base_url})"
 
-    def _request(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
-    ) -> Any:
-        idempotent = method != "POST"
-        what = f"{method} {path}"
-        for attempt in range(self._retry.attempts):
-            last = attempt == self._retry.attempts - 1
+    # -- one exchange --------------------------------------------------------------------------
+
+    def _exchange(
+        self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
+    ) -> _Answer:
+        with self._http.stream(
+            method, path, json=json_body, params=params, headers=self._headers
+        ) as resp:
+            if resp.is_success:
+                declared = _declared_length(resp)
+                if declared is not None and declared > self._max_body:
+                    return _Answer(resp.status_code, resp.headers, b"", cut=True)
+                body, cut = _read_at_most(resp, self._max_body)
+                return _Answer(resp.status_code, resp.headers, body, cut)
+            # An error's status is known once its head arrived: its body only gives the reason.
             try:
-                resp = self._http.request(
-                    method, path, json=json, params=params, headers=self._headers
-                )
+                body, cut = _read_at_most(resp, ERROR_BODY_BYTES)
+            except httpx.HTTPError as exc:
+                return _Answer(resp.status_code, resp.headers, b"", False, type(exc).__name__)
+            return _Answer(resp.status_code, resp.headers, body, cut)
+
+    def _reason(self, answer: _Answer) -> str:
+        """Vapi's reason for an error answer: the NestJS `message` (joined if a list), else the
+        whole body; masked (JSON by key first, then the text), escaped and cut short."""
+        if answer.note:
+            text = f"(body unreadable: {answer.note})"
+        elif answer.cut:
+            text = f"(a body over {ERROR_BODY_BYTES // 1024} KiB, not shown)"
+        else:
+            text = answer.body.decode("utf-8", errors="replace").strip()
+            try:
+                text = self._json_reason(json.loads(text))
+            except RecursionError:
+                text = "(a JSON body nested too deeply to show)"
+            except ValueError:
+                pass  # not JSON: the text itself, masked below
+        if not text.strip():
+            text = httpx.codes.get_reason_phrase(answer.status) or f"HTTP {answer.status}"
+        # JSON quoted inside a string (an echoed request body) hides its `\"key\": \"value\"`
+        # pairs from the masking: shown with plain quotes, they are found and masked.
+        text = _ESCAPED_QUOTES.sub('"', text)
+        return safe_message(text, known=self._known, limit=REASON_LIMIT)
+
+    def _json_reason(self, body: Any) -> str:
+        """The reason in a JSON error body, every part masked before it is joined or dumped:
+        once dumped, a string leaf's quotes are escaped and its `"key": "value"` pairs would
+        no longer be seen as such."""
+        body = self._mask_text(redact_tree(body))
+        msg = body.get("message") if isinstance(body, dict) else None
+        if isinstance(msg, list) and msg:
+            return "; ".join(
+                m if isinstance(m, str) else json.dumps(m, ensure_ascii=False) for m in msg
+            )
+        if isinstance(msg, str) and msg.strip():
+            return msg
+        if msg not in (None, "", []):
+            return json.dumps(msg, ensure_ascii=False)
+        return json.dumps(body, ensure_ascii=False)
+
+    def _mask_text(self, value: Any) -> Any:
+        """`value` with free-text masking applied to every string in it, keys included."""
+        if isinstance(value, str):
+            return redact_text(value, known=self._known)
+        if isinstance(value, dict):
+            return {self._mask_text(str(k)): self._mask_text(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._mask_text(v) for v in value]
+        return value
+
+    def _error_for(self, what: str, answer: _Answer, post: bool) -> VapiError:
+        """The error for a non-2xx answer that is not retried."""
+        code = answer.status
+        if post and code == 429:
+            hint = _parse_retry_after(answer.headers.get("Retry-After"))
+            asked = "" if hint is None else f", Retry-After {_seconds(hint)} s"
+            head = f"{what}: Vapi answered 429 (rate limited{asked}), outcome unknown"
+            return VapiRateLimited(_compose(f"{head}; {_NEXT_RUN}"), retry_after_s=hint)
+        reason = self._reason(answer)
+        if code in DEFINITE_REFUSALS:
+            created = ", nothing was created" if post else ""
+            cls: type[VapiRejected]
+            if code in (401, 403):
+                head, cls = f"{what}: Vapi rejected the API key ({code}){created}", VapiAuthError
+            elif code == 404:
+                head, cls = f"{what}: not found (404){created}", VapiNotFound
+            else:
+                head, cls = f"{what}: Vapi refused it ({code}){created}", VapiRejected
+            return cls(_compose(head, reason), status=code, reason=reason)
+        if post:
+            # A 5xx, a 3xx or a 4xx such as 408/409/425 does not say whether the create
+            # happened; a duplicate costs more than a list call, so the caller looks first.
+            return VapiAmbiguousWrite(
+                _compose(f"{what}: Vapi answered {code}, outcome unknown", reason), status=code
+            )
+        return VapiError(_compose(f"{what}: Vapi answered {code}", reason), status=code)
+
+    def _odd(self, what: str, post: bool, status: int, what_was_odd: str) -> VapiError:
+        """A 2xx answer we cannot use. For a POST the create probably happened: ambiguous."""
+        head = f"{what}: Vapi answered {status} with {what_was_odd}"
+        if post:
+            return VapiAmbiguousWrite(_compose(head, tail=f", outcome unknown; {_NEXT_RUN}"))
+        return VapiError(_compose(head))
+
+    # -- the retry loop --------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> tuple[int, bytes]:
+        """The status and body of a 2xx answer, after bounded retries of idempotent calls.
+
+        A POST is retried only when its connection was refused (never sent); every other
+        failure of a POST raises at once, ambiguous unless Vapi's answer was a definite refusal.
+        """
+        post = method == "POST"
+        what = printable(f"{method} {path}", 80)
+        policy = self._retry
+        waited = 0.0
+        for attempt in range(policy.attempts):
+            hint: float | None = None
+            try:
+                answer = self._exchange(method, path, json_body, params)
             except httpx.TimeoutException as exc:
                 sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
-                if sent and not idempotent:
+                if sent and post:
                     raise VapiAmbiguousWrite(f"{what}: timed out, outcome unknown") from None
-                if last:
-                    raise VapiError(f"{what}: timed out") from None
+                head, reason, status = f"{what}: timed out", "", None
             except httpx.TransportError as exc:
                 # A connect error never reached Vapi; other transport errors may have.
-                if not isinstance(exc, httpx.ConnectError) and not idempotent:
-                    raise VapiAmbiguousWrite(f"{what}: connection lost, outcome unknown") from None
-                if last:
-                    raise VapiError(f"{what}: {type(exc).__name__}") from None
-            else:
-                code = resp.status_code
-                if code < 400:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise VapiError(f"{what}: {code} with a body that is not JSON") from None
-                if code in (401, 403):
-                    raise VapiAuthError(f"{what}: Vapi rejected the API key ({code})", status=code)
-                if code == 404:
-                    raise VapiNotFound(f"{what}: not found", status=404)
-                if not idempotent and (code >= 500 or code == 429):
-                    # A 429 should mean "not processed", but a proxy or a rate limiter placed
-                    # after the handler can break that promise; a duplicate costs more than a
-                    # list call, so the caller looks for its tag before any second POST.
-                    if code == 429:
-                        self._retry.sleep(
-                            self._retry.backoff(attempt, resp.headers.get("Retry-After"))
-                        )
+                name = type(exc).__name__
+                if not isinstance(exc, httpx.ConnectError) and post:
                     raise VapiAmbiguousWrite(
-                        f"{what}: Vapi answered {code}, outcome unknown", status=code
+                        f"{what}: connection lost ({name}), outcome unknown"
+                    ) from None
+                head, reason, status = f"{what}: {name}", "", None
+            except httpx.HTTPError as exc:  # e.g. a body that fails to decompress
+                name = type(exc).__name__
+                if post:
+                    raise VapiAmbiguousWrite(
+                        f"{what}: unreadable answer ({name}), outcome unknown"
+                    ) from None
+                raise VapiError(f"{what}: unreadable answer ({name})") from None
+            else:
+                code = answer.status
+                if 200 <= code < 300:
+                    if answer.cut and method != "DELETE":  # a DELETE's status says it all
+                        limit = f"{self._max_body // (1024 * 1024)} MiB"
+                        raise self._odd(what, post, code, f"a body over {limit}") from None
+                    return code, answer.body
+                if post or not (code == 429 or code >= 500):
+                    raise self._error_for(what, answer, post)
+                hint = _parse_retry_after(answer.headers.get("Retry-After"))
+                if hint is not None and hint > policy.max_retry_after_s:
+                    asked = "rate limited: Vapi" if code == 429 else f"Vapi answered {code} and"
+                    raise VapiError(
+                        _compose(
+                            f"{what}: {asked} asks to retry after {_seconds(hint)} s; "
+                            "giving up for this run"
+                        ),
+                        status=code,
                     )
-                retryable = code == 429 or code >= 500
-                if not retryable or last:
-                    raise VapiError(f"{what}: {code} {_message(resp)}", status=code)
-                self._retry.sleep(self._retry.backoff(attempt, resp.headers.get("Retry-After")))
-                continue
-            self._retry.sleep(self._retry.backoff(attempt, None))
+                head, reason, status = f"{what}: Vapi answered {code}", self._reason(answer), code
+            if attempt == policy.attempts - 1:
+                tail = f"; gave up after {policy.attempts} attempts" if attempt else ""
+                raise VapiError(_compose(head, reason, tail), status=status)
+            wait = hint if hint is not None else policy.backoff(attempt)
+            if waited + wait > policy.max_total_wait_s:
+                tail = f"; giving up for this run after waiting {_seconds(waited)} s"
+                raise VapiError(_compose(head, reason, tail), status=status)
+            policy.sleep(wait)
+            waited += wait
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """The status and JSON of a 2xx answer; an answer that is not JSON is a VapiError."""
+        post = method == "POST"
+        what = printable(f"{method} {path}", 80)
+        code, body = self._request(method, path, **kwargs)
+        try:
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise self._odd(what, post, code, "a body that is not valid UTF-8") from None
+        try:
+            return code, json.loads(text)
+        except RecursionError:
+            raise self._odd(what, post, code, "JSON nested too deeply to read") from None
+        except ValueError:
+            raise self._odd(what, post, code, "a body that is not JSON") from None
+
+    def _assistant(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """An answer that must be one assistant: an object with a string `id`."""
+        code, result = self._json(method, path, **kwargs)
+        if not isinstance(result, dict) or not isinstance(result.get("id"), str):
+            what = printable(f"{method} {path}", 80)
+            raise self._odd(what, method == "POST", code, "no assistant (an object with an id)")
+        return result
+
+    # -- the API -------------------------------------------------------------------------------
 
     def list_assistants(self, *, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
         """Every assistant in the account, whatever order Vapi lists them in.
@@ -165,12 +415,17 @@ class VapiReader:
                 params["createdAtGe"] = low
             if high is not None:
                 params["createdAtLe"] = high
-            page = self._request("GET", "/assistant", params=params)
+            _, page = self._json("GET", "/assistant", params=params)
             if not isinstance(page, list) or not all(
-                isinstance(a, dict) and isinstance(a.get("id"), str) and "createdAt" in a
+                isinstance(a, dict)
+                and isinstance(a.get("id"), str)
+                and isinstance(a.get("createdAt"), str)
                 for a in page
             ):
-                raise VapiError("GET /assistant: unexpected response shape")
+                raise VapiError(
+                    "GET /assistant: unexpected response shape "
+                    "(not a list of objects with a string id and createdAt)"
+                )
             fresh = [a for a in page if a["id"] not in seen]
             for item in fresh:
                 seen[item["id"]] = item
@@ -187,25 +442,31 @@ class VapiReader:
         return list(seen.values())
 
     def get_assistant(self, assistant_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/assistant/{assistant_id}")
-        return result
+        return self._assistant("GET", f"/assistant/{assistant_id}")
 
 
 class VapiWriter(VapiReader):
     """Read and write access to one Vapi account."""
 
     def create_assistant(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Never retried here once sent (only a refused connection is): on 5xx, 429, a timeout
-        or a lost connection it raises VapiAmbiguousWrite and the caller looks for its tag."""
-        result: dict[str, Any] = self._request("POST", "/assistant", json=body)
-        return result
+        """Never retried here once sent (only a refused connection is).
+
+        A definite refusal raises VapiRejected (nothing was created). A 429 raises
+        VapiRateLimited at once, without sleeping. Any other failure (5xx, other 4xx, a timeout,
+        a lost connection, a 2xx without a readable assistant) raises VapiAmbiguousWrite, and
+        the caller looks for its tag."""
+        return self._assistant("POST", "/assistant", json_body=body)
 
     def update_assistant(self, assistant_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("PATCH", f"/assistant/{assistant_id}", json=body)
+        _, result = self._json("PATCH", f"/assistant/{assistant_id}", json_body=body)
+        if not isinstance(result, dict):
+            what = printable(f"PATCH /assistant/{assistant_id}", 80)
+            raise VapiError(f"{what}: unexpected response shape (not an object)")
         return result
 
     def delete_assistant(self, assistant_id: str) -> None:
-        # already gone (e.g. our retried DELETE had succeeded): the goal holds
+        # The deleted assistant comes back, but only the status matters: a 2xx did delete.
+        # Already gone (e.g. our retried DELETE had succeeded): the goal holds.
         with contextlib.suppress(VapiNotFound):
             self._request("DELETE", f"/assistant/{assistant_id}")
 
