@@ -1,18 +1,33 @@
-"""The webhook resolver against real Postgres: success, each failure, the cache."""
+"""The webhook resolver against real Postgres: success, each failure, the cache, and every
+bad input mapped to one of its errors (issue 5)."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from psycopg_pool import ConnectionPool
 
 from reconciler.controller.run import Controller
+from reconciler.redact import printable
+from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import load_tree
-from reconciler.state.store import StateWriter
+from reconciler.state.db import open_pool
+from reconciler.state.store import StateReader, StateWriter
 from reconciler.webhooks.resolver import (
+    MAX_BODY_BYTES,
     BadSecret,
+    BodyTooLarge,
     MalformedWebhook,
+    ResolvedWebhook,
     UnknownAssistant,
+    VerificationUnavailable,
+    WebhookError,
     WebhookResolver,
 )
 from tests.helpers import SpecDir, org_doc
@@ -85,19 +100,426 @@ def test_unknown_assistant(applied: dict, state: StateWriter, controller: Contro
         WebhookResolver(state, controller.key).resolve({"x-vapi-secret": "x"}, body("no-such-id"))
 
 
+def assert_safe(exc: WebhookError, *secrets: str) -> None:
+    """One short line, no control character, no secret."""
+    text = str(exc)
+    assert text
+    assert printable(text) == text  # no newline, escape sequence, bidi override, NUL, ...
+    assert len(text) <= 120
+    for secret in secrets:
+        assert secret not in text
+
+
+def call_body(call: Any) -> bytes:
+    return json.dumps({"message": {"type": "status-update", "call": call}}).encode()
+
+
+@pytest.fixture
+def resolver(state: StateWriter, master_key: MasterKey) -> WebhookResolver:
+    return WebhookResolver(state, master_key)
+
+
+DEEP = 50_000  # the longest opener times this stays under MAX_BODY_BYTES
+
+
 @pytest.mark.parametrize(
     "raw",
     [
         b"not json",
+        b"",
         b"[]",
+        b"null",
+        b"3",
+        b"1e999",
+        b"1" * 5000,  # more digits than int() takes: a ValueError
+        b'"a string"',
+        b"true",
+        b'[{"message": {"call": {"assistantId": "a"}}}]',
         b'{"message": 3}',
+        b'{"message": [{"call": {"assistantId": "a"}}]}',
         b'{"message": {"type": "assistant-request", "call": {}}}',
+        b'{"message": {"type": "assistant-request"}}',
+        call_body([]),
+        call_body([{"assistantId": "a"}]),
+        call_body("asst-1"),
+        call_body(7),
+        call_body({"assistantId": 42}),
+        call_body({"assistantId": 4.2}),
+        call_body({"assistantId": ""}),
+        call_body({"assistantId": ["a"]}),
+        call_body({"assistantId": {"id": "a"}}),
+        call_body({"assistantId": True}),
+        # a wrong call.assistantId is not silently replaced by the top-level one
+        json.dumps({"message": {"call": {"assistantId": 1}, "assistantId": "asst-1"}}).encode(),
+        json.dumps({"message": {"assistantId": ""}}).encode(),
         b"\xff\xfe",
+        b"\xef\xbb\xbf" + call_body({"assistantId": "asst-1"}),  # a UTF-8 BOM
+        json.dumps({"message": {"call": {"assistantId": "asst-1"}}}).encode("utf-16"),
+        '{"message": {"type": "\u00e9", "call": {"assistantId": "a"}}}'.encode("latin-1"),
+        b"[" * DEEP,
+        b"[" * DEEP + b"]" * DEEP,
+        b'{"message": ' * DEEP,
+        b'{"message": {"call": ' + b"[" * DEEP,
+        b'{"message": {"type": ' + b'{"a": ' * DEEP,
     ],
+    ids=lambda raw: printable(raw[:40]),
 )
-def test_malformed_bodies(raw: bytes, state: StateWriter, controller: Controller) -> None:
+def test_malformed_bodies(raw: bytes, state: StateWriter, resolver: WebhookResolver) -> None:
+    before = state.queries
+    with pytest.raises(MalformedWebhook) as exc:
+        resolver.resolve({"x-vapi-secret": "x"}, raw)
+    assert exc.value.status == 400
+    assert_safe(exc.value)
+    assert state.queries == before
+
+
+@pytest.mark.parametrize("raw", ["a str body", None, 123, ["a"], {"message": {}}])
+def test_a_body_that_is_not_bytes_is_malformed(raw: Any, resolver: WebhookResolver) -> None:
     with pytest.raises(MalformedWebhook):
-        WebhookResolver(state, controller.key).resolve({"x-vapi-secret": "x"}, raw)
+        resolver.resolve({}, raw)
+
+
+@pytest.mark.parametrize(
+    "assistant_id",
+    [
+        "\x00",
+        "asst\x00-1",
+        "a\nb",
+        "asst\r\nX-Forged: 1",
+        "\x1b[31mred",
+        "\x7f",
+        "a b",
+        " asst",
+        "\u202eevil",
+        "\u200b",
+        "caf\u00e9",
+        "\U0001f600",
+        "x" * 129,
+        "x" * 1_000_000,
+    ],
+    ids=lambda v: printable(v, 20),
+)
+def test_bad_assistant_ids_are_malformed_without_a_query(
+    assistant_id: str, state: StateWriter, resolver: WebhookResolver
+) -> None:
+    before = state.queries
+    for raw in (
+        body(assistant_id),
+        json.dumps({"message": {"type": "transcript", "assistantId": assistant_id}}).encode(),
+    ):
+        with pytest.raises(MalformedWebhook) as exc:
+            resolver.resolve({"x-vapi-secret": "x"}, raw)
+        assert_safe(exc.value)
+        assert assistant_id not in str(exc.value)
+    assert state.queries == before  # a NUL never reaches Postgres (psycopg's DataError)
+
+
+def test_lone_surrogate_assistant_id_is_malformed(
+    state: StateWriter, resolver: WebhookResolver
+) -> None:
+    before = state.queries
+    with pytest.raises(MalformedWebhook):
+        resolver.resolve({}, b'{"message": {"call": {"assistantId": "ab\\ud800"}}}')
+    assert state.queries == before
+
+
+def test_unknown_assistant_message_echoes_only_a_short_prefix(
+    state: StateWriter, resolver: WebhookResolver
+) -> None:
+    longest = "z" * 100 + "\\'\"<>{}" + "y" * 21  # 128 visible characters
+    assert len(longest) == 128
+    before = state.queries
+    with pytest.raises(UnknownAssistant) as exc:
+        resolver.resolve({}, body(longest))
+    assert state.queries == before + 1  # the longest valid id is looked up
+    assert exc.value.status == 404
+    assert_safe(exc.value)
+    assert "z" * 37 in str(exc.value)
+    assert "z" * 41 not in str(exc.value)
+    assert "y" not in str(exc.value)
+
+
+def test_unknown_ids_are_not_cached(
+    applied: dict, state: StateWriter, controller: Controller
+) -> None:
+    resolver = WebhookResolver(state, controller.key)
+    ids = applied["acme"]
+    fresh = f"asst-{uuid.uuid4()}"
+    with pytest.raises(UnknownAssistant):
+        resolver.resolve({"x-vapi-secret": ids["secret"]}, body(fresh))
+    with state.pool.connection() as conn:
+        conn.execute(
+            "UPDATE assistant_org_mapping SET vapi_assistant_id = %s WHERE vapi_assistant_id = %s",
+            (fresh, ids["inbound"]),
+        )
+    hit = resolver.resolve({"x-vapi-secret": ids["secret"]}, body(fresh))
+    assert (hit.slug, hit.role) == ("acme", "inbound")
+
+
+def test_body_size_is_bounded(applied: dict, state: StateWriter, controller: Controller) -> None:
+    resolver = WebhookResolver(state, controller.key)
+    ids = applied["acme"]
+    raw = body(ids["inbound"])
+    exactly = raw + b" " * (MAX_BODY_BYTES - len(raw))
+    assert resolver.resolve({"x-vapi-secret": ids["secret"]}, exactly).slug == "acme"
+    before = state.queries
+    for too_big in (exactly + b" ", bytearray(exactly + b" "), memoryview(exactly + b"\xff")):
+        with pytest.raises(BodyTooLarge) as exc:
+            resolver.resolve({"x-vapi-secret": ids["secret"]}, too_big)  # type: ignore[arg-type]
+        assert exc.value.status == 413
+        assert_safe(exc.value)
+    assert state.queries == before
+
+
+# --- the org's stored credential -----------------------------------------------------------
+
+
+def vapi_row(state: StateWriter, slug: str) -> tuple[str, str]:
+    with state.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT c.org_id::text, c.encrypted_config FROM org_credentials c"
+            " JOIN organizations o ON o.id = c.org_id WHERE o.slug = %s AND c.provider = 'vapi'",
+            (slug,),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def set_vapi_row(state: StateWriter, org_id: str, encrypted: str) -> None:
+    with state.pool.connection() as conn:
+        conn.execute(
+            "UPDATE org_credentials SET encrypted_config = %s"
+            " WHERE org_id = %s AND provider = 'vapi'",
+            (encrypted, org_id),
+        )
+
+
+def assert_unavailable(exc: VerificationUnavailable, slug: str | None, *secrets: str) -> None:
+    assert exc.status == 503
+    assert str(exc) == "cannot verify this webhook now"  # neither the org nor the reason
+    assert exc.org_slug == slug
+    assert exc.reason
+    assert_safe(exc, *secrets)
+
+
+def test_credential_under_another_master_key_is_unavailable(
+    applied: dict, state: StateWriter
+) -> None:
+    resolver = WebhookResolver(state, MasterKey.generate())
+    ids = applied["acme"]
+    with pytest.raises(VerificationUnavailable) as exc:
+        resolver.resolve({"x-vapi-secret": ids["secret"]}, body(ids["inbound"]))
+    assert_unavailable(exc.value, "acme", ids["secret"])
+    assert "does not decrypt" in exc.value.reason
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda token, _other: "garbage",
+        lambda token, _other: "v1:",
+        lambda token, _other: "v1:AAAA",
+        lambda token, _other: "v1:!!not base64!!",
+        lambda token, _other: "v2" + token[2:],
+        lambda token, _other: token[:-6] + ("AAAAAA" if token[-6:] != "AAAAAA" else "BBBBBB"),
+        lambda token, _other: token[:20] + token[21:],
+        lambda _token, other: other,  # another org's row: its AAD does not match
+    ],
+    ids=["garbage", "empty", "short", "not-base64", "version", "tail", "cut", "other-org"],
+)
+def test_tampered_credential_is_unavailable_and_not_cached(
+    corrupt: Any, applied: dict, state: StateWriter, controller: Controller
+) -> None:
+    resolver = WebhookResolver(state, controller.key)
+    ids = applied["acme"]
+    org_id, token = vapi_row(state, "acme")
+    _, other = vapi_row(state, "globex")
+    set_vapi_row(state, org_id, corrupt(token, other))
+    for _ in range(2):
+        with pytest.raises(VerificationUnavailable) as exc:
+            resolver.resolve({"x-vapi-secret": ids["secret"]}, body(ids["inbound"]))
+        assert_unavailable(exc.value, "acme", ids["secret"], applied["globex"]["secret"])
+    assert resolver.misses == 2  # a failure is not cached ...
+    set_vapi_row(state, org_id, token)
+    hit = resolver.resolve({"x-vapi-secret": ids["secret"]}, body(ids["inbound"]))
+    assert hit.slug == "acme"  # ... so the repaired row works at once
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"apiKey": "k"},
+        {"apiKey": "k", "webhookSecret": ""},
+        {"apiKey": "k", "webhookSecret": "   "},
+        {"apiKey": "k", "webhookSecret": None},
+        {"apiKey": "k", "webhookSecret": 123},
+        {"apiKey": "k", "webhookSecret": ["s"]},
+        {"apiKey": "k", "webhookSecret": "lone \ud800 surrogate"},
+    ],
+    ids=["missing", "empty", "blank", "null", "number", "list", "surrogate"],
+)
+def test_decrypted_config_without_a_usable_secret_is_unavailable(
+    config: dict[str, Any], applied: dict, state: StateWriter, controller: Controller
+) -> None:
+    ids = applied["acme"]
+    org_id, _ = vapi_row(state, "acme")
+    set_vapi_row(state, org_id, controller.key.encrypt(config, aad=f"{org_id}:vapi"))
+    resolver = WebhookResolver(state, controller.key)
+    for sent in ("", "   ", ids["secret"]):  # an empty secret never matches an empty header
+        with pytest.raises(VerificationUnavailable) as exc:
+            resolver.resolve({"x-vapi-secret": sent}, body(ids["inbound"]))
+        assert_unavailable(exc.value, "acme", ids["secret"])
+        assert "webhookSecret" in exc.value.reason or "Unicode" in exc.value.reason
+
+
+def test_org_without_active_credential_is_refused(
+    applied: dict, state: StateWriter, controller: Controller
+) -> None:
+    ids = applied["acme"]
+    org_id, _ = vapi_row(state, "acme")
+    state.deactivate_credential(org_id, "vapi")
+    with pytest.raises(BadSecret) as exc:
+        WebhookResolver(state, controller.key).resolve(
+            {"x-vapi-secret": ids["secret"]}, body(ids["inbound"])
+        )
+    assert exc.value.org_slug == "acme"
+    assert_safe(exc.value, ids["secret"], "acme")
+
+
+# --- the database unavailable --------------------------------------------------------------
+
+
+@pytest.fixture
+def own_pool(database_url: str) -> Iterator[ConnectionPool]:
+    """A pool of its own (one connection), so a test can kill or close it."""
+    pool = open_pool(database_url, max_size=1, name=f"resolver-test-{uuid.uuid4().hex[:8]}")
+    yield pool
+    pool.close()
+
+
+def test_closed_pool_is_unavailable(
+    own_pool: ConnectionPool, master_key: MasterKey, state: StateWriter
+) -> None:
+    own_pool.close()
+    resolver = WebhookResolver(StateReader(own_pool), master_key)
+    with pytest.raises(VerificationUnavailable) as exc:
+        resolver.resolve({"x-vapi-secret": "s"}, body(str(uuid.uuid4())))
+    assert_unavailable(exc.value, None)
+    assert "database" in exc.value.reason
+
+
+def test_terminated_connection_is_replaced_without_an_error(
+    applied: dict, own_pool: ConnectionPool, state: StateWriter, controller: Controller
+) -> None:
+    resolver = WebhookResolver(StateReader(own_pool), controller.key)
+    acme, globex = applied["acme"], applied["globex"]
+    assert resolver.resolve({"x-vapi-secret": acme["secret"]}, body(acme["inbound"]))
+    with state.pool.connection() as conn:
+        killed = conn.execute(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s) t",
+            (own_pool.name,),
+        ).fetchone()
+    assert killed == (1,)
+    # a cached id needs no query, so it still resolves
+    assert resolver.resolve({"x-vapi-secret": acme["secret"]}, body(acme["inbound"]))
+    # the pool checks a connection before handing it out: the dead one is replaced, so the
+    # next lookup is answered, not refused (a restarted Postgres costs a reconnect)
+    hit = resolver.resolve({"x-vapi-secret": globex["secret"]}, body(globex["inbound"]))
+    assert hit.slug == "globex"
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, 42, 1.5, ["s"], {"v": "s"}, ("s",)])
+def test_secret_header_that_is_not_text_is_malformed(
+    value: Any, applied: dict, state: StateWriter, controller: Controller
+) -> None:
+    ids = applied["acme"]
+    before = state.queries
+    with pytest.raises(MalformedWebhook) as exc:
+        WebhookResolver(state, controller.key).resolve(
+            {"X-Vapi-Secret": value}, body(ids["inbound"])
+        )
+    assert_safe(exc.value, ids["secret"])
+    assert state.queries == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-vapi-secret": "{secret}", "X-Vapi-Secret": "{secret}"},
+        {"x-vapi-secret": "{secret}", "X-VAPI-SECRET": "forged"},
+        {"X-VAPI-SECRET": "forged", "x-vapi-secret": "{secret}"},
+        {"x-vapi-secret": "{secret}", b"x-vapi-secret": b"{secret}"},
+    ],
+    ids=["same", "second-wrong", "first-wrong", "str-and-bytes"],
+)
+def test_secret_header_given_twice_is_malformed(
+    headers: dict[Any, Any], applied: dict, state: StateWriter, controller: Controller
+) -> None:
+    secret = applied["acme"]["secret"]
+    filled = {
+        k: (
+            v.replace("{secret}", secret)
+            if isinstance(v, str)
+            else v.replace(b"{secret}", secret.encode())
+        )
+        for k, v in headers.items()
+    }
+    with pytest.raises(MalformedWebhook) as exc:
+        WebhookResolver(state, controller.key).resolve(filled, body(applied["acme"]["inbound"]))
+    assert_safe(exc.value, secret)
+
+
+@pytest.mark.parametrize(
+    "headers", [None, [("x-vapi-secret", "s")], "x-vapi-secret: s", b"x-vapi-secret", 3]
+)
+def test_headers_that_are_not_a_mapping_are_malformed(
+    headers: Any, resolver: WebhookResolver
+) -> None:
+    with pytest.raises(MalformedWebhook):
+        resolver.resolve(headers, body("asst-1"))
+
+
+def test_header_forms(applied: dict, state: StateWriter, controller: Controller) -> None:
+    resolver = WebhookResolver(state, controller.key)
+    ids = applied["acme"]
+    secret, raw = ids["secret"], body(ids["inbound"])
+    # bytes names and values, as ASGI servers hand them over
+    assert resolver.resolve({b"X-Vapi-Secret": secret.encode()}, raw).slug == "acme"
+    assert resolver.resolve({"x-vapi-secret": bytearray(secret.encode())}, raw).slug == "acme"
+    # other headers are not read, whatever their types
+    odd: dict[Any, Any] = {1: 2, None: None, b"\xff": ["x"], "content-type": 3.5}
+    assert resolver.resolve({**odd, "x-vapi-secret": secret}, raw).slug == "acme"
+    # wrong in every form, never a crash: empty, padded, non-ASCII, lone surrogate, binary
+    for wrong in ("", f" {secret}", f"{secret}\x00", "s\u00e9cret", "\ud800", b"\xff\x00"):
+        with pytest.raises(BadSecret) as exc:
+            resolver.resolve({"x-vapi-secret": wrong}, raw)
+        assert_safe(exc.value, secret, "acme")
+    # a look-alike name is not the secret header
+    with pytest.raises(BadSecret):
+        resolver.resolve({"x-vapi-\u017fecret": secret}, raw)
+
+
+def test_secret_is_compared_in_constant_time(
+    applied: dict, state: StateWriter, controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    calls: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    ids = applied["acme"]
+    with pytest.raises(BadSecret):
+        WebhookResolver(state, controller.key).resolve({"x-vapi-secret": "x"}, body(ids["inbound"]))
+    assert calls == [(32, 32)]  # digests of equal length, whatever the length of the input
 
 
 def test_cache_serves_repeat_lookups_without_queries(
@@ -118,3 +540,125 @@ def test_cache_expires(applied: dict, state: StateWriter, controller: Controller
     for _ in range(3):
         resolver.resolve({"x-vapi-secret": ids["secret"]}, body(ids["inbound"]))
     assert resolver.misses == 3
+
+
+# --- any input -----------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+OPENERS = [b"[", b'{"a": ', b'{"message": ', b'{"message": {"call": ', b'{"message": {"type": [']
+
+
+@pytest.fixture
+def half_broken(applied: dict, state: StateWriter) -> dict[str, dict[str, str]]:
+    """`applied`, with globex's stored credential replaced by acme's (it no longer decrypts:
+    503), so that arbitrary input can reach every outcome."""
+    _, acme_token = vapi_row(state, "acme")
+    globex_id, _ = vapi_row(state, "globex")
+    set_vapi_row(state, globex_id, acme_token)
+    return applied
+
+
+SECRET_NAMES = ["x-vapi-secret", "X-Vapi-Secret", "X-VAPI-SECRET", b"x-vapi-secret"]
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(data=st.data())
+def test_any_input_resolves_or_raises_a_webhook_error(
+    data: st.DataObject, half_broken: dict, state: StateWriter, controller: Controller
+) -> None:
+    resolver = WebhookResolver(state, controller.key)
+    known = [ids[role] for ids in half_broken.values() for role in ("inbound", "outbound")]
+    secrets = [ids["secret"] for ids in half_broken.values()]
+    assistant_ids = (
+        st.sampled_from(known)
+        | st.uuids().map(str)
+        | st.text(max_size=140)
+        | st.text(st.characters(max_codepoint=0x7F), max_size=140)
+        | JSON
+    )
+    call = st.fixed_dictionaries({}, optional={"assistantId": assistant_ids}) | JSON
+    message = st.fixed_dictionaries(
+        {}, optional={"type": JSON, "call": call, "assistantId": assistant_ids}
+    )
+    documents = (
+        st.builds(
+            lambda kind, aid: {"message": {"type": kind, "call": {"assistantId": aid}}},
+            st.text(max_size=20),
+            assistant_ids,
+        )
+        | st.fixed_dictionaries({"message": message})
+        | JSON
+    )
+    encoded = documents.map(lambda doc: json.dumps(doc).encode())
+    bodies = (
+        encoded
+        | encoded.map(lambda raw: raw.decode().encode("utf-16"))
+        | st.binary(max_size=200)
+        | st.builds(lambda n, opener: opener * n, st.integers(1, 120_000), st.sampled_from(OPENERS))
+        | st.integers(1, 5_000).map(lambda n: b"[" * n + b"]" * n)
+        | st.just(b" " * (MAX_BODY_BYTES + 1))
+    )
+    names = st.sampled_from(SECRET_NAMES) | st.text(max_size=20) | st.binary(max_size=20)
+    values = (
+        st.sampled_from(secrets)
+        | st.sampled_from(secrets).map(str.encode)
+        | st.text(max_size=40)
+        | st.binary(max_size=40)
+        | st.none()
+        | st.integers()
+        | st.lists(st.text(max_size=5), max_size=2)
+    )
+    any_headers = st.dictionaries(names | st.integers() | st.none(), values, max_size=4)
+    one_secret = st.builds(
+        lambda name, value, extra: {**extra, name: value},
+        st.sampled_from(SECRET_NAMES),
+        values,
+        st.dictionaries(names, values, max_size=2),
+    )
+    headers: Mapping[Any, Any] = data.draw(one_secret | any_headers)
+    raw = data.draw(bodies)
+    outcome = resolve_or_error(resolver, headers, raw)
+    event(type(outcome).__name__)  # --hypothesis-show-statistics: every outcome is reached
+    if isinstance(outcome, WebhookError):
+        assert outcome.status in {400, 401, 404, 413, 503}
+        assert_safe(outcome, *secrets)
+        if len(raw) > 100:
+            assert raw.decode("utf-8", "replace") not in str(outcome)
+    else:
+        assert isinstance(outcome, ResolvedWebhook)
+        assert (outcome.slug, outcome.assistant_id) in [
+            ("acme", half_broken["acme"]["inbound"]),
+            ("acme", half_broken["acme"]["outbound"]),
+        ]
+        secret = half_broken["acme"]["secret"]
+        sent = [v for k, v in headers.items() if is_secret_name(k)]
+        assert sent in ([secret], [secret.encode()])
+
+
+def is_secret_name(name: object) -> bool:
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    return isinstance(text, str) and text.isascii() and text.lower() == "x-vapi-secret"
+
+
+def resolve_or_error(
+    resolver: WebhookResolver, headers: Mapping[Any, Any], raw: bytes
+) -> ResolvedWebhook | WebhookError:
+    """What `resolve` gives; anything but a WebhookError propagates and fails the test."""
+    try:
+        return resolver.resolve(headers, raw)
+    except WebhookError as exc:
+        return exc
