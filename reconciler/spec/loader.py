@@ -1,40 +1,89 @@
 """Finding, parsing, checking and decrypting spec files. Problems are collected, not raised,
-so one broken file never hides the others."""
+so one broken file never hides the others.
+
+Bounds: a broken or hostile file costs little and stays a few lines about that file.
+
+- **Regular files inside the tree.** Discovery walks the specs directory (resolved first; the
+  root itself may be a symlink) and reads `*.yaml` / `*.yml` (any case; `.sops.yaml` and
+  `.sops.yml` are skipped). A symlink is followed only when its target resolves inside the
+  resolved specs directory; one that leads outside is refused unopened; a dangling or looping
+  symlink is one problem; a directory reached twice is walked once. Only regular files are
+  opened (never a FIFO or a device), with O_NOFOLLOW and O_NONBLOCK, and fstat must show the
+  file the walk found.
+- **Size.** A file over MAX_SPEC_BYTES (1 MiB) is refused before it is parsed: fstat first,
+  then at most MAX_SPEC_BYTES + 1 bytes are read, so a growing file is bounded too.
+- **Depth.** Lists and maps nested deeper than MAX_DEPTH (64) levels are refused while the
+  YAML is composed, before pydantic or json could overflow on them.
+- **No aliases.** `*anchor` (and so `<<: *anchor`) and merge keys are refused while composing:
+  an alias bomb costs milliseconds and never reaches sops.
+- **JSON values only.** Mapping keys must be strings (a key that YAML reads as a number, a
+  boolean, null or a date is a problem; YAML 1.1's `on`/`off`/`yes`/`no` stay the text written,
+  as sops reads them); timestamps stay the text written; non-finite numbers are a problem at
+  their field path; `!!binary`, `!!set`, `!!omap`, `!!pairs` and python tags are refused. So
+  every document that passes can be dumped with `json.dumps(..., sort_keys=True)`.
+- **Containment.** At most MAX_PROBLEMS_PER_FILE problems are listed per file; a
+  RecursionError, ValueError or MemoryError while checking one file is a problem of that file.
+- **Decryption of what was validated.** `load_tree` hands the validated bytes to sops on stdin
+  (never the path again), and takes only `spec.credentials` from sops's output; everything else
+  comes from the document that was validated. The same bounded loader parses sops's output.
+
+`Problem.__str__` passes every part through `redact.printable`, so a file name, a YAML key or
+a message quoting one is always shown on exactly one line without terminal escapes.
+"""
 
 from __future__ import annotations
 
+import errno
+import math
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from reconciler.errors import DecryptionError
+from reconciler.redact import printable
 from reconciler.secrets import sops
 from reconciler.spec.models import Organization
 
+MAX_DEPTH = 64
+MAX_SPEC_BYTES = 1024 * 1024
+MAX_PROBLEMS_PER_FILE = 20
+SPEC_SUFFIXES = (".yaml", ".yml")
+SOPS_CONFIG_NAMES = frozenset({".sops.yaml", ".sops.yml"})
+
 _ENC = re.compile(r"^ENC\[[A-Z0-9_]+,data:.*\]$", re.DOTALL)
 _PLACEHOLDER = "<encrypted>"
+_FIELD_LIMIT = 300
+_MESSAGE_LIMIT = 1000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One line of `validate` output: file, field path, message (never a value)."""
+    """One line of `validate` output: file, field path, message (never a value).
+
+    `str()` is always exactly one line: every part is escaped by `redact.printable`.
+    """
 
     path: Path
     field: str
     message: str
 
     def __str__(self) -> str:
-        return (
-            f"{self.path}: {self.field}: {self.message}"
-            if self.field
-            else f"{self.path}: {self.message}"
-        )
+        path = printable(self.path)
+        message = printable(self.message, _MESSAGE_LIMIT)
+        if self.field:
+            return f"{path}: {printable(self.field, _FIELD_LIMIT)}: {message}"
+        return f"{path}: {message}"
 
 
 @dataclass(frozen=True)
@@ -52,55 +101,338 @@ class LoadResult:
     def bad_paths(self) -> set[Path]:
         return {p.path for p in self.problems}
 
+    @property
+    def failed_files(self) -> list[Path]:
+        """The files with at least one problem, each once, sorted: for the summary line."""
+        return sorted(self.bad_paths)
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+
+def is_spec_name(name: str) -> bool:
+    """`*.yaml` / `*.yml` in any case, except SOPS's own configuration file."""
+    lower = name.lower()
+    return lower.endswith(SPEC_SUFFIXES) and lower not in SOPS_CONFIG_NAMES
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A spec file found by the walk: shown as `path` (under the root as given), read at
+    `real` (symlinks resolved), and expected to be the file `ident` (st_dev, st_ino)."""
+
+    path: Path
+    real: Path
+    ident: tuple[int, int]
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, RuntimeError):  # pathlib's "Symlink loop from ..." (Python < 3.13)
+        return "symlink loop"
+    return type(exc).__name__
+
+
+def _broken_link(exc: OSError | RuntimeError) -> str:
+    # pathlib raises RuntimeError("Symlink loop from ...") before Python 3.13, then ELOOP
+    if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+        return "symlink loop: refused"
+    return f"broken symlink ({_os_reason(exc)}): refused"
+
+
+def _walk(root: Path) -> tuple[list[_Found], list[Problem]]:
+    """Spec files under `root` (or `root` itself if it is a file), and the entries refused."""
+    try:
+        real_root = root.resolve(strict=True)
+        root_stat = os.stat(real_root)
+    except FileNotFoundError:
+        return [], []
+    except (OSError, RuntimeError) as exc:
+        return [], [Problem(root, "", f"cannot read: {_os_reason(exc)}")]
+    if stat.S_ISREG(root_stat.st_mode):
+        return [_Found(root, real_root, _ident(root_stat))], []
+    if not stat.S_ISDIR(root_stat.st_mode):
+        return [], [Problem(root, "", "not a regular file or a directory: refused")]
+
+    found: list[_Found] = []
+    problems: list[Problem] = []
+    walked = {_ident(root_stat)}
+    stack: list[tuple[Path, Path]] = [(root, real_root)]
+    while stack:
+        shown_dir, real_dir = stack.pop()
+        try:
+            with os.scandir(real_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(Problem(shown_dir, "", f"cannot read directory: {_os_reason(exc)}"))
+            continue
+        subdirs: list[tuple[Path, Path]] = []
+        for entry in entries:
+            shown = shown_dir / entry.name
+            spec_name = is_spec_name(entry.name)
+            try:
+                lst = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                problems.append(Problem(shown, "", f"cannot read: {_os_reason(exc)}"))
+                continue
+            real = real_dir / entry.name
+            st = lst
+            if stat.S_ISLNK(lst.st_mode):
+                # A broken link could have been a spec or a folder of specs: always reported.
+                try:
+                    real = real.resolve(strict=True)
+                    st = os.stat(real)  # stat only: nothing is opened
+                except FileNotFoundError:
+                    problems.append(Problem(shown, "", "dangling symlink: refused"))
+                    continue
+                except (OSError, RuntimeError) as exc:
+                    problems.append(Problem(shown, "", _broken_link(exc)))
+                    continue
+                if not real.is_relative_to(real_root):
+                    if spec_name or stat.S_ISDIR(st.st_mode):
+                        problems.append(
+                            Problem(shown, "", "symlink to outside the specs directory: refused")
+                        )
+                    continue
+            if stat.S_ISDIR(st.st_mode):
+                if _ident(st) not in walked:  # a folder reached twice is walked once
+                    walked.add(_ident(st))
+                    subdirs.append((shown, real))
+            elif spec_name:
+                if stat.S_ISREG(st.st_mode):
+                    found.append(_Found(shown, real, _ident(st)))
+                else:
+                    problems.append(Problem(shown, "", "not a regular file: refused"))
+        stack.extend(reversed(subdirs))
+    found.sort(key=lambda f: f.path)
+    return found, problems
+
 
 def discover(root: Path) -> list[Path]:
-    """`*.yaml` under root (recursively), sorted, skipping SOPS's own `.sops.yaml`."""
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob("*.yaml") if p.name != ".sops.yaml" and p.is_file())
+    """Spec files under root (recursively, staying inside it), sorted; see the module doc."""
+    return [f.path for f in _walk(root)[0]]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a spec must not."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "found unhashable key", key_node.start_mark
-            ) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | os.O_NONBLOCK
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
 )
 
 
-def parse_yaml(path: Path, text: str | bytes) -> tuple[dict[str, Any] | None, list[Problem]]:
+def _too_large() -> str:
+    return f"larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB: refused"
+
+
+def _read_spec(
+    shown: Path, real: Path, ident: tuple[int, int] | None
+) -> tuple[bytes | None, list[Problem]]:
+    """At most MAX_SPEC_BYTES of a regular file, which must be the one the walk found."""
     try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        fd = os.open(real, _OPEN_FLAGS)
+    except OSError as exc:
+        return None, [Problem(shown, "", f"cannot read: {_os_reason(exc)}")]
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, [Problem(shown, "", "not a regular file: refused")]
+        if ident is not None and _ident(st) != ident:
+            return None, [Problem(shown, "", "the file changed while it was read: refused")]
+        if st.st_size > MAX_SPEC_BYTES:
+            return None, [Problem(shown, "", _too_large())]
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_SPEC_BYTES:
+            chunk = os.read(fd, min(1 << 16, MAX_SPEC_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_SPEC_BYTES:
+            return None, [Problem(shown, "", _too_large())]
+        return b"".join(chunks), []
+    except OSError as exc:
+        return None, [Problem(shown, "", f"cannot read: {_os_reason(exc)}")]
+    finally:
+        os.close(fd)
+
+
+# -- YAML --------------------------------------------------------------------------------------
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a spec file may not use (shown without the "invalid YAML" prefix)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(None, None, problem, mark)
+
+
+_TAG = "tag:yaml.org,2002:"
+_STRING_KEY_TAGS = frozenset({f"{_TAG}str"})
+# YAML 1.1 booleans that YAML 1.2 (and so sops) reads as strings: kept as the text written
+# when used as a key, e.g. the `on:` of a Vapi hook.
+_YAML11_ONLY_BOOLS = frozenset({"yes", "no", "on", "off"})
+
+
+class SpecLoader(yaml.SafeLoader):
+    """The one YAML loader for spec files, before and after decryption: bounded depth, no
+    aliases, no merge keys, unique string keys and JSON-compatible values only."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def _mark(self) -> yaml.Mark | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        return getattr(event, "start_mark", None)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused("YAML aliases are not allowed in spec files", self._mark())
+        nested = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels", self._mark())
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _mapping_key(node: yaml.Node) -> str:
+    if node.tag == f"{_TAG}merge":
+        raise _Refused("YAML merge keys (<<) are not allowed in spec files", node.start_mark)
+    if isinstance(node, yaml.ScalarNode):
+        value = str(node.value)
+        if node.tag in _STRING_KEY_TAGS:
+            return value
+        if node.tag == f"{_TAG}bool" and value.lower() in _YAML11_ONLY_BOOLS:
+            return value
+        shown = f" {_short(value)}" if node.tag.startswith(_TAG) else ""
+        problem = f"mapping keys must be strings: quote the key{shown}"
+    else:
+        problem = "mapping keys must be strings"
+    raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+
+def _construct_mapping(loader: SpecLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    """PyYAML keeps the last of two equal keys silently; a spec must not."""
+    result: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key = _mapping_key(key_node)
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {_short(key)}", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node)
+    return result
+
+
+def _construct_int(loader: SpecLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError:  # over sys.get_int_max_str_digits()
+        raise _Refused("integer too long", node.start_mark) from None
+
+
+def _construct_text(loader: SpecLoader, node: yaml.ScalarNode) -> str:
+    """A timestamp stays the text written: JSON has no dates."""
+    return str(loader.construct_scalar(node))
+
+
+def _refuse(loader: SpecLoader, node: yaml.Node) -> Any:
+    kind = node.tag.removeprefix(_TAG)
+    raise _Refused(f"YAML type !!{kind} is not allowed in spec files", node.start_mark)
+
+
+SpecLoader.add_constructor(f"{_TAG}map", _construct_mapping)
+SpecLoader.add_constructor(f"{_TAG}int", _construct_int)
+SpecLoader.add_constructor(f"{_TAG}timestamp", _construct_text)
+for _kind in ("binary", "set", "omap", "pairs"):
+    SpecLoader.add_constructor(f"{_TAG}{_kind}", _refuse)
+
+
+def _yaml_problem(path: Path, text: str, exc: yaml.YAMLError) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        message = f"invalid YAML (line {line}): character #x{exc.character:04x} is not allowed"
+        return Problem(path, "", message)
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    if isinstance(exc, _Refused):
+        return Problem(path, "", f"{problem} ({where})" if where else problem)
+    if getattr(exc, "context", None) == "expected a single document in the stream":
+        problem = "more than one YAML document in the file"
+    prefix = f"invalid YAML ({where})" if where else "invalid YAML"
+    return Problem(path, "", f"{prefix}: {problem}")
+
+
+def _value_problems(path: Path, doc: Any) -> list[Problem]:
+    """Values that JSON cannot carry, by field path (the loader lets only non-finite floats
+    through; the other branches are a guard)."""
+    problems: list[Problem] = []
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                here = f"{where}.{k}" if where else str(k)
+                if not isinstance(k, str):
+                    problems.append(Problem(path, here, "mapping keys must be strings"))
+                stack.append((here, v))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                problems.append(Problem(path, where or "(document)", "not a finite number"))
+        elif node is not None and not isinstance(node, str | int):
+            problems.append(
+                Problem(path, where or "(document)", f"unsupported value ({type(node).__name__})")
+            )
+    return sorted(problems, key=lambda p: p.field)
+
+
+def parse_yaml(path: Path, text: str | bytes) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """One spec document as JSON-compatible data, or the problems (never raises)."""
+    if isinstance(text, bytes):
+        data = text
+        if len(data) > max(MAX_SPEC_BYTES, sops.MAX_OUTPUT_BYTES):
+            return None, [Problem(path, "", "too large to parse: refused")]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            return None, [Problem(path, "", f"not valid UTF-8 (line {line})")]
+    try:
+        doc = yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        return None, [Problem(path, "", f"invalid YAML{where}: {problem}")]
+        return None, [_yaml_problem(path, text, exc)]
+    except RecursionError:
+        return None, [Problem(path, "", "nested too deeply: refused")]
+    if doc is None:
+        return None, [Problem(path, "", "empty document: expected a mapping at the top level")]
     if not isinstance(doc, dict):
         return None, [Problem(path, "", "expected a mapping at the top level")]
-    return doc, []
+    problems = _value_problems(path, doc)
+    return (None, problems) if problems else (doc, [])
+
+
+# -- checks ------------------------------------------------------------------------------------
 
 
 def _field_path(loc: Iterable[int | str]) -> str:
@@ -147,13 +479,8 @@ def _check_encrypted(path: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], l
     return masked, problems
 
 
-def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
-    """Offline checks of one file as committed (encrypted): no key needed."""
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        return None, [Problem(path, "", f"cannot read: {exc.strerror}")]
-    doc, problems = parse_yaml(path, text)
+def _check_bytes(path: Path, data: bytes) -> tuple[Organization | None, list[Problem]]:
+    doc, problems = parse_yaml(path, data)
     if doc is None:
         return None, problems
     masked, problems = _check_encrypted(path, doc)
@@ -170,6 +497,53 @@ def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
             )
         )
     return (org if not problems else None), problems
+
+
+def _capped(path: Path, problems: list[Problem]) -> list[Problem]:
+    if len(problems) <= MAX_PROBLEMS_PER_FILE:
+        return problems
+    more = len(problems) - MAX_PROBLEMS_PER_FILE
+    return [
+        *problems[:MAX_PROBLEMS_PER_FILE],
+        Problem(path, "", f"... and {more} more problem(s) in this file"),
+    ]
+
+
+def _contained(
+    path: Path, check: Callable[[], tuple[T | None, list[Problem]]]
+) -> tuple[T | None, list[Problem]]:
+    """`check()` for one file, whose failures stay that file's problems (capped)."""
+    try:
+        result, problems = check()
+    except RecursionError:
+        return None, [Problem(path, "", "nested too deeply to check: refused")]
+    except MemoryError:
+        return None, [Problem(path, "", "too large to check: refused")]
+    except (ValueError, OverflowError) as exc:  # the message could quote a value: not shown
+        return None, [Problem(path, "", f"cannot be checked ({type(exc).__name__})")]
+    return result, _capped(path, problems)
+
+
+def _read_and_check(found: _Found) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
+    data, problems = _read_spec(found.path, found.real, found.ident)
+    if data is None:
+        return None, problems
+    org, problems = _check_bytes(found.path, data)
+    return ((org, data) if org is not None else None), problems
+
+
+def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
+    """Offline checks of one file as committed (encrypted): no key needed."""
+
+    def check() -> tuple[Organization | None, list[Problem]]:
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            return None, [Problem(path, "", f"cannot read: {_os_reason(exc)}")]
+        data, problems = _read_spec(path, real, None)
+        return (None, problems) if data is None else _check_bytes(path, data)
+
+    return _contained(path, check)
 
 
 def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Problem]:
@@ -190,53 +564,77 @@ def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Probl
     return problems
 
 
-def validate_tree(root: Path) -> LoadResult:
-    """`reconciler validate`: offline, every file, cross-file uniqueness."""
-    paths = discover(root)
-    if not paths:
-        return LoadResult([], [Problem(root, "", "no spec files found (*.yaml)")])
-    problems: list[Problem] = []
+def _validate(root: Path) -> tuple[LoadResult, dict[Path, bytes]]:
+    """The checked specs, and the exact bytes each was checked from."""
+    found, problems = _walk(root)
+    if not found and not problems:
+        return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
     checked: list[tuple[Path, Organization]] = []
-    for path in paths:
-        org, found = check_file(path)
-        problems += found
-        if org is not None:
-            checked.append((path, org))
+    sources: dict[Path, bytes] = {}
+    for spec in found:
+        outcome, spec_problems = _contained(spec.path, partial(_read_and_check, spec))
+        problems += spec_problems
+        if outcome is not None:
+            checked.append((spec.path, outcome[0]))
+            sources[spec.path] = outcome[1]
     problems += _cross_file_problems(checked)
     bad = {p.path for p in problems}
-    return LoadResult([SpecFile(p, o) for p, o in checked if p not in bad], problems)
+    return LoadResult([SpecFile(p, o) for p, o in checked if p not in bad], problems), sources
 
 
-Decrypt = Callable[[Path], bytes]
+def validate_tree(root: Path) -> LoadResult:
+    """`reconciler validate`: offline, every file, cross-file uniqueness."""
+    return _validate(root)[0]
 
 
-def _decrypt_one(path: Path, decrypt: Decrypt) -> tuple[Organization | None, list[Problem]]:
+# -- decryption --------------------------------------------------------------------------------
+
+Decrypt = Callable[[Path, bytes], bytes]
+"""(path for messages, the validated bytes) -> the plaintext YAML; raises DecryptionError."""
+
+
+def _decrypt_one(
+    path: Path, data: bytes, decrypt: Decrypt
+) -> tuple[Organization | None, list[Problem]]:
     try:
-        plain = decrypt(path)
+        plain = decrypt(path, data)
     except DecryptionError as exc:
         return None, [Problem(path, "", str(exc).removeprefix(f"{path}: "))]
-    doc, problems = parse_yaml(path, plain)
-    if doc is None:
+    decrypted, problems = parse_yaml(path, plain)
+    if decrypted is None:
         return None, problems
+    validated, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
+    if validated is None:
+        return None, problems
+    spec = decrypted.get("spec")
+    creds = spec.get("credentials") if isinstance(spec, dict) else None
+    if creds is None:
+        return None, [Problem(path, "spec.credentials", "missing from sops's output")]
+    # Only the secrets come from sops: the rest is the document that was validated (sops reads
+    # YAML 1.2 and rewrites some scalars, e.g. dates).
+    doc = {k: v for k, v in validated.items() if k != "sops"}
+    doc["spec"] = {**validated["spec"], "credentials": creds}
     try:
         return Organization.model_validate(doc), []
     except ValidationError as exc:
         return None, _pydantic_problems(path, exc)
 
 
-def load_tree(root: Path, decrypt: Decrypt = sops.decrypt_file, workers: int = 8) -> LoadResult:
+def load_tree(root: Path, decrypt: Decrypt = sops.decrypt_bytes, workers: int = 8) -> LoadResult:
     """Validated and decrypted specs; files with problems are left out and reported.
 
     Files whose credentials do not decrypt are reported like any other broken file, so the
-    other orgs still converge.
+    other orgs still converge. sops decrypts the bytes that were validated, not the path.
     """
-    checked = validate_tree(root)
+    checked, sources = _validate(root)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
+
+    def one(spec: SpecFile) -> tuple[Organization | None, list[Problem]]:
+        return _contained(spec.path, lambda: _decrypt_one(spec.path, sources[spec.path], decrypt))
+
     results: dict[Path, tuple[Organization | None, list[Problem]]] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for spec, outcome in zip(
-            needs_sops, pool.map(lambda s: _decrypt_one(s.path, decrypt), needs_sops), strict=True
-        ):
+        for spec, outcome in zip(needs_sops, pool.map(one, needs_sops), strict=True):
             results[spec.path] = outcome
     specs: list[SpecFile] = []
     problems = list(checked.problems)
@@ -250,3 +648,14 @@ def load_tree(root: Path, decrypt: Decrypt = sops.decrypt_file, workers: int = 8
 
 def _has_credentials(org: Organization) -> bool:
     return bool(org.spec.credentials.model_fields_set)
+
+
+def slugs_filter(loaded: LoadResult, slugs: Iterable[str]) -> LoadResult:
+    """`--org`: keep only the named orgs; an unknown slug is a problem."""
+    wanted = set(slugs)
+    if not wanted:
+        return loaded
+    known = {s.org.metadata.slug for s in loaded.specs} | {p.path.stem for p in loaded.problems}
+    problems = [p for p in loaded.problems if p.path.stem in wanted]
+    problems += [Problem(Path(s), "", "no spec with this slug") for s in sorted(wanted - known)]
+    return LoadResult([s for s in loaded.specs if s.org.metadata.slug in wanted], problems)
