@@ -7,7 +7,9 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -16,6 +18,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from reconciler.cli.main import main
 from reconciler.controller.run import Controller
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.db import open_pool, temporary_embedded
@@ -130,3 +133,58 @@ FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.01, sleep=lambda _s: 
 def controller(state: StateWriter, emulator: str, master_key: MasterKey) -> Iterator[Controller]:
     with http_client(emulator, timeout_s=5) as http:
         yield Controller(state, http, master_key, concurrency=8, retry=FAST_RETRY)
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+    @property
+    def last_line(self) -> str:
+        return self.lines[-1] if self.lines else ""
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    master_key: MasterKey,
+    emulator: str,
+    pool: ConnectionPool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> Any:
+    monkeypatch.setenv("RECONCILER_DATABASE_URL", database_url)
+    monkeypatch.setenv("RECONCILER_MASTER_KEY", master_key.to_b64())
+    monkeypatch.setenv("VAPI_BASE_URL", emulator)
+    monkeypatch.setenv("RECONCILER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RECONCILER_CONCURRENCY", "4")
+    monkeypatch.delenv("RECONCILER_DEBUG", raising=False)
+
+    def run(*argv: str) -> Run:
+        capsys.readouterr()  # drop anything printed before
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return run
+
+
+def live_assistants(emulator: str, api_key: str) -> list[dict[str, Any]]:
+    resp = httpx.get(
+        f"{emulator}/assistant", headers={"Authorization": f"Bearer {api_key}"}, timeout=10
+    )
+    resp.raise_for_status()
+    result: list[dict[str, Any]] = resp.json()
+    return result
+
+
+def assert_no_traceback(run: Run) -> None:
+    assert "Traceback" not in run.out + run.err
+    assert "internal error" not in run.out + run.err

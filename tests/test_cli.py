@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,55 +12,12 @@ import pytest
 import yaml
 from psycopg_pool import ConnectionPool
 
-from reconciler.cli.main import main
-from reconciler.secrets.crypto import MasterKey
 from reconciler.vapi.emulator import fingerprint
-from tests.conftest import TABLES, emulator_stats, writes
+from tests.conftest import TABLES, assert_no_traceback, emulator_stats, live_assistants, writes
 from tests.helpers import SpecDir, org_doc
 
 # 1 organization row + 1 vapi credential + 2 assistants (org_doc's default)
 CHANGES_PER_ORG = 4
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.splitlines()
-
-    @property
-    def last_line(self) -> str:
-        return self.lines[-1] if self.lines else ""
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    database_url: str,
-    master_key: MasterKey,
-    emulator: str,
-    pool: ConnectionPool,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> Any:
-    monkeypatch.setenv("RECONCILER_DATABASE_URL", database_url)
-    monkeypatch.setenv("RECONCILER_MASTER_KEY", master_key.to_b64())
-    monkeypatch.setenv("VAPI_BASE_URL", emulator)
-    monkeypatch.setenv("RECONCILER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("RECONCILER_CONCURRENCY", "4")
-    monkeypatch.delenv("RECONCILER_DEBUG", raising=False)
-
-    def run(*argv: str) -> Run:
-        capsys.readouterr()  # drop anything printed before
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return Run(code, out, err)
-
-    return run
 
 
 def plan_line(create: int, update: int = 0, delete: int = 0) -> str:
@@ -77,20 +32,6 @@ def table_counts(pool: ConnectionPool) -> dict[str, int]:
             assert row is not None
             counts[table] = row[0]
     return counts
-
-
-def live_assistants(emulator: str, api_key: str) -> list[dict[str, Any]]:
-    resp = httpx.get(
-        f"{emulator}/assistant", headers={"Authorization": f"Bearer {api_key}"}, timeout=10
-    )
-    resp.raise_for_status()
-    result: list[dict[str, Any]] = resp.json()
-    return result
-
-
-def assert_no_traceback(run: Run) -> None:
-    assert "Traceback" not in run.out + run.err
-    assert "internal error" not in run.out + run.err
 
 
 # -- plan exit codes ---------------------------------------------------------------------------
@@ -326,7 +267,7 @@ def test_apply_with_a_rejected_key(
     # the failure names the org and the reason
     bad_lines = [ln for ln in run.lines if "rejected the API key" in ln]
     assert bad_lines, run.out
-    assert "Failed: 1 (badco)" in run.out
+    assert "Failed: 1 org(s) (badco)" in run.out
     start = run.out.index("badco")
     assert "rejected the API key (401)" in run.out[start:]
     assert bad_key not in run.out + run.err

@@ -244,7 +244,7 @@ def test_master_key_race_through_cli(
     _refuse_embedded(monkeypatch)
     winner = MasterKey.generate()
     _lose_race(monkeypatch, env / "master.key", winner, delay_s=0)
-    line = assert_one_line_error(cli("plan", "specs"))  # no "generated a master key" warning
+    line = assert_one_line_error(cli("apply", "specs"))  # no "generated a master key" warning
     assert line.startswith("error: cannot connect to Postgres at host=127.0.0.1"), line
     assert (env / "master.key").read_text() == winner.to_b64() + "\n"
 

@@ -57,7 +57,7 @@ def assert_rejected(
     matching = problem_lines(lines, file_name, field)
     assert matching, out
     assert "spec(s) valid" not in out
-    assert "problem(s) in" in err
+    assert "file(s) failed" in err
     assert "Traceback" not in out + err
     return matching[0]
 
@@ -394,7 +394,7 @@ def test_one_broken_file_does_not_hide_others(
     assert problem_lines(lines, "broken.yaml", "spec.assistants.inbound.name"), out
     assert problem_lines(lines, "zeta.yaml", "metadata.id"), out
     assert any("/garbled.yaml: invalid YAML" in ln for ln in lines), out
-    assert "3 problem(s) in 3 file(s)" in err
+    assert "3 file(s) failed (3 problem(s))" in err
 
 
 # -- load_tree: decryption ---------------------------------------------------------------------

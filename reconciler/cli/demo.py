@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 
 from reconciler.cli.render import render_text
 from reconciler.cli.runtime import runtime
@@ -33,7 +34,7 @@ def run_demo(path: Path, out: Console) -> int:
     out.rule("1. validate (offline, no keys)")
     checked = loader.validate_tree(path)
     for problem in checked.problems:
-        out.print(f"[red]{problem}[/red]")
+        out.print(f"[red]{escape(str(problem))}[/red]")
     out.print(f"{len(checked.specs)} spec(s) valid")
     if checked.problems:
         return 1

@@ -1,4 +1,9 @@
-"""`reconciler` command line. Every expected failure is one line on stderr and a non-zero exit."""
+"""`reconciler` command line. Every expected failure is one line on stderr and a non-zero exit.
+
+Only argparse and our own light modules are imported here; each command imports what it needs,
+so `--help`, `validate` and `schema` answer without loading the database, HTTP or terminal
+libraries.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +11,56 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from reconciler import __version__
-from reconciler.config import load_settings
-from reconciler.controller.run import slugs_filter
 from reconciler.errors import ReconcilerError
-from reconciler.spec import loader
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reconciler.spec.loader import LoadResult
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 SCHEMA_PATH = Path("schemas/org.schema.json")
 
 
 def _out() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
 
 
-def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
+    from reconciler.spec import loader
+
     result = loader.validate_tree(Path(args.path))
     for problem in result.problems:
         print(problem)
     if result.problems:
         print(
-            f"{len(result.problems)} problem(s) in {len(result.bad_paths)} file(s)", file=sys.stderr
+            f"{len(result.bad_paths)} file(s) failed ({len(result.problems)} problem(s))",
+            file=sys.stderr,
         )
         return EXIT_ERROR
     print(f"{len(result.specs)} spec(s) valid")
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace) -> loader.LoadResult:
-    return slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
+def _load(args: argparse.Namespace) -> LoadResult:
+    from reconciler.spec import loader
+
+    return loader.slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text, report_json
     from reconciler.cli.runtime import runtime
+    from reconciler.config import load_settings
 
     settings = load_settings()
     loaded = _load(args)
@@ -67,10 +78,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text
     from reconciler.cli.runtime import runtime
+    from reconciler.config import load_settings
 
     settings = load_settings()
     loaded = _load(args)
-    with runtime(settings, write=True) as rt:
+    with runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt:
         report = rt.controller.apply(loaded, prune=args.prune)
     render_text(report, _out(), verb="Applied")
     return EXIT_OK if report.ok else EXIT_ERROR
@@ -78,11 +90,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     from reconciler.cli.runtime import runtime
+    from reconciler.config import load_settings
+    from reconciler.redact import printable
 
     with runtime(load_settings(), write=False) as rt:
         row = rt.state.resolve_assistant(args.assistant_id)
     if row is None:
-        print(f"error: assistant {args.assistant_id} belongs to no known org", file=sys.stderr)
+        shown = printable(args.assistant_id, 80)
+        print(f"error: assistant {shown} belongs to no known org", file=sys.stderr)
         return EXIT_ERROR
     print(f"{row['org_id']} {row['slug']} ({row['role']})")
     return EXIT_OK
@@ -90,6 +105,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from reconciler.cli.runtime import database_url
+    from reconciler.config import load_settings
     from reconciler.state.db import open_pool
     from reconciler.state.migrate import migrate
 
@@ -134,6 +150,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from reconciler.cli.demo import run_demo
 
     return run_demo(Path(args.path), _out())
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """`--lock-timeout DURATION` as Terraform writes it: 500ms, 30s, 5m, 1h (bare: seconds)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (e.g. 30s, 5m, 500ms, 0 to not wait)"
+        )
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    if seconds > 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than a day")
+    return seconds
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -186,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("apply", help="converge Postgres and every org's Vapi account")
     _org_args(p)
+    p.add_argument(
+        "--lock-timeout",
+        type=duration,
+        default=0.0,
+        metavar="DURATION",
+        help="wait this long (e.g. 30s) for an org held by another reconciler, "
+        "instead of skipping it (default 0: skip)",
+    )
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("resolve", help="which org owns a Vapi assistant id")
@@ -222,11 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # psycopg's pool logs each failed reconnect over several lines; our errors say it in one
+    psycopg_logger = logging.getLogger("psycopg")
+    level = psycopg_logger.level
+    psycopg_logger.setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
         return code
     except ReconcilerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from reconciler.redact import printable
+
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
@@ -238,3 +285,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    finally:
+        psycopg_logger.setLevel(level)

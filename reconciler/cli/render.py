@@ -1,4 +1,5 @@
-"""Plan output: text for people (PR comments), JSON for machines. Secrets never appear."""
+"""Plan output: text for people (PR comments), JSON for machines. Secrets never appear, and
+every string that came from a user or a server is escaped before it reaches a terminal."""
 
 from __future__ import annotations
 
@@ -19,15 +20,23 @@ from reconciler.engine.actions import (
     UpdateAssistant,
     UpsertOrg,
 )
-from reconciler.engine.diff import SENSITIVE, FieldChange
+from reconciler.engine.diff import FieldChange
+from reconciler.redact import SENSITIVE, printable
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-", "adopt": "<="}
 _STYLE = {"create": "green", "update": "yellow", "delete": "red", "adopt": "cyan"}
 _MAX_VALUE = 80
 
 
+def _safe(text: object) -> str:
+    """Escaped for the terminal (control characters) and for rich (markup)."""
+    return escape(printable(text))
+
+
 def _value(v: Any) -> str:
-    text = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) or v != SENSITIVE else v
+    if isinstance(v, str) and v.startswith(SENSITIVE[:-1]):
+        return v
+    text = json.dumps(v, ensure_ascii=False, default=str)
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
 
@@ -37,8 +46,8 @@ def _title(action: Action) -> str:
             return f"organization {slug}"
         case StoreCredential(provider=p) | DeactivateCredential(provider=p):
             return f"credential {p} (sensitive)"
-        case CreateAssistant(role=role, body=body):
-            return f"assistant {role} {json.dumps(body.get('name'))}"
+        case CreateAssistant(role=role):
+            return f"assistant {role} {json.dumps(action.name, ensure_ascii=False)}"
         case UpdateAssistant(role=role, vapi_id=vid, adopt=adopt):
             return f"assistant {role} ({vid})" + (" [adopted]" if adopt else "")
         case AdoptAssistant(role=role, vapi_id=vid, note=note):
@@ -52,40 +61,59 @@ def _changes(action: Action) -> tuple[FieldChange, ...]:
     return getattr(action, "changes", ())
 
 
+def _change_text(kind: str, ch: FieldChange) -> str:
+    if kind == "create":
+        return _value(ch.new)
+    text = f"{_value(ch.old)} -> {_value(ch.new)}"
+    return f"{text} (drift)" if ch.drift and not ch.sensitive else text
+
+
 def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> None:
     for outcome in report.outcomes:
         plan = outcome.plan
-        console.print(f"[bold]{escape(outcome.slug)}[/bold] [dim]({outcome.org_id})[/dim]")
+        console.print(f"[bold]{_safe(outcome.slug)}[/bold] [dim]({_safe(outcome.org_id)})[/dim]")
+        if outcome.skipped:
+            console.print(f"  [cyan]~ skipped: {_safe(outcome.skipped)}[/cyan]")
         for action in plan.actions if plan else ():
             style = _STYLE[action.kind]
-            console.print(f"  [{style}]{_SYMBOL[action.kind]} {escape(_title(action))}[/{style}]")
+            console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(_title(action))}[/{style}]")
             note = getattr(action, "note", "")
             if note and not isinstance(action, AdoptAssistant | DeleteAssistant):
-                console.print(f"      [dim]({escape(note)})[/dim]")
+                console.print(f"      [dim]({_safe(note)})[/dim]")
             for ch in _changes(action):
-                arrow = (
-                    _value(ch.new)
-                    if action.kind == "create"
-                    else f"{_value(ch.old)} -> {_value(ch.new)}"
-                )
-                console.print(f"      {escape(ch.path)}: {escape(arrow)}")
+                console.print(f"      {_safe(ch.path)}: {_safe(_change_text(action.kind, ch))}")
         for role in plan.unchanged if plan else ():
             console.print(f"  [dim]= assistant {role} unchanged[/dim]")
         for warning in plan.warnings if plan else ():
-            console.print(f"  [magenta]! {escape(warning)}[/magenta]")
+            console.print(f"  [magenta]! {_safe(warning)}[/magenta]")
+        for note in plan.notes if plan else ():
+            console.print(f"  [dim]i {_safe(note)}[/dim]")
         if outcome.error:
-            console.print(f"  [red]x error: {escape(outcome.error)}[/red]")
+            console.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
     for problem in report.problems:
-        console.print(f"[red]x {escape(str(problem))}[/red]")
+        console.print(f"[red]x {_safe(problem)}[/red]")
+    for note in report.notes:
+        console.print(f"[red]x {_safe(note)}[/red]")
     c = report.counts()
     tail = f" ({c['adopt']} to adopt)" if c["adopt"] else ""
     console.print(
         f"[bold]{verb}:[/bold] {c['create']} to create, {c['update']} to update, "
         f"{c['delete']} to delete.{tail}"
     )
+    if report.skipped:
+        names = ", ".join(_safe(o.slug) for o in report.skipped)
+        console.print(
+            f"[cyan]Skipped: {len(report.skipped)} org(s) held elsewhere ({names})[/cyan]"
+        )
     if report.failed or report.problems:
-        failed = [o.slug for o in report.failed] + [str(p.path) for p in report.problems]
-        console.print(f"[red]Failed: {len(failed)} ({', '.join(failed)})[/red]")
+        parts = []
+        if report.failed:
+            names = ", ".join(_safe(o.slug) for o in report.failed)
+            parts.append(f"{len(report.failed)} org(s) ({names})")
+        if report.problems:
+            files = ", ".join(_safe(p) for p in report.failed_files)
+            parts.append(f"{len(report.failed_files)} file(s) ({files})")
+        console.print(f"[red]Failed: {'; '.join(parts)}[/red]")
 
 
 def report_json(report: RunReport) -> dict[str, Any]:
@@ -103,7 +131,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
                     "provider": getattr(action, "provider", None),
                     "vapi_id": getattr(action, "vapi_id", None),
                     "fields": [
-                        {"path": ch.path, "before": ch.old, "after": ch.new}
+                        {"path": ch.path, "before": ch.old, "after": ch.new, "drift": ch.drift}
                         for ch in _changes(action)
                     ],
                 }
@@ -111,10 +139,15 @@ def report_json(report: RunReport) -> dict[str, Any]:
         warnings += [{"org": o.slug, "message": w} for w in (o.plan.warnings if o.plan else ())]
     errors = [{"org": o.slug, "message": o.error or ""} for o in report.failed]
     errors += [{"file": str(p.path), "message": str(p)} for p in report.problems]
+    errors += [{"run": "record", "message": n} for n in report.notes]
+    skipped = [{"org": o.slug, "message": o.skipped or ""} for o in report.skipped]
     summary = {
         **report.counts(),
         "unchanged": sum(len(o.plan.unchanged) for o in report.outcomes if o.plan),
         "orgs": len(report.outcomes),
+        "orgs_failed": len(report.failed),
+        "orgs_skipped": len(report.skipped),
+        "files_failed": len(report.failed_files),
         "errors": len(errors),
         "no_op": not report.has_changes,
     }
@@ -122,6 +155,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
         "format_version": "1",
         "changes": changes,
         "warnings": warnings,
+        "skipped": skipped,
         "errors": errors,
         "summary": summary,
     }

@@ -14,11 +14,11 @@ import httpx
 from psycopg_pool import ConnectionPool
 
 from reconciler.config import Settings
-from reconciler.controller.run import Controller
+from reconciler.controller.run import Controller, pool_size
 from reconciler.errors import ConfigError
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.db import embedded_url, open_pool
-from reconciler.state.migrate import migrate
+from reconciler.state.migrate import check_schema, migrate
 from reconciler.state.store import StateReader, StateWriter
 from reconciler.vapi.client import http_client
 
@@ -29,8 +29,10 @@ def database_url(settings: Settings) -> str:
     return embedded_url(settings.data_dir)
 
 
-def master_key(settings: Settings) -> MasterKey:
-    """From RECONCILER_MASTER_KEY; with the embedded default, one kept in the data directory."""
+def master_key(settings: Settings, *, create: bool = True) -> MasterKey:
+    """From RECONCILER_MASTER_KEY; with the embedded default, one kept in the data directory.
+    `create=False` (commands that write nothing) never writes a key file: without one, nothing
+    was ever encrypted here, so a throwaway key plans the same."""
     if settings.master_key is not None:
         return MasterKey.from_b64(settings.master_key.get_secret_value())
     if settings.database_url is not None:
@@ -39,6 +41,8 @@ def master_key(settings: Settings) -> MasterKey:
     if path.exists():
         return _read_key_file(path)
     key = MasterKey.generate()
+    if not create:
+        return key
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -95,19 +99,49 @@ class Runtime:
 
 
 @contextmanager
-def runtime(settings: Settings, *, write: bool) -> Iterator[Runtime]:
-    """`write=False` builds a StateReader only: `plan` cannot write by construction."""
-    key = master_key(settings)
+def runtime(settings: Settings, *, write: bool, lock_wait_s: float = 0.0) -> Iterator[Runtime]:
+    """`write=False` (plan, resolve) builds a StateReader only, so it cannot write by
+    construction, and migrates nothing and creates no key file: an out-of-date schema is an
+    error that says to run `reconciler db migrate`."""
+    key = master_key(settings, create=write)
     url = database_url(settings)
-    pool = open_pool(url, max_size=settings.concurrency * 2 + 4)
+    concurrency = settings.concurrency
+    pool = open_pool(url, max_size=pool_size(concurrency))
     try:
-        migrate(pool)
+        if write:
+            migrate(pool)
+        else:
+            check_schema(pool)
         state = StateWriter(pool) if write else StateReader(pool)
-        with http_client(settings.vapi_base_url, timeout_s=settings.vapi_timeout_s) as http:
-            controller = Controller(state, http, key, concurrency=settings.concurrency)
+        concurrency = _fit_concurrency(state, concurrency)
+        with http_client(
+            settings.vapi_base_url,
+            timeout_s=settings.vapi_timeout_s,
+            max_connections=max(16, concurrency),
+        ) as http:
+            controller = Controller(
+                state, http, key, concurrency=concurrency, lock_wait_s=lock_wait_s
+            )
             yield Runtime(settings, pool, state, key, http, controller)
     finally:
         pool.close()
+
+
+def _fit_concurrency(state: StateReader, concurrency: int) -> int:
+    """The concurrency the server's free connections allow (each org in flight needs
+    `pool_size` of them), said once on stderr when it is lower than asked."""
+    available = state.free_connections() + 1  # the pool's own open connection counts as ours
+    if pool_size(concurrency) <= available:
+        return concurrency
+    fitted = max(1, (available - pool_size(0)) // 2)
+    print(
+        f"warning: RECONCILER_CONCURRENCY={concurrency} needs {pool_size(concurrency)} "
+        f"Postgres connections and the server has {available} free: "
+        f"reconciling {fitted} org(s) at a time",
+        file=sys.stderr,
+    )
+    state.pool.resize(min_size=1, max_size=max(2, pool_size(fitted)))
+    return fitted
 
 
 def data_path(settings: Settings, name: str) -> Path:

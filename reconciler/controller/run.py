@@ -1,33 +1,47 @@
 """Reconciling many orgs: each org is its own Vapi account, so they run concurrently (bounded),
-and one org's failure never stops the others."""
+and one org's failure never stops the others.
+
+Every org ends a run with an outcome (done, failed with a reason, or skipped because another
+reconciler holds it), and `apply` writes every org's status in one batch at the end, after
+the checks that span orgs (two keys on one Vapi account), so a status is written once per run.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from reconciler.controller.accounts import AccountRegistry
 from reconciler.engine.actions import Action, OrgPlan
-from reconciler.engine.apply import Applier
-from reconciler.engine.desired import desired_org
-from reconciler.engine.model import DesiredOrg
+from reconciler.engine.apply import Applier, WriteGuard
+from reconciler.engine.desired import desired_org, leaf_fingerprint
+from reconciler.engine.model import DesiredOrg, ObservedOrg, account_ids, tag_of
 from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
 from reconciler.errors import ReconcilerError
+from reconciler.redact import printable
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import LoadResult, Problem
-from reconciler.state.store import StateReader, StateWriter
+from reconciler.state.store import OrgLock, OrgStatus, StateError, StateReader, StateWriter
 from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiReader, VapiWriter
 
 log = logging.getLogger(__name__)
 _Client = TypeVar("_Client", VapiReader, VapiWriter)
+
+
+def pool_size(concurrency: int) -> int:
+    """Postgres connections a controller needs: each org in flight holds its lock's connection
+    and needs one more for its reads and writes; two spare for the run's own statements."""
+    return 2 * concurrency + 2
 
 
 @dataclass
@@ -36,7 +50,10 @@ class OrgOutcome:
     org_id: str
     plan: OrgPlan | None = None
     error: str | None = None
+    skipped: str | None = None  # another reconciler holds the org: not a failure
     done: list[Action] | None = None  # apply only: the actions that took effect
+    live: list[dict[str, Any]] | None = field(default=None, repr=False)
+    vapi_error: VapiError | None = None  # the account could not be listed
 
     @property
     def ok(self) -> bool:
@@ -48,14 +65,23 @@ class RunReport:
     outcomes: list[OrgOutcome] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # the run's own troubles (e.g. not recorded)
 
     @property
     def failed(self) -> list[OrgOutcome]:
         return [o for o in self.outcomes if not o.ok]
 
     @property
+    def skipped(self) -> list[OrgOutcome]:
+        return [o for o in self.outcomes if o.ok and o.skipped]
+
+    @property
+    def failed_files(self) -> list[Path]:
+        return sorted({p.path for p in self.problems})
+
+    @property
     def ok(self) -> bool:
-        return not self.failed and not self.problems
+        return not self.failed and not self.problems and not self.notes
 
     def counts(self) -> dict[str, int]:
         c: Counter[str] = Counter()
@@ -70,10 +96,62 @@ class RunReport:
         return any(o.plan is not None and o.plan.has_changes for o in self.outcomes)
 
 
-def _message(exc: Exception) -> str:
+def _message(exc: BaseException) -> str:
     if isinstance(exc, ReconcilerError):
-        return str(exc)
+        return printable(str(exc))
     return f"internal error: {type(exc).__name__}"  # never str(exc): it may hold anything
+
+
+def _shared_message(others: dict[str, str]) -> str:
+    listed = ", ".join(f"{slug} ({oid})" for oid, slug in sorted(others.items()))
+    return (
+        f"its Vapi account is also reached by the API key of {listed}: "
+        "each org needs its own Vapi account"
+    )
+
+
+class _Guard(WriteGuard):
+    """Before each Vapi write: the org's lock still held and its account not shared."""
+
+    def __init__(
+        self, org: DesiredOrg, lock: OrgLock, accounts: AccountRegistry, vapi: VapiWriter | None
+    ) -> None:
+        self.org = org
+        self.lock = lock
+        self.accounts = accounts
+        self.vapi = vapi
+
+    def before_write(self) -> None:
+        self.lock.check()
+        others = self.accounts.shared_with(self.org.org_id)
+        if others:
+            raise ReconcilerError(f"stopped before writing: {_shared_message(others)}")
+
+    @contextmanager
+    def creating(self) -> Iterator[None]:
+        with self.accounts.first_create(self.org.org_id) as stale:
+            if stale and self.vapi is not None:  # did a create since our listing name it?
+                found = account_ids(self.vapi.list_assistants())
+                self.accounts.see(self.org.org_id, self.org.slug, found)
+            try:
+                yield
+            finally:
+                self.accounts.created()
+
+    def answered(self, assistant: dict[str, Any]) -> None:
+        account = assistant.get("orgId")
+        if not isinstance(account, str):
+            return
+        self.accounts.see(self.org.org_id, self.org.slug, [account])
+        others = self.accounts.shared_with(self.org.org_id)
+        if others:
+            tag = tag_of(assistant)
+            role = tag[1] if tag else "?"
+            raise ReconcilerError(
+                f"{_shared_message(others)}; the {role} assistant {assistant.get('id')} just "
+                "created there is a stray: once each org has its own key, `apply --prune` on "
+                "the org that keeps this account deletes it"
+            )
 
 
 class Controller:
@@ -88,17 +166,25 @@ class Controller:
         concurrency: int = 16,
         retry: RetryPolicy | None = None,
         create_grace_s: float = CREATE_GRACE_S,
+        lock_wait_s: float = 0.0,
     ) -> None:
         self.state = state
         self.http = http
         self.key = key
+        self.fingerprint = leaf_fingerprint(key)
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
         self.create_grace_s = create_grace_s
+        self.lock_wait_s = lock_wait_s
 
-    def _desired(self, loaded: LoadResult) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+    # -- desired state ---------------------------------------------------------------------------
+
+    def _desired(
+        self, loaded: LoadResult
+    ) -> tuple[list[tuple[DesiredOrg | None, OrgOutcome]], AccountRegistry]:
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
-        known = self.state.org_ids_by_slug()
+        index = self.state.org_index()
+        known = {row.slug: row.org_id for row in index}
         for spec in loaded.specs:
             md = spec.org.metadata
             outcome = OrgOutcome(md.slug, str(md.id))
@@ -111,13 +197,17 @@ class Controller:
                 out.append((None, outcome))
                 continue
             try:
-                out.append((desired_org(spec.org, self.key, source=str(spec.path)), outcome))
+                desired = desired_org(
+                    spec.org, self.key, source=str(spec.path), fingerprint=self.fingerprint
+                )
             except Exception as exc:  # anything in one org's spec is that org's failure only
                 outcome.error = _message(exc)
                 out.append((None, outcome))
-        return self._refuse_shared_accounts(out)
+                continue
+            out.append((desired, outcome))
+        return self._refuse_shared_keys(out), AccountRegistry(index)
 
-    def _refuse_shared_accounts(
+    def _refuse_shared_keys(
         self, items: list[tuple[DesiredOrg | None, OrgOutcome]]
     ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
         """BYOC means one Vapi account per org; two specs on one key would fight over it."""
@@ -140,6 +230,8 @@ class Controller:
             out.append((desired, outcome))
         return out
 
+    # -- running over orgs -----------------------------------------------------------------------
+
     def _each(
         self,
         items: list[tuple[DesiredOrg | None, OrgOutcome]],
@@ -147,7 +239,7 @@ class Controller:
     ) -> list[OrgOutcome]:
         def guarded(item: tuple[DesiredOrg | None, OrgOutcome]) -> OrgOutcome:
             desired, outcome = item
-            if desired is None:
+            if desired is None or outcome.error is not None:
                 return outcome
             try:
                 work(desired, outcome)
@@ -165,37 +257,66 @@ class Controller:
         return kind(self.http, key.reveal(), retry=self.retry) if key is not None else None
 
     @staticmethod
-    def _list_live(
-        reader: VapiReader | None,
-    ) -> tuple[list[dict[str, Any]] | None, VapiError | None]:
+    def _list_live(reader: VapiReader | None, outcome: OrgOutcome) -> list[dict[str, Any]] | None:
         if reader is None:
-            return None, None  # no Vapi key: the account cannot be seen, so not planned
+            return None  # no Vapi key: the account cannot be seen, so not planned
         try:
-            return reader.list_assistants(), None
+            outcome.live = reader.list_assistants()
         except VapiError as exc:
-            return None, exc
+            outcome.vapi_error = exc
+            return None
+        return outcome.live
+
+    def _foreign_mapped(self, live: list[dict[str, Any]] | None, org_id: str) -> frozenset[str]:
+        """Assistants in the account tagged for other orgs that Postgres maps to an org."""
+        foreign = [
+            a["id"] for a in live or () if (tag := tag_of(a)) is not None and tag[0] != org_id
+        ]
+        return self.state.mapped_to_others(org_id, foreign) if foreign else frozenset()
+
+    def _observed(
+        self,
+        row: dict[str, Any] | None,
+        live: list[dict[str, Any]] | None,
+        desired: DesiredOrg,
+        accounts: AccountRegistry,
+    ) -> ObservedOrg:
+        return observed_from_rows(
+            row,
+            live,
+            self.fingerprint,
+            shared_with=accounts.shared_with(desired.org_id),
+            mapped_elsewhere=self._foreign_mapped(live, desired.org_id),
+        )
+
+    # -- plan --------------------------------------------------------------------------------
 
     def plan(self, loaded: LoadResult, *, prune: bool = False) -> RunReport:
-        """Read-only: Postgres reads and Vapi GETs, through reader objects only."""
+        """Read-only: Postgres reads and Vapi GETs, through reader objects only. Every account
+        is listed first, so two orgs on one account are both caught whatever the order."""
         started = time.monotonic()
-        items = self._desired(loaded)
-        rows = self.state.observe([d.org_id for d, _ in items if d is not None])
+        items, accounts = self._desired(loaded)
+        rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
 
-        def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
-            live, error = self._list_live(self._client(desired, VapiReader))
+        def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            live = self._list_live(self._client(desired, VapiReader), outcome)
+            accounts.see(desired.org_id, desired.slug, account_ids(live))
+
+        def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            observed = self._observed(rows.get(desired.org_id), outcome.live, desired, accounts)
             outcome.plan = plan_org(
-                desired,
-                observed_from_rows(rows.get(desired.org_id), live),
-                prune=prune,
-                create_grace_s=self.create_grace_s,
+                desired, observed, prune=prune, create_grace_s=self.create_grace_s
             )
-            if error is not None:
-                outcome.error = str(error)
+            if outcome.vapi_error is not None:
+                outcome.error = str(outcome.vapi_error)
             elif outcome.plan.blocked:  # apply would fail the org for the same reason
                 outcome.error = "; ".join(outcome.plan.blocked)
 
-        outcomes = self._each(items, work)
+        self._each(items, look)
+        outcomes = self._each(items, decide)
         return RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+
+    # -- apply -------------------------------------------------------------------------------
 
     def apply(
         self, loaded: LoadResult, *, prune: bool = False, command: str = "apply"
@@ -204,21 +325,24 @@ class Controller:
             raise TypeError("apply needs a StateWriter")
         state: StateWriter = self.state
         started = time.monotonic()
-        items = self._desired(loaded)
+        items, accounts = self._desired(loaded)
         run_id = state.start_run(command, len(items))
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
-            with state.org_lock(desired.org_id) as lock:
+            with state.org_lock(desired.org_id, wait_s=self.lock_wait_s) as lock:
                 if not lock.held:
-                    outcome.error = "skipped: another reconciler is working on this org"
+                    waited = f" (waited {self.lock_wait_s:g}s)" if self.lock_wait_s > 0 else ""
+                    outcome.skipped = f"another reconciler is applying this org{waited}"
                     return
-                self._apply_org(state, desired, outcome, prune, lock.check)
+                self._apply_org(state, desired, outcome, prune, lock, accounts)
 
         outcomes = self._each(items, work)
+        for outcome in outcomes:  # two orgs on one account: both refused, whatever the order
+            others = accounts.shared_with(outcome.org_id)
+            if outcome.ok and not outcome.skipped and others:
+                outcome.error = _shared_message(others)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
-        errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
-        errors += [{"file": str(p.path), "error": str(p)} for p in loaded.problems]
-        state.finish_run(run_id, len(errors), report.counts(), errors)
+        self._record_run(state, run_id, report, accounts)
         return report
 
     def _apply_org(
@@ -227,41 +351,66 @@ class Controller:
         desired: DesiredOrg,
         outcome: OrgOutcome,
         prune: bool,
-        still_locked: Callable[[], None],
+        lock: OrgLock,
+        accounts: AccountRegistry,
     ) -> None:
         writer = self._client(desired, VapiWriter)
         row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
-        live, list_error = self._list_live(writer)
+        live = self._list_live(writer, outcome)
+        accounts.see(desired.org_id, desired.slug, account_ids(live))
         plan = plan_org(
-            desired, observed_from_rows(row, live), prune=prune, create_grace_s=self.create_grace_s
+            desired,
+            self._observed(row, live, desired, accounts),
+            prune=prune,
+            create_grace_s=self.create_grace_s,
         )
         outcome.plan = plan
         outcome.done = []
+        guard = _Guard(desired, lock, accounts, writer)
+        Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
+        if outcome.vapi_error is not None:
+            raise outcome.vapi_error
+
+    def _record_run(
+        self, state: StateWriter, run_id: int, report: RunReport, accounts: AccountRegistry
+    ) -> None:
+        """Every org's status in one batch, then the run row. A database that is down by now
+        costs the record, never the report: the run's notes say what was not written."""
+        statuses = [self._status(o, accounts) for o in report.outcomes if not o.skipped]
+        errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
+        errors += [{"file": str(p.path), "error": str(p)} for p in report.problems]
         try:
-            Applier(desired, writer, state, self.key, still_locked).apply(plan, outcome.done)
-        except Exception as exc:
-            self._finish(state, desired, error=_message(exc))
-            raise
-        if writer is not None and list_error is None and "vapi" in desired.credentials:
-            state.mark_verified(desired.org_id, "vapi", None)
-        if list_error is not None:
-            if isinstance(list_error, VapiAuthError):
-                state.mark_verified(desired.org_id, "vapi", str(list_error))
-            self._finish(state, desired, error=str(list_error))
-            raise list_error
-        self._finish(state, desired, error=None)
+            state.finish_orgs(statuses)
+        except StateError as exc:
+            report.notes.append(f"the status of {len(statuses)} org(s) was not recorded: {exc}")
+        try:
+            state.finish_run(
+                run_id,
+                orgs_failed=len(report.failed),
+                files_failed=len(report.failed_files),
+                orgs_skipped=len(report.skipped),
+                changes=report.counts(),
+                errors=errors,
+            )
+        except StateError as exc:
+            report.notes.append(f"the run was not recorded: {exc}")
 
     @staticmethod
-    def _finish(state: StateWriter, desired: DesiredOrg, *, error: str | None) -> None:
-        state.set_status(desired.org_id, "Failed" if error else "Ready", error)
-
-
-def slugs_filter(loaded: LoadResult, slugs: Iterable[str]) -> LoadResult:
-    """`--org`: keep only the named orgs; an unknown slug is a problem."""
-    wanted = set(slugs)
-    if not wanted:
-        return loaded
-    known = {s.org.metadata.slug for s in loaded.specs} | {p.path.stem for p in loaded.problems}
-    problems = [p for p in loaded.problems if p.path.stem in wanted]
-    problems += [Problem(Path(s), "", "no spec with this slug") for s in sorted(wanted - known)]
-    return LoadResult([s for s in loaded.specs if s.org.metadata.slug in wanted], problems)
+    def _status(outcome: OrgOutcome, accounts: AccountRegistry) -> OrgStatus:
+        verified: bool | None = None
+        vapi_error = None
+        if outcome.live is not None:
+            verified = True
+        elif isinstance(outcome.vapi_error, VapiAuthError):
+            verified, vapi_error = False, str(outcome.vapi_error)
+        account = None
+        if outcome.ok and not accounts.shared_with(outcome.org_id):
+            account = accounts.account(outcome.org_id)
+        return OrgStatus(
+            outcome.org_id,
+            "Ready" if outcome.ok else "Failed",
+            outcome.error,
+            vapi_account_id=account,
+            vapi_verified=verified,
+            vapi_error=vapi_error,
+        )

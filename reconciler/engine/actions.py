@@ -1,4 +1,6 @@
-"""Typed plan actions. A plan is data: `plan` prints it, `apply` executes it."""
+"""Typed plan actions. A plan is a value: `plan` prints it, `apply` executes it, and each action
+carries everything its execution needs (bodies with their secrets, held out of every repr), so
+the applier reads nothing but the plan."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reconciler.engine.diff import FieldChange
+from reconciler.engine.model import Sensitive
 
 Kind = Literal["create", "update", "delete", "adopt"]
 
@@ -23,6 +26,8 @@ class UpsertOrg:
 class StoreCredential:
     kind: Kind  # create | update
     provider: str
+    config: Sensitive = field(default_factory=lambda: Sensitive({}), repr=False)
+    fingerprint: str = ""
     resource: str = "credential"
 
 
@@ -36,22 +41,32 @@ class DeactivateCredential:
 @dataclass(frozen=True)
 class CreateAssistant:
     role: str
-    body: dict[str, Any] = field(repr=False)
+    body: dict[str, Any] = field(repr=False)  # sent to Vapi: secrets in clear
+    stored: dict[str, Any] = field(default_factory=dict)  # recorded: secrets fingerprinted
     changes: tuple[FieldChange, ...] = ()
     note: str = ""
     kind: Kind = "create"
     resource: str = "assistant"
+
+    @property
+    def name(self) -> str:
+        return str(self.body.get("name", ""))
 
 
 @dataclass(frozen=True)
 class UpdateAssistant:
     role: str
     vapi_id: str
-    patch: dict[str, Any] = field(repr=False)
+    patch: dict[str, Any] = field(repr=False)  # sent to Vapi: secrets in clear
+    stored: dict[str, Any] = field(default_factory=dict)  # the whole desired config, masked
     changes: tuple[FieldChange, ...] = ()
     adopt: bool = False
     kind: Kind = "update"
     resource: str = "assistant"
+
+    @property
+    def name(self) -> str:
+        return str(self.stored.get("name", ""))
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,14 @@ class AdoptAssistant:
     role: str
     vapi_id: str
     note: str = ""
+    stored: dict[str, Any] = field(default_factory=dict)  # desired config, masked
+    live: dict[str, Any] = field(default_factory=dict)  # what Vapi holds, masked
     kind: Kind = "adopt"
     resource: str = "assistant"
+
+    @property
+    def name(self) -> str:
+        return str(self.stored.get("name", ""))
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,7 @@ class DeleteAssistant:
     role: str
     vapi_id: str | None
     note: str = ""
+    stray: bool = False  # tagged for another org: delete in Vapi, no state of ours to forget
     kind: Kind = "delete"
     resource: str = "assistant"
 
@@ -87,12 +109,16 @@ Action = (
 
 @dataclass(frozen=True)
 class OrgPlan:
+    """One org's plan. A blocked plan has no actions: nothing of it may run (not even the org
+    row or its credentials), and the org fails with the reasons in `blocked`."""
+
     org_id: str
     slug: str
     actions: tuple[Action, ...]
     unchanged: tuple[str, ...] = ()  # roles already converged
     warnings: tuple[str, ...] = ()
-    blocked: tuple[str, ...] = ()  # why a role cannot converge in this run (org fails)
+    blocked: tuple[str, ...] = ()  # why the org cannot converge in this run
+    notes: tuple[str, ...] = ()  # facts worth showing that need no action
 
     @property
     def has_changes(self) -> bool:

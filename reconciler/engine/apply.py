@@ -1,10 +1,16 @@
-"""Executing an org's plan. Every Vapi write is followed by the Postgres write that records
-it; a create is preceded by a committed create-pending row and, when its outcome is unknown,
-resolved by looking for our ownership tag, never by a blind second POST."""
+"""Executing an org's plan, and nothing but the plan: every action carries what it needs.
+
+Every Vapi write is followed by the Postgres write that records it, with Vapi's answer as the
+applied state; a create is preceded by a committed create-pending row and, when its outcome
+is unknown, resolved by looking for our ownership tag, never by a blind second POST. A create
+that Vapi refused outright (a definite 4xx) clears its pending row, so the next run creates
+at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from reconciler.engine.actions import (
@@ -18,93 +24,123 @@ from reconciler.engine.actions import (
     UpdateAssistant,
     UpsertOrg,
 )
-from reconciler.engine.model import DesiredOrg, tag_of
+from reconciler.engine.diff import strip_server_owned
+from reconciler.engine.model import Fingerprint, tag_of
+from reconciler.engine.observe import masked_live
 from reconciler.errors import ReconcilerError
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.store import StateWriter
-from reconciler.vapi.client import VapiAmbiguousWrite, VapiWriter
+from reconciler.vapi.client import VapiAmbiguousWrite, VapiRejected, VapiWriter
+
+
+class WriteGuard:
+    """What the controller checks around the applier's Vapi writes; the default checks nothing.
+
+    `before_write` raises to stop the org before a write (its lock lost, its account found
+    shared); `creating` wraps a create (to serialise first creates into accounts whose identity
+    is not known yet); `answered` learns from a create's answer (which account it landed in)
+    and raises when that account turns out to be another org's too.
+    """
+
+    def before_write(self) -> None:
+        return None
+
+    @contextmanager
+    def creating(self) -> Iterator[None]:
+        yield
+
+    def answered(self, assistant: dict[str, Any]) -> None:
+        return None
 
 
 class Applier:
     def __init__(
         self,
-        desired: DesiredOrg,
+        plan: OrgPlan,
         vapi: VapiWriter | None,
         state: StateWriter,
         key: MasterKey,
-        still_locked: Callable[[], None] = lambda: None,
+        fingerprint: Fingerprint,
+        guard: WriteGuard | None = None,
     ) -> None:
-        """`still_locked` raises when this replica no longer holds the org's lock; it runs
-        before every Vapi write, so a replica that lost its lock cannot write."""
-        self.still_locked = still_locked
-        self.desired = desired
+        self.plan = plan
         self.vapi = vapi
         self.state = state
         self.key = key
+        self.fingerprint = fingerprint
+        self.guard = guard or WriteGuard()
 
-    def apply(self, plan: OrgPlan, done: list[Action]) -> None:
+    def apply(self, done: list[Action]) -> None:
         """Runs the actions in order, appending each to `done` once it took effect (so a
         report after a failure says what really happened); the first failure stops this org
-        (not the others)."""
-        for action in plan.actions:
+        (not the others). A blocked plan runs nothing at all."""
+        if self.plan.blocked:
+            raise ReconcilerError("; ".join(self.plan.blocked))
+        for action in self.plan.actions:
             self._run(action)
             done.append(action)
-        if plan.blocked:
-            raise ReconcilerError("; ".join(plan.blocked))
 
     def _writer(self) -> VapiWriter:
         if self.vapi is None:
             raise AssertionError("assistant actions need the org's Vapi credentials")
-        self.still_locked()
+        self.guard.before_write()
         return self.vapi
 
     def _run(self, action: Action) -> None:
-        d, org_id = self.desired, self.desired.org_id
+        org_id = self.plan.org_id
         match action:
-            case UpsertOrg():
-                self.state.upsert_org(org_id, d.slug, d.name)
-            case StoreCredential(provider=provider):
-                cred = d.credentials[provider]
-                aad = f"{org_id}:{provider}"
-                sealed = self.key.encrypt(cred.config.reveal(), aad=aad)
-                self.state.store_credential(org_id, provider, sealed, cred.fingerprint)
+            case UpsertOrg(slug=slug, name=name):
+                self.state.upsert_org(org_id, slug, name)
+            case StoreCredential(provider=provider, config=config, fingerprint=fingerprint):
+                sealed = self.key.encrypt(config.reveal(), aad=f"{org_id}:{provider}")
+                self.state.store_credential(org_id, provider, sealed, fingerprint)
             case DeactivateCredential(provider=provider):
                 self.state.deactivate_credential(org_id, provider)
-            case CreateAssistant(role=role):
-                self._create(role)
-            case UpdateAssistant(role=role, vapi_id=vapi_id, patch=patch):
-                self._writer().update_assistant(vapi_id, patch)
-                self._record(role, vapi_id)
-            case AdoptAssistant(role=role, vapi_id=vapi_id):
-                self._record(role, vapi_id)
-            case DeleteAssistant(role=role, vapi_id=vapi_id):
+            case CreateAssistant():
+                self._create(action)
+            case UpdateAssistant(role=role, vapi_id=vapi_id, patch=patch, stored=stored):
+                answer = self._writer().update_assistant(vapi_id, patch)
+                self._record(role, vapi_id, action.name, stored, self._masked(answer))
+            case AdoptAssistant(role=role, vapi_id=vapi_id, stored=stored, live=live):
+                self._record(role, vapi_id, action.name, stored, live)
+            case DeleteAssistant(role=role, vapi_id=vapi_id, stray=stray):
                 if vapi_id is not None:
                     self._writer().delete_assistant(vapi_id)
-                self.state.forget_assistant(org_id, role, vapi_id)
+                if not stray:
+                    self.state.forget_assistant(org_id, role, vapi_id)
 
-    def _record(self, role: str, vapi_id: str) -> None:
-        want = self.desired.assistants[role]
-        self.state.record_assistant(self.desired.org_id, role, vapi_id, want.name, want.stored)
+    def _masked(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return masked_live(strip_server_owned(answer), self.fingerprint)
 
-    def _create(self, role: str) -> None:
-        want = self.desired.assistants[role]
-        vapi = self._writer()
-        self.state.begin_create(self.desired.org_id, role, want.stored)
-        try:
-            created = vapi.create_assistant(want.body)
-        except VapiAmbiguousWrite as exc:
-            # Never a second POST in this run: a slow backend may still commit the first.
-            # The `creating` row stays; later runs adopt it, or create after a grace period.
-            found = self._find_tagged(role)
-            if found is None:
-                raise ReconcilerError(
-                    f"{role}: {exc}; the next run looks for it again before creating"
-                ) from None
-            created = found
-        self._record(role, created["id"])
+    def _record(
+        self, role: str, vapi_id: str, name: str, stored: dict[str, Any], applied: dict[str, Any]
+    ) -> None:
+        self.state.record_assistant(self.plan.org_id, role, vapi_id, name, stored, applied)
+
+    def _create(self, action: CreateAssistant) -> None:
+        role, org_id = action.role, self.plan.org_id
+        with self.guard.creating():
+            vapi = self._writer()
+            self.state.begin_create(org_id, role, action.stored)
+            try:
+                created = vapi.create_assistant(action.body)
+            except VapiRejected as exc:  # a definite refusal: nothing exists, nothing to wait for
+                self.state.abort_create(org_id, role)
+                said = "" if "nothing was created" in str(exc) else "; nothing was created"
+                raise ReconcilerError(f"{role}: {exc}{said}; the next run tries again") from None
+            except VapiAmbiguousWrite as exc:
+                # Never a second POST in this run: a slow backend may still commit the first.
+                # The `creating` row stays; later runs adopt it, or create after a grace period.
+                found = self._find_tagged(role)
+                if found is None:
+                    then = "" if "next run" in str(exc) else "; the next run looks for it first"
+                    raise ReconcilerError(f"{role}: {exc}{then}") from None
+                created = found
+            self._record(role, created["id"], action.name, action.stored, self._masked(created))
+            self.guard.answered(created)
 
     def _find_tagged(self, role: str) -> dict[str, Any] | None:
         tagged = [
-            a for a in self._writer().list_assistants() if tag_of(a) == (self.desired.org_id, role)
+            a for a in self._writer().list_assistants() if tag_of(a) == (self.plan.org_id, role)
         ]
         return min(tagged, key=lambda a: (a.get("createdAt", ""), a["id"])) if tagged else None

@@ -4,22 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.engine.diff import mask
 from reconciler.engine.model import (
+    FINGERPRINT_PREFIX,
     DesiredAssistant,
     DesiredCredential,
     DesiredOrg,
+    Fingerprint,
     Sensitive,
     ownership_tag,
 )
+from reconciler.redact import mask_tree
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.models import Organization
 
 WEBHOOK_SECRET_HEADER = "x-vapi-secret"  # noqa: S105 - a header name
 
 
-def desired_org(org: Organization, key: MasterKey, *, source: str = "") -> DesiredOrg:
+def leaf_fingerprint(key: MasterKey) -> Fingerprint:
+    """Keyed digest of one secret leaf, the same for desired and live values: equal values,
+    equal fingerprints (an integral float counts as its integer, as JSON numbers do)."""
+
+    def fingerprint(value: Any) -> str:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return FINGERPRINT_PREFIX + key.fingerprint({"v": value})[:32]
+
+    return fingerprint
+
+
+def desired_org(
+    org: Organization, key: MasterKey, *, source: str = "", fingerprint: Fingerprint | None = None
+) -> DesiredOrg:
     org_id = str(org.metadata.id)
+    fingerprint = fingerprint or leaf_fingerprint(key)
     revealed = org.spec.credentials.revealed()
     credentials = {
         provider: DesiredCredential(provider, key.fingerprint(config), Sensitive(config))
@@ -27,14 +44,10 @@ def desired_org(org: Organization, key: MasterKey, *, source: str = "") -> Desir
     }
     vapi = revealed.get("vapi")
     secret = vapi["webhookSecret"] if vapi else None
-
-    def fingerprint(value: Any) -> str:
-        return "sha256-hmac:" + key.fingerprint({"v": value})[:32]
-
     assistants = {}
     for role, spec in org.spec.assistants.by_role().items():
         body = assistant_body(spec.vapi_fields(), org_id, role, secret)
-        assistants[role] = DesiredAssistant(role, body, mask(body, fingerprint))
+        assistants[role] = DesiredAssistant(role, body, mask_tree(body, fingerprint))
     return DesiredOrg(
         org_id=org_id,
         slug=org.metadata.slug,

@@ -1,10 +1,13 @@
-"""Comparing assistant configs. Pure functions."""
+"""Comparing assistant configs. Pure functions over configs whose secret leaves are already
+fingerprints (see `engine.model`), so a changed or drifted secret is seen without being shown."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from reconciler.engine.model import FINGERPRINT_PREFIX, MASKED_BY_VAPI
+from reconciler.redact import SENSITIVE
 
 # Fields Vapi owns: returned by GET, never sent.
 SERVER_OWNED = frozenset(
@@ -18,31 +21,29 @@ SERVER_OWNED = frozenset(
         "latestVersion",
     }
 )
-# A key is sensitive when one of its words (camelCase, kebab-case, snake_case) is one of these.
-# HTTP headers carry secrets under any name, so a `headers` object is sensitive as a whole.
-_SENSITIVE_WORDS = frozenset(
-    {
-        "secret", "token", "password", "passwd", "key", "apikey", "authorization", "auth",
-        "cookie", "signature", "private", "credential", "credentials", "headers",
-    }
-)  # fmt: skip
-_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-SENSITIVE = "(sensitive)"
-
-
-def is_sensitive_key(key: str) -> bool:
-    words = [w.lower() for w in _WORD.findall(key)]
-    if words and words[-1] in ("id", "ids"):  # credentialId(s) name a secret, are not one
-        return False
-    return any(w in _SENSITIVE_WORDS for w in words)
+SENSITIVE_CHANGED = "(sensitive value changed)"
+SENSITIVE_DRIFTED = "(sensitive value drifted)"
+SENSITIVE_UNCHECKED = "(sensitive: Vapi masks it, cannot be checked)"
 
 
 def strip_server_owned(assistant: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in assistant.items() if k not in SERVER_OWNED}
 
 
+def is_secret_leaf(value: Any) -> bool:
+    return isinstance(value, str) and (
+        value.startswith(FINGERPRINT_PREFIX) or value == MASKED_BY_VAPI
+    )
+
+
 def contains(live: Any, desired: Any) -> bool:
-    """True when `live` has everything `desired` sets (Vapi may add defaults we did not send)."""
+    """True when `live` has everything `desired` sets (Vapi may add defaults we did not send).
+
+    Numbers compare by exact value (`1 == 1.0`, but 2**53 + 1 is not 2**53), booleans only
+    with booleans. A leaf Vapi showed masked cannot be checked, so it counts as holding ours.
+    """
+    if live == MASKED_BY_VAPI and desired is not None:
+        return True
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(
             contains(live.get(k), v) if v is not None else live.get(k) is None
@@ -57,8 +58,27 @@ def contains(live: Any, desired: Any) -> bool:
     if isinstance(desired, bool) or isinstance(live, bool):
         return live is desired
     if isinstance(desired, int | float) and isinstance(live, int | float):
-        return float(live) == float(desired)
+        return live == desired  # Python compares int and float exactly
     return bool(live == desired)
+
+
+def unchecked_paths(live: Any, desired: Any, path: str = "") -> list[str]:
+    """Where `desired` sets a secret that Vapi shows masked: drift there cannot be seen."""
+    if live == MASKED_BY_VAPI and desired is not None:
+        return [path]
+    if isinstance(desired, dict) and isinstance(live, dict):
+        return [
+            p
+            for k in sorted(desired, key=str)
+            for p in unchecked_paths(live.get(k), desired[k], f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(desired, list) and isinstance(live, list) and len(live) == len(desired):
+        return [
+            p
+            for i, (a, b) in enumerate(zip(live, desired, strict=True))
+            for p in unchecked_paths(a, b, f"{path}[{i}]")
+        ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -67,13 +87,15 @@ class FieldChange:
     old: Any
     new: Any
     sensitive: bool = False
+    drift: bool = False  # the live value moved away from what we applied (not a spec change)
 
 
 _ABSENT = object()
 
 
-def field_changes(old: Any, new: Any, path: str = "") -> list[FieldChange]:
-    """Leaf-level differences for display; values under secret-looking keys are masked."""
+def field_changes(old: Any, new: Any, path: str = "", *, drift: bool = False) -> list[FieldChange]:
+    """Leaf-level differences for display, from masked configs: secret leaves show as
+    "(sensitive value changed)" or "(sensitive value drifted)", never as values."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[FieldChange] = []
         for key in sorted(set(old) | set(new), key=str):
@@ -81,38 +103,27 @@ def field_changes(old: Any, new: Any, path: str = "") -> list[FieldChange]:
             o, n = old.get(key, _ABSENT), new.get(key, _ABSENT)
             if n is _ABSENT:  # a field Vapi added is not a change we make
                 continue
-            if is_sensitive_key(str(key)):
-                if not contains(o if o is not _ABSENT else None, n):
-                    out.append(FieldChange(sub, SENSITIVE, SENSITIVE, sensitive=True))
-                continue
-            out += field_changes(None if o is _ABSENT else o, n, sub)
+            out += field_changes(None if o is _ABSENT else o, n, sub, drift=drift)
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
         for i, (o, n) in enumerate(zip(old, new, strict=True)):
-            out += field_changes(o, n, f"{path}[{i}]")
+            out += field_changes(o, n, f"{path}[{i}]", drift=drift)
         return out
     if contains(old, new):
         return []
-    return [FieldChange(path, redact(old), redact(new))]
+    if is_secret_leaf(old) or is_secret_leaf(new):
+        if old is None:
+            return [FieldChange(path, None, SENSITIVE, sensitive=True)]
+        shown = SENSITIVE_DRIFTED if drift else SENSITIVE_CHANGED
+        return [FieldChange(path, SENSITIVE, shown if new is not None else None, True, drift)]
+    return [FieldChange(path, shown_value(old), shown_value(new), drift=drift)]
 
 
-def redact(value: Any) -> Any:
-    """For display: secret-looking leaves become "(sensitive)"."""
-    return mask(value, lambda _: SENSITIVE)
-
-
-def mask(value: Any, fingerprint: Any) -> Any:
-    """`value` with leaves under secret-looking keys replaced by `fingerprint(leaf)`."""
+def shown_value(value: Any) -> Any:
+    """A masked config for display: fingerprints become "(sensitive)"."""
     if isinstance(value, dict):
-        return {
-            k: (
-                fingerprint(v)
-                if is_sensitive_key(str(k)) and v is not None
-                else mask(v, fingerprint)
-            )
-            for k, v in value.items()
-        }
+        return {k: shown_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [mask(v, fingerprint) for v in value]
-    return value
+        return [shown_value(v) for v in value]
+    return SENSITIVE if is_secret_leaf(value) else value

@@ -1,14 +1,23 @@
 """The data the planner works on: desired state (from specs) and observed state (Postgres + Vapi).
 
-Plain frozen dataclasses: no I/O, cheap to build in tests.
+Plain frozen dataclasses: no I/O, cheap to build in tests. Secret-bearing leaves of assistant
+configs never reach the planner in clear: desired and live configs alike carry keyed
+fingerprints in their place (`FINGERPRINT_PREFIX...`), or `MASKED_BY_VAPI` where Vapi showed a
+masked value, so they compare by value without being revealed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 TAG_MANAGED_BY = "reconciler"
+FINGERPRINT_PREFIX = "sha256-hmac:"
+MASKED_BY_VAPI = "(masked by Vapi)"
+
+Fingerprint = Callable[[Any], str]
+"""A secret leaf -> `FINGERPRINT_PREFIX` + keyed digest (same value, same fingerprint)."""
 
 
 class Sensitive:
@@ -68,6 +77,7 @@ class DesiredOrg:
 class StoredOrg:
     slug: str
     name: str
+    vapi_account_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,14 @@ class StoredAssistant:
     role: str
     vapi_assistant_id: str | None
     status: str  # 'creating' | 'ready'
-    applied_config: dict[str, Any] | None
+    applied_config: dict[str, Any] | None  # Vapi's answer to our last write
     pending_s: float | None = None  # seconds since a create began that has no known outcome
+    desired_config: dict[str, Any] | None = None  # what we asked for at our last write
+
+    @property
+    def asked(self) -> dict[str, Any] | None:
+        """What we asked for at the last write (rows older than that column: the answer)."""
+        return self.desired_config if self.desired_config is not None else self.applied_config
 
 
 @dataclass(frozen=True)
@@ -95,13 +111,18 @@ class MappingRow:
 
 @dataclass(frozen=True)
 class ObservedOrg:
-    """What Postgres and the org's Vapi account say now. `live` is None when not listed."""
+    """What Postgres and the org's Vapi account say now. `live` is None when not listed; its
+    secret leaves are fingerprinted. `shared_with` names other orgs (id -> slug) that reach
+    the same Vapi account (by the account's `orgId`)."""
 
     org: StoredOrg | None = None
     credentials: dict[str, StoredCredential] = field(default_factory=dict)
     assistants: dict[str, StoredAssistant] = field(default_factory=dict)
     mappings: dict[str, MappingRow] = field(default_factory=dict)
     live: list[dict[str, Any]] | None = None
+    shared_with: dict[str, str] = field(default_factory=dict)
+    # ids of assistants in this account that Postgres maps to another org: never strays
+    mapped_elsewhere: frozenset[str] = frozenset()
 
 
 def ownership_tag(org_id: str, role: str) -> dict[str, str]:
@@ -117,3 +138,8 @@ def tag_of(assistant: dict[str, Any]) -> tuple[str, str] | None:
     if isinstance(org_id, str) and isinstance(role, str):
         return org_id, role
     return None
+
+
+def account_ids(live: list[dict[str, Any]] | None) -> frozenset[str]:
+    """The Vapi account (`orgId`) an account listing shows: one id, or none when empty."""
+    return frozenset(a["orgId"] for a in live or () if isinstance(a.get("orgId"), str))

@@ -1,25 +1,47 @@
-"""Observed state from what the state store and the Vapi client return."""
+"""Observed state from what the state store and the Vapi client return.
+
+Live assistants are masked here, at the edge: each secret-bearing leaf becomes the same keyed
+fingerprint as the desired value would (so drift in a secret is seen), or `MASKED_BY_VAPI`
+when Vapi shows it masked. Nothing after this point holds a live secret.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from reconciler.engine.model import (
+    MASKED_BY_VAPI,
+    Fingerprint,
     MappingRow,
     ObservedOrg,
     StoredAssistant,
     StoredCredential,
     StoredOrg,
 )
+from reconciler.redact import looks_masked, mask_tree
+
+
+def masked_live(assistant: dict[str, Any], fingerprint: Fingerprint) -> dict[str, Any]:
+    masked: dict[str, Any] = mask_tree(
+        assistant, lambda v: MASKED_BY_VAPI if looks_masked(v) else fingerprint(v)
+    )
+    return masked
 
 
 def observed_from_rows(
-    row: dict[str, Any] | None, live: list[dict[str, Any]] | None
+    row: dict[str, Any] | None,
+    live: list[dict[str, Any]] | None,
+    fingerprint: Fingerprint,
+    *,
+    shared_with: dict[str, str] | None = None,
+    mapped_elsewhere: frozenset[str] = frozenset(),
 ) -> ObservedOrg:
+    masked = None if live is None else [masked_live(a, fingerprint) for a in live]
+    shared = dict(shared_with or {})
     if row is None:
-        return ObservedOrg(live=live)
+        return ObservedOrg(live=masked, shared_with=shared, mapped_elsewhere=mapped_elsewhere)
     return ObservedOrg(
-        org=StoredOrg(row["slug"], row["name"]),
+        org=StoredOrg(row["slug"], row["name"], row.get("vapi_account_id")),
         credentials={
             c["provider"]: StoredCredential(c["provider"], c["fingerprint"], c["is_active"])
             for c in row["credentials"]
@@ -31,6 +53,7 @@ def observed_from_rows(
                 a["status"],
                 a["applied_config"],
                 a["pending_s"] if a["status"] == "creating" else None,
+                a.get("desired_config"),
             )
             for a in row["assistants"]
         },
@@ -38,5 +61,7 @@ def observed_from_rows(
             m["role"]: MappingRow(m["vapi_assistant_id"], m["role"], m["name"])
             for m in row["mappings"]
         },
-        live=live,
+        live=masked,
+        shared_with=shared,
+        mapped_elsewhere=mapped_elsewhere,
     )

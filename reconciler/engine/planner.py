@@ -1,4 +1,12 @@
-"""The planner: (desired, observed) -> ordered actions. Pure: no I/O, no clock, no randomness."""
+"""The planner: (desired, observed) -> ordered actions. Pure: no I/O, no clock, no randomness.
+
+Assistant configs on both sides have their secret leaves fingerprinted (see `engine.model`),
+so a secret changed in the spec or drifted in Vapi is seen and repaired without being shown.
+Per top-level field, an assistant is PATCHed when the spec changed it since our last write, or
+when the live value no longer holds the desired one (drift) - unless Vapi's own answer to our
+last write already lacked it and nothing moved since: Vapi does not keep that value, and
+sending it again on every run would change nothing, so it is reported instead.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +27,8 @@ from reconciler.engine.diff import (
     FieldChange,
     contains,
     field_changes,
-    redact,
     strip_server_owned,
+    unchecked_paths,
 )
 from reconciler.engine.model import DesiredAssistant, DesiredOrg, ObservedOrg, tag_of
 from reconciler.spec.models import ROLES
@@ -39,31 +47,42 @@ def plan_org(
     account (a slow commit) before the planner creates again."""
     actions: list[Action] = []
     warnings: list[str] = []
+    notes: list[str] = []
     unchanged: list[str] = []
     blocked: list[str] = []
+
+    def result() -> OrgPlan:
+        return OrgPlan(
+            org_id=desired.org_id,
+            slug=desired.slug,
+            actions=() if blocked else tuple(actions),
+            unchanged=tuple(unchanged),
+            warnings=tuple(warnings),
+            blocked=tuple(blocked),
+            notes=tuple(notes),
+        )
+
+    if observed.shared_with:
+        others = ", ".join(f"{slug} ({oid})" for oid, slug in sorted(observed.shared_with.items()))
+        blocked.append(
+            f"its Vapi account is also reached by the API key of {others}: "
+            "each org needs its own Vapi account"
+        )
+        return result()
 
     actions += _plan_org_row(desired, observed)
     actions += _plan_credentials(desired, observed)
     if observed.live is None:
         if desired.assistants or observed.assistants:
             warnings.append("assistants not planned: the Vapi account could not be listed")
-        return OrgPlan(desired.org_id, desired.slug, tuple(actions), (), tuple(warnings))
+        return result()
 
     tags = [(a, tag_of(a)) for a in observed.live]
     mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
-    foreign = sorted({tag[0] for _, tag in tags if tag is not None and tag[0] != desired.org_id})
-    if foreign:
-        # Another org's assistants here: two specs (or a changed metadata.id) on one account.
-        # Creating ours would put a second set in it, so the org stops until a person looks.
-        blocked.append(
-            f"this Vapi account holds assistants tagged for other orgs {foreign}: "
-            "refusing to manage it (one Vapi account per org)"
-        )
-        return OrgPlan(
-            desired.org_id, desired.slug, tuple(actions), (), tuple(warnings), tuple(blocked)
-        )
+    deletes: list[Action] = _plan_foreign(tags, desired.org_id, observed, prune, blocked)
+    if blocked:
+        return result()
 
-    deletes: list[Action] = []
     for role in ROLES:
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
         want = desired.assistants.get(role)
@@ -77,10 +96,12 @@ def plan_org(
                 f"waiting up to {create_grace_s:.0f}s for it to appear before creating again"
             )
             continue
-        role_actions, current_id = _plan_assistant(want, desired.org_id, observed, tagged)
-        if not role_actions:
+        kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged)
+        warnings += kept.warnings
+        notes += kept.notes
+        if not kept.actions:
             unchanged.append(role)
-        actions += role_actions
+        actions += kept.actions
         extras = [a for a in tagged if a["id"] != current_id]
         if extras:
             ids = [a["id"] for a in extras]
@@ -90,14 +111,47 @@ def plan_org(
                 warnings.append(
                     f"{role}: duplicate tagged assistants {ids} (use --prune to delete)"
                 )
-    return OrgPlan(
-        org_id=desired.org_id,
-        slug=desired.slug,
-        actions=tuple(actions + deletes),
-        unchanged=tuple(unchanged),
-        warnings=tuple(warnings),
-        blocked=tuple(blocked),
+    actions += deletes
+    return result()
+
+
+def _plan_foreign(
+    tags: list[tuple[dict[str, Any], tuple[str, str] | None]],
+    org_id: str,
+    observed: ObservedOrg,
+    prune: bool,
+    blocked: list[str],
+) -> list[Action]:
+    """Assistants tagged for other orgs. Not ours to manage: the account is refused, unless
+    `--prune` is given, which deletes them as strays (e.g. one created through a key that was
+    set to the wrong account before the reconciler caught it). One that Postgres maps to its
+    org is that org's, never a stray."""
+    foreign = sorted(
+        ((a["id"], tag) for a, tag in tags if tag is not None and tag[0] != org_id),
+        key=lambda item: (item[1][0], item[1][1], item[0]),
     )
+    if not foreign:
+        return []
+    owned = [(vid, tag) for vid, tag in foreign if vid in observed.mapped_elsewhere]
+    if owned:
+        listed = ", ".join(f"{vid} (org {other}, {role})" for vid, (other, role) in owned)
+        blocked.append(
+            f"this Vapi account holds assistants of other orgs: {listed}; refusing to manage "
+            "it (one Vapi account per org)"
+        )
+        return []
+    if not prune:
+        listed = ", ".join(f"{vid} (org {other}, {role})" for vid, (other, role) in foreign)
+        blocked.append(
+            f"this Vapi account holds assistants tagged for other orgs: {listed}; "
+            "refusing to manage it (one Vapi account per org); if they are strays, "
+            "`apply --prune` deletes them"
+        )
+        return []
+    return [
+        DeleteAssistant(role, vid, note=f"stray of org {other}", stray=True)
+        for vid, (other, role) in foreign
+    ]
 
 
 def _create_outcome_pending(
@@ -137,18 +191,32 @@ def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action
     for provider, cred in sorted(desired.credentials.items()):
         stored = observed.credentials.get(provider)
         if stored is None:
-            out.append(StoreCredential("create", provider))
+            out.append(StoreCredential("create", provider, cred.config, cred.fingerprint))
         elif stored.fingerprint != cred.fingerprint or not stored.is_active:
-            out.append(StoreCredential("update", provider))
+            out.append(StoreCredential("update", provider, cred.config, cred.fingerprint))
     for provider, stored in sorted(observed.credentials.items()):
         if provider not in desired.credentials and stored.is_active:
             out.append(DeactivateCredential(provider))
     return out
 
 
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: exact numbers (`1` is `1.0`), booleans apart from numbers."""
+    return contains(a, b) and contains(b, a)
+
+
+class _Kept:
+    """One role's actions, with what the planner wants said about it."""
+
+    def __init__(self, actions: list[Action], warnings: list[str], notes: list[str]) -> None:
+        self.actions = actions
+        self.warnings = warnings
+        self.notes = notes
+
+
 def _plan_assistant(
     want: DesiredAssistant, org_id: str, observed: ObservedOrg, tagged: list[dict[str, Any]]
-) -> tuple[list[Action], str | None]:
+) -> tuple[_Kept, str | None]:
     role = want.role
     stored = observed.assistants.get(role)
     mapping = observed.mappings.get(role)
@@ -169,38 +237,64 @@ def _plan_assistant(
             note = f"{known_id} is gone from the Vapi account"
         elif stored is not None and stored.status == "creating":
             note = "an earlier create did not finish and left no assistant"
-        changes = tuple(field_changes({}, want.body))
-        return [CreateAssistant(role, want.body, changes, note)], None
+        create = CreateAssistant(
+            role, want.body, want.stored, tuple(field_changes({}, want.stored)), note
+        )
+        return _Kept([create], [], []), None
 
     vapi_id = current["id"]
     live = strip_server_owned(current)
-    applied = stored.applied_config if stored and stored.vapi_assistant_id == vapi_id else None
+    ours = stored is not None and stored.vapi_assistant_id == vapi_id and stored.status == "ready"
+    asked = stored.asked if ours and stored else None
+    answer = stored.applied_config if ours and stored else None
     patch: dict[str, Any] = {}
+    changes: list[FieldChange] = []
+    warnings: list[str] = []
+    notes: list[str] = []
     for key, value in want.body.items():
-        edited = applied is not None and applied.get(key) != want.stored.get(key)
-        # secret leaves compare as "(sensitive)": Vapi may hide them when read back; a changed
-        # secret shows in `edited` (fingerprints), so no perpetual diff either way
-        if edited or not contains(redact(live.get(key)), redact(value)):
-            patch[key] = value
-    for key in applied or {}:  # removed from the spec since last apply: clear it
+        wanted, now = want.stored.get(key), live.get(key)
+        spec_changed = asked is not None and not same(asked.get(key), wanted)
+        if not spec_changed and contains(now, wanted):
+            notes += [
+                f"{role}: {path}: Vapi masks this value on read; its drift cannot be checked"
+                for path in unchecked_paths(now, wanted, key)
+            ]
+            continue
+        if (
+            not spec_changed
+            and answer is not None
+            and same(now, answer.get(key))
+            and not contains(answer.get(key), wanted)
+        ):
+            warnings.append(
+                f"{role}: {key}: Vapi does not keep this value (its answer to our last write "
+                "differs); not sent again until the spec changes"
+            )
+            continue
+        patch[key] = value
+        changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
+    for key in asked or {}:  # removed from the spec since our last write: clear it
         if key not in want.body and live.get(key) is not None:
             patch[key] = None
+            changes += field_changes(live.get(key), None, key)
 
     in_sync = (
         mapping is not None
         and mapping.vapi_assistant_id == vapi_id
         and mapping.name == want.name
-        and stored is not None
-        and stored.status == "ready"
-        and applied == want.stored
+        and ours
+        and same(asked, want.stored)
     )
     if patch:
-        changes = tuple(field_changes(live, patch))
         adopt = mapping is None or mapping.vapi_assistant_id != vapi_id
-        return [UpdateAssistant(role, vapi_id, patch, changes, adopt=adopt)], vapi_id
+        update = UpdateAssistant(role, vapi_id, patch, want.stored, tuple(changes), adopt=adopt)
+        return _Kept([update], warnings, notes), vapi_id
     if not in_sync:
-        return [AdoptAssistant(role, vapi_id, note or "record in Postgres")], vapi_id
-    return [], vapi_id
+        adopt_action = AdoptAssistant(
+            role, vapi_id, note or "record in Postgres", stored=want.stored, live=live
+        )
+        return _Kept([adopt_action], warnings, notes), vapi_id
+    return _Kept([], warnings, notes), vapi_id
 
 
 def _plan_absent_role(

@@ -1,30 +1,38 @@
 """Every query the reconciler makes. `StateReader` only reads (for `plan` and the resolver);
-`StateWriter` adds the writes, each in one transaction with what it describes."""
+`StateWriter` adds the writes, each in one transaction with what it describes.
+
+A database error surfaces as one `StateError` line (the first line of Postgres's message, which
+names constraints, never values), so a database that dies mid-run fails the orgs in hand with
+a clear reason instead of an internal error.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import Connection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reconciler.errors import ReconcilerError
+from reconciler.redact import printable
 
 _OBSERVE_SQL = """
-SELECT o.id::text AS id, o.slug, o.name,
+SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
   COALESCE((SELECT json_agg(json_build_object(
       'provider', c.provider, 'fingerprint', c.fingerprint, 'is_active', c.is_active))
     FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
   COALESCE((SELECT json_agg(json_build_object(
       'role', a.role, 'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status,
-      'applied_config', a.applied_config,
+      'desired_config', a.desired_config, 'applied_config', a.applied_config,
       'pending_s', EXTRACT(EPOCH FROM now() - a.create_started_at)))
     FROM assistants a WHERE a.org_id = o.id), '[]') AS assistants,
   COALESCE((SELECT json_agg(json_build_object(
@@ -35,27 +43,103 @@ FROM organizations o WHERE o.id = ANY(%s::uuid[])
 """
 
 
+class StateError(ReconcilerError):
+    """Postgres failed or is unreachable; the message is one line and holds no value."""
+
+
+def _state_error(exc: Exception) -> StateError:
+    if isinstance(exc, PoolTimeout):
+        return StateError("database unavailable: no connection within the pool timeout")
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else type(exc).__name__
+    kind = "database unavailable" if _is_outage(exc) else "database error"
+    return StateError(f"{kind}: {printable(first, 200)}")
+
+
+def _is_outage(exc: Exception) -> bool:
+    return isinstance(exc, PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class _Breaker:
+    """After the database was found unreachable, fail at once for a moment instead of making
+    every org wait out the pool timeout: a database that is down for good costs a run seconds,
+    not minutes, and one that restarts is tried again shortly after."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self._until = 0.0
+        self._reason = ""
+
+    @contextmanager
+    def guard(self, *, patient: bool = False) -> Iterator[None]:
+        """`patient` (the run's own record at its end): wait out the pause, then try."""
+        wait = self._until - time.monotonic()
+        if wait > 0 and patient:
+            time.sleep(wait)
+        elif wait > 0:
+            raise StateError(f"{self._reason} (not retried for a few seconds)")
+        try:
+            yield
+        except (PoolTimeout, psycopg.Error) as exc:
+            error = _state_error(exc)
+            if _is_outage(exc):
+                self._reason = str(error)
+                self._until = time.monotonic() + self.pause_s
+            raise error from None
+
+
+@dataclass(frozen=True)
+class OrgIndexRow:
+    org_id: str
+    slug: str
+    vapi_account_id: str | None
+
+
+@dataclass(frozen=True)
+class OrgStatus:
+    """What a run learned about one org, written with every other org's in one statement."""
+
+    org_id: str
+    status: str  # 'Ready' | 'Failed'
+    message: str | None
+    vapi_account_id: str | None = None  # set when known and not shared
+    vapi_verified: bool | None = None  # True: the key listed the account; False: rejected
+    vapi_error: str | None = None
+
+
+OUTAGE_PAUSE_S = 3.0
+
+
 class StateReader:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, outage_pause_s: float = OUTAGE_PAUSE_S) -> None:
         self.pool = pool
         self._lock = threading.Lock()
+        self._breaker = _Breaker(outage_pause_s)
         self.queries = 0  # statements sent, for benchmarks
 
     def _count(self, n: int = 1) -> None:
         with self._lock:
             self.queries += n
 
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        self._count()
+        with (
+            self._breaker.guard(),
+            self.pool.connection() as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            yield cur
+
     def observe(self, org_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Org row, credentials, assistants and mappings of many orgs, in one query."""
-        self._count()
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._read() as cur:
             rows = cur.execute(_OBSERVE_SQL, (org_ids,)).fetchall()
         return {r["id"]: r for r in rows}
 
     def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
         """Org of an assistant id, with the org's encrypted Vapi credential."""
-        self._count()
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._read() as cur:
             return cur.execute(
                 "SELECT m.org_id::text AS org_id, o.slug, m.assistant_role AS role,"
                 " c.encrypted_config"
@@ -66,14 +150,41 @@ class StateReader:
                 (vapi_assistant_id,),
             ).fetchone()
 
+    def org_index(self) -> list[OrgIndexRow]:
+        """Every org's id, slug and Vapi account: slug ownership and account claims, in one
+        query."""
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT id::text AS org_id, slug, vapi_account_id FROM organizations"
+            ).fetchall()
+        return [OrgIndexRow(r["org_id"], r["slug"], r["vapi_account_id"]) for r in rows]
+
+    def mapped_to_others(self, org_id: str, vapi_ids: list[str]) -> frozenset[str]:
+        """Which of these assistant ids Postgres maps to an org other than `org_id`."""
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT vapi_assistant_id FROM assistant_org_mapping"
+                " WHERE vapi_assistant_id = ANY(%s) AND org_id <> %s",
+                (vapi_ids, org_id),
+            ).fetchall()
+        return frozenset(r["vapi_assistant_id"] for r in rows)
+
+    def free_connections(self) -> int:
+        """Connections the server can still accept from us (not counting reserved ones)."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"
+                " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+                " AS free"
+            ).fetchone()
+        return int(row["free"]) if row else 0
+
     def org_ids_by_slug(self) -> dict[str, str]:
-        self._count()
-        with self.pool.connection() as conn:
-            return {s: i for i, s in conn.execute("SELECT id::text, slug FROM organizations")}
+        return {row.slug: row.org_id for row in self.org_index()}
 
     def last_runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        self._count()
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._read() as cur:
             return cur.execute(
                 "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT %s", (limit,)
             ).fetchall()
@@ -101,25 +212,62 @@ def _lock_key(org_id: str) -> int:
 
 class StateWriter(StateReader):
     @contextmanager
-    def org_lock(self, org_id: str) -> Iterator[OrgLock]:
+    def org_lock(self, org_id: str, *, wait_s: float = 0.0) -> Iterator[OrgLock]:
         """Holds a transaction-scoped advisory lock for the org while the block runs.
 
         Transaction-scoped (not session) so it cannot leak behind a transaction pooler, and a
         crashed replica's lock dies with its connection. The idle-in-transaction timeout is
         lifted for this transaction, and `OrgLock.check()` proves the lock still holds before
-        each Vapi write (fail closed if the session was killed meanwhile).
+        each Vapi write (fail closed if the session was killed meanwhile). With `wait_s`, waits
+        that long for another holder to finish (Postgres's `lock_timeout`), else gives up at once.
+        A session that dies under the block is not an error of its own: the block's own work
+        reports it.
         """
-        self._count(2)
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
-            got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_lock_key(org_id),))
-            row = got.fetchone()
-            yield OrgLock(conn, bool(row and row[0]), self._count)
+        self._count()
+        with self._breaker.guard(), self.pool.connection() as conn:
+            finished = False
+            try:
+                with conn.transaction():
+                    held = self._take(conn, _lock_key(org_id), wait_s)
+                    yield OrgLock(conn, held, self._count)
+                    finished = True
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                if not finished:
+                    raise
+                # Only the lock's own commit failed (its session is gone): the block's work is
+                # committed on other connections, and the lock went with the session.
+
+    @staticmethod
+    def _take(conn: Connection[Any], key: int, wait_s: float) -> bool:
+        if wait_s <= 0:
+            row = conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', '0', true),"
+                " pg_try_advisory_xact_lock(%s)",
+                (key,),
+            ).fetchone()
+            return bool(row and row[1])
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', '0', true),"
+            " set_config('lock_timeout', %s, true)",
+            (f"{max(1, int(wait_s * 1000))}ms",),
+        )
+        try:
+            with conn.transaction():  # a savepoint: a timed-out wait leaves the lock tx usable
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            conn.execute("SELECT set_config('lock_timeout', '0', true)")
+        return True
 
     @contextmanager
-    def _tx(self, statements: int) -> Iterator[Connection[Any]]:
+    def _tx(self, statements: int, *, patient: bool = False) -> Iterator[Connection[Any]]:
         self._count(statements)
-        with self.pool.connection() as conn, conn.transaction():
+        with (
+            self._breaker.guard(patient=patient),
+            self.pool.connection() as conn,
+            conn.transaction(),
+        ):
             yield conn
 
     def upsert_org(self, org_id: str, slug: str, name: str) -> None:
@@ -152,15 +300,6 @@ class StateWriter(StateReader):
                 (org_id, provider),
             )
 
-    def mark_verified(self, org_id: str, provider: str, error: str | None) -> None:
-        with self._tx(1) as conn:
-            conn.execute(
-                "UPDATE org_credentials SET last_verified_at = CASE WHEN %s::text IS NULL"
-                " THEN now() ELSE last_verified_at END, verification_error = %s"
-                " WHERE org_id = %s AND provider = %s",
-                (error, error, org_id, provider),
-            )
-
     def begin_create(self, org_id: str, role: str, desired: dict[str, Any]) -> None:
         """Create-pending, committed before the POST: a crash after it is seen next run."""
         with self._tx(2) as conn:
@@ -177,10 +316,27 @@ class StateWriter(StateReader):
                 (org_id, role),
             )
 
+    def abort_create(self, org_id: str, role: str) -> None:
+        """Vapi refused the create outright (a definite 4xx): nothing exists, nothing to wait
+        for, so the next run creates at once."""
+        with self._tx(1) as conn:
+            conn.execute(
+                "DELETE FROM assistants WHERE org_id = %s AND role = %s"
+                " AND status = 'creating' AND vapi_assistant_id IS NULL",
+                (org_id, role),
+            )
+
     def record_assistant(
-        self, org_id: str, role: str, vapi_id: str, name: str, applied: dict[str, Any]
+        self,
+        org_id: str,
+        role: str,
+        vapi_id: str,
+        name: str,
+        desired: dict[str, Any],
+        applied: dict[str, Any] | None = None,
     ) -> None:
-        """State row and mapping row together, in one transaction."""
+        """State row and mapping row together, in one transaction. `desired` is what we asked
+        for, `applied` what Vapi answered (both with secret leaves fingerprinted)."""
         with self._tx(3) as conn:
             conn.execute(
                 "INSERT INTO assistants (org_id, role, vapi_assistant_id, status, desired_config,"
@@ -190,7 +346,7 @@ class StateWriter(StateReader):
                 " desired_config = EXCLUDED.desired_config,"
                 " applied_config = EXCLUDED.applied_config, create_started_at = NULL,"
                 " updated_at = now()",
-                (org_id, role, vapi_id, Jsonb(applied), Jsonb(applied)),
+                (org_id, role, vapi_id, Jsonb(desired), Jsonb(applied or desired)),
             )
             conn.execute(
                 "DELETE FROM assistant_org_mapping WHERE org_id = %s AND assistant_role = %s"
@@ -225,13 +381,40 @@ class StateWriter(StateReader):
                 (org_id, role, vapi_id, vapi_id),
             )
 
-    def set_status(self, org_id: str, status: str, message: str | None) -> None:
-        with self._tx(1) as conn:
+    def finish_orgs(self, statuses: list[OrgStatus]) -> None:
+        """Every org's status of a run in one transaction of two statements, whatever the
+        number of orgs: the status row (and the Vapi account it was seen in) and the Vapi
+        key's verification."""
+        if not statuses:
+            return
+        with self._tx(2, patient=True) as conn:
             conn.execute(
-                "UPDATE organizations SET status = %s, status_message = %s,"
-                " last_reconciled_at = now() WHERE id = %s",
-                (status, message, org_id),
+                "UPDATE organizations o SET status = s.status, status_message = s.message,"
+                " vapi_account_id = COALESCE(s.account, o.vapi_account_id),"
+                " last_reconciled_at = now()"
+                " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[])"
+                "   AS s(id, status, message, account) WHERE o.id = s.id",
+                (
+                    [s.org_id for s in statuses],
+                    [s.status for s in statuses],
+                    [s.message for s in statuses],
+                    [s.vapi_account_id for s in statuses],
+                ),
             )
+            checked = [s for s in statuses if s.vapi_verified is not None]
+            if checked:
+                conn.execute(
+                    "UPDATE org_credentials c SET"
+                    " last_verified_at = CASE WHEN v.ok THEN now() ELSE c.last_verified_at END,"
+                    " verification_error = v.error"
+                    " FROM unnest(%s::uuid[], %s::bool[], %s::text[]) AS v(id, ok, error)"
+                    " WHERE c.org_id = v.id AND c.provider = 'vapi'",
+                    (
+                        [s.org_id for s in checked],
+                        [s.vapi_verified for s in checked],
+                        [s.vapi_error for s in checked],
+                    ),
+                )
 
     def start_run(self, command: str, orgs_total: int) -> int:
         with self._tx(1) as conn:
@@ -243,11 +426,18 @@ class StateWriter(StateReader):
         return int(row[0])
 
     def finish_run(
-        self, run_id: int, failed: int, changes: dict[str, int], errors: list[dict[str, str]]
+        self,
+        run_id: int,
+        *,
+        orgs_failed: int,
+        files_failed: int,
+        orgs_skipped: int,
+        changes: dict[str, int],
+        errors: list[dict[str, str]],
     ) -> None:
-        with self._tx(1) as conn:
+        with self._tx(1, patient=True) as conn:
             conn.execute(
-                "UPDATE reconcile_runs SET finished_at = now(), orgs_failed = %s, changes = %s,"
-                " errors = %s WHERE id = %s",
-                (failed, Jsonb(changes), Jsonb(errors), run_id),
+                "UPDATE reconcile_runs SET finished_at = now(), orgs_failed = %s,"
+                " files_failed = %s, orgs_skipped = %s, changes = %s, errors = %s WHERE id = %s",
+                (orgs_failed, files_failed, orgs_skipped, Jsonb(changes), Jsonb(errors), run_id),
             )
