@@ -4,6 +4,7 @@ bad input mapped to one of its errors (issue 5)."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -421,6 +422,16 @@ def test_terminated_connection_is_replaced_without_an_error(
             (own_pool.name,),
         ).fetchone()
     assert killed == (1,)
+    deadline = time.monotonic() + 10  # the backend exits (and its socket closes) just after
+    while time.monotonic() < deadline:
+        with state.pool.connection() as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (own_pool.name,),
+            ).fetchone()
+        if left == (0,):
+            break
+        time.sleep(0.02)
     # a cached id needs no query, so it still resolves
     assert resolver.resolve({"x-vapi-secret": acme["secret"]}, body(acme["inbound"]))
     # the pool checks a connection before handing it out: the dead one is replaced, so the

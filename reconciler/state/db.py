@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,7 +49,7 @@ def open_pool(url: str, *, max_size: int = 20, name: str = "reconciler") -> Conn
         timeout=POOL_TIMEOUT_S,
         # a connection is proved alive before it is handed out, so a restarted Postgres costs
         # a reconnect, not an org
-        check=ConnectionPool.check_connection,
+        check=check_alive,
         reconnect_timeout=POOL_TIMEOUT_S,
     )
     with _quiet("psycopg.pool"):  # it logs every failed attempt as a multi-line warning
@@ -58,6 +59,18 @@ def open_pool(url: str, *, max_size: int = 20, name: str = "reconciler") -> Conn
             pool.close()
             raise ConfigError(f"cannot connect to Postgres at {where}") from None
     return pool
+
+
+def check_alive(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before it hands out a connection, without a round trip in the common
+    case: an idle connection has nothing to read, while one the server closed (restart, kill,
+    terminate) has its socket readable (an error, then EOF); only then is a real round trip
+    made, which raises on a dead connection so the pool replaces it."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 @contextmanager
