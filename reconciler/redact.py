@@ -24,8 +24,11 @@ STRONG_WORDS = frozenset(
     }
 )  # fmt: skip
 WEAK_WORDS = frozenset(
-    {"key", "token", "auth", "pwd", "private", "header", "hmac", "otp", "dsn", "salt"}
-)
+    {
+        "key", "token", "auth", "pwd", "private", "header", "hmac", "otp", "dsn", "salt",
+        "cred", "passcode", "pin",
+    }
+)  # fmt: skip
 # "maxTokens", "tokenLimit": a count of tokens, not one.
 _QUANTITY_WORDS = frozenset({"max", "min", "num", "count", "limit", "total", "budget"})
 SECRET_WORDS = STRONG_WORDS | WEAK_WORDS
@@ -60,7 +63,8 @@ def is_sensitive_key(key: object) -> bool:
 
 
 def mask_tree(value: Any, replace: Callable[[Any], Any], *, under: bool = False) -> Any:
-    """`value` with every scalar leaf under a secret-looking key replaced by `replace(leaf)`.
+    """`value` with every scalar leaf under a secret-looking key, and every string holding a
+    URL with a password in it, replaced by `replace(leaf)`.
 
     Structure is kept below a sensitive key (header names stay visible, each value is
     replaced), so two masked trees still compare leaf by leaf. `None` is kept: an absent
@@ -73,6 +77,8 @@ def mask_tree(value: Any, replace: Callable[[Any], Any], *, under: bool = False)
     if isinstance(value, list):
         return [mask_tree(v, replace, under=under) for v in value]
     if under and value is not None:
+        return replace(value)
+    if isinstance(value, str) and _URL_USERINFO.search(value):  # https://user:password@host
         return replace(value)
     return value
 

@@ -137,21 +137,36 @@ def test_a_webhook_header_changed_in_the_dashboard_is_seen_and_restored(
     assert not controller.plan(loaded(doc)).has_changes
 
 
-def test_a_number_vapi_cannot_hold_is_reported_once_and_never_sent_again(
+def test_a_number_vapi_cannot_hold_is_reported_and_never_sent_again(
     controller: Controller, emulator: str
 ) -> None:
     # Vapi is a Node.js service: 2**53 + 1 comes back as 2**53 (the emulator does the same)
-    fields = {"name": "Desk", "metadata": {"tenantRef": 2**53 + 1, "ratio": 1.0}}
+    fields = {
+        "name": "Desk",
+        "metadata": {"tenantRef": 2**53 + 1},
+        "model": {"provider": "openai", "model": "gpt-4o", "temperature": 1.0},  # back as 1
+    }
     doc = org_doc("acme", assistants={"inbound": fields})
     assert controller.apply(loaded(doc)).ok
+    [assistant] = live(emulator, key_of(doc))
+    assert assistant["metadata"]["tenantRef"] == 2**53  # really lost, so the test means it
     patches = emulator_stats(emulator)["PATCH /assistant/{id}"]
     for _ in range(2):
         report = controller.apply(loaded(doc))
         assert report.ok and not report.has_changes
         [outcome] = report.outcomes
         assert outcome.plan is not None
-        assert any("metadata: Vapi does not keep this value" in w for w in outcome.plan.warnings)
+        assert [w.split(": Vapi")[0] for w in outcome.plan.warnings] == ["inbound: metadata"]
+        assert outcome.plan.unchanged == ("inbound",)  # 1.0 against 1: the same number
     assert emulator_stats(emulator)["PATCH /assistant/{id}"] == patches  # never sent again
+
+    # a new value in the spec is sent (once), and reported again if Vapi cannot hold it either
+    fields["metadata"] = {"tenantRef": 2**53 + 3}
+    doc["spec"]["assistants"]["inbound"] = fields
+    assert controller.apply(loaded(doc)).counts()["update"] == 1
+    again = controller.apply(loaded(doc))
+    assert not again.has_changes
+    assert emulator_stats(emulator)["PATCH /assistant/{id}"] == patches + 1
 
 
 # -- two API keys on one Vapi account ----------------------------------------------------------
@@ -212,6 +227,54 @@ def test_keys_sharing_one_empty_account_are_caught_in_the_same_run_with_one_stra
     assert len(live(emulator, key_of(b))) == len(live(emulator, key_of(d))) == 2
     recorded = dict(rows(pool, "SELECT slug, vapi_account_id FROM organizations"))
     assert len(set(recorded.values())) == 4
+
+
+def test_a_late_listing_cannot_let_a_second_stray_through(
+    state: StateWriter,
+    emulator: str,
+    master_key: MasterKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing answered before another org's create but handled after it must not count as
+    current: the listing's moment is when it was asked for."""
+    a, b, d = org_doc("alpha"), org_doc("bravo"), org_doc("delta")
+    second_key(emulator, key_of(a), key_of(b))
+    second_key(emulator, key_of(a), key_of(d))
+    late = {key_of(b): 0.4, key_of(d): 0.8}
+    real = VapiReader.list_assistants
+
+    def slow_to_hand_over(self: VapiReader, **kwargs: Any) -> list[dict[str, Any]]:
+        result = real(self, **kwargs)
+        key = self._headers["Authorization"].removeprefix("Bearer ")
+        time.sleep(late.pop(key, 0))  # only each one's first listing
+        return result
+
+    monkeypatch.setattr(VapiReader, "list_assistants", slow_to_hand_over)
+    with http_client(emulator, timeout_s=5) as http:
+        ctl = Controller(state, http, master_key, concurrency=4, retry=FAST_RETRY)
+        report = ctl.apply(loaded(a, b, d))
+    assert {o.slug for o in report.failed} == {"alpha", "bravo", "delta"}
+    owners = [tag[0] for x in live(emulator, key_of(a)) if (tag := tag_of(x))]
+    assert len(set(owners)) == 1, owners  # alpha's, and no stray of bravo's or delta's
+
+
+def test_an_org_new_in_this_run_and_refused_midway_keeps_nothing_in_postgres(
+    state: StateWriter, emulator: str, master_key: MasterKey, pool: ConnectionPool
+) -> None:
+    a, b = org_doc("alpha"), org_doc("bravo")
+    second_key(emulator, key_of(a), key_of(b))
+    with http_client(emulator, timeout_s=5) as http:
+        ctl = Controller(state, http, master_key, concurrency=2, retry=FAST_RETRY)
+        report = ctl.apply(loaded(a, b))
+    failed = {o.slug: o for o in report.failed}
+    assert set(failed) == {"alpha", "bravo"}
+    stopped = [o for o in report.failed if "stopped" in (o.error or "")]
+    assert stopped, [o.error for o in report.failed]
+    for outcome in stopped:  # refused midway: nothing of it in Postgres
+        assert rows(pool, "SELECT count(*) FROM organizations WHERE id = %s", outcome.org_id) == [
+            (0,)
+        ]
+        assert all(action.resource == "assistant" for action in outcome.done or [])
 
 
 def test_a_second_key_on_a_known_account_is_refused_before_any_write(

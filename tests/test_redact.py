@@ -137,3 +137,12 @@ def test_looks_masked() -> None:
         assert looks_masked(value), value
     for value in ["secret", "a*b", "", 3, None]:
         assert not looks_masked(value), value
+
+
+def test_more_names_and_passwords_in_urls() -> None:
+    for key in ["creds", "passcode", "pin", "pinCode", "userCreds"]:
+        assert is_sensitive_key(key), key
+    for key in ["pinned", "shipping", "spinner", "opinion"]:
+        assert not is_sensitive_key(key), key
+    tree = {"server": {"url": "https://bot:hunter2@hooks.example/v", "backup": "https://x/v"}}
+    assert redact_tree(tree) == {"server": {"url": SENSITIVE, "backup": "https://x/v"}}

@@ -505,3 +505,18 @@ def test_schema_check_fails_on_stale_file(
 
     assert main(["schema", "--output", str(stale)]) == 0
     assert main(["schema", "--check", "--output", str(stale)]) == 0
+
+
+@pytest.mark.parametrize("key", ["sk-café-123", "sk-tab\there", " sk-padded", "sk-\u201cq\u201d"])
+def test_vapi_secrets_must_fit_in_an_http_header(key: str) -> None:
+    from pydantic import ValidationError
+
+    from reconciler.spec.models import Organization
+
+    doc = org_doc("acme", api_key=key)
+    with pytest.raises(ValidationError) as exc:
+        Organization.model_validate(doc)
+    [error] = exc.value.errors(include_input=False)
+    assert error["loc"][-1] == "apiKey"
+    assert "printable ASCII" in error["msg"]
+    assert key.strip() not in str(error)

@@ -119,6 +119,7 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
 def report_json(report: RunReport) -> dict[str, Any]:
     changes: list[dict[str, Any]] = []
     warnings: list[dict[str, str]] = []
+    notes: list[dict[str, str]] = []
     for o in report.outcomes:
         for action in o.plan.actions if o.plan else ():
             changes.append(
@@ -137,6 +138,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
                 }
             )
         warnings += [{"org": o.slug, "message": w} for w in (o.plan.warnings if o.plan else ())]
+        notes += [{"org": o.slug, "message": n} for n in (o.plan.notes if o.plan else ())]
     errors = [{"org": o.slug, "message": o.error or ""} for o in report.failed]
     errors += [{"file": str(p.path), "message": str(p)} for p in report.problems]
     errors += [{"run": "record", "message": n} for n in report.notes]
@@ -155,6 +157,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
         "format_version": "1",
         "changes": changes,
         "warnings": warnings,
+        "notes": notes,
         "skipped": skipped,
         "errors": errors,
         "summary": summary,

@@ -26,21 +26,29 @@ class AccountRegistry:
         self._slugs: dict[str, str] = {}
         self._accounts: dict[str, frozenset[str]] = {}  # org id -> the account(s) it reaches
         self._creates = 0  # creates answered in this run, by any org
-        self._listed_at: dict[str, int] = {}  # org id -> `_creates` when its account was listed
+        self._listed_at: dict[str, int] = {}  # org id -> `_creates` when its listing was asked
+        self._seen: set[str] = set()  # orgs whose account a listing or an answer showed now
         for row in index:
             self._slugs[row.org_id] = row.slug
             if row.vapi_account_id:
                 self._accounts[row.org_id] = frozenset({row.vapi_account_id})
 
-    def see(self, org_id: str, slug: str, accounts: Iterable[str]) -> None:
-        """The org's key reaches these accounts now (a listing or a create's answer shows
-        them), replacing what was recorded before."""
+    def mark(self) -> int:
+        """Taken just before a listing is asked for, and handed to `see` with its result: a
+        create answered after it may not show in that listing."""
+        with self._lock:
+            return self._creates
+
+    def see(self, org_id: str, slug: str, accounts: Iterable[str], *, asked_at: int) -> None:
+        """The org's key reaches these accounts now (a listing asked at `asked_at`, or a
+        create's answer, shows them), replacing what was recorded before."""
         found = frozenset(accounts)
         with self._lock:
             self._slugs[org_id] = slug
-            self._listed_at[org_id] = self._creates
+            self._listed_at[org_id] = asked_at
             if found:
                 self._accounts[org_id] = found
+                self._seen.add(org_id)
 
     def created(self) -> None:
         """A create was answered (by any org): listings made before it may be out of date."""
@@ -65,12 +73,13 @@ class AccountRegistry:
 
     @contextmanager
     def first_create(self, org_id: str) -> Iterator[bool]:
-        """Held around a create while the org's account is unknown: such creates go one at a
-        time, each answer naming its account before the next is sent. Yields whether the
-        caller must list its account again first: only when a create was answered since its
-        listing (whatever that create put there would name the account)."""
-        with self._lock:
-            known = bool(self._accounts.get(org_id))
+        """Held around a create while no listing or answer of this run has shown the org's
+        account: such creates go one at a time, each answer naming its account before the next
+        is sent. Yields whether the caller must list its account again first: when a create
+        was answered since its listing was asked for (whatever that create put there would name
+        the account)."""
+        with self._lock:  # what Postgres recorded may be stale (a new key): only this run counts
+            known = org_id in self._seen
         if known:
             yield False
             return

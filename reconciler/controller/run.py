@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from reconciler.controller.accounts import AccountRegistry
-from reconciler.engine.actions import Action, OrgPlan
+from reconciler.engine.actions import Action, OrgPlan, UpsertOrg
 from reconciler.engine.apply import Applier, WriteGuard
 from reconciler.engine.desired import desired_org, leaf_fingerprint
 from reconciler.engine.model import DesiredOrg, ObservedOrg, account_ids, tag_of
@@ -110,6 +110,10 @@ def _shared_message(others: dict[str, str]) -> str:
     )
 
 
+class SharedAccount(ReconcilerError):
+    """The org's Vapi account turned out, mid-apply, to be reached by another org's key."""
+
+
 class _Guard(WriteGuard):
     """Before each Vapi write: the org's lock still held and its account not shared."""
 
@@ -125,14 +129,15 @@ class _Guard(WriteGuard):
         self.lock.check()
         others = self.accounts.shared_with(self.org.org_id)
         if others:
-            raise ReconcilerError(f"stopped before writing: {_shared_message(others)}")
+            raise SharedAccount(f"stopped before writing: {_shared_message(others)}")
 
     @contextmanager
     def creating(self) -> Iterator[None]:
         with self.accounts.first_create(self.org.org_id) as stale:
             if stale and self.vapi is not None:  # did a create since our listing name it?
+                asked = self.accounts.mark()
                 found = account_ids(self.vapi.list_assistants())
-                self.accounts.see(self.org.org_id, self.org.slug, found)
+                self.accounts.see(self.org.org_id, self.org.slug, found, asked_at=asked)
             try:
                 yield
             finally:
@@ -142,15 +147,15 @@ class _Guard(WriteGuard):
         account = assistant.get("orgId")
         if not isinstance(account, str):
             return
-        self.accounts.see(self.org.org_id, self.org.slug, [account])
+        self.accounts.see(self.org.org_id, self.org.slug, [account], asked_at=self.accounts.mark())
         others = self.accounts.shared_with(self.org.org_id)
         if others:
             tag = tag_of(assistant)
             role = tag[1] if tag else "?"
-            raise ReconcilerError(
-                f"{_shared_message(others)}; the {role} assistant {assistant.get('id')} just "
-                "created there is a stray: once each org has its own key, `apply --prune` on "
-                "the org that keeps this account deletes it"
+            raise SharedAccount(
+                f"{_shared_message(others)}; stopped after creating its {role} assistant "
+                f"{assistant.get('id')} there (once each org has its own key, the org that "
+                "keeps this account deletes the other's assistants with `apply --prune`)"
             )
 
 
@@ -254,7 +259,15 @@ class Controller:
 
     def _client(self, desired: DesiredOrg, kind: type[_Client]) -> _Client | None:
         key = desired.vapi_api_key
-        return kind(self.http, key.reveal(), retry=self.retry) if key is not None else None
+        if key is None:
+            return None
+        secrets = [  # masked in any error answer that echoes one
+            value
+            for cred in desired.credentials.values()
+            for value in cred.config.reveal().values()
+            if isinstance(value, str)
+        ]
+        return kind(self.http, key.reveal(), retry=self.retry, secrets=secrets)
 
     @staticmethod
     def _list_live(reader: VapiReader | None, outcome: OrgOutcome) -> list[dict[str, Any]] | None:
@@ -299,8 +312,9 @@ class Controller:
         rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            asked = accounts.mark()
             live = self._list_live(self._client(desired, VapiReader), outcome)
-            accounts.see(desired.org_id, desired.slug, account_ids(live))
+            accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
 
         def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             observed = self._observed(rows.get(desired.org_id), outcome.live, desired, accounts)
@@ -356,8 +370,9 @@ class Controller:
     ) -> None:
         writer = self._client(desired, VapiWriter)
         row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
+        asked = accounts.mark()
         live = self._list_live(writer, outcome)
-        accounts.see(desired.org_id, desired.slug, account_ids(live))
+        accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
         plan = plan_org(
             desired,
             self._observed(row, live, desired, accounts),
@@ -367,9 +382,23 @@ class Controller:
         outcome.plan = plan
         outcome.done = []
         guard = _Guard(desired, lock, accounts, writer)
-        Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
+        try:
+            Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
+        except SharedAccount:
+            self._forget_if_new(state, desired, outcome)
+            raise
         if outcome.vapi_error is not None:
             raise outcome.vapi_error
+
+    @staticmethod
+    def _forget_if_new(state: StateWriter, desired: DesiredOrg, outcome: OrgOutcome) -> None:
+        """An org first written in this run and then refused for sharing its Vapi account
+        keeps nothing in Postgres (its row, credentials and state go): it is refused as a
+        whole. What it created in Vapi stays tagged, and is reported."""
+        done = outcome.done or []
+        if any(isinstance(a, UpsertOrg) and a.kind == "create" for a in done):
+            state.forget_org(desired.org_id)
+            outcome.done = [a for a in done if a.resource == "assistant"]
 
     def _record_run(
         self, state: StateWriter, run_id: int, report: RunReport, accounts: AccountRegistry

@@ -61,6 +61,7 @@ class UpdateAssistant:
     stored: dict[str, Any] = field(default_factory=dict)  # the whole desired config, masked
     changes: tuple[FieldChange, ...] = ()
     adopt: bool = False
+    before: dict[str, Any] = field(default_factory=dict)  # live values it replaces, masked
     kind: Kind = "update"
     resource: str = "assistant"
 

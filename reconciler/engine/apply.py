@@ -30,7 +30,7 @@ from reconciler.engine.observe import masked_live
 from reconciler.errors import ReconcilerError
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.store import StateWriter
-from reconciler.vapi.client import VapiAmbiguousWrite, VapiRejected, VapiWriter
+from reconciler.vapi.client import VapiAmbiguousWrite, VapiError, VapiRejected, VapiWriter
 
 
 class WriteGuard:
@@ -100,7 +100,12 @@ class Applier:
                 self._create(action)
             case UpdateAssistant(role=role, vapi_id=vapi_id, patch=patch, stored=stored):
                 answer = self._writer().update_assistant(vapi_id, patch)
-                self._record(role, vapi_id, action.name, stored, self._masked(answer))
+                sent = {
+                    key: {"sent": stored.get(key), "before": action.before.get(key)}
+                    for key, value in patch.items()
+                    if value is not None
+                }
+                self._record(role, vapi_id, action.name, stored, self._masked(answer), sent)
             case AdoptAssistant(role=role, vapi_id=vapi_id, stored=stored, live=live):
                 self._record(role, vapi_id, action.name, stored, live)
             case DeleteAssistant(role=role, vapi_id=vapi_id, stray=stray):
@@ -113,9 +118,17 @@ class Applier:
         return masked_live(strip_server_owned(answer), self.fingerprint)
 
     def _record(
-        self, role: str, vapi_id: str, name: str, stored: dict[str, Any], applied: dict[str, Any]
+        self,
+        role: str,
+        vapi_id: str,
+        name: str,
+        stored: dict[str, Any],
+        applied: dict[str, Any],
+        last_patch: dict[str, Any] | None = None,
     ) -> None:
-        self.state.record_assistant(self.plan.org_id, role, vapi_id, name, stored, applied)
+        self.state.record_assistant(
+            self.plan.org_id, role, vapi_id, name, stored, applied, last_patch
+        )
 
     def _create(self, action: CreateAssistant) -> None:
         role, org_id = action.role, self.plan.org_id
@@ -131,7 +144,12 @@ class Applier:
             except VapiAmbiguousWrite as exc:
                 # Never a second POST in this run: a slow backend may still commit the first.
                 # The `creating` row stays; later runs adopt it, or create after a grace period.
-                found = self._find_tagged(role)
+                try:
+                    found = self._find_tagged(role)
+                except VapiError as look:  # keep the create's own story, then why no look
+                    raise ReconcilerError(
+                        f"{role}: {exc}; and the account could not be listed to look for it: {look}"
+                    ) from None
                 if found is None:
                     then = "" if "next run" in str(exc) else "; the next run looks for it first"
                     raise ReconcilerError(f"{role}: {exc}{then}") from None

@@ -95,6 +95,8 @@ class StoredAssistant:
     applied_config: dict[str, Any] | None  # Vapi's answer to our last write
     pending_s: float | None = None  # seconds since a create began that has no known outcome
     desired_config: dict[str, Any] | None = None  # what we asked for at our last write
+    # our last PATCH, per field: {"sent": value, "before": the live value it replaced}
+    last_patch: dict[str, Any] | None = None
 
     @property
     def asked(self) -> dict[str, Any] | None:

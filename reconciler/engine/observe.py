@@ -54,6 +54,7 @@ def observed_from_rows(
                 a["applied_config"],
                 a["pending_s"] if a["status"] == "creating" else None,
                 a.get("desired_config"),
+                a.get("last_patch"),
             )
             for a in row["assistants"]
         },

@@ -247,7 +247,9 @@ def _plan_assistant(
     ours = stored is not None and stored.vapi_assistant_id == vapi_id and stored.status == "ready"
     asked = stored.asked if ours and stored else None
     answer = stored.applied_config if ours and stored else None
+    last_patch = (stored.last_patch or {}) if ours and stored else {}
     patch: dict[str, Any] = {}
+    before: dict[str, Any] = {}
     changes: list[FieldChange] = []
     warnings: list[str] = []
     notes: list[str] = []
@@ -260,18 +262,14 @@ def _plan_assistant(
                 for path in unchecked_paths(now, wanted, key)
             ]
             continue
-        if (
-            not spec_changed
-            and answer is not None
-            and same(now, answer.get(key))
-            and not contains(answer.get(key), wanted)
-        ):
+        if not spec_changed and _not_kept(key, now, wanted, answer, last_patch):
             warnings.append(
-                f"{role}: {key}: Vapi does not keep this value (its answer to our last write "
-                "differs); not sent again until the spec changes"
+                f"{role}: {key}: Vapi does not keep this value (it did not hold it after our "
+                "last write); not sent again until the spec changes"
             )
             continue
         patch[key] = value
+        before[key] = now
         changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
     for key in asked or {}:  # removed from the spec since our last write: clear it
         if key not in want.body and live.get(key) is not None:
@@ -287,7 +285,9 @@ def _plan_assistant(
     )
     if patch:
         adopt = mapping is None or mapping.vapi_assistant_id != vapi_id
-        update = UpdateAssistant(role, vapi_id, patch, want.stored, tuple(changes), adopt=adopt)
+        update = UpdateAssistant(
+            role, vapi_id, patch, want.stored, tuple(changes), adopt=adopt, before=before
+        )
         return _Kept([update], warnings, notes), vapi_id
     if not in_sync:
         adopt_action = AdoptAssistant(
@@ -295,6 +295,21 @@ def _plan_assistant(
         )
         return _Kept([adopt_action], warnings, notes), vapi_id
     return _Kept([], warnings, notes), vapi_id
+
+
+def _not_kept(
+    key: str, now: Any, wanted: Any, answer: dict[str, Any] | None, last_patch: dict[str, Any]
+) -> bool:
+    """With the spec unchanged since our last write, does the live value lack `wanted` only
+    because Vapi does not keep it? Either the answer to that write already lacked it and the
+    value has not moved since, or our last PATCH sent exactly it and the value is back where
+    that PATCH found it (Vapi normalises it on read): sending it again would change nothing."""
+    if answer is not None and same(now, answer.get(key)) and not contains(answer.get(key), wanted):
+        return True
+    last = last_patch.get(key)
+    return (
+        isinstance(last, dict) and same(last.get("sent"), wanted) and same(now, last.get("before"))
+    )
 
 
 def _plan_absent_role(

@@ -51,9 +51,15 @@ class VapiCredentials(_Camel):
 
     @field_validator("api_key", "webhook_secret")
     @classmethod
-    def _not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _header_safe(cls, value: SecretStr) -> SecretStr:
+        """Both travel in HTTP headers (Authorization, x-vapi-secret): printable ASCII only."""
+        text = value.get_secret_value()
+        if not text.strip():
             raise ValueError("must not be empty")
+        if not (text.isascii() and text.isprintable()) or text != text.strip():
+            raise ValueError(
+                "must be printable ASCII without surrounding spaces (it travels in an HTTP header)"
+            )
         return value
 
 

@@ -33,6 +33,7 @@ SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
   COALESCE((SELECT json_agg(json_build_object(
       'role', a.role, 'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status,
       'desired_config', a.desired_config, 'applied_config', a.applied_config,
+      'last_patch', a.last_patch,
       'pending_s', EXTRACT(EPOCH FROM now() - a.create_started_at)))
     FROM assistants a WHERE a.org_id = o.id), '[]') AS assistants,
   COALESCE((SELECT json_agg(json_build_object(
@@ -334,19 +335,28 @@ class StateWriter(StateReader):
         name: str,
         desired: dict[str, Any],
         applied: dict[str, Any] | None = None,
+        last_patch: dict[str, Any] | None = None,
     ) -> None:
         """State row and mapping row together, in one transaction. `desired` is what we asked
-        for, `applied` what Vapi answered (both with secret leaves fingerprinted)."""
+        for, `applied` what Vapi answered, `last_patch` what a PATCH sent and replaced (all
+        with secret leaves fingerprinted)."""
         with self._tx(3) as conn:
             conn.execute(
                 "INSERT INTO assistants (org_id, role, vapi_assistant_id, status, desired_config,"
-                " applied_config) VALUES (%s, %s, %s, 'ready', %s, %s)"
+                " applied_config, last_patch) VALUES (%s, %s, %s, 'ready', %s, %s, %s)"
                 " ON CONFLICT (org_id, role) DO UPDATE SET"
                 " vapi_assistant_id = EXCLUDED.vapi_assistant_id, status = 'ready',"
                 " desired_config = EXCLUDED.desired_config,"
-                " applied_config = EXCLUDED.applied_config, create_started_at = NULL,"
-                " updated_at = now()",
-                (org_id, role, vapi_id, Jsonb(desired), Jsonb(applied or desired)),
+                " applied_config = EXCLUDED.applied_config, last_patch = EXCLUDED.last_patch,"
+                " create_started_at = NULL, updated_at = now()",
+                (
+                    org_id,
+                    role,
+                    vapi_id,
+                    Jsonb(desired),
+                    Jsonb(applied or desired),
+                    Jsonb(last_patch) if last_patch else None,
+                ),
             )
             conn.execute(
                 "DELETE FROM assistant_org_mapping WHERE org_id = %s AND assistant_role = %s"
@@ -380,6 +390,11 @@ class StateWriter(StateReader):
                 " AND (%s::text IS NULL OR vapi_assistant_id = %s)",
                 (org_id, role, vapi_id, vapi_id),
             )
+
+    def forget_org(self, org_id: str) -> None:
+        """The org's row and everything hanging off it (credentials, state, mappings)."""
+        with self._tx(1) as conn:
+            conn.execute("DELETE FROM organizations WHERE id = %s", (org_id,))
 
     def finish_orgs(self, statuses: list[OrgStatus]) -> None:
         """Every org's status of a run in one transaction of two statements, whatever the

@@ -26,19 +26,20 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from reconciler.errors import ReconcilerError
-from reconciler.redact import printable, redact_text, redact_tree, safe_message
+from reconciler.redact import mask_tree, printable, redact_text, redact_tree, safe_message
 
 PAGE_LIMIT = 1000  # Vapi's maximum; fewer round trips than the default 100
 USER_AGENT = "vapi-reconciler/0.1"
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a successful answer larger than this is refused
 ERROR_BODY_BYTES = 64 * 1024  # of an error answer only this much is read (for its reason)
+MAX_DEPTH = 64  # an answer nested deeper is refused (our specs are bounded the same way)
 MESSAGE_LIMIT = 300  # every VapiError message fits in this many characters, on one line
 REASON_LIMIT = 200  # the part of a message that quotes Vapi's answer
 # A POST answered with one of these was refused before anything was created. Every other
@@ -176,6 +177,32 @@ def _declared_length(resp: httpx.Response) -> int | None:
         return None
 
 
+def _secret_leaves(body: Any) -> tuple[str, ...]:
+    """The string values under secret-looking keys of a request body."""
+    found: list[str] = []
+
+    def keep(leaf: Any) -> Any:
+        if isinstance(leaf, str):
+            found.append(leaf)
+        return leaf
+
+    mask_tree(body, keep)
+    return tuple(found)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests more than `limit` levels (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class VapiReader:
     """Read access to one Vapi account (one org's API key)."""
 
@@ -186,12 +213,21 @@ class VapiReader:
         *,
         retry: RetryPolicy | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        secrets: Iterable[str] = (),
     ) -> None:
+        """`secrets`: the org's other secret values (its webhook secret, ...), masked like the
+        key wherever an answer we quote holds one."""
         self._http = http
         self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._known = (api_key,)  # masked wherever it appears in an answer we quote
+        self._known: tuple[str, ...] = (api_key, *secrets)
+        self._sent: tuple[str, ...] = ()  # secret leaves of the body in flight
         self._retry = retry or RetryPolicy()
         self._max_body = max_body_bytes
+        self._unsendable = (
+            None
+            if api_key.isascii() and api_key.isprintable()
+            else ("the API key has characters an HTTP header cannot carry (printable ASCII only)")
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._http.base_url})"
@@ -237,7 +273,7 @@ class VapiReader:
         # JSON quoted inside a string (an echoed request body) hides its `\"key\": \"value\"`
         # pairs from the masking: shown with plain quotes, they are found and masked.
         text = _ESCAPED_QUOTES.sub('"', text)
-        return safe_message(text, known=self._known, limit=REASON_LIMIT)
+        return safe_message(text, known=self._known + self._sent, limit=REASON_LIMIT)
 
     def _json_reason(self, body: Any) -> str:
         """The reason in a JSON error body, every part masked before it is joined or dumped:
@@ -258,7 +294,7 @@ class VapiReader:
     def _mask_text(self, value: Any) -> Any:
         """`value` with free-text masking applied to every string in it, keys included."""
         if isinstance(value, str):
-            return redact_text(value, known=self._known)
+            return redact_text(value, known=self._known + self._sent)
         if isinstance(value, dict):
             return {self._mask_text(str(k)): self._mask_text(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -316,6 +352,9 @@ class VapiReader:
         """
         post = method == "POST"
         what = printable(f"{method} {path}", 80)
+        if self._unsendable is not None:  # refused here: nothing was sent
+            raise VapiRejected(f"{what}: {self._unsendable}", status=400)
+        self._sent = _secret_leaves(json_body)  # an echo of them in an error is masked too
         policy = self._retry
         waited = 0.0
         for attempt in range(policy.attempts):
@@ -383,11 +422,14 @@ class VapiReader:
         except UnicodeDecodeError:
             raise self._odd(what, post, code, "a body that is not valid UTF-8") from None
         try:
-            return code, json.loads(text)
+            parsed = json.loads(text)
         except RecursionError:
             raise self._odd(what, post, code, "JSON nested too deeply to read") from None
         except ValueError:
             raise self._odd(what, post, code, "a body that is not JSON") from None
+        if _deeper_than(parsed, MAX_DEPTH):
+            raise self._odd(what, post, code, f"JSON nested deeper than {MAX_DEPTH} levels")
+        return code, parsed
 
     def _assistant(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """An answer that must be one assistant: an object with a string `id`."""

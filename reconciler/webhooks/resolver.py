@@ -237,6 +237,8 @@ class WebhookResolver:
             return None  # unknown ids are not cached: a new assistant must resolve at once
         digest = self._secret_digest(row)
         entry = _Entry(row["org_id"], row["slug"], row["role"], digest, now + self._ttl)
+        if digest is None:  # no active credential yet: not cached, so a stored one counts at once
+            return entry
         with self._lock:
             self._cache[assistant_id] = entry
             while len(self._cache) > self._max:

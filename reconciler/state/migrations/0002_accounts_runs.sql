@@ -7,6 +7,9 @@ CREATE INDEX organizations_vapi_account_id_idx ON organizations (vapi_account_id
 -- desired_config: what we last asked Vapi for (secret leaves as fingerprints);
 -- applied_config: what Vapi answered to that write (same masking). A field whose answer never
 -- holds the desired value is reported instead of being PATCHed on every run.
+-- last_patch: per field of our last PATCH, the value sent and the live value it replaced. A
+-- field found back at that same live value, with the spec unchanged, is not sent again.
+ALTER TABLE assistants ADD COLUMN last_patch jsonb;
 COMMENT ON COLUMN assistants.desired_config IS 'desired config at the last write, secrets fingerprinted';
 COMMENT ON COLUMN assistants.applied_config IS 'Vapi''s answer to the last write, secrets fingerprinted';
 
