@@ -912,7 +912,7 @@ def test_property_no_duplicates_and_safe_deletes(world: World) -> None:
     _check_invariants(world, world.observed, plan)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(worlds())
 def test_property_apply_then_replan_is_empty(world: World) -> None:
     plan = plan_org(world.desired, world.observed, prune=world.prune)
@@ -944,7 +944,9 @@ def test_property_apply_then_replan_is_empty(world: World) -> None:
         assert stored.desired_config == w.stored
         kept = mask_tree(model.kept(w.body), fp)
         now = strip_server_owned(live_by_id[vapi_id])
-        assert contains(now, kept) or contains(now, w.stored)
+        for key, value in w.stored.items():  # each field as sent, or as Vapi kept it
+            if key in kept:  # (a field the model's Vapi drops can hold anything)
+                assert contains(now.get(key), value) or contains(now.get(key), kept[key]), key
         if world.lossy is None:
             assert contains(strip_server_owned(live_by_id[vapi_id]), w.stored)
         lost = [k for k in w.stored if not contains(live_by_id[vapi_id].get(k), w.stored[k])]

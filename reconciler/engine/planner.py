@@ -308,8 +308,20 @@ def _not_kept(
         return True
     last = last_patch.get(key)
     return (
-        isinstance(last, dict) and same(last.get("sent"), wanted) and same(now, last.get("before"))
+        isinstance(last, dict)
+        and same(last.get("sent"), wanted)
+        # compared where we set something: defaults Vapi adds elsewhere do not matter
+        and same(_within(now, wanted), _within(last.get("before"), wanted))
     )
+
+
+def _within(value: Any, shape: Any) -> Any:
+    """`value` cut down to the keys `shape` sets (recursively)."""
+    if isinstance(shape, dict) and isinstance(value, dict):
+        return {k: _within(value.get(k), v) for k, v in shape.items()}
+    if isinstance(shape, list) and isinstance(value, list) and len(shape) == len(value):
+        return [_within(v, s) for v, s in zip(value, shape, strict=True)]
+    return value
 
 
 def _plan_absent_role(
