@@ -130,10 +130,11 @@ def main() -> None:
         f"\n\nCold apply, concurrency 16 vs 1: "
         f"{cold['1, empty accounts'] / cold['16, accounts in use']:.1f}x faster into accounts in "
         f"use, {cold['1, empty accounts'] / cold['16, empty accounts']:.1f}x into empty ones "
-        "(same run). Into an account whose identity is not known yet (empty, never recorded) "
-        "each org's first create waits its turn, after a fresh listing when another create was "
-        "answered since, so that two keys on one account leave at most one stray; this happens "
-        "once per org (the account is recorded), and the rest of the apply runs concurrently.\n"
+        "(same run). Into an empty account (its identity unknown: no listing shows it) each "
+        "org's first create waits its turn, after a fresh listing when another create was "
+        "answered since, so that two keys on one account leave at most one stray; an account "
+        "is empty only before its org's first apply, and the rest of the apply runs "
+        "concurrently.\n"
     )
     print(body)
     if args.write:
