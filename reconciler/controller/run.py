@@ -52,7 +52,9 @@ class OrgOutcome:
     error: str | None = None
     skipped: str | None = None  # another reconciler holds the org: not a failure
     done: list[Action] | None = None  # apply only: the actions that took effect
+    # the account's listing (raw: secrets in clear) until planned, then dropped
     live: list[dict[str, Any]] | None = field(default=None, repr=False)
+    listed: bool = False  # the org's key listed its account in this run
     vapi_error: VapiError | None = None  # the account could not be listed
 
     @property
@@ -278,6 +280,7 @@ class Controller:
         except VapiError as exc:
             outcome.vapi_error = exc
             return None
+        outcome.listed = True
         return outcome.live
 
     def _foreign_mapped(self, live: list[dict[str, Any]] | None, org_id: str) -> frozenset[str]:
@@ -318,6 +321,7 @@ class Controller:
 
         def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             observed = self._observed(rows.get(desired.org_id), outcome.live, desired, accounts)
+            outcome.live = None  # planned from its masked copy: no live secret kept past here
             outcome.plan = plan_org(
                 desired, observed, prune=prune, create_grace_s=self.create_grace_s
             )
@@ -373,12 +377,9 @@ class Controller:
         asked = accounts.mark()
         live = self._list_live(writer, outcome)
         accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
-        plan = plan_org(
-            desired,
-            self._observed(row, live, desired, accounts),
-            prune=prune,
-            create_grace_s=self.create_grace_s,
-        )
+        observed = self._observed(row, live, desired, accounts)
+        outcome.live = None  # planned from its masked copy: no live secret kept past here
+        plan = plan_org(desired, observed, prune=prune, create_grace_s=self.create_grace_s)
         outcome.plan = plan
         outcome.done = []
         guard = _Guard(desired, lock, accounts, writer)
@@ -428,7 +429,7 @@ class Controller:
     def _status(outcome: OrgOutcome, accounts: AccountRegistry) -> OrgStatus:
         verified: bool | None = None
         vapi_error = None
-        if outcome.live is not None:
+        if outcome.listed:
             verified = True
         elif isinstance(outcome.vapi_error, VapiAuthError):
             verified, vapi_error = False, str(outcome.vapi_error)

@@ -213,11 +213,6 @@ def _walk(root: Path) -> tuple[list[_Found], list[Problem]]:
     return found, problems
 
 
-def discover(root: Path) -> list[Path]:
-    """Spec files under root (recursively, staying inside it), sorted; see the module doc."""
-    return [f.path for f in _walk(root)[0]]
-
-
 _OPEN_FLAGS = (
     os.O_RDONLY
     | os.O_NONBLOCK

@@ -181,15 +181,6 @@ class StateReader:
             ).fetchone()
         return int(row["free"]) if row else 0
 
-    def org_ids_by_slug(self) -> dict[str, str]:
-        return {row.slug: row.org_id for row in self.org_index()}
-
-    def last_runs(self, limit: int = 5) -> list[dict[str, Any]]:
-        with self._read() as cur:
-            return cur.execute(
-                "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT %s", (limit,)
-            ).fetchall()
-
 
 class OrgLock:
     def __init__(self, conn: Connection[Any], held: bool, count: Callable[[], None]) -> None:
