@@ -335,7 +335,8 @@ def test_a_user_right_after_a_sigkill_gets_a_server(lab: Lab) -> None:
     lab.assert_all_gone(pid)
 
 
-def test_leftover_server_without_watchdog_is_reused_then_stopped(lab: Lab) -> None:
+def leftover_server(lab: Lab) -> int:
+    """A server left running with neither its user nor its watchdog: its postmaster's pid."""
     user = lab.user()
     assert user.query() == "42"
     pid = lab.postmaster_pid()
@@ -344,6 +345,11 @@ def test_leftover_server_without_watchdog_is_reused_then_stopped(lab: Lab) -> No
         os.kill(watchdog, signal.SIGKILL)
     wait_until(lambda: not lab.watchdog_alive(), 5, "the watchdog is dead")
     user.kill()
+    return pid
+
+
+def test_leftover_server_without_watchdog_is_reused_then_stopped(lab: Lab) -> None:
+    pid = leftover_server(lab)
     time.sleep(3 * embedded.POLL_S)
     assert running(pid), "nothing should have stopped it: the watchdog was killed"
 
@@ -357,14 +363,7 @@ def test_leftover_server_without_watchdog_is_reused_then_stopped(lab: Lab) -> No
 
 
 def test_leftover_server_then_a_cli_command(lab: Lab) -> None:
-    user = lab.user()
-    assert user.query() == "42"
-    pid = lab.postmaster_pid()
-    assert pid is not None
-    for watchdog in lab.watchdogs():
-        os.kill(watchdog, signal.SIGKILL)
-    wait_until(lambda: not lab.watchdog_alive(), 5, "the watchdog is dead")
-    user.kill()
+    pid = leftover_server(lab)
 
     run = lab.cli("db", "migrate")
     assert run.returncode == 0, run.stderr

@@ -92,21 +92,25 @@ def embedded_url(data_dir: Path, *, cleanup: str | None = "stop") -> str:
         raise ValueError(f"cleanup must be 'stop', 'delete' or None, not {cleanup!r}")
     with _leases_guard, _failing(data_dir):
         home = _home(data_dir)
-        fd = _leases.get(home)
-        if fd is None:
-            fd = _join(home)
-            try:
-                url = _serve(home)
-            except BaseException:
-                os.close(fd)
-                raise
-            _leases[home] = fd
-        else:
+        if home in _leases:
             url = _serve(home)
+        else:
+            _leases[home], url = _join_and_serve(home)
         if cleanup == "delete" and home not in _delete_at_exit:
             _delete_at_exit.add(home)
             atexit.register(_release, home)
     return url
+
+
+def _join_and_serve(home: Path) -> tuple[int, str]:
+    """Become a user of the server (its lock's fd) and have it running; a failed start leaves
+    no lock behind."""
+    fd = _join(home)
+    try:
+        return fd, _serve(home)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextlib.contextmanager
@@ -115,12 +119,7 @@ def temporary_embedded(data_dir: Path) -> Iterator[str]:
     tests). Should the process be killed, the watchdog stops it (the directory stays)."""
     with _failing(data_dir):
         home = _home(data_dir)
-        fd = _join(home)
-        try:
-            url = _serve(home)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, url = _join_and_serve(home)
     try:
         yield url
     finally:
