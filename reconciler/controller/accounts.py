@@ -28,7 +28,8 @@ class AccountRegistry:
         self._creates = 0  # creates answered in this run, by any org
         self._listed_at: dict[str, int] = {}  # org id -> `_creates` when its listing was asked
         self._seen: set[str] = set()  # orgs whose account a listing or an answer showed now
-        for row in index:
+        self.index = list(index)  # every org Postgres knows, as the run started
+        for row in self.index:
             self._slugs[row.org_id] = row.slug
             if row.vapi_account_id:
                 self._accounts[row.org_id] = frozenset({row.vapi_account_id})

@@ -9,6 +9,7 @@ the checks that span orgs (two keys on one Vapi account), so a status is written
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +21,9 @@ from typing import Any, TypeVar
 
 import httpx
 
+from reconciler.controller import status
 from reconciler.controller.accounts import AccountRegistry
+from reconciler.controller.status import stalled_files
 from reconciler.engine.actions import Action, OrgPlan, UpsertOrg
 from reconciler.engine.apply import Applier, WriteGuard
 from reconciler.engine.desired import desired_org, leaf_fingerprint
@@ -35,6 +38,7 @@ from reconciler.state.store import OrgLock, OrgStatus, StateError, StateReader, 
 from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiReader, VapiWriter
 
 log = logging.getLogger(__name__)
+STOPPING = "not started: the reconciler is shutting down"
 _Client = TypeVar("_Client", VapiReader, VapiWriter)
 
 
@@ -51,6 +55,7 @@ class OrgOutcome:
     plan: OrgPlan | None = None
     error: str | None = None
     skipped: str | None = None  # another reconciler holds the org: not a failure
+    stalled: str | None = None  # with `error`: a reason retrying cannot help (spec must change)
     done: list[Action] | None = None  # apply only: the actions that took effect
     # the account's listing (raw: secrets in clear) until planned, then dropped
     live: list[dict[str, Any]] | None = field(default=None, repr=False)
@@ -96,6 +101,13 @@ class RunReport:
     @property
     def has_changes(self) -> bool:
         return any(o.plan is not None and o.plan.has_changes for o in self.outcomes)
+
+
+def _changes(outcome: OrgOutcome) -> dict[str, int]:
+    c: Counter[str] = Counter()
+    for action in outcome.done or ():
+        c[action.kind] += 1
+    return {k: c[k] for k in ("create", "update", "delete", "adopt") if c[k]}
 
 
 def _message(exc: BaseException) -> str:
@@ -183,6 +195,7 @@ class Controller:
         self.retry = retry or RetryPolicy()
         self.create_grace_s = create_grace_s
         self.lock_wait_s = lock_wait_s
+        self.stopping = threading.Event()  # set: orgs not yet started are skipped
 
     # -- desired state ---------------------------------------------------------------------------
 
@@ -197,6 +210,7 @@ class Controller:
             outcome = OrgOutcome(md.slug, str(md.id))
             owner = known.get(md.slug)
             if owner is not None and owner != str(md.id):
+                outcome.stalled = "SlugConflict"
                 outcome.error = (
                     f"slug {md.slug} belongs to org {owner} in Postgres, not to {md.id}: "
                     "a new id for an existing slug is refused"
@@ -209,6 +223,7 @@ class Controller:
                 )
             except Exception as exc:  # anything in one org's spec is that org's failure only
                 outcome.error = _message(exc)
+                outcome.stalled = "SpecInvalid"
                 out.append((None, outcome))
                 continue
             out.append((desired, outcome))
@@ -233,6 +248,7 @@ class Controller:
                 outcome.error = (
                     f"shares its Vapi API key with {others}: each org needs its own Vapi account"
                 )
+                outcome.stalled = "SharedAccount"
                 desired = None
             out.append((desired, outcome))
         return out
@@ -248,10 +264,15 @@ class Controller:
             desired, outcome = item
             if desired is None or outcome.error is not None:
                 return outcome
+            if self.stopping.is_set():  # shutting down: no new org is started
+                outcome.skipped = STOPPING
+                return outcome
             try:
                 work(desired, outcome)
             except Exception as exc:  # one org's failure never stops the others
                 outcome.error = _message(exc)
+                if isinstance(exc, SharedAccount):
+                    outcome.stalled = "SharedAccount"
                 if not isinstance(exc, ReconcilerError):
                     log.error("org %s: unexpected %s", outcome.slug, type(exc).__name__)
             return outcome
@@ -337,8 +358,15 @@ class Controller:
     # -- apply -------------------------------------------------------------------------------
 
     def apply(
-        self, loaded: LoadResult, *, prune: bool = False, command: str = "apply"
+        self,
+        loaded: LoadResult,
+        *,
+        prune: bool = False,
+        command: str = "apply",
+        revision: str | None = None,
     ) -> RunReport:
+        """Converge every org of `loaded`; `revision` (a git commit) is recorded as each org's
+        last attempted revision, and as its last applied one when it converged."""
         if not isinstance(self.state, StateWriter):
             raise TypeError("apply needs a StateWriter")
         state: StateWriter = self.state
@@ -360,7 +388,7 @@ class Controller:
             if outcome.ok and not outcome.skipped and others:
                 outcome.error = _shared_message(others)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
-        self._record_run(state, run_id, report, accounts)
+        self._record_run(state, run_id, report, accounts, revision)
         return report
 
     def _apply_org(
@@ -382,6 +410,8 @@ class Controller:
         plan = plan_org(desired, observed, prune=prune, create_grace_s=self.create_grace_s)
         outcome.plan = plan
         outcome.done = []
+        if plan.blocked:
+            outcome.stalled = "Blocked"
         guard = _Guard(desired, lock, accounts, writer)
         try:
             Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
@@ -402,15 +432,23 @@ class Controller:
             outcome.done = [a for a in done if a.resource == "assistant"]
 
     def _record_run(
-        self, state: StateWriter, run_id: int, report: RunReport, accounts: AccountRegistry
+        self,
+        state: StateWriter,
+        run_id: int,
+        report: RunReport,
+        accounts: AccountRegistry,
+        revision: str | None,
     ) -> None:
         """Every org's status in one batch, then the run row. A database that is down by now
         costs the record, never the report: the run's notes say what was not written."""
-        statuses = [self._status(o, accounts) for o in report.outcomes if not o.skipped]
+        statuses = [self._status(o, accounts, revision) for o in report.outcomes if not o.skipped]
+        reported = {s.org_id for s in statuses}
+        by_slug = {row.slug: row.org_id for row in accounts.index if row.org_id not in reported}
+        statuses += stalled_files(report.problems, by_slug, revision)
         errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
         errors += [{"file": str(p.path), "error": str(p)} for p in report.problems]
         try:
-            state.finish_orgs(statuses)
+            state.finish_orgs(statuses, run_id=run_id)
         except StateError as exc:
             report.notes.append(f"the status of {len(statuses)} org(s) was not recorded: {exc}")
         try:
@@ -426,7 +464,7 @@ class Controller:
             report.notes.append(f"the run was not recorded: {exc}")
 
     @staticmethod
-    def _status(outcome: OrgOutcome, accounts: AccountRegistry) -> OrgStatus:
+    def _status(outcome: OrgOutcome, accounts: AccountRegistry, revision: str | None) -> OrgStatus:
         verified: bool | None = None
         vapi_error = None
         if outcome.listed:
@@ -436,10 +474,22 @@ class Controller:
         account = None
         if outcome.ok and not accounts.shared_with(outcome.org_id):
             account = accounts.account(outcome.org_id)
+        changes = _changes(outcome)
+        if outcome.error is None:
+            warnings = outcome.plan.warnings if outcome.plan else ()
+            conditions = status.ready(changes, warnings)
+        elif outcome.stalled is not None:
+            conditions = status.stalled(outcome.stalled, outcome.error)
+        else:
+            conditions = status.failed(outcome.error)
         return OrgStatus(
             outcome.org_id,
-            "Ready" if outcome.ok else "Failed",
+            status.summary(conditions),
             outcome.error,
+            conditions,
+            revision=revision,
+            applied=outcome.ok,
+            changes=changes,
             vapi_account_id=account,
             vapi_verified=verified,
             vapi_error=vapi_error,

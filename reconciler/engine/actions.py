@@ -20,6 +20,7 @@ class UpsertOrg:
     name: str
     changes: tuple[FieldChange, ...] = ()
     resource: str = "organization"
+    forward_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,8 @@ class Applier:
     def _run(self, action: Action) -> None:
         org_id = self.plan.org_id
         match action:
-            case UpsertOrg(slug=slug, name=name):
-                self.state.upsert_org(org_id, slug, name)
+            case UpsertOrg(slug=slug, name=name, forward_url=forward_url):
+                self.state.upsert_org(org_id, slug, name, forward_url)
             case StoreCredential(provider=provider, config=config, fingerprint=fingerprint):
                 sealed = self.key.encrypt(config.reveal(), aad=f"{org_id}:{provider}")
                 self.state.store_credential(org_id, provider, sealed, fingerprint)

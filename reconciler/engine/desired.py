@@ -13,11 +13,10 @@ from reconciler.engine.model import (
     Sensitive,
     ownership_tag,
 )
+from reconciler.protocol import WEBHOOK_SECRET_HEADER
 from reconciler.redact import mask_tree
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.models import Organization
-
-WEBHOOK_SECRET_HEADER = "x-vapi-secret"  # noqa: S105 - a header name
 
 
 def leaf_fingerprint(key: MasterKey) -> Fingerprint:
@@ -56,6 +55,7 @@ def desired_org(
         assistants=assistants,
         vapi_api_key=Sensitive(vapi["apiKey"]) if vapi else None,
         source=source,
+        forward_url=org.spec.webhook.forward_url if org.spec.webhook else None,
     )
 
 

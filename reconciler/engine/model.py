@@ -71,6 +71,7 @@ class DesiredOrg:
     assistants: dict[str, DesiredAssistant]
     vapi_api_key: Sensitive | None = None
     source: str = ""
+    forward_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class StoredOrg:
     slug: str
     name: str
     vapi_account_id: str | None = None
+    forward_url: str | None = None
 
 
 @dataclass(frozen=True)

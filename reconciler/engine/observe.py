@@ -41,7 +41,7 @@ def observed_from_rows(
     if row is None:
         return ObservedOrg(live=masked, shared_with=shared, mapped_elsewhere=mapped_elsewhere)
     return ObservedOrg(
-        org=StoredOrg(row["slug"], row["name"], row.get("vapi_account_id")),
+        org=StoredOrg(row["slug"], row["name"], row.get("vapi_account_id"), row.get("forward_url")),
         credentials={
             c["provider"]: StoredCredential(c["provider"], c["fingerprint"], c["is_active"])
             for c in row["credentials"]

@@ -174,16 +174,21 @@ def _created(assistant: dict[str, Any]) -> tuple[str, str]:
 
 def _plan_org_row(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:
     if observed.org is None:
-        return [UpsertOrg("create", desired.slug, desired.name)]
+        return [UpsertOrg("create", desired.slug, desired.name, forward_url=desired.forward_url)]
     changes = tuple(
         FieldChange(f, old, new)
         for f, old, new in (
             ("slug", observed.org.slug, desired.slug),
             ("name", observed.org.name, desired.name),
+            ("webhook.forwardUrl", observed.org.forward_url, desired.forward_url),
         )
         if old != new
     )
-    return [UpsertOrg("update", desired.slug, desired.name, changes)] if changes else []
+    if not changes:
+        return []
+    return [
+        UpsertOrg("update", desired.slug, desired.name, changes, forward_url=desired.forward_url)
+    ]
 
 
 def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:

@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from reconciler.errors import DecryptionError
 from reconciler.redact import printable
 from reconciler.secrets import sops
+from reconciler.spec.cache import SpecCache, digest
 from reconciler.spec.models import Organization
 
 MAX_DEPTH = 64
@@ -90,6 +91,7 @@ class Problem:
 class SpecFile:
     path: Path
     org: Organization
+    digest: str = ""  # sha256 of the file's bytes as read: what the spec was made from
 
 
 @dataclass
@@ -519,12 +521,26 @@ def _contained(
     return result, _capped(path, problems)
 
 
-def _read_and_check(found: _Found) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
+Outcome = tuple[Organization | None, list[Problem]]
+Cache = SpecCache[Outcome]
+
+
+def _read_and_check(
+    found: _Found, cache: Cache | None
+) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
     data, problems = _read_spec(found.path, found.real, found.ident)
     if data is None:
         return None, problems
-    org, problems = _check_bytes(found.path, data)
-    return ((org, data) if org is not None else None), problems
+    if cache is None:
+        org, problems = _check_bytes(found.path, data)
+    else:
+        org, problems = cache.get_or_compute(
+            found.path,
+            digest(data),
+            "checked",
+            lambda: _contained(found.path, lambda: _check_bytes(found.path, data)),
+        )
+    return ((org, data) if org is not None else None), list(problems)
 
 
 def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
@@ -559,7 +575,7 @@ def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Probl
     return problems
 
 
-def _validate(root: Path) -> tuple[LoadResult, dict[Path, bytes]]:
+def _validate(root: Path, cache: Cache | None = None) -> tuple[LoadResult, dict[Path, bytes]]:
     """The checked specs, and the exact bytes each was checked from."""
     found, problems = _walk(root)
     if not found and not problems:
@@ -567,14 +583,15 @@ def _validate(root: Path) -> tuple[LoadResult, dict[Path, bytes]]:
     checked: list[tuple[Path, Organization]] = []
     sources: dict[Path, bytes] = {}
     for spec in found:
-        outcome, spec_problems = _contained(spec.path, partial(_read_and_check, spec))
+        outcome, spec_problems = _contained(spec.path, partial(_read_and_check, spec, cache))
         problems += spec_problems
         if outcome is not None:
             checked.append((spec.path, outcome[0]))
             sources[spec.path] = outcome[1]
     problems += _cross_file_problems(checked)
     bad = {p.path for p in problems}
-    return LoadResult([SpecFile(p, o) for p, o in checked if p not in bad], problems), sources
+    specs = [SpecFile(p, o, digest(sources[p])) for p, o in checked if p not in bad]
+    return LoadResult(specs, problems), sources
 
 
 def validate_tree(root: Path) -> LoadResult:
@@ -615,17 +632,32 @@ def _decrypt_one(
         return None, _pydantic_problems(path, exc)
 
 
-def load_tree(root: Path, decrypt: Decrypt = sops.decrypt_bytes, workers: int = 8) -> LoadResult:
+def load_tree(
+    root: Path,
+    decrypt: Decrypt = sops.decrypt_bytes,
+    workers: int = 8,
+    cache: Cache | None = None,
+) -> LoadResult:
     """Validated and decrypted specs; files with problems are left out and reported.
 
     Files whose credentials do not decrypt are reported like any other broken file, so the
     other orgs still converge. sops decrypts the bytes that were validated, not the path.
+    With a `cache`, a file whose bytes were seen before is neither checked nor decrypted
+    again (its earlier outcome, success or failure, is reused).
     """
-    checked, sources = _validate(root)
+    checked, sources = _validate(root, cache)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
 
     def one(spec: SpecFile) -> tuple[Organization | None, list[Problem]]:
-        return _contained(spec.path, lambda: _decrypt_one(spec.path, sources[spec.path], decrypt))
+        data = sources[spec.path]
+
+        def run() -> Outcome:
+            return _contained(spec.path, lambda: _decrypt_one(spec.path, data, decrypt))
+
+        if cache is None:
+            return run()
+        org, problems = cache.get_or_compute(spec.path, digest(data), "decrypted", run)
+        return org, list(problems)
 
     results: dict[Path, tuple[Organization | None, list[Problem]]] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -637,7 +669,7 @@ def load_tree(root: Path, decrypt: Decrypt = sops.decrypt_bytes, workers: int = 
         org, found = results.get(spec.path, (spec.org, []))
         problems += found
         if org is not None:
-            specs.append(SpecFile(spec.path, org))
+            specs.append(SpecFile(spec.path, org, digest(sources[spec.path])))
     return LoadResult(specs, problems)
 
 

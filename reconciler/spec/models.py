@@ -169,9 +169,24 @@ class Assistants(_Strict):
         return {role: spec for role in ROLES if (spec := getattr(self, role)) is not None}
 
 
+class Webhook(_Camel):
+    """Where `serve` forwards this org's verified webhooks (else RECONCILER_FORWARD_URL)."""
+
+    forward_url: Annotated[
+        str,
+        Field(
+            pattern=r"^https?://[^\s@/]+(/\S*)?$",
+            max_length=2000,
+            description="http(s) URL without credentials; the verified webhook is POSTed there "
+            "unchanged and its answer relayed to Vapi.",
+        ),
+    ]
+
+
 class OrgSpecBody(_Strict):
     credentials: Credentials = Field(default_factory=Credentials)
     assistants: Assistants = Field(default_factory=Assistants)
+    webhook: Webhook | None = None
 
     @model_validator(mode="after")
     def _vapi_needed(self) -> OrgSpecBody:

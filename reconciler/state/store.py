@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -27,6 +27,7 @@ from reconciler.redact import printable
 
 _OBSERVE_SQL = """
 SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
+  o.webhook_forward_url AS forward_url,
   COALESCE((SELECT json_agg(json_build_object(
       'provider', c.provider, 'fingerprint', c.fingerprint, 'is_active', c.is_active))
     FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
@@ -41,6 +42,56 @@ SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
       'name', m.assistant_name))
     FROM assistant_org_mapping m WHERE m.org_id = o.id), '[]') AS mappings
 FROM organizations o WHERE o.id = ANY(%s::uuid[])
+"""
+
+
+_FINISH_ORGS_SQL = """
+WITH s AS (
+  SELECT * FROM jsonb_to_recordset(%s) AS s(id uuid, status text, message text,
+    conditions jsonb, revision text, applied bool, account text, changes jsonb)
+)
+UPDATE organizations o SET
+  status = s.status, status_message = s.message, conditions = s.conditions,
+  status_changed_at = CASE WHEN o.conditions IS DISTINCT FROM s.conditions
+    THEN now() ELSE o.status_changed_at END,
+  last_attempted_revision = COALESCE(s.revision, o.last_attempted_revision),
+  last_applied_revision = CASE WHEN s.applied
+    THEN COALESCE(s.revision, o.last_applied_revision) ELSE o.last_applied_revision END,
+  vapi_account_id = COALESCE(s.account, o.vapi_account_id),
+  last_reconciled_at = now()
+FROM s
+WHERE o.id = s.id AND (
+  o.conditions IS DISTINCT FROM s.conditions
+  OR o.status IS DISTINCT FROM s.status
+  OR o.status_message IS DISTINCT FROM s.message
+  OR (s.revision IS NOT NULL AND o.last_attempted_revision IS DISTINCT FROM s.revision)
+  OR (s.applied AND s.revision IS NOT NULL
+      AND o.last_applied_revision IS DISTINCT FROM s.revision)
+  OR (s.account IS NOT NULL AND o.vapi_account_id IS DISTINCT FROM s.account)
+  OR s.changes <> '{}'::jsonb
+  OR o.last_reconciled_at IS NULL
+  OR o.last_reconciled_at < now() - make_interval(secs => %s))
+RETURNING o.id
+"""
+
+
+_STATUS_SQL = """
+SELECT o.id::text AS id, o.slug, o.name, o.status, o.status_message AS message, o.conditions,
+  o.status_changed_at, o.last_reconciled_at, o.last_attempted_revision,
+  o.last_applied_revision, o.vapi_account_id, o.webhook_forward_url IS NOT NULL AS forwards,
+  COALESCE((SELECT json_agg(json_build_object('role', a.role,
+      'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status) ORDER BY a.role)
+    FROM assistants a WHERE a.org_id = o.id), '[]') AS assistants,
+  COALESCE((SELECT json_agg(json_build_object('provider', c.provider,
+      'active', c.is_active, 'last_verified_at', c.last_verified_at,
+      'verification_error', c.verification_error) ORDER BY c.provider)
+    FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
+  COALESCE((SELECT json_agg(json_build_object('at', r.at, 'outcome', r.outcome,
+      'revision', r.revision, 'changes', r.changes, 'message', r.message) ORDER BY r.id DESC)
+    FROM (SELECT * FROM org_runs WHERE org_id = o.id ORDER BY id DESC LIMIT %(runs)s) r),
+    '[]') AS runs
+FROM organizations o WHERE %(slug)s::text IS NULL OR o.slug = %(slug)s
+ORDER BY o.slug
 """
 
 
@@ -101,12 +152,23 @@ class OrgStatus:
     """What a run learned about one org, written with every other org's in one statement."""
 
     org_id: str
-    status: str  # 'Ready' | 'Failed'
+    status: str  # 'Ready' | 'Failed' | 'Stalled': the summary of `conditions`
     message: str | None
+    conditions: tuple[dict[str, str], ...] = ()  # {type, status, reason, message}
+    revision: str | None = None  # the spec revision (git commit) this run worked from
+    applied: bool = False  # the org converged to `revision`
+    changes: dict[str, int] = field(default_factory=dict)  # what this run did (non-zero only)
     vapi_account_id: str | None = None  # set when known and not shared
     vapi_verified: bool | None = None  # True: the key listed the account; False: rejected
     vapi_error: str | None = None
 
+
+STATUS_HEARTBEAT_S = 600
+"""An org's unchanged status is written again at most this often (a no-op loop writes none)."""
+RUNS_KEPT = 10
+"""Runs of history kept per org."""
+SECRET_GRACE_S = 300
+"""How long a replaced webhook secret stays valid once every assistant carries the new one."""
 
 OUTAGE_PAUSE_S = 3.0
 
@@ -139,11 +201,16 @@ class StateReader:
         return {r["id"]: r for r in rows}
 
     def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
-        """Org of an assistant id, with the org's encrypted Vapi credential."""
+        """Org of an assistant id, with the org's encrypted Vapi credential (and, while a
+        webhook secret is being rotated, the one it replaced: `previous_left_s` is NULL until
+        the rotation completes, then the seconds of grace left) and its forward URL."""
         with self._read() as cur:
             return cur.execute(
                 "SELECT m.org_id::text AS org_id, o.slug, m.assistant_role AS role,"
-                " c.encrypted_config"
+                " c.encrypted_config, c.previous_encrypted_config,"
+                " EXTRACT(EPOCH FROM c.previous_valid_until - now())::float8"
+                "   AS previous_left_s,"
+                " o.webhook_forward_url AS forward_url"
                 " FROM assistant_org_mapping m JOIN organizations o ON o.id = m.org_id"
                 " LEFT JOIN org_credentials c"
                 "   ON c.org_id = m.org_id AND c.provider = 'vapi' AND c.is_active"
@@ -169,6 +236,20 @@ class StateReader:
                 (vapi_ids, org_id),
             ).fetchall()
         return frozenset(r["vapi_assistant_id"] for r in rows)
+
+    def org_statuses(self, slug: str | None = None) -> list[dict[str, Any]]:
+        """Conditions, revisions, assistants, credentials (never a value) and the last runs of
+        every org (or of one), in one query: for `reconciler status` and the status API."""
+        with self._read() as cur:
+            return cur.execute(_STATUS_SQL, {"slug": slug, "runs": RUNS_KEPT}).fetchall()
+
+    def last_run(self) -> dict[str, Any] | None:
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT id, command, started_at, finished_at, orgs_total, orgs_failed,"
+                " files_failed, orgs_skipped, changes, errors"
+                " FROM reconcile_runs ORDER BY id DESC LIMIT 1"
+            ).fetchone()
 
     def free_connections(self) -> int:
         """Connections the server can still accept from us (not counting reserved ones)."""
@@ -262,22 +343,34 @@ class StateWriter(StateReader):
         ):
             yield conn
 
-    def upsert_org(self, org_id: str, slug: str, name: str) -> None:
+    def upsert_org(self, org_id: str, slug: str, name: str, forward_url: str | None = None) -> None:
         with self._tx(1) as conn:
             conn.execute(
-                "INSERT INTO organizations (id, slug, name) VALUES (%s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug, name = EXCLUDED.name,"
+                "INSERT INTO organizations (id, slug, name, webhook_forward_url)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug,"
+                " name = EXCLUDED.name, webhook_forward_url = EXCLUDED.webhook_forward_url,"
                 " updated_at = now()",
-                (org_id, slug, name),
+                (org_id, slug, name, forward_url),
             )
 
     def store_credential(
         self, org_id: str, provider: str, encrypted: str, fingerprint: str
     ) -> None:
+        """A changed Vapi credential keeps the one it replaced (webhook secret rotation): the
+        resolver accepts both until the org's assistants all carry the new one."""
         with self._tx(1) as conn:
             conn.execute(
                 "INSERT INTO org_credentials (org_id, provider, encrypted_config, fingerprint)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT (org_id, provider) DO UPDATE SET"
+                " previous_encrypted_config = CASE WHEN org_credentials.provider = 'vapi'"
+                "   AND org_credentials.is_active"
+                "   AND org_credentials.fingerprint <> EXCLUDED.fingerprint"
+                "   THEN org_credentials.encrypted_config"
+                "   ELSE org_credentials.previous_encrypted_config END,"
+                " previous_valid_until = CASE WHEN org_credentials.provider = 'vapi'"
+                "   AND org_credentials.is_active"
+                "   AND org_credentials.fingerprint <> EXCLUDED.fingerprint"
+                "   THEN NULL ELSE org_credentials.previous_valid_until END,"
                 " encrypted_config = EXCLUDED.encrypted_config,"
                 " fingerprint = EXCLUDED.fingerprint, is_active = true,"
                 " last_verified_at = NULL, verification_error = NULL, updated_at = now()",
@@ -387,40 +480,96 @@ class StateWriter(StateReader):
         with self._tx(1) as conn:
             conn.execute("DELETE FROM organizations WHERE id = %s", (org_id,))
 
-    def finish_orgs(self, statuses: list[OrgStatus]) -> None:
-        """Every org's status of a run in one transaction of two statements, whatever the
-        number of orgs: the status row (and the Vapi account it was seen in) and the Vapi
-        key's verification."""
+    def finish_orgs(
+        self,
+        statuses: list[OrgStatus],
+        *,
+        run_id: int | None = None,
+        secret_grace_s: float = SECRET_GRACE_S,
+    ) -> list[str]:
+        """Every org's status of a run in one transaction of a few statements, whatever the
+        number of orgs. A row is written only when something changed (a condition, the
+        revision, the account, a change made) or as a heartbeat every `STATUS_HEARTBEAT_S`;
+        each written row adds a run to the org's history (the last `RUNS_KEPT` kept). The Vapi
+        key's verification follows the same rule. A Ready org has finished any webhook-secret
+        rotation: its old secret gets `secret_grace_s` more. Returns the org ids written."""
         if not statuses:
-            return
-        with self._tx(2, patient=True) as conn:
-            conn.execute(
-                "UPDATE organizations o SET status = s.status, status_message = s.message,"
-                " vapi_account_id = COALESCE(s.account, o.vapi_account_id),"
-                " last_reconciled_at = now()"
-                " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[])"
-                "   AS s(id, status, message, account) WHERE o.id = s.id",
-                (
-                    [s.org_id for s in statuses],
-                    [s.status for s in statuses],
-                    [s.message for s in statuses],
-                    [s.vapi_account_id for s in statuses],
-                ),
-            )
-            checked = [s for s in statuses if s.vapi_verified is not None]
+            return []
+        rows = [
+            {
+                "id": s.org_id,
+                "status": s.status,
+                "message": s.message,
+                "conditions": list(s.conditions),
+                "revision": s.revision,
+                "applied": s.applied,
+                "account": s.vapi_account_id,
+                "changes": {k: v for k, v in s.changes.items() if v},
+            }
+            for s in statuses
+        ]
+        checked = [s for s in statuses if s.vapi_verified is not None]
+        ready = [s.org_id for s in statuses if s.status == "Ready"]
+        with self._tx(4 + bool(checked) + bool(ready), patient=True) as conn:
+            written = conn.execute(_FINISH_ORGS_SQL, (Jsonb(rows), STATUS_HEARTBEAT_S)).fetchall()
+            ids = [str(r[0]) for r in written]
+            if ids:
+                conn.execute(
+                    "INSERT INTO org_runs (org_id, run_id, outcome, revision, changes, message)"
+                    " SELECT s.id, %s, s.status, s.revision, s.changes, s.message"
+                    " FROM jsonb_to_recordset(%s) AS s(id uuid, status text, message text,"
+                    "   revision text, changes jsonb) WHERE s.id = ANY(%s::uuid[])",
+                    (run_id, Jsonb(rows), ids),
+                )
+                conn.execute(
+                    "DELETE FROM org_runs r USING (SELECT id, row_number() OVER"
+                    "   (PARTITION BY org_id ORDER BY id DESC) AS n"
+                    "   FROM org_runs WHERE org_id = ANY(%s::uuid[])) x"
+                    " WHERE r.id = x.id AND x.n > %s",
+                    (ids, RUNS_KEPT),
+                )
             if checked:
                 conn.execute(
                     "UPDATE org_credentials c SET"
                     " last_verified_at = CASE WHEN v.ok THEN now() ELSE c.last_verified_at END,"
                     " verification_error = v.error"
                     " FROM unnest(%s::uuid[], %s::bool[], %s::text[]) AS v(id, ok, error)"
-                    " WHERE c.org_id = v.id AND c.provider = 'vapi'",
+                    " WHERE c.org_id = v.id AND c.provider = 'vapi' AND ("
+                    "   c.verification_error IS DISTINCT FROM v.error"
+                    "   OR (v.ok AND (c.last_verified_at IS NULL"
+                    "     OR c.last_verified_at < now() - make_interval(secs => %s))))",
                     (
                         [s.org_id for s in checked],
                         [s.vapi_verified for s in checked],
                         [s.vapi_error for s in checked],
+                        STATUS_HEARTBEAT_S,
                     ),
                 )
+            if ready:
+                conn.execute(
+                    "UPDATE org_credentials SET"
+                    " previous_valid_until = now() + make_interval(secs => %s)"
+                    " WHERE provider = 'vapi' AND org_id = ANY(%s::uuid[])"
+                    " AND previous_encrypted_config IS NOT NULL AND previous_valid_until IS NULL",
+                    (secret_grace_s, ready),
+                )
+            conn.execute(
+                "UPDATE org_credentials SET previous_encrypted_config = NULL,"
+                " previous_valid_until = NULL WHERE previous_valid_until < now()"
+            )
+        return ids
+
+    def touch_mappings(self, vapi_assistant_ids: list[str]) -> None:
+        """`last_used_at` of the mappings that resolved webhooks, in one statement (batched by
+        the resolver, off the request path; it announces nothing)."""
+        if not vapi_assistant_ids:
+            return
+        with self._tx(1) as conn:
+            conn.execute(
+                "UPDATE assistant_org_mapping SET last_used_at = now()"
+                " WHERE vapi_assistant_id = ANY(%s)",
+                (sorted(set(vapi_assistant_ids)),),
+            )
 
     def start_run(self, command: str, orgs_total: int) -> int:
         with self._tx(1) as conn:

@@ -56,8 +56,8 @@ from typing import Any
 
 import psycopg
 
-from reconciler.engine.desired import WEBHOOK_SECRET_HEADER
 from reconciler.errors import ReconcilerError
+from reconciler.protocol import WEBHOOK_SECRET_HEADER
 from reconciler.redact import printable, safe_message
 from reconciler.secrets.crypto import CredentialDecryptError, MasterKey, secret_digest
 from reconciler.state.store import StateReader
