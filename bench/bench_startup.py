@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.report import table, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = "import reconciler.cli.runtime, reconciler.cli.render, reconciler.vapi.emulator"
+HEAVY = "import reconciler.server.runtime, reconciler.cli.render, reconciler.vapi.emulator"
 CASES: list[tuple[str, list[str]]] = [
     ("python -c pass (interpreter alone)", [sys.executable, "-c", "pass"]),
     ("reconciler --help", [sys.executable, "-m", "reconciler", "--help"]),

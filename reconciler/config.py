@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = Field(default=None, alias="RECONCILER_MASTER_KEY")
     concurrency: int = Field(default=16, ge=1, le=256, alias="RECONCILER_CONCURRENCY")
     vapi_timeout_s: float = Field(default=30.0, gt=0, alias="RECONCILER_VAPI_TIMEOUT")
+    # serve
+    admin_token: SecretStr | None = Field(default=None, alias="RECONCILER_ADMIN_TOKEN")
+    forward_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s@/]+(/\S*)?$", alias="RECONCILER_FORWARD_URL"
+    )
+    forward_timeout_s: float = Field(default=6.0, gt=0, lt=7.5, alias="RECONCILER_FORWARD_TIMEOUT")
+    replica_id: str | None = Field(
+        default=None, pattern=r"^[\x21-\x7e]{1,100}$", alias="RECONCILER_REPLICA_ID"
+    )
+    backoff_max_s: float = Field(default=600.0, gt=0, alias="RECONCILER_BACKOFF_MAX")
+    secret_grace_s: float = Field(default=300.0, ge=0, alias="RECONCILER_SECRET_GRACE")
+    webhook_listen: bool = Field(default=True, alias="RECONCILER_WEBHOOK_LISTEN")
 
 
 def load_settings(**values: Any) -> Settings:

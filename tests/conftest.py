@@ -28,7 +28,10 @@ from reconciler.vapi.client import RetryPolicy, http_client
 from reconciler.vapi.emulator import running_emulator
 from tests.helpers import SpecDir
 
-TABLES = "reconcile_runs, assistant_org_mapping, assistants, org_credentials, organizations"
+TABLES = (
+    "reconcile_runs, assistant_org_mapping, assistants, org_credentials, organizations,"
+    " org_runs, org_schedule"
+)
 
 
 @pytest.fixture(scope="session")

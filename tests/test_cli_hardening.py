@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from reconciler.cli.runtime import master_key
+from reconciler.server.runtime import master_key
 from reconciler.config import Settings
 from reconciler.state.db import open_pool
 from reconciler.state.migrate import migrate

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli import runtime as runtime_module
+from reconciler.server import runtime as runtime_module
 from reconciler.cli.main import listen_address, main
 from reconciler.config import Settings
 from reconciler.secrets.crypto import MasterKey

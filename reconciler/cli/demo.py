@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from reconciler.cli.render import render_text
-from reconciler.cli.runtime import runtime
 from reconciler.config import Settings
 from reconciler.errors import ConfigError
 from reconciler.secrets.crypto import MasterKey
+from reconciler.server.runtime import runtime
 from reconciler.spec import loader
 from reconciler.state.db import temporary_embedded
 from reconciler.vapi.emulator import running_emulator

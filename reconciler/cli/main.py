@@ -59,8 +59,8 @@ def _load(args: argparse.Namespace) -> LoadResult:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text, report_json
-    from reconciler.cli.runtime import runtime
     from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
 
     settings = load_settings()
     loaded = _load(args)
@@ -77,8 +77,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text
-    from reconciler.cli.runtime import runtime
     from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
 
     settings = load_settings()
     loaded = _load(args)
@@ -89,9 +89,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    from reconciler.cli.runtime import runtime
     from reconciler.config import load_settings
     from reconciler.redact import printable
+    from reconciler.server.runtime import runtime
 
     with runtime(load_settings(), write=False) as rt:
         row = rt.state.resolve_assistant(args.assistant_id)
@@ -103,9 +103,44 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from reconciler.cli.runtime import database_url
+def cmd_serve(args: argparse.Namespace) -> int:
     from reconciler.config import load_settings
+    from reconciler.server.serve import ServeOptions, serve
+
+    options = ServeOptions(
+        Path(args.path),
+        interval_s=args.interval,
+        listen=args.listen,
+        git_url=args.git_url,
+        git_ref=args.git_ref,
+        prune=args.prune,
+        log_format=args.log_format,
+    )
+    return serve(load_settings(), options)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.cli.render import render_status
+    from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
+    from reconciler.server.views import org_view
+
+    with runtime(load_settings(), write=False) as rt:
+        rows = rt.state.org_statuses(args.org)
+    if args.org and not rows:
+        print(f"error: no org with slug {args.org} in Postgres", file=sys.stderr)
+        return EXIT_ERROR
+    views = [org_view(r) for r in rows]
+    if args.format == "json":
+        print(json.dumps({"orgs": views}, indent=2, default=str))
+    else:
+        render_status(views, _out(), detail=bool(args.org))
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from reconciler.config import load_settings
+    from reconciler.server.runtime import database_url
     from reconciler.state.db import open_pool
     from reconciler.state.migrate import migrate
 
@@ -228,6 +263,41 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of skipping it (default 0: skip)",
     )
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser(
+        "serve", help="reconcile every interval and serve webhooks, status and metrics"
+    )
+    _path_arg(p)
+    p.add_argument(
+        "--interval",
+        type=duration,
+        default=60.0,
+        metavar="DURATION",
+        help="time between reconcile runs, with 10%% jitter (default 60s)",
+    )
+    p.add_argument(
+        "--listen",
+        type=listen_address,
+        default="0.0.0.0:8080",
+        metavar="HOST:PORT",
+        help="HTTP address for webhooks, status API and metrics (default 0.0.0.0:8080)",
+    )
+    p.add_argument("--git-url", metavar="URL", help="fetch specs from this git repository")
+    p.add_argument(
+        "--git-ref", default="main", metavar="REF", help="branch, tag or commit (default main)"
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete assistants removed from the spec (and tagged duplicates)",
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="conditions, revisions and recent runs of each org")
+    p.add_argument("--org", metavar="SLUG", help="only this org, in detail")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("resolve", help="which org owns a Vapi assistant id")
     p.add_argument("assistant_id")

@@ -162,3 +162,53 @@ def report_json(report: RunReport) -> dict[str, Any]:
         "errors": errors,
         "summary": summary,
     }
+
+
+def _when(value: Any) -> str:
+    return str(value)[:19].replace("T", " ") if value else "-"
+
+
+def render_status(views: list[dict[str, Any]], console: Console, *, detail: bool) -> None:
+    """`reconciler status`: one line per org; with `--org`, its conditions, assistants,
+    credentials and last runs."""
+    if not views:
+        console.print("No org in Postgres yet: run `reconciler apply` or `reconciler serve`.")
+        return
+    for view in views:
+        revision = view["lastAppliedRevision"] or view["lastAttemptedRevision"]
+        line = f"{view['slug']:<24} {view['status']:<8} {_when(view['lastReconciledAt'])}"
+        if revision:
+            line += f"  rev {str(revision)[:12]}"
+        if view["message"]:
+            line += f"  {view['message']}"
+        console.print(_safe(line))
+        if not detail:
+            continue
+        for c in view["conditions"]:
+            text = f"  {c['type']:<12} {c['status']:<5} {c['reason']}"
+            if c.get("message"):
+                text += f": {c['message']}"
+            console.print(_safe(text))
+        console.print(
+            _safe(
+                f"  revisions: attempted {view['lastAttemptedRevision'] or '-'}, "
+                f"applied {view['lastAppliedRevision'] or '-'}"
+            )
+        )
+        for a in view["assistants"]:
+            console.print(
+                _safe(f"  assistant {a['role']}: {a['vapiAssistantId'] or '-'} ({a['status']})")
+            )
+        for provider, cred in view["credentials"].items():
+            state = "configured" if cred["configured"] else "inactive"
+            verified = _when(cred["lastVerifiedAt"])
+            error = f", error: {cred['verificationError']}" if cred["verificationError"] else ""
+            console.print(_safe(f"  credential {provider}: {state}, verified {verified}{error}"))
+        for run in view["runs"]:
+            changes = ", ".join(f"{k} {v}" for k, v in (run.get("changes") or {}).items())
+            text = f"  run {_when(run['at'])} {run['outcome']}"
+            if changes:
+                text += f" ({changes})"
+            if run.get("message"):
+                text += f": {run['message']}"
+            console.print(_safe(text))

@@ -34,7 +34,14 @@ from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import LoadResult, Problem
-from reconciler.state.store import OrgLock, OrgStatus, StateError, StateReader, StateWriter
+from reconciler.state.store import (
+    SECRET_GRACE_S,
+    OrgLock,
+    OrgStatus,
+    StateError,
+    StateReader,
+    StateWriter,
+)
 from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiReader, VapiWriter
 
 log = logging.getLogger(__name__)
@@ -186,6 +193,7 @@ class Controller:
         retry: RetryPolicy | None = None,
         create_grace_s: float = CREATE_GRACE_S,
         lock_wait_s: float = 0.0,
+        secret_grace_s: float = SECRET_GRACE_S,
     ) -> None:
         self.state = state
         self.http = http
@@ -195,6 +203,7 @@ class Controller:
         self.retry = retry or RetryPolicy()
         self.create_grace_s = create_grace_s
         self.lock_wait_s = lock_wait_s
+        self.secret_grace_s = secret_grace_s
         self.stopping = threading.Event()  # set: orgs not yet started are skipped
 
     # -- desired state ---------------------------------------------------------------------------
@@ -448,7 +457,7 @@ class Controller:
         errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
         errors += [{"file": str(p.path), "error": str(p)} for p in report.problems]
         try:
-            state.finish_orgs(statuses, run_id=run_id)
+            state.finish_orgs(statuses, run_id=run_id, secret_grace_s=self.secret_grace_s)
         except StateError as exc:
             report.notes.append(f"the status of {len(statuses)} org(s) was not recorded: {exc}")
         try:

@@ -237,6 +237,11 @@ class StateReader:
             ).fetchall()
         return frozenset(r["vapi_assistant_id"] for r in rows)
 
+    def ping(self) -> None:
+        """Raises `StateError` unless the database answers (for /readyz)."""
+        with self._read() as cur:
+            cur.execute("SELECT 1")
+
     def org_statuses(self, slug: str | None = None) -> list[dict[str, Any]]:
         """Conditions, revisions, assistants, credentials (never a value) and the last runs of
         every org (or of one), in one query: for `reconciler status` and the status API."""

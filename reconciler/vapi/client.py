@@ -514,10 +514,16 @@ class VapiWriter(VapiReader):
 
 
 def http_client(
-    base_url: str, *, timeout_s: float = 30.0, max_connections: int = 64
+    base_url: str,
+    *,
+    timeout_s: float = 30.0,
+    max_connections: int = 64,
+    on_response: Callable[[httpx.Response], None] | None = None,
 ) -> httpx.Client:
-    """One pooled client shared by all orgs; each request carries its org's key."""
+    """One pooled client shared by all orgs; each request carries its org's key.
+    `on_response` sees every answer (for metrics: method and status only)."""
     return httpx.Client(
+        event_hooks={"response": [on_response]} if on_response else None,
         base_url=base_url,
         # no cookie jar: a cookie set for one tenant must never ride on another's requests
         cookies=http.cookiejar.CookieJar(

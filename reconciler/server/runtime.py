@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,48 +99,61 @@ class Runtime:
 
 
 @contextmanager
-def runtime(settings: Settings, *, write: bool, lock_wait_s: float = 0.0) -> Iterator[Runtime]:
+def runtime(
+    settings: Settings,
+    *,
+    write: bool,
+    lock_wait_s: float = 0.0,
+    extra_connections: int = 0,
+    on_response: Callable[[httpx.Response], None] | None = None,
+) -> Iterator[Runtime]:
     """`write=False` (plan, resolve) builds a StateReader only, so it cannot write by
     construction, and migrates nothing and creates no key file: an out-of-date schema is an
     error that says to run `reconciler db migrate`."""
     key = master_key(settings, create=write)
     url = database_url(settings)
     concurrency = settings.concurrency
-    pool = open_pool(url, max_size=pool_size(concurrency))
+    pool = open_pool(url, max_size=pool_size(concurrency) + extra_connections)
     try:
         if write:
             migrate(pool)
         else:
             check_schema(pool)
         state = StateWriter(pool) if write else StateReader(pool)
-        concurrency = _fit_concurrency(state, concurrency)
+        concurrency = _fit_concurrency(state, concurrency, extra_connections)
         with http_client(
             settings.vapi_base_url,
             timeout_s=settings.vapi_timeout_s,
             max_connections=max(16, concurrency),
+            on_response=on_response,
         ) as http:
             controller = Controller(
-                state, http, key, concurrency=concurrency, lock_wait_s=lock_wait_s
+                state,
+                http,
+                key,
+                concurrency=concurrency,
+                lock_wait_s=lock_wait_s,
+                secret_grace_s=settings.secret_grace_s,
             )
             yield Runtime(settings, pool, state, key, http, controller)
     finally:
         pool.close()
 
 
-def _fit_concurrency(state: StateReader, concurrency: int) -> int:
+def _fit_concurrency(state: StateReader, concurrency: int, extra: int = 0) -> int:
     """The concurrency the server's free connections allow (each org in flight needs
     `pool_size` of them), said once on stderr when it is lower than asked."""
     available = state.free_connections() + 1  # the pool's own open connection counts as ours
-    if pool_size(concurrency) <= available:
+    if pool_size(concurrency) + extra <= available:
         return concurrency
-    fitted = max(1, (available - pool_size(0)) // 2)
+    fitted = max(1, (available - pool_size(0) - extra) // 2)
     print(
         f"warning: RECONCILER_CONCURRENCY={concurrency} needs {pool_size(concurrency)} "
         f"Postgres connections and the server has {available} free: "
         f"reconciling {fitted} org(s) at a time",
         file=sys.stderr,
     )
-    state.pool.resize(min_size=1, max_size=max(2, pool_size(fitted)))
+    state.pool.resize(min_size=1, max_size=max(2, pool_size(fitted) + extra))
     return fitted
 
 

@@ -1,0 +1,225 @@
+"""The reconcile loop of `reconciler serve`: every interval (with jitter), read the specs (from
+the git revision when there is one), claim the orgs that are due, and apply them.
+
+- Level-triggered: each run recomputes desired and observed state; what must survive a run
+  (schedule, backoff, status) is in Postgres, so a restart or another replica carries on.
+- A run never overlaps itself. A trigger (SIGHUP, `POST /api/reconcile`) during a run
+  schedules exactly one more run right after it.
+- Unchanged spec files are neither parsed nor decrypted again (`spec.cache`); a file that
+  failed stays failed until its bytes change or a trigger asks to retry.
+- Orgs are claimed through `state.schedule` (one statement), so replicas share the work and an
+  org that fails backs off without delaying the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from reconciler import metrics
+from reconciler.controller.run import STOPPING, Controller, RunReport
+from reconciler.errors import ReconcilerError
+from reconciler.redact import printable
+from reconciler.secrets import sops
+from reconciler.spec.cache import SpecCache
+from reconciler.spec.git import GitSource
+from reconciler.spec.loader import Decrypt, LoadResult, Outcome, load_tree
+from reconciler.state.schedule import Backoff, Schedule
+from reconciler.state.store import StateError, StateWriter
+
+log = logging.getLogger(__name__)
+
+CLAIM_AHEAD = 0.8
+"""A claimed org is due again after this fraction of the interval, so the next tick (whose
+jitter may bring it early) finds it due: about one reconcile per interval."""
+
+
+@dataclass
+class LoopConfig:
+    path: Path  # the specs: a folder or file, relative to the git checkout when there is one
+    interval_s: float = 60.0
+    jitter: float = 0.1  # fraction of the interval
+    prune: bool = False
+    git: GitSource | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass
+class LoopState:
+    """What the process knows of its own runs (for /readyz, logs and metrics)."""
+
+    runs: int = 0
+    loaded_once: bool = False  # specs were read at least once
+    revision: str | None = None
+    last_report: RunReport | None = None
+    last_error: str | None = None  # the last run that could not run at all
+    last_finished: float | None = None
+
+
+class ReconcileLoop:
+    def __init__(
+        self,
+        controller: Controller,
+        state: StateWriter,
+        config: LoopConfig,
+        *,
+        replica: str,
+        decrypt: Decrypt = sops.decrypt_bytes,
+        on_run: Callable[[RunReport], None] | None = None,
+    ) -> None:
+        self.controller = controller
+        self.state = state
+        self.config = config
+        self.decrypt = decrypt
+        self.cache: SpecCache[Outcome] = SpecCache()
+        self.schedule = Schedule(state, replica)
+        self.status = LoopState()
+        self.on_run = on_run
+        self._running = threading.Lock()
+        self._again = threading.Event()
+        self._reported: frozenset[tuple[Path, str]] = frozenset()
+        self._scheduler: BackgroundScheduler | None = None
+
+    # -- one run -------------------------------------------------------------------------------
+
+    def run_once(self) -> RunReport | None:
+        """One reconcile; None when another run is in progress (it runs once more after)."""
+        if not self._running.acquire(blocking=False):
+            self._again.set()
+            return None
+        try:
+            report = self._run()
+            while self._again.is_set() and not self.controller.stopping.is_set():
+                self._again.clear()
+                report = self._run()
+            return report
+        finally:
+            self._running.release()
+
+    def _run(self) -> RunReport | None:
+        started = time.monotonic()
+        try:
+            root, revision = self._source()
+            loaded = load_tree(root, self.decrypt, cache=self.cache)
+        except ReconcilerError as exc:
+            self._failed_run(printable(str(exc)))
+            return None
+        self.status.loaded_once = True
+        self.status.revision = revision
+        metrics.SPECS_FAILING.set(len(loaded.failed_files))
+        try:
+            report = self._apply(loaded, revision)
+        except StateError as exc:
+            self._failed_run(str(exc))
+            return None
+        self.status.runs += 1
+        self.status.last_error = None
+        self.status.last_report = report
+        self.status.last_finished = time.time()
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        metrics.LAST_RUN_TIMESTAMP.set(self.status.last_finished)
+        if report is not None:
+            self._count(report)
+            if self.on_run is not None:
+                self.on_run(report)
+        return report
+
+    def _failed_run(self, reason: str) -> None:
+        self.status.last_error = reason
+        log.error("reconcile run failed: %s", reason)
+
+    def _source(self) -> tuple[Path, str | None]:
+        git = self.config.git
+        if git is None:
+            return self.config.path, None
+        try:
+            revision = git.fetch()
+        except ReconcilerError as exc:
+            if git.last is None:
+                raise
+            log.warning("%s; reconciling the last fetched revision %s", exc, git.last.commit)
+            revision = git.last
+        return revision.root / self.config.path, revision.commit
+
+    def _apply(self, loaded: LoadResult, revision: str | None) -> RunReport | None:
+        digests = {str(s.org.metadata.id): s.digest for s in loaded.specs}
+        ahead = self.config.interval_s * CLAIM_AHEAD
+        claimed = self.schedule.claim(digests, next_in_s=ahead)
+        problems = frozenset((p.path, str(p)) for p in loaded.problems)
+        if not claimed and problems == self._reported:
+            return None  # nothing due, nothing new to report: a no-op run writes nothing
+        subset = LoadResult(
+            [s for s in loaded.specs if str(s.org.metadata.id) in claimed], loaded.problems
+        )
+        report = self.controller.apply(
+            subset, prune=self.config.prune, command="serve", revision=revision
+        )
+        self._reported = problems
+        results = {o.org_id: o.ok for o in report.outcomes if not o.skipped}
+        released = [o.org_id for o in report.outcomes if o.skipped == STOPPING]
+        try:
+            self.schedule.finished(results, self.config.backoff)
+            self.schedule.release(released)
+        except StateError as exc:  # the schedule catches up next run; nothing is lost
+            report.notes.append(f"the schedule was not updated: {exc}")
+        for note in report.notes:
+            log.warning("%s", note)
+        return report
+
+    @staticmethod
+    def _count(report: RunReport) -> None:
+        for o in report.outcomes:
+            outcome = "Skipped" if o.skipped else ("Ready" if o.ok else "Failed")
+            if o.stalled:
+                outcome = "Stalled"
+            metrics.ORG_OUTCOMES.labels(o.slug, outcome).inc()
+            if o.error:
+                log.warning("org %s: %s", o.slug, o.error, extra={"org": o.slug})
+        for problem in report.problems:
+            log.warning("%s", problem)
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Run now (SIGHUP, the API), and retry files that failed before."""
+        self.cache.forget(lambda outcome: outcome[0] is not None)
+        self._reported = frozenset()
+        if self._running.locked():
+            self._again.set()
+            return
+        if self._scheduler is not None and self._scheduler.running:
+            job = self._scheduler.get_job("reconcile")
+            if job is not None:
+                job.modify(next_run_time=dt.datetime.now(dt.UTC))
+
+    def start(self) -> None:
+        interval = self.config.interval_s
+        self._scheduler = BackgroundScheduler(timezone=dt.UTC)
+        self._scheduler.add_job(
+            self.run_once,
+            IntervalTrigger(seconds=interval, jitter=interval * self.config.jitter or None),
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=dt.datetime.now(dt.UTC),  # the first run at once
+        )
+        self._scheduler.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stop taking work, let the org in hand finish; True when the run ended in time."""
+        self.controller.stopping.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        finished = self._running.acquire(timeout=max(0.0, timeout_s))
+        if finished:
+            self._running.release()
+        return finished

@@ -1,0 +1,165 @@
+"""`reconciler serve`: the long-lived process. The reconcile loop runs in a scheduler thread,
+uvicorn serves HTTP in another, and the main thread only waits for signals:
+
+- SIGHUP: reconcile now (and retry spec files that failed before);
+- SIGTERM / SIGINT: stop taking work, let the org in hand finish (its lock and connections
+  are released as its transaction ends), stop HTTP, exit 0 within `STOP_TIMEOUT_S`. An org
+  still running then is abandoned mid-way, which the engine is built to survive
+  (create-pending rows, the advisory lock dies with its connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import uvicorn
+
+from reconciler import metrics
+from reconciler.config import Settings
+from reconciler.controller.loop import LoopConfig, ReconcileLoop
+from reconciler.errors import ConfigError
+from reconciler.server.app import ServerParts, build_app
+from reconciler.server.logs import configure_logging
+from reconciler.spec.git import GitSource
+from reconciler.state.schedule import Backoff
+from reconciler.state.store import StateWriter
+
+log = logging.getLogger("reconciler.serve")
+
+STOP_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServeOptions:
+    path: Path
+    interval_s: float = 60.0
+    listen: tuple[str, int] = ("0.0.0.0", 8080)  # noqa: S104 - a service listens on all
+    git_url: str | None = None
+    git_ref: str = "main"
+    prune: bool = False
+    log_format: str = "text"
+
+
+def _vapi_metric(response: httpx.Response) -> None:
+    metrics.VAPI_REQUESTS.labels(response.request.method, str(response.status_code)).inc()
+
+
+def serve(settings: Settings, options: ServeOptions) -> int:
+    from reconciler.server.runtime import runtime
+
+    configure_logging(options.log_format)
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    git = None
+    if options.git_url:
+        git = GitSource(options.git_url, options.git_ref, settings.data_dir)
+    elif not options.path.exists():
+        raise ConfigError(f"{options.path}: no such spec file or folder")
+    stop = threading.Event()
+    with runtime(settings, write=True, extra_connections=4, on_response=_vapi_metric) as rt:
+        config = LoopConfig(
+            options.path,
+            interval_s=options.interval_s,
+            prune=options.prune,
+            git=git,
+            backoff=Backoff(base_s=options.interval_s, cap_s=settings.backoff_max_s),
+        )
+        if not isinstance(rt.state, StateWriter):
+            raise TypeError("serve needs a StateWriter")
+        loop = ReconcileLoop(rt.controller, rt.state, config, replica=replica)
+        webhooks = _webhooks(settings, rt)
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        app = build_app(ServerParts(rt.state, loop, token, webhooks))
+        server = _start_http(app, options.listen)
+        _install_signals(stop, loop)
+        log.info(
+            "serving on %s:%d; reconciling %s every %gs as replica %s",
+            *options.listen,
+            options.git_url or options.path,
+            options.interval_s,
+            replica,
+        )
+        loop.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            deadline = time.monotonic() + STOP_TIMEOUT_S - 1.0
+            if not loop.stop(deadline - time.monotonic() - 1.0):
+                log.warning("stopping with a run still in progress")
+            server.should_exit = True
+            _close_webhooks(webhooks)
+            thread = getattr(server, "_thread", None)
+            if isinstance(thread, threading.Thread):
+                thread.join(max(0.1, deadline - time.monotonic()))
+    log.info("stopped")
+    return 0
+
+
+def _webhooks(settings: Settings, rt: Any) -> Any:
+    """The webhook endpoint (wired once reconciler.webhooks.http lands)."""
+    return None
+
+
+def _close_webhooks(webhooks: Any) -> None:
+    close = getattr(webhooks, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:  # shutting down: say it, never raise
+            log.warning("closing the webhook endpoint: %s", type(exc).__name__)
+
+
+def _start_http(app: Any, listen: tuple[str, int]) -> uvicorn.Server:
+    """uvicorn in a thread (so it installs no signal handlers of its own); an address that
+    cannot be bound is a one-line ConfigError."""
+    host, port = listen
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    server._thread = thread  # type: ignore[attr-defined]
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address here)")
+        time.sleep(0.02)
+    return server
+
+
+def _install_signals(stop: threading.Event, loop: ReconcileLoop) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            return
+        log.info("%s: finishing the org in hand, then exiting", signal.Signals(signum).name)
+        stop.set()
+        loop.controller.stopping.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        log.info("SIGHUP: reconciling now")
+        loop.trigger()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    sys.stdout.flush()
