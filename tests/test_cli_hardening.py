@@ -18,8 +18,8 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from reconciler.server.runtime import master_key
 from reconciler.config import Settings
+from reconciler.server.runtime import master_key
 from reconciler.state.db import open_pool
 from reconciler.state.migrate import migrate
 from reconciler.state.store import StateWriter

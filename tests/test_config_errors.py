@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.server import runtime as runtime_module
 from reconciler.cli.main import listen_address, main
 from reconciler.config import Settings
 from reconciler.secrets.crypto import MasterKey
+from reconciler.server import runtime as runtime_module
 from reconciler.state import db
 
 SECRET = "hunter2"
