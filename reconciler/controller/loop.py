@@ -170,21 +170,32 @@ class ReconcileLoop:
             self.schedule.release(released)
         except StateError as exc:  # the schedule catches up next run; nothing is lost
             report.notes.append(f"the schedule was not updated: {exc}")
-        for note in report.notes:
-            log.warning("%s", note)
         return report
 
     @staticmethod
     def _count(report: RunReport) -> None:
+        run = {"run": report.run_id}
         for o in report.outcomes:
             outcome = "Skipped" if o.skipped else ("Ready" if o.ok else "Failed")
             if o.stalled:
                 outcome = "Stalled"
             metrics.ORG_OUTCOMES.labels(o.slug, outcome).inc()
             if o.error:
-                log.warning("org %s: %s", o.slug, o.error, extra={"org": o.slug})
+                log.warning("org %s: %s", o.slug, o.error, extra={"org": o.slug, **run})
         for problem in report.problems:
-            log.warning("%s", problem)
+            log.warning("%s", problem, extra=run)
+        for note in report.notes:
+            log.warning("%s", note, extra=run)
+        counts = {k: v for k, v in report.counts().items() if v}
+        log.info(
+            "run %s: %d org(s), %d failed, %d file(s) failing%s",
+            report.run_id,
+            len(report.outcomes),
+            len(report.failed),
+            len(report.failed_files),
+            f", {counts}" if counts else "",
+            extra=run,
+        )
 
     # -- scheduling ----------------------------------------------------------------------------
 

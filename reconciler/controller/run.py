@@ -80,6 +80,7 @@ class RunReport:
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # the run's own troubles (e.g. not recorded)
+    run_id: int | None = None  # its reconcile_runs row (apply only)
 
     @property
     def failed(self) -> list[OrgOutcome]:
@@ -397,6 +398,7 @@ class Controller:
             if outcome.ok and not outcome.skipped and others:
                 outcome.error = _shared_message(others)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+        report.run_id = run_id
         self._record_run(state, run_id, report, accounts, revision)
         return report
 
