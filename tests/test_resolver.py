@@ -3,10 +3,16 @@ bad input mapped to one of its errors (issue 5)."""
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import hmac
 import json
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,10 +25,12 @@ from reconciler.redact import printable
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import load_tree
 from reconciler.state.db import open_pool
-from reconciler.state.store import StateReader, StateWriter
+from reconciler.state.store import StateError, StateReader, StateWriter
+from reconciler.webhooks.listen import UsageFlusher
 from reconciler.webhooks.resolver import (
     MAX_BODY_BYTES,
     BadSecret,
+    BadSignature,
     BodyTooLarge,
     MalformedWebhook,
     ResolvedWebhook,
@@ -240,21 +248,38 @@ def test_unknown_assistant_message_echoes_only_a_short_prefix(
     assert "y" not in str(exc.value)
 
 
-def test_unknown_ids_are_not_cached(
+def test_unknown_ids_are_cached_briefly_and_invalidation_resolves_them_at_once(
     applied: dict, state: StateWriter, controller: Controller
 ) -> None:
-    resolver = WebhookResolver(state, controller.key)
+    resolver = WebhookResolver(state, controller.key, negative_ttl_s=300)
     ids = applied["acme"]
     fresh = f"asst-{uuid.uuid4()}"
-    with pytest.raises(UnknownAssistant):
-        resolver.resolve({"x-vapi-secret": ids["secret"]}, body(fresh))
+    before = state.queries
+    for _ in range(3):
+        with pytest.raises(UnknownAssistant):
+            resolver.resolve({"x-vapi-secret": ids["secret"]}, body(fresh))
+    assert state.queries - before == 1  # cached negatively
     with state.pool.connection() as conn:
         conn.execute(
             "UPDATE assistant_org_mapping SET vapi_assistant_id = %s WHERE vapi_assistant_id = %s",
             (fresh, ids["inbound"]),
         )
+    with pytest.raises(UnknownAssistant):  # still cached: nobody told this resolver
+        resolver.resolve({"x-vapi-secret": ids["secret"]}, body(fresh))
+    resolver.invalidate(fresh)  # what the NOTIFY listener does
     hit = resolver.resolve({"x-vapi-secret": ids["secret"]}, body(fresh))
     assert (hit.slug, hit.role) == ("acme", "inbound")
+
+
+def test_negative_entries_expire(applied: dict, state: StateWriter, controller: Controller) -> None:
+    resolver = WebhookResolver(state, controller.key, negative_ttl_s=0.05)
+    fresh = f"asst-{uuid.uuid4()}"
+    with pytest.raises(UnknownAssistant):
+        resolver.resolve({}, body(fresh))
+    time.sleep(0.1)
+    with pytest.raises(UnknownAssistant):
+        resolver.resolve({}, body(fresh))
+    assert resolver.misses == 2
 
 
 def test_body_size_is_bounded(applied: dict, state: StateWriter, controller: Controller) -> None:
@@ -673,3 +698,505 @@ def resolve_or_error(
         return resolver.resolve(headers, raw)
     except WebhookError as exc:
         return exc
+
+
+# --- seeded orgs (straight into the store, real encrypted credentials) -----------------------
+
+
+@dataclass(frozen=True)
+class Org:
+    org_id: str
+    slug: str
+    secret: str
+    inbound: str
+    outbound: str
+
+
+def store_secret(state: StateWriter, key: MasterKey, org_id: str, secret: str) -> None:
+    """The org's Vapi credential; storing a different one keeps this as the previous one."""
+    config = {"apiKey": f"key-{uuid.uuid4().hex[:8]}", "webhookSecret": secret}
+    state.store_credential(
+        org_id, "vapi", key.encrypt(config, aad=f"{org_id}:vapi"), key.fingerprint(config)
+    )
+
+
+def seed_org(
+    state: StateWriter,
+    key: MasterKey,
+    slug: str,
+    *,
+    secret: str | None = None,
+    forward_url: str | None = None,
+) -> Org:
+    org_id = str(uuid.uuid4())
+    secret = secret or f"whsec-{slug}-{uuid.uuid4().hex[:8]}"
+    state.upsert_org(org_id, slug, slug.title(), forward_url)
+    store_secret(state, key, org_id, secret)
+    ids = {}
+    for role in ("inbound", "outbound"):
+        ids[role] = f"asst-{uuid.uuid4()}"
+        state.record_assistant(org_id, role, ids[role], f"{slug} {role}", {})
+    return Org(org_id, slug, secret, ids["inbound"], ids["outbound"])
+
+
+def signed(
+    secret: str, raw: bytes, *, at: float | None = None, ms: bool = False, prefix: str = ""
+) -> dict[str, str]:
+    """Vapi's HMAC headers, computed with the standard library (not the resolver's code)."""
+    when = time.time() if at is None else at
+    stamp = str(int(when * 1000)) if ms else str(int(when))
+    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + raw, hashlib.sha256).hexdigest()
+    return {"x-signature": prefix + digest, "x-timestamp": stamp}
+
+
+@pytest.fixture
+def two(state: StateWriter, master_key: MasterKey) -> tuple[Org, Org]:
+    return seed_org(state, master_key, "acme"), seed_org(state, master_key, "globex")
+
+
+# --- HMAC signatures -------------------------------------------------------------------------
+
+
+def test_hmac_signatures_verify(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    resolver = WebhookResolver(state, master_key)
+    raw = body(acme.inbound)
+    seconds, millis = signed(acme.secret, raw), signed(acme.secret, raw, ms=True)
+    assert len(millis["x-timestamp"]) == 13
+    accepted = [
+        seconds,
+        millis,
+        signed(acme.secret, raw, prefix="sha256="),
+        {"X-Signature": seconds["x-signature"].upper(), "X-Timestamp": seconds["x-timestamp"]},
+        {k.encode(): v.encode() for k, v in seconds.items()},
+        signed(acme.secret, raw, at=time.time() - 290),  # inside the window, either way
+        signed(acme.secret, raw, at=time.time() + 290, ms=True),
+        {"x-vapi-secret": acme.secret, **seconds},  # both sent, both good
+    ]
+    for headers in accepted:
+        hit = resolver.resolve(headers, raw)
+        assert (hit.slug, hit.assistant_id) == ("acme", acme.inbound)
+
+
+def test_hmac_with_a_secret_longer_than_a_block(state: StateWriter, master_key: MasterKey) -> None:
+    long = seed_org(state, master_key, "long", secret="s" * 100)  # hashed first, as HMAC does
+    raw = body(long.outbound)
+    resolver = WebhookResolver(state, master_key)
+    assert resolver.resolve(signed(long.secret, raw), raw).slug == "long"
+
+
+Refusal = Callable[[Org, Org, bytes], dict[str, str]]
+REFUSALS: dict[str, tuple[Refusal, type[BadSecret]]] = {
+    "wrong secret": (lambda a, g, raw: {"x-vapi-secret": a.secret + "x"}, BadSecret),
+    "no credentials": (lambda a, g, raw: {}, BadSecret),
+    "only a timestamp": (lambda a, g, raw: {"x-timestamp": str(int(time.time()))}, BadSecret),
+    "another org's secret": (lambda a, g, raw: {"x-vapi-secret": g.secret}, BadSecret),
+    "wrong signature": (lambda a, g, raw: signed(a.secret + "x", raw), BadSignature),
+    "another org's signature": (lambda a, g, raw: signed(g.secret, raw), BadSignature),
+    "signature of another body": (lambda a, g, raw: signed(a.secret, raw + b" "), BadSignature),
+    "replayed": (lambda a, g, raw: signed(a.secret, raw, at=time.time() - 310), BadSignature),
+    "replayed, ms": (
+        lambda a, g, raw: signed(a.secret, raw, at=time.time() - 310, ms=True),
+        BadSignature,
+    ),
+    "from the future": (
+        lambda a, g, raw: signed(a.secret, raw, at=time.time() + 310),
+        BadSignature,
+    ),
+    "no timestamp": (
+        lambda a, g, raw: {"x-signature": signed(a.secret, raw)["x-signature"]},
+        BadSignature,
+    ),
+    "timestamp not digits": (
+        lambda a, g, raw: {**signed(a.secret, raw), "x-timestamp": f"{int(time.time())}.5"},
+        BadSignature,
+    ),
+    "good signature, wrong secret": (
+        lambda a, g, raw: {**signed(a.secret, raw), "x-vapi-secret": "wrong"},
+        BadSecret,
+    ),
+    "good secret, wrong signature": (
+        lambda a, g, raw: {**signed(g.secret, raw), "x-vapi-secret": a.secret},
+        BadSignature,
+    ),
+    "good secret, replayed signature": (
+        lambda a, g, raw: {**signed(a.secret, raw, at=1_600_000_000), "x-vapi-secret": a.secret},
+        BadSignature,
+    ),
+}
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusals_on_a_cold_and_a_warm_cache(
+    case: str, warm: bool, two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    """Every check runs on a cached entry too: a warm cache refuses what a cold one does."""
+    acme, globex = two
+    make, expected = REFUSALS[case]
+    resolver = WebhookResolver(state, master_key)
+    raw = body(acme.inbound)
+    if warm:
+        assert resolver.resolve({"x-vapi-secret": acme.secret}, raw).slug == "acme"
+        assert resolver.resolve_cached(signed(acme.secret, raw), raw) is not None
+    before = state.queries
+    headers = make(acme, globex, raw)
+    with pytest.raises(BadSecret) as exc:
+        resolver.resolve(headers, raw)
+    assert type(exc.value) is expected
+    assert exc.value.status == 401
+    assert exc.value.org_slug == "acme"
+    assert_safe(exc.value, acme.secret, globex.secret, "acme", *headers.values())
+    if warm:
+        assert state.queries == before  # decided on the cached entry
+        with pytest.raises(expected):
+            resolver.resolve_cached(headers, raw)
+
+
+@pytest.mark.parametrize("name", ["x-signature", "x-timestamp"])
+def test_signature_headers_given_twice_are_malformed(
+    name: str, two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    raw = body(acme.inbound)
+    headers: dict[Any, Any] = signed(acme.secret, raw)
+    headers[name.upper().encode()] = headers[name].encode()
+    before = state.queries
+    with pytest.raises(MalformedWebhook):
+        WebhookResolver(state, master_key).resolve(headers, raw)
+    assert state.queries == before
+
+
+def test_resolve_cached_answers_without_io(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    resolver = WebhookResolver(state, master_key)
+    raw = body(acme.inbound)
+    headers = {"x-vapi-secret": acme.secret}
+    before = state.queries
+    assert resolver.resolve_cached(headers, raw) is None  # a miss: the caller goes to a thread
+    assert (state.queries, resolver.misses) == (before, 0)
+    assert resolver.resolve(headers, raw).slug == "acme"
+    before = state.queries
+    cached = resolver.resolve_cached(headers, raw)
+    assert cached is not None
+    assert cached.slug == "acme"
+    assert state.queries == before
+
+
+# --- secret rotation -------------------------------------------------------------------------
+
+
+def set_previous_valid_until(state: StateWriter, org_id: str, in_s: float | None) -> None:
+    with state.pool.connection() as conn:
+        conn.execute(
+            "UPDATE org_credentials SET previous_valid_until ="
+            " CASE WHEN %s::float8 IS NULL THEN NULL"
+            " ELSE now() + make_interval(secs => %s::float8) END"
+            " WHERE org_id = %s AND provider = 'vapi'",
+            (in_s, in_s, org_id),
+        )
+
+
+def accepts(resolver: WebhookResolver, org: Org, secret: str) -> bool:
+    """Whether both mechanisms accept `secret` for `org` (they must agree)."""
+    raw = body(org.inbound)
+    verdicts = []
+    for headers in ({"x-vapi-secret": secret}, signed(secret, raw)):
+        try:
+            verdicts.append(resolver.resolve(headers, raw).org_id == org.org_id)
+        except BadSecret:
+            verdicts.append(False)
+    assert verdicts[0] == verdicts[1]
+    return verdicts[0]
+
+
+def test_rotation_accepts_both_secrets_of_the_same_org_only(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, globex = two
+    store_secret(state, master_key, acme.org_id, "whsec-acme-new")
+    store_secret(state, master_key, globex.org_id, "whsec-globex-new")
+    with state.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT previous_encrypted_config IS NOT NULL, previous_valid_until"
+            " FROM org_credentials WHERE provider = 'vapi'"
+        ).fetchall()
+    assert rows == [(True, None), (True, None)]  # rotation in progress for both
+    for warm in (False, True):
+        resolver = WebhookResolver(state, master_key)
+        if warm:
+            resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
+        assert accepts(resolver, acme, acme.secret)
+        assert accepts(resolver, acme, "whsec-acme-new")
+        assert not accepts(resolver, acme, globex.secret)
+        assert not accepts(resolver, acme, "whsec-globex-new")
+
+
+def test_replaced_secret_is_refused_once_its_grace_is_over(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    store_secret(state, master_key, acme.org_id, "whsec-acme-new")
+    set_previous_valid_until(state, acme.org_id, 120)  # completed, in its grace
+    assert accepts(WebhookResolver(state, master_key), acme, acme.secret)
+    set_previous_valid_until(state, acme.org_id, -1)  # grace over
+    resolver = WebhookResolver(state, master_key)
+    assert not accepts(resolver, acme, acme.secret)
+    assert accepts(resolver, acme, "whsec-acme-new")
+
+
+def test_cached_entry_expires_with_the_replaced_secret(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    store_secret(state, master_key, acme.org_id, "whsec-acme-new")
+    set_previous_valid_until(state, acme.org_id, 2.0)
+    resolver = WebhookResolver(state, master_key, ttl_s=3600)
+    assert accepts(resolver, acme, acme.secret)
+    assert resolver.misses == 1
+    time.sleep(2.2)  # no invalidation: the entry itself must not outlive the old secret
+    assert not accepts(resolver, acme, acme.secret)
+    assert accepts(resolver, acme, "whsec-acme-new")
+    assert resolver.misses == 2
+
+
+def test_a_replaced_credential_of_another_org_never_counts(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, globex = two
+    _, globex_token = vapi_row(state, "globex")
+    with state.pool.connection() as conn:
+        conn.execute(
+            "UPDATE org_credentials SET previous_encrypted_config = %s,"
+            " previous_valid_until = NULL WHERE org_id = %s AND provider = 'vapi'",
+            (globex_token, acme.org_id),
+        )
+    resolver = WebhookResolver(state, master_key)
+    assert not accepts(resolver, acme, globex.secret)  # bound to globex's row: does not open
+    assert accepts(resolver, acme, acme.secret)
+
+
+# --- orgs without a credential, invalidation, single flight ---------------------------------
+
+
+def test_org_without_credential_refuses_everything_until_one_is_stored(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    state.deactivate_credential(acme.org_id, "vapi")
+    resolver = WebhookResolver(state, master_key, negative_ttl_s=300)
+    raw = body(acme.inbound)
+    for headers in (
+        {"x-vapi-secret": acme.secret},
+        signed(acme.secret, raw),
+        {"x-vapi-secret": acme.secret, **signed(acme.secret, raw)},
+        {},
+    ):
+        with pytest.raises(BadSecret) as exc:
+            resolver.resolve(headers, raw)
+        assert str(exc.value) == "no active webhook secret for this assistant"
+    assert resolver.misses == 1  # cached briefly: a flood costs one query
+    store_secret(state, master_key, acme.org_id, "whsec-acme-2")
+    assert not accepts(resolver, acme, "whsec-acme-2")  # cached, nobody said
+    resolver.invalidate_org(acme.org_id)  # what NOTIFY org:<id> does
+    assert accepts(resolver, acme, "whsec-acme-2")
+    assert not accepts(resolver, acme, acme.secret)  # the deactivated one is no previous
+
+
+def test_invalidate_org_drops_that_orgs_entries_and_unknown_ids(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, globex = two
+    resolver = WebhookResolver(state, master_key)
+    unknown = f"asst-{uuid.uuid4()}"
+    for org, aid in ((acme, acme.inbound), (acme, acme.outbound), (globex, globex.inbound)):
+        resolver.resolve({"x-vapi-secret": org.secret}, body(aid))
+    with pytest.raises(UnknownAssistant):
+        resolver.resolve({}, body(unknown))
+    resolver.invalidate_org(acme.org_id)
+    before = state.queries
+    resolver.resolve({"x-vapi-secret": globex.secret}, body(globex.inbound))
+    assert state.queries == before  # another org's entry is kept
+    resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
+    resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.outbound))
+    with pytest.raises(UnknownAssistant):
+        resolver.resolve({}, body(unknown))
+    assert state.queries == before + 3
+
+
+def test_a_flood_of_one_unknown_id_costs_one_query(
+    state: StateWriter, master_key: MasterKey
+) -> None:
+    resolver = WebhookResolver(state, master_key)
+    unknown = body(f"asst-{uuid.uuid4()}")
+    before = state.queries
+    for _ in range(1000):
+        with pytest.raises(UnknownAssistant):
+            resolver.resolve({"x-vapi-secret": "s"}, unknown)
+    assert state.queries - before == 1
+    assert (resolver.hits, resolver.misses) == (999, 1)
+
+
+class SlowReader(StateReader):
+    """Lookups that take a while, so that concurrent misses overlap."""
+
+    def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
+        time.sleep(0.2)
+        return super().resolve_assistant(vapi_assistant_id)
+
+
+def test_concurrent_misses_of_one_id_share_one_query(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    reader = SlowReader(state.pool)
+    resolver = WebhookResolver(reader, master_key)
+    unknown = body(f"asst-{uuid.uuid4()}")
+    start = threading.Barrier(16)
+    outcomes: list[str] = []
+
+    def one(raw: bytes) -> None:
+        start.wait()
+        try:
+            outcomes.append(resolver.resolve({"x-vapi-secret": acme.secret}, raw).slug)
+        except WebhookError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [
+        threading.Thread(target=one, args=(body(acme.inbound) if i % 2 else unknown,))
+        for i in range(16)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["UnknownAssistant"] * 8 + ["acme"] * 8
+    assert reader.queries == 2  # one per id
+
+
+def test_a_change_announced_during_a_lookup_is_not_cached(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    resolvers: list[WebhookResolver] = []
+
+    class Racing(StateReader):
+        def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
+            row = super().resolve_assistant(vapi_assistant_id)
+            resolvers[0].invalidate(vapi_assistant_id)  # a commit this read did not see
+            return row
+
+    resolver = WebhookResolver(Racing(state.pool), master_key)
+    resolvers.append(resolver)
+    for _ in range(2):
+        assert resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
+    assert resolver.misses == 2  # the first answer may be stale: it was not kept
+
+
+def test_cache_holds_digests_only(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, globex = two
+    store_secret(state, master_key, acme.org_id, "whsec-acme-new")  # two keys cached
+    resolver = WebhookResolver(state, master_key)
+    for org in two:
+        for aid in (org.inbound, org.outbound):
+            resolver.resolve({"x-vapi-secret": org.secret}, body(aid))
+    secrets = [acme.secret, "whsec-acme-new", globex.secret]
+    seen: set[int] = set()
+    todo: list[Any] = list(resolver._cache.values())
+    reached = 0
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        reached += 1
+        if isinstance(obj, str | bytes):
+            text = obj if isinstance(obj, str) else obj.decode("latin-1")
+            assert not any(s in text for s in secrets)
+        todo.extend(gc.get_referents(obj))
+    assert reached > 20  # the walk did reach into the entries and their keys
+
+
+# --- last_used_at, in batches -----------------------------------------------------------------
+
+
+def last_used(state: StateWriter) -> dict[str, bool]:
+    with state.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT vapi_assistant_id, last_used_at IS NOT NULL FROM assistant_org_mapping"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_last_used_at_is_written_in_batches_off_the_request_path(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, globex = two
+    resolver = WebhookResolver(state, master_key)
+    flusher = UsageFlusher(resolver, state.touch_mappings, every_s=3600)
+    start = state.queries
+    for _ in range(20):
+        resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
+        resolver.resolve(signed(globex.secret, body(globex.outbound)), body(globex.outbound))
+    assert not any(last_used(state).values())  # nothing written per request
+    assert state.queries - start == 2  # the two lookups
+    assert flusher.flush() == 2
+    assert state.queries - start == 3  # one statement for the batch
+    assert last_used(state) == {
+        acme.inbound: True,
+        acme.outbound: False,
+        globex.inbound: False,
+        globex.outbound: True,
+    }
+    assert flusher.flush() == 0  # nothing new, nothing written
+    assert state.queries - start == 3
+
+
+def test_a_failed_flush_is_logged_and_retried_and_close_flushes(
+    two: tuple[Org, Org],
+    state: StateWriter,
+    master_key: MasterKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    acme, globex = two
+    resolver = WebhookResolver(state, master_key)
+    calls: list[list[str]] = []
+
+    def touch(ids: list[str]) -> None:
+        calls.append(ids)
+        if len(calls) == 1:
+            raise StateError("database unavailable: connection refused")
+
+    flusher = UsageFlusher(resolver, touch, every_s=3600)
+    resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
+    with caplog.at_level(logging.WARNING, logger="reconciler.webhooks"):
+        assert flusher.flush() == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "webhook last_used_at not written (StateError: database unavailable: connection refused)"
+    ]
+    resolver.resolve({"x-vapi-secret": globex.secret}, body(globex.inbound))  # unaffected
+    flusher.close()
+    assert calls == [[acme.inbound], sorted([acme.inbound, globex.inbound])]
+
+
+def test_the_flusher_thread_writes_every_few_seconds(
+    two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
+) -> None:
+    acme, _ = two
+    resolver = WebhookResolver(state, master_key)
+    flusher = UsageFlusher(resolver, state.touch_mappings, every_s=0.05)
+    flusher.start()
+    try:
+        resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
+        deadline = time.monotonic() + 5
+        while not last_used(state)[acme.inbound] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert last_used(state)[acme.inbound]
+    finally:
+        flusher.close()

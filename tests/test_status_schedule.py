@@ -222,7 +222,8 @@ def test_changed_spec_is_due_at_once(state: StateWriter) -> None:
 
 def next_in(state: StateWriter, org: str) -> float:
     value = column(
-        state, "SELECT EXTRACT(EPOCH FROM next_run_at - now()) FROM org_schedule WHERE org_id = %s",
+        state,
+        "SELECT EXTRACT(EPOCH FROM next_run_at - now()) FROM org_schedule WHERE org_id = %s",
         org,
     )
     return float(value)  # type: ignore[arg-type]

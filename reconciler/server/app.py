@@ -10,7 +10,8 @@ reconcile trigger, and the webhook endpoint mounted from `reconciler.webhooks`.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +20,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from reconciler import metrics
 from reconciler.controller.loop import ReconcileLoop
 from reconciler.errors import ReconcilerError
 from reconciler.server.views import org_view
 from reconciler.state.store import StateReader
+from reconciler.webhooks.http import WEBHOOK_PATH
 
 
 @dataclass
@@ -33,7 +35,7 @@ class ServerParts:
     state: StateReader
     loop: ReconcileLoop | None
     admin_token: str | None
-    webhooks: Any = None  # an ASGI app serving POST /webhooks/vapi, mounted at /
+    webhooks: Any = None  # the ASGI endpoint of POST /webhooks/vapi (closed with the app)
 
 
 def _json(status: int, body: dict[str, Any] | list[Any]) -> JSONResponse:
@@ -109,5 +111,15 @@ def build_app(parts: ServerParts) -> Starlette:
         Route("/api/reconcile", guarded(reconcile), methods=["POST"]),
     ]
     if parts.webhooks is not None:
-        routes.append(Mount("/", app=parts.webhooks))
-    return Starlette(routes=routes)
+        routes.append(Route(WEBHOOK_PATH, parts.webhooks, methods=["POST"]))
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            close = getattr(parts.webhooks, "aclose", None)
+            if close is not None:
+                await close()  # the forwarding client's connections
+
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -96,6 +96,7 @@ class Runtime:
     key: MasterKey
     http: httpx.Client
     controller: Controller
+    database_url: str = ""
 
 
 @contextmanager
@@ -135,7 +136,7 @@ def runtime(
                 lock_wait_s=lock_wait_s,
                 secret_grace_s=settings.secret_grace_s,
             )
-            yield Runtime(settings, pool, state, key, http, controller)
+            yield Runtime(settings, pool, state, key, http, controller, url)
     finally:
         pool.close()
 

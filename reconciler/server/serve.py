@@ -31,9 +31,12 @@ from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.errors import ConfigError
 from reconciler.server.app import ServerParts, build_app
 from reconciler.server.logs import configure_logging
+from reconciler.server.runtime import Runtime, runtime
 from reconciler.spec.git import GitSource
 from reconciler.state.schedule import Backoff
 from reconciler.state.store import StateWriter
+from reconciler.webhooks.http import WebhookEndpoint
+from reconciler.webhooks.resolver import WebhookResolver
 
 log = logging.getLogger("reconciler.serve")
 
@@ -57,7 +60,6 @@ def _vapi_metric(response: httpx.Response) -> None:
 
 
 def serve(settings: Settings, options: ServeOptions) -> int:
-    from reconciler.server.runtime import runtime
 
     configure_logging(options.log_format)
     replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -78,7 +80,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         if not isinstance(rt.state, StateWriter):
             raise TypeError("serve needs a StateWriter")
         loop = ReconcileLoop(rt.controller, rt.state, config, replica=replica)
-        webhooks = _webhooks(settings, rt)
+        webhooks, resolver = _webhooks(settings, rt)
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         app = build_app(ServerParts(rt.state, loop, token, webhooks))
         server = _start_http(app, options.listen)
@@ -99,26 +101,31 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             if not loop.stop(deadline - time.monotonic() - 1.0):
                 log.warning("stopping with a run still in progress")
             server.should_exit = True
-            _close_webhooks(webhooks)
             thread = getattr(server, "_thread", None)
             if isinstance(thread, threading.Thread):
                 thread.join(max(0.1, deadline - time.monotonic()))
+            _close(resolver)
     log.info("stopped")
     return 0
 
 
-def _webhooks(settings: Settings, rt: Any) -> Any:
-    """The webhook endpoint (wired once reconciler.webhooks.http lands)."""
-    return None
+def _webhooks(settings: Settings, rt: Runtime) -> tuple[WebhookEndpoint, WebhookResolver]:
+    """The webhook endpoint over this process's pool and key; its cache follows NOTIFY from
+    every replica (unless RECONCILER_WEBHOOK_LISTEN=false), `last_used_at` is batched."""
+    resolver = WebhookResolver(rt.state, rt.key)
+    if isinstance(rt.state, StateWriter):
+        resolver.start_background(
+            rt.database_url, rt.state.touch_mappings, listen=settings.webhook_listen
+        )
+    endpoint = WebhookEndpoint(resolver, settings.forward_url, timeout_s=settings.forward_timeout_s)
+    return endpoint, resolver
 
 
-def _close_webhooks(webhooks: Any) -> None:
-    close = getattr(webhooks, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception as exc:  # shutting down: say it, never raise
-            log.warning("closing the webhook endpoint: %s", type(exc).__name__)
+def _close(resolver: WebhookResolver) -> None:
+    try:
+        resolver.close()  # the listener, and the last `last_used_at` flush
+    except Exception as exc:  # shutting down: say it, never raise
+        log.warning("closing the webhook resolver: %s", type(exc).__name__)
 
 
 def _start_http(app: Any, listen: tuple[str, int]) -> uvicorn.Server:

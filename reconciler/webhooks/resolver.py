@@ -1,9 +1,16 @@
 """Which org does an incoming Vapi webhook belong to, and is it authentic?
 
-Resolution goes through `assistant_org_mapping` (cached in memory); verification compares the
-`x-vapi-secret` header with that org's webhook secret in constant time. The cache keeps a
-digest of the secret, never the secret itself. A hit sends no query; unknown ids and failures
-are never cached, so a newly created assistant (or a repaired credential) resolves at once.
+Resolution goes through `assistant_org_mapping` (cached in memory); verification checks the
+`x-vapi-secret` header (compared in constant time) and/or an HMAC signature (`x-signature`,
+hex HMAC-SHA256 of `"{x-timestamp}.{body}"`) against that org's webhook secret, and while a
+secret is being rotated also against the one it replaced (of the same org only). The cache
+keeps one-way digests of each secret, never the secret itself (see `_Key`).
+
+A hit sends no query. An unknown id is cached for `negative_ttl_s` (5 s), so a flood of one
+unknown id costs one query; an org without an active Vapi credential likewise. Concurrent
+misses for one id share one query. `invalidate` / `invalidate_org` (called on Postgres NOTIFY
+by `listen.CacheListener`) drop entries at once, so a newly created assistant resolves at once;
+failures (database, credential) are never cached, so a repaired one works at once.
 
 `WebhookResolver.resolve(headers, body)` returns a `ResolvedWebhook` or raises a
 `WebhookError` subclass, whatever its input; nothing else escapes. In the order checked:
@@ -15,30 +22,41 @@ are never cached, so a newly created assistant (or a repaired credential) resolv
   - a top level that is not an object (array, number, string, null), or no `message` object;
   - a `message.call` that is present but not an object (a list, ...);
   - no assistant id: `message.call.assistantId`, else (when absent or null there) the
-    `message.assistantId` that transcript events carry;
+    `message.assistantId` that transcript events carry. An `assistantId` beside `message`
+    (at the root) is not read: no Vapi message carries one;
   - an assistant id that is not a string of 1..128 visible ASCII characters: a number, "",
     a NUL or any other control or non-ASCII character, a space, a megabyte. Vapi's ids are
     UUIDs, so no such id can be mapped, and Postgres text cannot even hold a NUL;
-  - headers that are not a mapping; `x-vapi-secret` given more than once (names differing
-    only in case), or with a value that is neither str nor bytes.
+  - headers that are not a mapping; `x-vapi-secret`, `x-signature` or `x-timestamp` given
+    more than once (names differing only in case), or with a value that is neither str nor
+    bytes.
 - `VerificationUnavailable` (503, "cannot verify this webhook now"): the database failed
   (unavailable, connection terminated, pool closed or exhausted).
 - `UnknownAssistant` (404): no org owns the id; the message echoes at most a 40-character
   escaped prefix of it.
-- `VerificationUnavailable` (503): the org's stored Vapi credential does not decrypt (master
+- `VerificationUnavailable` (503): the org's current Vapi credential does not decrypt (master
   key changed, row tampered with or copied from another org) or holds no non-blank string
-  `webhookSecret`. Not cached: a repaired row works at once.
-- `BadSecret` (401): the org has no active Vapi credential, or `x-vapi-secret` is missing or
-  wrong (compared in constant time).
+  `webhookSecret`. Not cached: a repaired row works at once. (A replaced credential that does
+  not decrypt is just not accepted.)
+- `BadSecret` (401): the org has no active Vapi credential; or neither `x-vapi-secret` nor
+  `x-signature` was sent; or `x-vapi-secret` was sent and matches none of the org's secrets.
+- `BadSignature` (401, a `BadSecret`): `x-signature` was sent, and `x-timestamp` is missing,
+  not 1..16 ASCII digits, or more than 5 minutes away from now (seconds, or milliseconds from
+  10^11 on: a replay), or the signature (hex, any case, optionally `sha256=`-prefixed)
+  matches none of the org's secrets.
+
+Both mechanisms may be sent: each one sent must verify (a present and wrong one is refused,
+even beside a valid other), and one suffices. Each is checked against every secret of the org
+that is usable now (the current one; the replaced one while `previous_left_s` is NULL or > 0).
 
 Header names are matched case-insensitively and must be ASCII; a bytes name or value (the
 wire form ASGI servers hand over) is accepted, a bytes value compared as is (a str value as
-its UTF-8). Headers other than the secret are not read, whatever their types.
+its UTF-8). Other headers are not read, whatever their types.
 
 Messages are fixed text, one line, free of control characters; the only caller input they
-echo is the short prefix of an unknown id. They never contain the body, a secret or, for an
-unauthenticated caller, the org: `BadSecret` and `VerificationUnavailable` keep `org_slug`
-(and the latter a `reason`) on the exception object for our own logs.
+echo is the short prefix of an unknown id. They never contain the body, a secret, a signature
+or, for an unauthenticated caller, the org: `BadSecret` and `VerificationUnavailable` keep
+`org_slug` (and the latter a `reason`) on the exception object for our own logs.
 """
 
 from __future__ import annotations
@@ -46,27 +64,41 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import psycopg
 
 from reconciler.errors import ReconcilerError
-from reconciler.protocol import WEBHOOK_SECRET_HEADER
+from reconciler.metrics import RESOLVER_CACHE
+from reconciler.protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_SECRET_HEADER
 from reconciler.redact import printable, safe_message
-from reconciler.secrets.crypto import CredentialDecryptError, MasterKey, secret_digest
+from reconciler.secrets.crypto import CredentialDecryptError, MasterKey
 from reconciler.state.store import StateReader
 
 SECRET_HEADER = WEBHOOK_SECRET_HEADER
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ASSISTANT_ID = 128
 ECHOED_ID_CHARS = 40
+SIGNATURE_WINDOW_S = 300.0
+"""How far `x-timestamp` may be from now, either way, before a signed webhook is a replay."""
+SIGNATURE_PREFIX = b"sha256="
+MILLISECONDS_FROM = 10**11
+"""A timestamp at or above this is in milliseconds (10^11 seconds is the year 5138)."""
+FLIGHT_WAIT_S = 30.0
+"""How long a miss waits for another thread's query of the same id (the pool times out first)."""
+_AUTH_HEADERS = (SECRET_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER)
+_AUTH_NAMES = frozenset(name.encode() for name in _AUTH_HEADERS)
 _ASSISTANT_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_ASSISTANT_ID}}}")
+_HIT = RESOLVER_CACHE.labels("hit")
+_NEGATIVE_HIT = RESOLVER_CACHE.labels("negative_hit")
+_MISS = RESOLVER_CACHE.labels("miss")
 
 Headers = Mapping[str, str] | Mapping[bytes, bytes]
 """Decoded (most frameworks) or raw (ASGI) headers; other types are refused, not raised on."""
@@ -74,6 +106,7 @@ Headers = Mapping[str, str] | Mapping[bytes, bytes]
 
 class WebhookError(ReconcilerError):
     status = 400
+    outcome = "malformed"  # the label of `WEBHOOK_REQUESTS`
 
 
 class MalformedWebhook(WebhookError):
@@ -85,23 +118,33 @@ class BodyTooLarge(WebhookError):
     """The body is longer than `MAX_BODY_BYTES`; it is not parsed."""
 
     status = 413
+    outcome = "too_large"
 
 
 class UnknownAssistant(WebhookError):
     """No org owns this assistant id."""
 
     status = 404
+    outcome = "unknown_assistant"
 
 
 class BadSecret(WebhookError):
-    """Missing or wrong `x-vapi-secret`. The message does not name the org (the caller is
-    not authenticated); `org_slug` is there for our own logs."""
+    """Missing or wrong credentials. The message does not name the org (the caller is not
+    authenticated); `org_slug` is there for our own logs."""
 
     status = 401
+    outcome = "bad_secret"
 
     def __init__(self, message: str, org_slug: str) -> None:
         super().__init__(message)
         self.org_slug = org_slug
+
+
+class BadSignature(BadSecret):
+    """`x-signature` was sent and does not verify: wrong, or its timestamp is missing or
+    outside the window (a replay)."""
+
+    outcome = "bad_signature"
 
 
 class VerificationUnavailable(WebhookError):
@@ -110,6 +153,7 @@ class VerificationUnavailable(WebhookError):
     (None when the org is not known yet) and `reason` are for our own logs."""
 
     status = 503
+    outcome = "unavailable"
 
     def __init__(self, reason: str, org_slug: str | None = None) -> None:
         super().__init__("cannot verify this webhook now")
@@ -124,15 +168,71 @@ class ResolvedWebhook:
     assistant_id: str
     role: str
     message_type: str | None
+    forward_url: str | None = field(default=None, repr=False)
+    """The org's own `spec.webhook.forwardUrl`, if any (it may hold a token: not in repr)."""
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """A webhook whose body and headers parse; nothing is verified yet. It holds the digest
+    of the `x-vapi-secret` sent, never the value."""
+
+    assistant_id: str
+    message_type: str | None
+    body: bytes = field(repr=False)
+    secret_digest: bytes | None = field(repr=False)
+    signature: bytes | None = field(repr=False)  # as sent, lower-cased, prefix dropped
+    timestamp: bytes | None
+
+
+class _Key:
+    """One accepted webhook secret, kept as one-way digests only: its SHA-256 (compared with
+    the SHA-256 of a sent `x-vapi-secret`) and HMAC-SHA256's two keyed midstates (SHA-256 of
+    the padded key xor ipad/opad, one block each), which check `x-signature` without the
+    secret. Neither gives the secret back; the midstates can sign, as any HMAC verifier must."""
+
+    __slots__ = ("_inner", "_outer", "digest")
+
+    def __init__(self, secret: bytes) -> None:
+        self.digest = hashlib.sha256(secret).digest()
+        block = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def sign(self, timestamp: bytes, body: bytes) -> bytes:
+        """Hex HMAC-SHA256 of `"{timestamp}.{body}"`, as ASCII bytes."""
+        inner = self._inner.copy()
+        inner.update(timestamp + b".")
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode()
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
     org_id: str
     slug: str
     role: str
-    secret_digest: bytes | None
+    forward_url: str | None
+    keys: tuple[_Key, ...]  # empty: no active Vapi credential, so everything is refused
     expires: float
+
+
+_UNKNOWN: Final = _Entry("", "", "", None, (), math.inf)
+"""What a lookup of an id that no org owns gives."""
+
+
+class _Flight:
+    """One query in progress for an id; concurrent misses of that id wait for its result."""
+
+    __slots__ = ("done", "entry", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: _Entry | None = None
+        self.error: VerificationUnavailable | None = None
 
 
 def assistant_id_of(body: bytes) -> tuple[str, str | None]:
@@ -167,65 +267,262 @@ def assistant_id_of(body: bytes) -> tuple[str, str | None]:
     return assistant_id, kind if isinstance(kind, str) else None
 
 
-def _secret_header(headers: Headers) -> str | bytes | None:
-    """The one `x-vapi-secret` value, None when absent; `MalformedWebhook` when ambiguous."""
+def _auth_headers(headers: Headers) -> dict[str, bytes]:
+    """The values of the secret, signature and timestamp headers that were sent, by lower-case
+    name (a str value as its UTF-8); `MalformedWebhook` when one is ambiguous or not text."""
     if not isinstance(headers, Mapping):
         raise MalformedWebhook("headers are not a mapping")
-    found: list[object] = []
+    found: dict[str, bytes] = {}
     for name, value in headers.items():
         key: object = name
         if isinstance(key, bytes | bytearray):
             key = bytes(key).decode("latin-1")
-        if isinstance(key, str) and key.isascii() and key.lower() == SECRET_HEADER:
-            found.append(value)
-    if len(found) > 1:
-        raise MalformedWebhook(f"{SECRET_HEADER} given more than once")
-    if not found:
+        if not isinstance(key, str) or not key.isascii() or key.lower() not in _AUTH_HEADERS:
+            continue
+        key = key.lower()
+        if key in found:
+            raise MalformedWebhook(f"{key} given more than once")
+        if isinstance(value, str):
+            # a lone surrogate gets bytes that no secret has, instead of an encoding error
+            found[key] = value.encode("utf-8", "surrogatepass")
+        elif isinstance(value, bytes | bytearray):
+            found[key] = bytes(value)
+        else:
+            raise MalformedWebhook(f"{key} is not text")
+    return found
+
+
+def asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The authentication headers of an ASGI scope's header list (lower-case names, where a
+    repeat would be lost in a dict): `MalformedWebhook` when one is given more than once."""
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _AUTH_NAMES:
+            if lowered in found:
+                raise MalformedWebhook(f"{lowered.decode()} given more than once")
+            found[lowered] = value
+    return found
+
+
+def parse_webhook(headers: Headers, body: bytes) -> Webhook:
+    """The assistant id, type and credentials of a webhook, checked for form only (no
+    query); `MalformedWebhook` or `BodyTooLarge` otherwise."""
+    assistant_id, kind = assistant_id_of(body)
+    auth = _auth_headers(headers)
+    secret = auth.get(SECRET_HEADER)
+    signature = auth.get(SIGNATURE_HEADER)
+    if signature is not None:
+        signature = signature.lower()
+        if signature.startswith(SIGNATURE_PREFIX):
+            signature = signature[len(SIGNATURE_PREFIX) :]
+    return Webhook(
+        assistant_id,
+        kind,
+        bytes(body),
+        hashlib.sha256(secret).digest() if secret is not None else None,
+        signature,
+        auth.get(TIMESTAMP_HEADER),
+    )
+
+
+def _timestamp_s(raw: bytes | None) -> float | None:
+    """Seconds since the epoch of an `x-timestamp` in seconds or milliseconds; None when
+    absent or not 1..16 ASCII digits."""
+    if raw is None or not 0 < len(raw) <= 16 or not raw.isdigit():
         return None
-    given = found[0]
-    if isinstance(given, str):
-        return given
-    if isinstance(given, bytes | bytearray):
-        return bytes(given)
-    raise MalformedWebhook(f"{SECRET_HEADER} is not text")
-
-
-def _given_digest(given: str | bytes) -> bytes:
-    """`secret_digest` of what the caller sent; a str that is not valid Unicode (a lone
-    surrogate) gets a digest that no secret has, instead of an encoding error."""
-    raw = given if isinstance(given, bytes) else given.encode("utf-8", "surrogatepass")
-    return hashlib.sha256(raw).digest()
+    value = int(raw)
+    return value / 1000 if value >= MILLISECONDS_FROM else float(value)
 
 
 class WebhookResolver:
+    """Resolves and verifies webhooks (see the module docstring). Thread-safe: the HTTP
+    endpoint checks the cache on its event loop and queries from worker threads."""
+
     def __init__(
-        self, state: StateReader, key: MasterKey, *, ttl_s: float = 60.0, max_entries: int = 10_000
+        self,
+        state: StateReader,
+        key: MasterKey,
+        *,
+        ttl_s: float = 60.0,
+        negative_ttl_s: float = 5.0,
+        max_entries: int = 10_000,
     ) -> None:
         self._state = state
         self._key = key
         self._ttl = ttl_s
+        self._negative_ttl = negative_ttl_s
         self._max = max_entries
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._negative: OrderedDict[str, float] = OrderedDict()  # unknown id -> expiry
+        self._flights: dict[str, _Flight] = {}
+        self._generation = 0  # bumped by every invalidation: a query begun before it is stale
+        self._used: set[str] = set()  # resolved ids, for `last_used_at` (see `take_used`)
         self._lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
         self.hits = 0
-        self.misses = 0
+        self.misses = 0  # lookups that queried the database
+
+    @classmethod
+    def from_url(
+        cls,
+        database_url: str,
+        master_key: MasterKey | str,
+        *,
+        listen: bool = True,
+        flush_every_s: float = 5.0,
+        pool_size: int = 8,
+        ttl_s: float = 60.0,
+        negative_ttl_s: float = 5.0,
+    ) -> WebhookResolver:
+        """A resolver with everything it needs, for a process of its own or a user's app:
+        a connection pool, the cache-invalidation listener (`listen=False` behind a
+        transaction-pooling proxy, where LISTEN does not work: `ttl_s` then bounds staleness)
+        and the `last_used_at` flusher. `close()` stops them (flushing) and closes the pool.
+        Build it in the process that serves (threads and connections do not survive a fork)."""
+        from reconciler.state.db import open_pool
+        from reconciler.state.store import StateWriter
+
+        key = master_key if isinstance(master_key, MasterKey) else MasterKey.from_b64(master_key)
+        pool = open_pool(database_url, max_size=pool_size, name="reconciler-webhooks")
+        state = StateWriter(pool)
+        resolver = cls(state, key, ttl_s=ttl_s, negative_ttl_s=negative_ttl_s)
+        resolver._closers.append(pool.close)
+        resolver.start_background(
+            database_url, state.touch_mappings, listen=listen, flush_every_s=flush_every_s
+        )
+        return resolver
+
+    def start_background(
+        self,
+        database_url: str,
+        touch: Callable[[list[str]], None],
+        *,
+        listen: bool = True,
+        flush_every_s: float = 5.0,
+    ) -> None:
+        """Starts the `last_used_at` flusher (`touch`, e.g. `StateWriter.touch_mappings`) and,
+        with `listen`, the cache-invalidation listener on its own connection to
+        `database_url`; `close()` stops both, flushing, before anything `from_url` opened."""
+        from reconciler.webhooks.listen import CacheListener, UsageFlusher
+
+        flusher = UsageFlusher(self, touch, every_s=flush_every_s)
+        flusher.start()
+        self._closers.insert(0, flusher.close)
+        if listen:
+            listener = CacheListener(self, database_url)
+            listener.start()
+            self._closers.insert(0, listener.close)
+
+    def close(self) -> None:
+        """Stops what `from_url` or `start_background` started (the last `last_used_at` flush
+        included) and closes the pool `from_url` opened. Idempotent."""
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
+
+    # --- the cache ---------------------------------------------------------------------------
 
     def invalidate(self, assistant_id: str | None = None) -> None:
+        """Forgets one id (known or unknown), or everything."""
         with self._lock:
+            self._generation += 1
             if assistant_id is None:
                 self._cache.clear()
+                self._negative.clear()
             else:
                 self._cache.pop(assistant_id, None)
+                self._negative.pop(assistant_id, None)
 
-    def _lookup(self, assistant_id: str) -> _Entry | None:
+    def invalidate_org(self, org_id: str) -> None:
+        """Forgets every id of the org (its credential, slug or forward URL changed) and every
+        unknown id (cheap, and an id is never wrongly unknown for long)."""
+        with self._lock:
+            self._generation += 1
+            for assistant_id in [k for k, e in self._cache.items() if e.org_id == org_id]:
+                del self._cache[assistant_id]
+            self._negative.clear()
+
+    def take_used(self) -> list[str]:
+        """The ids resolved since the last call, for a batched `last_used_at` write."""
+        with self._lock:
+            used, self._used = self._used, set()
+        return sorted(used)
+
+    def keep_used(self, assistant_ids: Iterable[str]) -> None:
+        """Puts back ids whose write failed, for the next flush."""
+        with self._lock:
+            self._used.update(assistant_ids)
+
+    def _cached(self, assistant_id: str) -> _Entry | None:
+        """The cached entry (`_UNKNOWN` for a cached unknown id); None on a miss."""
         now = time.monotonic()
         with self._lock:
             entry = self._cache.get(assistant_id)
             if entry is not None and entry.expires > now:
                 self._cache.move_to_end(assistant_id)
                 self.hits += 1
-                return entry
+            elif (expires := self._negative.get(assistant_id)) is not None and expires > now:
+                entry = _UNKNOWN
+                self.hits += 1
+            else:
+                return None
+        (_NEGATIVE_HIT if entry is _UNKNOWN else _HIT).inc()
+        return entry
+
+    def _load(self, assistant_id: str) -> _Entry:
+        """Queries the id (one query for concurrent misses of it) and caches the answer."""
+        with self._lock:
+            flight = self._flights.get(assistant_id)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[assistant_id] = _Flight()
+            generation = self._generation
+        if not leader:
+            return self._await(flight)
+        try:
+            flight.entry = self._query(assistant_id)
+        except VerificationUnavailable as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[assistant_id]
+                if flight.entry is not None and generation == self._generation:
+                    self._store(assistant_id, flight.entry)
+            flight.done.set()
+        return flight.entry
+
+    def _await(self, flight: _Flight) -> _Entry:
+        if not flight.done.wait(FLIGHT_WAIT_S):
+            raise VerificationUnavailable("timed out waiting for a lookup of the same id")
+        if flight.error is not None:
+            raise VerificationUnavailable(flight.error.reason, flight.error.org_slug)
+        if flight.entry is None:  # the query failed with a bug: its own caller reports it
+            raise VerificationUnavailable("a lookup of the same id failed")
+        with self._lock:
+            self.hits += 1
+        (_NEGATIVE_HIT if flight.entry is _UNKNOWN else _HIT).inc()
+        return flight.entry
+
+    def _store(self, assistant_id: str, entry: _Entry) -> None:
+        """Caches an answer (the lock held): unknown ids in their own bounded LRU, so a flood
+        of them cannot evict the known ones."""
+        if entry is _UNKNOWN:
+            self._negative[assistant_id] = time.monotonic() + self._negative_ttl
+            self._negative.move_to_end(assistant_id)
+            while len(self._negative) > self._max:
+                self._negative.popitem(last=False)
+            return
+        self._cache[assistant_id] = entry
+        self._cache.move_to_end(assistant_id)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+
+    def _query(self, assistant_id: str) -> _Entry:
+        with self._lock:
             self.misses += 1
+        _MISS.inc()
         try:
             row = self._state.resolve_assistant(assistant_id)
         except (psycopg.Error, ReconcilerError) as exc:  # pool closed, connection lost, ...
@@ -234,21 +531,32 @@ class WebhookResolver:
                 f"database error ({type(exc).__name__}): {safe_message(str(exc), limit=200)}"
             ) from None
         if row is None:
-            return None  # unknown ids are not cached: a new assistant must resolve at once
-        digest = self._secret_digest(row)
-        entry = _Entry(row["org_id"], row["slug"], row["role"], digest, now + self._ttl)
-        if digest is None:  # no active credential yet: not cached, so a stored one counts at once
-            return entry
-        with self._lock:
-            self._cache[assistant_id] = entry
-            while len(self._cache) > self._max:
-                self._cache.popitem(last=False)
-        return entry
+            return _UNKNOWN
+        now = time.monotonic()
+        current = self._secret(row, row["encrypted_config"])
+        if current is None:  # no active credential: refused until one is stored (NOTIFY)
+            return _Entry(
+                row["org_id"], row["slug"], row["role"], None, (), now + self._negative_ttl
+            )
+        keys = [_Key(current)]
+        expires = now + self._ttl
+        previous_left = row.get("previous_left_s")
+        if row.get("previous_encrypted_config") and (previous_left is None or previous_left > 0):
+            try:
+                previous = self._secret(row, row["previous_encrypted_config"])
+            except VerificationUnavailable:
+                previous = None  # an unreadable replaced secret is just not accepted
+            if previous is not None and previous != current:
+                keys.append(_Key(previous))
+                if previous_left is not None:  # the cache must not outlive its validity
+                    expires = min(expires, now + previous_left)
+        return _Entry(
+            row["org_id"], row["slug"], row["role"], row.get("forward_url"), tuple(keys), expires
+        )
 
-    def _secret_digest(self, row: dict[str, Any]) -> bytes | None:
-        """Digest of the org's webhook secret; None when the org has no active Vapi
-        credential; `VerificationUnavailable` when the stored one cannot be used."""
-        token = row["encrypted_config"]
+    def _secret(self, row: dict[str, Any], token: str | None) -> bytes | None:
+        """The webhook secret of a stored Vapi credential, as UTF-8; None when there is no
+        credential; `VerificationUnavailable` when it cannot be used."""
         if not token:
             return None
         try:
@@ -264,24 +572,73 @@ class WebhookResolver:
                 "the stored Vapi credential has no webhookSecret", row["slug"]
             )
         try:
-            return secret_digest(secret)
+            return secret.encode()
         except UnicodeError:
             raise VerificationUnavailable(
                 "the stored webhookSecret is not valid Unicode", row["slug"]
             ) from None
 
+    # --- verification --------------------------------------------------------------------------
+
     def resolve(self, headers: Headers, body: bytes) -> ResolvedWebhook:
-        """The org of a webhook whose secret checks out; a `WebhookError` for any other
-        input (see the module docstring)."""
-        assistant_id, kind = assistant_id_of(body)
-        given = _secret_header(headers)
-        entry = self._lookup(assistant_id)
+        """The org of a webhook whose credentials check out; a `WebhookError` for any other
+        input (see the module docstring). May query the database (blocking)."""
+        return self.verify(parse_webhook(headers, body))
+
+    def resolve_cached(self, headers: Headers, body: bytes) -> ResolvedWebhook | None:
+        """As `resolve`, from the cache only: None when the id is not cached (no I/O)."""
+        return self.verify_cached(parse_webhook(headers, body))
+
+    def verify(self, webhook: Webhook) -> ResolvedWebhook:
+        """`resolve` for a parsed webhook."""
+        entry = self._cached(webhook.assistant_id)
         if entry is None:
+            entry = self._load(webhook.assistant_id)
+        return self._check(webhook, entry)
+
+    def verify_cached(self, webhook: Webhook) -> ResolvedWebhook | None:
+        """`resolve_cached` for a parsed webhook: every check runs on a cached entry too."""
+        entry = self._cached(webhook.assistant_id)
+        return None if entry is None else self._check(webhook, entry)
+
+    def _check(self, webhook: Webhook, entry: _Entry) -> ResolvedWebhook:
+        if entry is _UNKNOWN:
             raise UnknownAssistant(
-                f"assistant {printable(assistant_id, ECHOED_ID_CHARS)} belongs to no known org"
+                f"assistant {printable(webhook.assistant_id, ECHOED_ID_CHARS)}"
+                " belongs to no known org"
             )
-        if entry.secret_digest is None:
+        if not entry.keys:
             raise BadSecret("no active webhook secret for this assistant", entry.slug)
-        if given is None or not hmac.compare_digest(_given_digest(given), entry.secret_digest):
-            raise BadSecret(f"bad or missing {SECRET_HEADER}", entry.slug)
-        return ResolvedWebhook(entry.org_id, entry.slug, assistant_id, entry.role, kind)
+        if webhook.secret_digest is None and webhook.signature is None:
+            raise BadSecret(f"missing {SECRET_HEADER} or {SIGNATURE_HEADER}", entry.slug)
+        if webhook.secret_digest is not None:
+            matched = False
+            for key in entry.keys:  # every one compared, in constant time
+                matched |= hmac.compare_digest(webhook.secret_digest, key.digest)
+            if not matched:
+                raise BadSecret(f"bad or missing {SECRET_HEADER}", entry.slug)
+        if webhook.signature is not None:
+            _check_signature(webhook, entry)
+        with self._lock:
+            self._used.add(webhook.assistant_id)
+        return ResolvedWebhook(
+            entry.org_id,
+            entry.slug,
+            webhook.assistant_id,
+            entry.role,
+            webhook.message_type,
+            entry.forward_url,
+        )
+
+
+def _check_signature(webhook: Webhook, entry: _Entry) -> None:
+    assert webhook.signature is not None
+    sent_at = _timestamp_s(webhook.timestamp)
+    if sent_at is None or abs(time.time() - sent_at) > SIGNATURE_WINDOW_S:
+        raise BadSignature(f"{TIMESTAMP_HEADER} missing or not within 5 minutes of now", entry.slug)
+    assert webhook.timestamp is not None
+    matched = False
+    for key in entry.keys:
+        matched |= hmac.compare_digest(key.sign(webhook.timestamp, webhook.body), webhook.signature)
+    if not matched:
+        raise BadSignature(f"bad {SIGNATURE_HEADER}", entry.slug)
