@@ -200,7 +200,8 @@ def test_concurrent_claims_never_take_one_org_twice(state: StateWriter) -> None:
 
     def replica(name: str) -> None:
         barrier.wait()
-        results[name] = Schedule(state, name).claim(orgs, next_in_s=60)
+        # each may take a quarter: without SKIP LOCKED all four would pick the same 50 rows
+        results[name] = Schedule(state, name).claim(orgs, next_in_s=60, limit=50)
 
     threads = [threading.Thread(target=replica, args=(f"r{i}",)) for i in range(4)]
     for t in threads:
