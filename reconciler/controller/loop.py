@@ -37,6 +37,8 @@ from reconciler.state.store import StateError, StateWriter
 
 log = logging.getLogger(__name__)
 
+MIN_BATCH = 64
+"""Orgs claimed at a time: at least this, or four per org reconciled at once."""
 CLAIM_AHEAD = 0.8
 """A claimed org is due again after this fraction of the interval, so the next tick (whose
 jitter may bring it early) finds it due: about one reconcile per interval."""
@@ -86,6 +88,7 @@ class ReconcileLoop:
         self._running = threading.Lock()
         self._again = threading.Event()
         self._reported: frozenset[tuple[Path, str]] = frozenset()
+        self._force = False
         self._scheduler: BackgroundScheduler | None = None
 
     # -- one run -------------------------------------------------------------------------------
@@ -120,6 +123,9 @@ class ReconcileLoop:
         except StateError as exc:
             self._failed_run(str(exc))
             return None
+        except Exception as exc:  # a bug must not end the loop; the next run tries again
+            self._failed_run(f"internal error: {type(exc).__name__}")
+            return None
         self.status.runs += 1
         self.status.last_error = None
         self.status.last_report = report
@@ -150,19 +156,40 @@ class ReconcileLoop:
         return revision.root / self.config.path, revision.commit
 
     def _apply(self, loaded: LoadResult, revision: str | None) -> RunReport | None:
+        """Claims and applies due orgs in batches (each batch is one `Controller.apply`), so
+        an org is claimed shortly before it is worked on: a long run does not hold orgs that
+        another replica could take meanwhile."""
+        force, self._force = self._force, False
         digests = {str(s.org.metadata.id): s.digest for s in loaded.specs}
-        ahead = self.config.interval_s * CLAIM_AHEAD
-        claimed = self.schedule.claim(digests, next_in_s=ahead)
         problems = frozenset((p.path, str(p)) for p in loaded.problems)
-        if not claimed and problems == self._reported:
-            return None  # nothing due, nothing new to report: a no-op run writes nothing
+        ahead = self.config.interval_s * CLAIM_AHEAD
+        batch = max(MIN_BATCH, 4 * self.controller.concurrency)
+        merged: RunReport | None = None
+        while digests and not self.controller.stopping.is_set():
+            claimed = self.schedule.claim(digests, next_in_s=ahead, limit=batch, force=force)
+            if not claimed:
+                break
+            report = self._apply_batch(loaded, claimed, revision, first=merged is None)
+            merged = report if merged is None else _merge(merged, report)
+            digests = {k: v for k, v in digests.items() if k not in claimed}
+            if len(claimed) < batch:
+                break
+        if merged is None and problems != self._reported:  # nothing due, but news to report
+            merged = self._apply_batch(loaded, set(), revision, first=True)
+        if merged is not None:
+            self._reported = problems
+        return merged
+
+    def _apply_batch(
+        self, loaded: LoadResult, claimed: set[str], revision: str | None, *, first: bool
+    ) -> RunReport:
         subset = LoadResult(
-            [s for s in loaded.specs if str(s.org.metadata.id) in claimed], loaded.problems
+            [s for s in loaded.specs if str(s.org.metadata.id) in claimed],
+            loaded.problems if first else [],  # spec problems: reported by the first batch
         )
         report = self.controller.apply(
             subset, prune=self.config.prune, command="serve", revision=revision
         )
-        self._reported = problems
         results = {o.org_id: o.ok for o in report.outcomes if not o.skipped}
         released = [o.org_id for o in report.outcomes if o.skipped == STOPPING]
         try:
@@ -203,6 +230,7 @@ class ReconcileLoop:
         """Run now (SIGHUP, the API), and retry files that failed before."""
         self.cache.forget(lambda outcome: outcome[0] is not None)
         self._reported = frozenset()
+        self._force = True  # backing-off orgs too: the operator says the cause is fixed
         if self._running.locked():
             self._again.set()
             return
@@ -234,3 +262,10 @@ class ReconcileLoop:
         if finished:
             self._running.release()
         return finished
+
+
+def _merge(a: RunReport, b: RunReport) -> RunReport:
+    merged = RunReport(a.outcomes + b.outcomes, a.problems + b.problems, a.seconds + b.seconds)
+    merged.notes = a.notes + b.notes
+    merged.run_id = a.run_id
+    return merged

@@ -46,9 +46,9 @@ def build_app(parts: ServerParts) -> Starlette:
     def authorized(request: Request) -> Response | None:
         if parts.admin_token is None:
             return _json(404, {"error": "the API is off (RECONCILER_ADMIN_TOKEN is not set)"})
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {parts.admin_token}"
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        token = given.encode("utf-8", "replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token, parts.admin_token.encode()):
             return _json(401, {"error": "missing or wrong bearer token"})
         return None
 

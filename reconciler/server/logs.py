@@ -56,5 +56,8 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("apscheduler", "httpx", "httpcore", "uvicorn", "uvicorn.error", "psycopg"):
+    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is a run that outlasted the
+    # interval: by design (a run never overlaps itself), not worth a line per tick
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -22,6 +22,13 @@ from reconciler.state.migrate import check_schema, migrate
 from reconciler.state.store import StateReader, StateWriter
 from reconciler.vapi.client import http_client
 
+Warn = Callable[[str], None]
+"""Where a start-up warning goes: stderr for commands, the log for `serve` (JSON lines)."""
+
+
+def stderr_warning(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
 
 def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
@@ -29,7 +36,7 @@ def database_url(settings: Settings) -> str:
     return embedded_url(settings.data_dir)
 
 
-def master_key(settings: Settings, *, create: bool = True) -> MasterKey:
+def master_key(settings: Settings, *, create: bool = True, warn: Warn | None = None) -> MasterKey:
     """From RECONCILER_MASTER_KEY; with the embedded default, one kept in the data directory.
     `create=False` (commands that write nothing) never writes a key file: without one, nothing
     was ever encrypted here, so a throwaway key plans the same."""
@@ -58,10 +65,8 @@ def master_key(settings: Settings, *, create: bool = True) -> MasterKey:
         raise ConfigError(f"{path}: cannot create the master key: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:
         fh.write(key.to_b64() + "\n")
-    print(
-        f"warning: generated a master key at {path} (mode 0600); "
-        "set RECONCILER_MASTER_KEY in production",
-        file=sys.stderr,
+    (warn or stderr_warning)(
+        f"generated a master key at {path} (mode 0600); set RECONCILER_MASTER_KEY in production"
     )
     return key
 
@@ -107,11 +112,12 @@ def runtime(
     lock_wait_s: float = 0.0,
     extra_connections: int = 0,
     on_response: Callable[[httpx.Response], None] | None = None,
+    warn: Warn | None = None,
 ) -> Iterator[Runtime]:
     """`write=False` (plan, resolve) builds a StateReader only, so it cannot write by
     construction, and migrates nothing and creates no key file: an out-of-date schema is an
     error that says to run `reconciler db migrate`."""
-    key = master_key(settings, create=write)
+    key = master_key(settings, create=write, warn=warn)
     url = database_url(settings)
     concurrency = settings.concurrency
     pool = open_pool(url, max_size=pool_size(concurrency) + extra_connections)
@@ -121,7 +127,7 @@ def runtime(
         else:
             check_schema(pool)
         state = StateWriter(pool) if write else StateReader(pool)
-        concurrency = _fit_concurrency(state, concurrency, extra_connections)
+        concurrency = _fit_concurrency(state, concurrency, extra_connections, warn)
         with http_client(
             settings.vapi_base_url,
             timeout_s=settings.vapi_timeout_s,
@@ -141,18 +147,19 @@ def runtime(
         pool.close()
 
 
-def _fit_concurrency(state: StateReader, concurrency: int, extra: int = 0) -> int:
+def _fit_concurrency(
+    state: StateReader, concurrency: int, extra: int = 0, warn: Warn | None = None
+) -> int:
     """The concurrency the server's free connections allow (each org in flight needs
     `pool_size` of them), said once on stderr when it is lower than asked."""
     available = state.free_connections() + 1  # the pool's own open connection counts as ours
     if pool_size(concurrency) + extra <= available:
         return concurrency
     fitted = max(1, (available - pool_size(0) - extra) // 2)
-    print(
-        f"warning: RECONCILER_CONCURRENCY={concurrency} needs {pool_size(concurrency)} "
+    (warn or stderr_warning)(
+        f"RECONCILER_CONCURRENCY={concurrency} needs {pool_size(concurrency)} "
         f"Postgres connections and the server has {available} free: "
-        f"reconciling {fitted} org(s) at a time",
-        file=sys.stderr,
+        f"reconciling {fitted} org(s) at a time"
     )
     state.pool.resize(min_size=1, max_size=max(2, pool_size(fitted) + extra))
     return fitted

@@ -69,7 +69,9 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     elif not options.path.exists():
         raise ConfigError(f"{options.path}: no such spec file or folder")
     stop = threading.Event()
-    with runtime(settings, write=True, extra_connections=4, on_response=_vapi_metric) as rt:
+    with runtime(
+        settings, write=True, extra_connections=4, on_response=_vapi_metric, warn=log.warning
+    ) as rt:
         config = LoopConfig(
             options.path,
             interval_s=options.interval_s,

@@ -95,21 +95,10 @@ class GitSource:
         if not (repo / ".git").is_dir():
             repo.mkdir(parents=True, exist_ok=True)
             self._git("init", "--quiet", str(repo))
-        self._git(
-            "-C",
-            str(repo),
-            "fetch",
-            "--quiet",
-            "--depth",
-            "1",
-            "--force",
-            "--no-tags",
-            "--",
-            self.url,
-            self.ref,
-        )
-        commit = self._git("-C", str(repo), "rev-parse", "--verify", "FETCH_HEAD^{commit}")
-        self._git("-C", str(repo), "checkout", "--quiet", "--force", "--detach", commit)
-        self._git("-C", str(repo), "clean", "--quiet", "-ffdx")
+        fetch = ["fetch", "--quiet", "--depth", "1", "--force", "--no-tags", "--"]
+        self._git(*fetch, self.url, self.ref, cwd=repo)
+        commit = self._git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=repo)
+        self._git("checkout", "--quiet", "--force", "--detach", commit, cwd=repo)
+        self._git("clean", "--quiet", "-ffdx", cwd=repo)
         self.last = Revision(repo, commit)
         return self.last

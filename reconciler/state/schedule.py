@@ -24,7 +24,7 @@ WITH wanted AS (
   SELECT * FROM jsonb_to_recordset(%(orgs)s) AS w(id uuid, digest text)
 ), due AS (
   SELECT s.org_id FROM org_schedule s JOIN wanted w ON w.id = s.org_id
-  WHERE s.next_run_at <= now() OR s.spec_digest IS DISTINCT FROM w.digest
+  WHERE s.next_run_at <= now() OR s.spec_digest IS DISTINCT FROM w.digest OR %(force)s
   ORDER BY s.next_run_at
   LIMIT %(limit)s
   FOR UPDATE OF s SKIP LOCKED
@@ -55,15 +55,29 @@ class Schedule:
         self.state = state
         self.replica = replica
 
-    def claim(self, digests: dict[str, str], *, next_in_s: float, limit: int = 100_000) -> set[str]:
+    def claim(
+        self,
+        digests: dict[str, str],
+        *,
+        next_in_s: float,
+        limit: int = 100_000,
+        force: bool = False,
+    ) -> set[str]:
         """The orgs (id -> spec digest) that are due now and were not claimed by another
         replica; they are pushed `next_in_s` ahead. An org new to the table is due at once
         (its first row is inserted by the same statement; one claimed by a concurrent
-        replica is simply not ours)."""
+        replica is simply not ours). `force` (asked to reconcile now): due whatever their
+        schedule or backoff, except those another replica holds this very moment."""
         if not digests:
             return set()
         orgs = Jsonb([{"id": org_id, "digest": digest} for org_id, digest in digests.items()])
-        params = {"orgs": orgs, "limit": limit, "next_in_s": next_in_s, "replica": self.replica}
+        params = {
+            "orgs": orgs,
+            "limit": limit,
+            "next_in_s": next_in_s,
+            "replica": self.replica,
+            "force": force,
+        }
         with self.state._tx(2) as conn:
             conn.execute(
                 "INSERT INTO org_schedule (org_id) SELECT w.id"

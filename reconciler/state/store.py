@@ -167,6 +167,8 @@ STATUS_HEARTBEAT_S = 600
 """An org's unchanged status is written again at most this often (a no-op loop writes none)."""
 RUNS_KEPT = 10
 """Runs of history kept per org."""
+RUN_ROWS_KEPT = 10_000
+"""`reconcile_runs` rows kept (a serve replica adds about one per interval)."""
 SECRET_GRACE_S = 300
 """How long a replaced webhook secret stays valid once every assistant carries the new one."""
 
@@ -601,3 +603,5 @@ class StateWriter(StateReader):
                 " files_failed = %s, orgs_skipped = %s, changes = %s, errors = %s WHERE id = %s",
                 (orgs_failed, files_failed, orgs_skipped, Jsonb(changes), Jsonb(errors), run_id),
             )
+            if run_id % 100 == 0:  # now and then, by primary key: a cheap delete
+                conn.execute("DELETE FROM reconcile_runs WHERE id <= %s", (run_id - RUN_ROWS_KEPT,))
