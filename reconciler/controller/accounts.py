@@ -28,11 +28,20 @@ class AccountRegistry:
         self._creates = 0  # creates answered in this run, by any org
         self._listed_at: dict[str, int] = {}  # org id -> `_creates` when its listing was asked
         self._seen: set[str] = set()  # orgs whose account a listing or an answer showed now
+        self._members: dict[str, set[str]] = {}  # account -> org ids reaching it (the reverse)
         self.index = list(index)  # every org Postgres knows, as the run started
         for row in self.index:
             self._slugs[row.org_id] = row.slug
             if row.vapi_account_id:
-                self._accounts[row.org_id] = frozenset({row.vapi_account_id})
+                self._set_accounts(row.org_id, frozenset({row.vapi_account_id}))
+
+    def _set_accounts(self, org_id: str, accounts: frozenset[str]) -> None:
+        """Under the lock (or in __init__): both maps at once, so lookups stay O(1)."""
+        for old in self._accounts.get(org_id, frozenset()) - accounts:
+            self._members.get(old, set()).discard(org_id)
+        for new in accounts:
+            self._members.setdefault(new, set()).add(org_id)
+        self._accounts[org_id] = accounts
 
     def mark(self) -> int:
         """Taken just before a listing is asked for, and handed to `see` with its result: a
@@ -48,7 +57,7 @@ class AccountRegistry:
             self._slugs[org_id] = slug
             self._listed_at[org_id] = asked_at
             if found:
-                self._accounts[org_id] = found
+                self._set_accounts(org_id, found)
                 self._seen.add(org_id)
 
     def created(self) -> None:
@@ -66,11 +75,9 @@ class AccountRegistry:
         """Other orgs (id -> slug) that reach an account this one reaches."""
         with self._lock:
             mine = self._accounts.get(org_id, frozenset())
-            return {
-                other: self._slugs.get(other, other)
-                for other, theirs in self._accounts.items()
-                if other != org_id and mine & theirs
-            }
+            others = {o for account in mine for o in self._members.get(account, ())}
+            others.discard(org_id)
+            return {other: self._slugs.get(other, other) for other in others}
 
     @contextmanager
     def first_create(self, org_id: str) -> Iterator[bool]:
