@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyrage
 import pytest
 
@@ -896,3 +897,100 @@ def test_json_logs_stay_json_when_a_startup_warning_is_printed(
     log = serve.log()
     assert "RECONCILER_CONCURRENCY=256" in log  # the warning was given
     _parse_json_log(log)
+
+
+# -- 12. webhooks through a real serve process -------------------------------------------------
+
+
+def test_webhooks_through_serve_every_outcome_and_forwarding(
+    launcher: ServeLauncher, specs: SpecDir, emulator: str, database_url: str
+) -> None:
+    """The endpoint as `serve` mounts it: both auth modes, replayed and cross-org signatures,
+    the error outcomes, and forwarding to the org's own URL with the answer relayed."""
+    import hashlib
+    import hmac
+    import json as jsonlib
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tests.test_webhook_http import serve as serve_app
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: Request) -> Response:
+        received.append((dict(request.headers), await request.body()))
+        return Response(b'{"assistantId": "answered"}', 201, media_type="application/json")
+
+    downstream = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    with serve_app(downstream) as down:
+        acme, beta = _secret_doc("acme"), _secret_doc("beta")
+        acme["spec"]["webhook"] = {"forwardUrl": f"{down}/hook"}
+        specs.write(acme)
+        specs.write(beta)
+        serve = launcher.start(str(specs.root), interval="60s")
+        _wait_converged(emulator, database_url, [acme, beta])
+        ids = {
+            slug: query(
+                database_url,
+                "SELECT vapi_assistant_id FROM assistant_org_mapping m JOIN organizations o"
+                " ON o.id = m.org_id WHERE o.slug = %s AND assistant_role = 'inbound'",
+                (slug,),
+            )[0]["vapi_assistant_id"]
+            for slug in ("acme", "beta")
+        }
+        secret = {
+            d["metadata"]["slug"]: d["spec"]["credentials"]["vapi"]["webhookSecret"]
+            for d in (acme, beta)
+        }
+
+        def body(slug: str) -> bytes:
+            doc = {"message": {"type": "tool-calls", "call": {"assistantId": ids[slug]}}}
+            return jsonlib.dumps(doc).encode()
+
+        def signed(slug: str, key: str, at: float) -> dict[str, str]:
+            stamp = str(int(at))
+            mac = hmac.new(key.encode(), f"{stamp}.".encode() + body(slug), hashlib.sha256)
+            return {"x-timestamp": stamp, "x-signature": mac.hexdigest()}
+
+        def post(slug: str, headers: dict[str, str], data: bytes | None = None) -> httpx.Response:
+            return serve.http.post(
+                "/webhooks/vapi", content=body(slug) if data is None else data, headers=headers
+            )
+
+        now = time.time()
+        # acme forwards: the downstream's status and body come back; no secret goes there
+        answer = post("acme", {"x-vapi-secret": secret["acme"]})
+        assert (answer.status_code, answer.json()) == (201, {"assistantId": "answered"})
+        headers, forwarded = received[-1]
+        assert forwarded == body("acme")
+        assert headers["x-reconciler-org-slug"] == "acme"
+        assert headers["x-reconciler-assistant-role"] == "inbound"
+        assert "x-vapi-secret" not in headers and "x-signature" not in headers
+        assert post("acme", signed("acme", secret["acme"], now)).status_code == 201
+        assert post("acme", signed("acme", secret["acme"], now * 1000)).status_code == 201
+        # beta has no forward URL (and none is set globally): 200 with the org
+        answer = post("beta", signed("beta", secret["beta"], now))
+        assert answer.status_code == 200 and answer.json()["slug"] == "beta"
+        refused = {
+            "wrong secret": post("acme", {"x-vapi-secret": "nope"}),
+            "missing secret": post("acme", {}),
+            "another org's secret": post("acme", {"x-vapi-secret": secret["beta"]}),
+            "another org's signature": post("acme", signed("acme", secret["beta"], now)),
+            "replayed signature": post("acme", signed("acme", secret["acme"], now - 600)),
+        }
+        for why, response in refused.items():
+            assert response.status_code == 401, why
+        unknown = jsonlib.dumps({"message": {"call": {"assistantId": "not-an-assistant"}}})
+        assert post("acme", {"x-vapi-secret": "x"}, unknown.encode()).status_code == 404
+        assert post("acme", {"x-vapi-secret": "x"}, b"not json").status_code == 400
+        big = b"{" + b" " * (1024 * 1024 + 10) + b"}"
+        assert post("acme", {"x-vapi-secret": "x"}, big).status_code == 413
+        assert len(received) == 3  # only the verified acme webhooks were forwarded
+        metrics = serve.get("/metrics").text
+        assert 'reconciler_webhook_requests_total{outcome="forwarded"} 3.0' in metrics
+        code, _ = serve.stop()
+        assert code == 0
+        assert_no_secret({"log": serve.log()}, [*secret.values(), _key(acme), _key(beta)])
