@@ -96,6 +96,17 @@ def test_secret_rotation_keeps_old_secret_until_assistants_carry_the_new_one(
             assert accepted(r, assistant, "new-secret-acme")
             assert not accepted(r, assistant, "secret-of-other")
             assert not accepted(r, assistant, "wrong")
+        # rotated again before the first one completed: both earlier secrets stay in flight
+        acme["spec"]["credentials"]["vapi"]["webhookSecret"] = "newer-secret-acme"
+        specs.write(acme)
+        assert [o.slug for o in controller.apply(load_tree(specs.root)).failed] == ["acme"]
+        r = fresh()
+        for secret in ("old-secret-acme", "new-secret-acme", "newer-secret-acme"):
+            assert accepted(r, ids[0], secret), secret
+        assert not accepted(r, ids[0], "secret-of-other")
+        acme["spec"]["credentials"]["vapi"]["webhookSecret"] = "new-secret-acme"
+        specs.write(acme)
+        assert [o.slug for o in controller.apply(load_tree(specs.root)).failed] == ["acme"]
         other_ids = assistant_ids(state, other["metadata"]["id"])
         assert not accepted(r, other_ids[0], "old-secret-acme")  # never another org's
         assert accepted(r, other_ids[0], "secret-of-other")

@@ -994,3 +994,20 @@ def test_webhooks_through_serve_every_outcome_and_forwarding(
         code, _ = serve.stop()
         assert code == 0
         assert_no_secret({"log": serve.log()}, [*secret.values(), _key(acme), _key(beta)])
+
+
+def test_sigterm_with_a_vapi_call_hanging_still_exits_zero_within_ten_seconds(
+    launcher: ServeLauncher, specs: SpecDir, emulator: str
+) -> None:
+    """The org in hand waits on a listing that takes 16 s: serve abandons it (as a crash
+    would, which the engine survives) rather than overstay the 10 s."""
+    specs.write(org_doc("acme"))
+    add_fault(emulator, method="GET", path="/assistant", mode="delay", delay_ms=16000, times=None)
+    serve = launcher.start(str(specs.root), interval="60s", env={"RECONCILER_CONCURRENCY": "1"})
+    wait_until(
+        lambda: emulator_requests(emulator)["GET /assistant"] >= 1, 10.0, "listing", every_s=0.02
+    )
+    code, took = serve.stop(signal.SIGTERM)
+    assert code == 0 and took < 10.0, (code, took)
+    assert "abandoned" in serve.log()
+    assert_clean_log(serve.log())

@@ -395,6 +395,10 @@ def test_git_errors_are_one_line_without_the_password(tmp_path: Path) -> None:
     assert "\n" not in message
     assert "user:***@127.0.0.1:9" in message
     assert shown_url("https://127.0.0.1/x.git") == "https://127.0.0.1/x.git"
+    assert shown_url("https://ghp_T0KEN@github.com/o/r.git") == "https://***@github.com/o/r.git"
+    with pytest.raises(GitError) as token_only:
+        GitSource("https://ghp_T0KEN@127.0.0.1:9/o/r.git", "main", tmp_path / "d2").fetch()
+    assert "ghp_T0KEN" not in str(token_only.value)
     with pytest.raises(GitError):
         GitSource("--upload-pack=evil", "main", tmp_path)
 
@@ -408,3 +412,14 @@ def test_schedule_tables_truncated_between_tests(state: StateWriter) -> None:
         conn.execute(
             "INSERT INTO org_runs (org_id, outcome) VALUES (%s, 'Ready')", (str(uuid.uuid4()),)
         )
+
+
+def test_overlapping_rotations_keep_the_secrets_still_in_flight(state: StateWriter) -> None:
+    org = new_org(state)
+    state.store_credential(org, "vapi", "A", "fp-A")
+    for token in "BCDE":
+        state.store_credential(org, "vapi", token, f"fp-{token}")
+    assert rotation(state, org) == ("B C D", None)  # the last three replaced, oldest first
+    state.finish_orgs([ready(org)], secret_grace_s=300)  # E reached every assistant
+    state.store_credential(org, "vapi", "F", "fp-F")
+    assert rotation(state, org) == ("E", None)  # a new rotation: only E can be in flight

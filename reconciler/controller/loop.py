@@ -29,7 +29,7 @@ from reconciler.controller.run import STOPPING, Controller, RunReport
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
 from reconciler.secrets import sops
-from reconciler.spec.cache import SpecCache
+from reconciler.spec.cache import DEFAULT_ENTRIES, SpecCache
 from reconciler.spec.git import GitSource
 from reconciler.spec.loader import Decrypt, LoadResult, Outcome, load_tree
 from reconciler.state.schedule import Backoff, Schedule
@@ -115,6 +115,10 @@ class ReconcileLoop:
         except ReconcilerError as exc:
             self._failed_run(printable(str(exc)))
             return None
+        # two entries per file (checked, decrypted), with room for the previous contents
+        self.cache.max_entries = max(
+            DEFAULT_ENTRIES, 4 * (len(loaded.specs) + len(loaded.problems))
+        )
         self.status.loaded_once = True
         self.status.revision = revision
         metrics.SPECS_FAILING.set(len(loaded.failed_files))
@@ -176,7 +180,7 @@ class ReconcileLoop:
                 break
         if merged is None and problems != self._reported:  # nothing due, but news to report
             merged = self._apply_batch(loaded, set(), revision, first=True)
-        if merged is not None:
+        if merged is not None and not merged.notes:  # a status not recorded is tried again
             self._reported = problems
         return merged
 
@@ -232,9 +236,8 @@ class ReconcileLoop:
         self._reported = frozenset()
         self._force = True  # backing-off orgs too: the operator says the cause is fixed
         if self._running.locked():
-            self._again.set()
-            return
-        if self._scheduler is not None and self._scheduler.running:
+            self._again.set()  # the run in progress runs once more...
+        if self._scheduler is not None and self._scheduler.running:  # ...or the job now
             job = self._scheduler.get_job("reconcile")
             if job is not None:
                 job.modify(next_run_time=dt.datetime.now(dt.UTC))

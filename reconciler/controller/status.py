@@ -5,7 +5,9 @@
 - Reconciling: True while a retry is scheduled after a failure (`RetryScheduled`).
 - Stalled: True when retrying cannot help until the spec changes: the file does not validate or
   decrypt, its slug belongs to another org, its Vapi key or account is another org's, or the
-  plan is blocked. Such an org is not retried until its file changes.
+  plan is blocked. A file that does not validate or decrypt is not read again until it
+  changes; an org stalled for the other reasons is retried with the failure backoff (another
+  org's spec, or Vapi, may be what changes).
 
 Pure: no I/O. The run writes a status row only when these change (or as a heartbeat).
 """

@@ -32,7 +32,7 @@ from reconciler.errors import ConfigError
 from reconciler.server.app import ServerParts, build_app
 from reconciler.server.logs import configure_logging
 from reconciler.server.runtime import Runtime, runtime
-from reconciler.spec.git import GitSource
+from reconciler.spec.git import GitSource, shown_url
 from reconciler.state.schedule import Backoff
 from reconciler.state.store import StateWriter
 from reconciler.webhooks.http import WebhookEndpoint
@@ -90,7 +90,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         log.info(
             "serving on %s:%d; reconciling %s every %gs as replica %s",
             *options.listen,
-            options.git_url or options.path,
+            shown_url(options.git_url) if options.git_url else options.path,
             options.interval_s,
             replica,
         )
@@ -100,13 +100,21 @@ def serve(settings: Settings, options: ServeOptions) -> int:
                 pass
         finally:
             deadline = time.monotonic() + STOP_TIMEOUT_S - 1.0
-            if not loop.stop(deadline - time.monotonic() - 1.0):
-                log.warning("stopping with a run still in progress")
+            finished = loop.stop(deadline - time.monotonic() - 1.0)
+            if not finished:
+                log.warning("stopping with a run still in progress (it is abandoned)")
             server.should_exit = True
             thread = getattr(server, "_thread", None)
             if isinstance(thread, threading.Thread):
                 thread.join(max(0.1, deadline - time.monotonic()))
             _close(resolver)
+            if not finished:
+                # The run's thread still waits on Vapi, sops or git: the interpreter would wait
+                # for it at exit. Abandon it, as a crash would: the engine survives that
+                # (create-pending rows; the advisory lock dies with its connection).
+                log.info("stopped")
+                logging.shutdown()
+                os._exit(0)
     log.info("stopped")
     return 0
 

@@ -27,16 +27,21 @@ class GitError(ReconcilerError):
 
 
 def shown_url(url: str) -> str:
-    """The URL without its userinfo password (tokens often travel there)."""
+    """The URL with its userinfo masked: tokens travel there, as the password
+    (`user:TOKEN@`) or alone (`TOKEN@`, as GitHub accepts)."""
     try:
         parts = urllib.parse.urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{parts.hostname or ''}"
+    else:
+        netloc = f"***@{parts.hostname or ''}"
+    if port:
+        netloc += f":{port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -98,6 +103,8 @@ class GitSource:
         fetch = ["fetch", "--quiet", "--depth", "1", "--force", "--no-tags", "--"]
         self._git(*fetch, self.url, self.ref, cwd=repo)
         commit = self._git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=repo)
+        # a git killed mid-checkout (timeout, SIGKILL) leaves its lock; only we use this clone
+        (repo / ".git" / "index.lock").unlink(missing_ok=True)
         self._git("checkout", "--quiet", "--force", "--detach", commit, cwd=repo)
         self._git("clean", "--quiet", "-ffdx", cwd=repo)
         self.last = Revision(repo, commit)

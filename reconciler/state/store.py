@@ -169,6 +169,8 @@ RUNS_KEPT = 10
 """Runs of history kept per org."""
 RUN_ROWS_KEPT = 10_000
 """`reconcile_runs` rows kept (a serve replica adds about one per interval)."""
+PREVIOUS_KEPT = 3
+"""Replaced Vapi credentials kept while rotations overlap (each still possibly on an assistant)."""
 SECRET_GRACE_S = 300
 """How long a replaced webhook secret stays valid once every assistant carries the new one."""
 
@@ -364,7 +366,9 @@ class StateWriter(StateReader):
         self, org_id: str, provider: str, encrypted: str, fingerprint: str
     ) -> None:
         """A changed Vapi credential keeps the one it replaced (webhook secret rotation): the
-        resolver accepts both until the org's assistants all carry the new one."""
+        resolver accepts both until the org's assistants all carry the new one. Rotated again
+        before that, the ones still in flight are kept too (the last `PREVIOUS_KEPT`,
+        space-separated tokens): some assistants may carry any of them."""
         with self._tx(1) as conn:
             conn.execute(
                 "INSERT INTO org_credentials (org_id, provider, encrypted_config, fingerprint)"
@@ -372,7 +376,14 @@ class StateWriter(StateReader):
                 " previous_encrypted_config = CASE WHEN org_credentials.provider = 'vapi'"
                 "   AND org_credentials.is_active"
                 "   AND org_credentials.fingerprint <> EXCLUDED.fingerprint"
-                "   THEN org_credentials.encrypted_config"
+                "   THEN CASE WHEN org_credentials.previous_valid_until IS NULL"
+                "     AND org_credentials.previous_encrypted_config IS NOT NULL"
+                "     THEN array_to_string((string_to_array("
+                "       org_credentials.previous_encrypted_config || ' '"
+                "       || org_credentials.encrypted_config, ' '))[greatest(1, cardinality("
+                "       string_to_array(org_credentials.previous_encrypted_config, ' '))"
+                f"       + 2 - {PREVIOUS_KEPT}):], ' ')"
+                "     ELSE org_credentials.encrypted_config END"
                 "   ELSE org_credentials.previous_encrypted_config END,"
                 " previous_valid_until = CASE WHEN org_credentials.provider = 'vapi'"
                 "   AND org_credentials.is_active"
@@ -560,9 +571,11 @@ class StateWriter(StateReader):
                     " AND previous_encrypted_config IS NOT NULL AND previous_valid_until IS NULL",
                     (secret_grace_s, ready),
                 )
-            conn.execute(
+            conn.execute(  # only these orgs' rows: replicas never lock each other's
                 "UPDATE org_credentials SET previous_encrypted_config = NULL,"
                 " previous_valid_until = NULL WHERE previous_valid_until < now()"
+                " AND org_id = ANY(%s::uuid[])",
+                ([s.org_id for s in statuses],),
             )
         return ids
 

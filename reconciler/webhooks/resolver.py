@@ -541,15 +541,19 @@ class WebhookResolver:
         keys = [_Key(current)]
         expires = now + self._ttl
         previous_left = row.get("previous_left_s")
-        if row.get("previous_encrypted_config") and (previous_left is None or previous_left > 0):
-            try:
-                previous = self._secret(row, row["previous_encrypted_config"])
-            except VerificationUnavailable:
-                previous = None  # an unreadable replaced secret is just not accepted
-            if previous is not None and previous != current:
-                keys.append(_Key(previous))
-                if previous_left is not None:  # the cache must not outlive its validity
-                    expires = min(expires, now + previous_left)
+        replaced = row.get("previous_encrypted_config") or ""
+        if replaced and (previous_left is None or previous_left > 0):
+            seen = {current}
+            for token in replaced.split():  # overlapping rotations keep a few, oldest first
+                try:
+                    previous = self._secret(row, token)
+                except VerificationUnavailable:
+                    previous = None  # an unreadable replaced secret is just not accepted
+                if previous is not None and previous not in seen:
+                    seen.add(previous)
+                    keys.append(_Key(previous))
+            if previous_left is not None:  # the cache must not outlive its validity
+                expires = min(expires, now + previous_left)
         return _Entry(
             row["org_id"], row["slug"], row["role"], row.get("forward_url"), tuple(keys), expires
         )

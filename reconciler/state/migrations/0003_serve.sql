@@ -25,6 +25,7 @@ CREATE TABLE org_runs (
     message     text
 );
 CREATE INDEX org_runs_org_id_idx ON org_runs (org_id, id DESC);
+CREATE INDEX org_runs_run_id_idx ON org_runs (run_id);  -- for ON DELETE SET NULL
 
 -- When each org is due, shared by every replica: claimed with FOR UPDATE SKIP LOCKED in one
 -- statement (no session state, so it works behind a transaction pooler). No foreign key: an
