@@ -423,3 +423,18 @@ def test_overlapping_rotations_keep_the_secrets_still_in_flight(state: StateWrit
     state.finish_orgs([ready(org)], secret_grace_s=300)  # E reached every assistant
     state.store_credential(org, "vapi", "F", "fp-F")
     assert rotation(state, org) == ("E", None)  # a new rotation: only E can be in flight
+
+
+def test_a_key_shared_with_an_org_of_another_batch_is_refused(
+    controller: Controller, state: StateWriter, specs: SpecDir
+) -> None:
+    """`serve` applies in batches: the shared-key check still sees every spec of the run."""
+    specs.write(org_doc("acme", api_key="one-key-for-two"))
+    specs.write(org_doc("bravo", api_key="one-key-for-two"))
+    loaded = load_tree(specs.root)
+    only_acme = type(loaded)([s for s in loaded.specs if s.org.metadata.slug == "acme"], [])
+    report = controller.apply(only_acme, peers=loaded)
+    (outcome,) = report.outcomes
+    assert outcome.error is not None and "shares its Vapi API key with bravo" in outcome.error
+    assert outcome.stalled == "SharedAccount"
+    assert controller.apply(only_acme).ok  # without the peers it cannot know

@@ -192,7 +192,7 @@ class ReconcileLoop:
             loaded.problems if first else [],  # spec problems: reported by the first batch
         )
         report = self.controller.apply(
-            subset, prune=self.config.prune, command="serve", revision=revision
+            subset, prune=self.config.prune, command="serve", revision=revision, peers=loaded
         )
         results = {o.org_id: o.ok for o in report.outcomes if not o.skipped}
         released = [o.org_id for o in report.outcomes if o.skipped == STOPPING]

@@ -210,7 +210,7 @@ class Controller:
     # -- desired state ---------------------------------------------------------------------------
 
     def _desired(
-        self, loaded: LoadResult
+        self, loaded: LoadResult, peers: LoadResult | None = None
     ) -> tuple[list[tuple[DesiredOrg | None, OrgOutcome]], AccountRegistry]:
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         index = self.state.org_index()
@@ -237,17 +237,27 @@ class Controller:
                 out.append((None, outcome))
                 continue
             out.append((desired, outcome))
-        return self._refuse_shared_keys(out), AccountRegistry(index)
+        return self._refuse_shared_keys(out, peers), AccountRegistry(index)
 
     def _refuse_shared_keys(
-        self, items: list[tuple[DesiredOrg | None, OrgOutcome]]
+        self,
+        items: list[tuple[DesiredOrg | None, OrgOutcome]],
+        peers: LoadResult | None = None,
     ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
-        """BYOC means one Vapi account per org; two specs on one key would fight over it."""
+        """BYOC means one Vapi account per org; two specs on one key would fight over it.
+        `peers`: every spec of the run when only some are applied now (`serve` works in
+        batches), so a key shared with an org of another batch is caught as well."""
         by_key: dict[str, list[str]] = {}
         for desired, outcome in items:
             if desired is not None and desired.vapi_api_key is not None:
                 digest = self.key.fingerprint({"vapiApiKey": desired.vapi_api_key.reveal()})
                 by_key.setdefault(digest, []).append(outcome.slug)
+        mine = {outcome.slug for _, outcome in items}
+        for spec in peers.specs if peers else ():
+            vapi = spec.org.spec.credentials.vapi
+            if vapi is not None and spec.org.metadata.slug not in mine:
+                digest = self.key.fingerprint({"vapiApiKey": vapi.api_key.get_secret_value()})
+                by_key.setdefault(digest, []).append(spec.org.metadata.slug)
         shared = {slug: slugs for slugs in by_key.values() if len(slugs) > 1 for slug in slugs}
         if not shared:
             return items
@@ -374,6 +384,7 @@ class Controller:
         prune: bool = False,
         command: str = "apply",
         revision: str | None = None,
+        peers: LoadResult | None = None,
     ) -> RunReport:
         """Converge every org of `loaded`; `revision` (a git commit) is recorded as each org's
         last attempted revision, and as its last applied one when it converged."""
@@ -381,7 +392,7 @@ class Controller:
             raise TypeError("apply needs a StateWriter")
         state: StateWriter = self.state
         started = time.monotonic()
-        items, accounts = self._desired(loaded)
+        items, accounts = self._desired(loaded, peers)
         run_id = state.start_run(command, len(items))
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
