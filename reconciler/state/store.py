@@ -222,6 +222,24 @@ class StateReader:
                 (vapi_assistant_id,),
             ).fetchone()
 
+    def resolve_account(self, vapi_account_id: str) -> dict[str, Any] | None:
+        """As `resolve_assistant`, for a webhook that names no assistant (an
+        `assistant-request` of a phone number without one): the one org whose Vapi account
+        (`orgId`) this is; None when no org, or more than one, was last seen in it."""
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT o.id::text AS org_id, o.slug, '' AS role,"
+                " c.encrypted_config, c.previous_encrypted_config,"
+                " EXTRACT(EPOCH FROM c.previous_valid_until - now())::float8"
+                "   AS previous_left_s,"
+                " o.webhook_forward_url AS forward_url"
+                " FROM organizations o LEFT JOIN org_credentials c"
+                "   ON c.org_id = o.id AND c.provider = 'vapi' AND c.is_active"
+                " WHERE o.vapi_account_id = %s LIMIT 2",
+                (vapi_account_id,),
+            ).fetchall()
+        return rows[0] if len(rows) == 1 else None
+
     def org_index(self) -> list[OrgIndexRow]:
         """Every org's id, slug and Vapi account: slug ownership and account claims, in one
         query."""

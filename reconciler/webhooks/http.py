@@ -252,12 +252,10 @@ class WebhookEndpoint:
         content_type: bytes | None,
         send: Send,
     ) -> None:
-        headers = {
-            ORG_ID_HEADER: resolved.org_id,
-            ORG_SLUG_HEADER: resolved.slug,
-            ROLE_HEADER: resolved.role,
-            ASSISTANT_ID_HEADER: resolved.assistant_id,
-        }
+        headers = {ORG_ID_HEADER: resolved.org_id, ORG_SLUG_HEADER: resolved.slug}
+        if resolved.assistant_id:  # absent when resolved by the Vapi account (no assistant)
+            headers[ROLE_HEADER] = resolved.role
+            headers[ASSISTANT_ID_HEADER] = resolved.assistant_id
         if content_type is not None:
             headers["content-type"] = content_type.decode("latin-1")
         try:

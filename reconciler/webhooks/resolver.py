@@ -22,8 +22,10 @@ failures (database, credential) are never cached, so a repaired one works at onc
   - a top level that is not an object (array, number, string, null), or no `message` object;
   - a `message.call` that is present but not an object (a list, ...);
   - no assistant id: `message.call.assistantId`, else (when absent or null there) the
-    `message.assistantId` that transcript events carry. An `assistantId` beside `message`
-    (at the root) is not read: no Vapi message carries one;
+    `message.assistantId` that transcript events carry, else `message.call.orgId` (the Vapi
+    account: an `assistant-request` for a phone number without an assistant resolves to the
+    one org last seen in that account, and is verified the same way). An `assistantId`
+    beside `message` (at the root) is not read: no Vapi message carries one;
   - an assistant id that is not a string of 1..128 visible ASCII characters: a number, "",
     a NUL or any other control or non-ASCII character, a space, a megabyte. Vapi's ids are
     UUIDs, so no such id can be mapped, and Postgres text cannot even hold a NUL;
@@ -235,6 +237,11 @@ class _Flight:
         self.error: VerificationUnavailable | None = None
 
 
+ACCOUNT_KEY = "account "
+"""Prefix of the lookup key of a webhook resolved by its Vapi account (`message.call.orgId`):
+a space, which no assistant id may hold, so the two can never be confused."""
+
+
 def assistant_id_of(body: bytes) -> tuple[str, str | None]:
     """The assistant id and message type of a webhook body; `MalformedWebhook` otherwise
     (`BodyTooLarge` beyond `MAX_BODY_BYTES`, before parsing)."""
@@ -257,8 +264,15 @@ def assistant_id_of(body: bytes) -> tuple[str, str | None]:
     assistant_id = call.get("assistantId") if call is not None else None
     if assistant_id is None:
         assistant_id = message.get("assistantId")  # transcript events carry it at top level
+    if assistant_id is None and call is not None:
+        # no assistant (an `assistant-request` of a phone number without one): the Vapi
+        # account, which is one org's (BYOC)
+        account = call.get("orgId")
+        if isinstance(account, str) and _ASSISTANT_ID.fullmatch(account):
+            kind = message.get("type")
+            return ACCOUNT_KEY + account, kind if isinstance(kind, str) else None
     if assistant_id is None:
-        raise MalformedWebhook("no message.call.assistantId in the body")
+        raise MalformedWebhook("no message.call.assistantId (nor message.call.orgId) in the body")
     if not isinstance(assistant_id, str) or not _ASSISTANT_ID.fullmatch(assistant_id):
         raise MalformedWebhook(
             f"the assistant id is not 1..{MAX_ASSISTANT_ID} visible ASCII characters"
@@ -524,7 +538,10 @@ class WebhookResolver:
             self.misses += 1
         _MISS.inc()
         try:
-            row = self._state.resolve_assistant(assistant_id)
+            if assistant_id.startswith(ACCOUNT_KEY):
+                row = self._state.resolve_account(assistant_id.removeprefix(ACCOUNT_KEY))
+            else:
+                row = self._state.resolve_assistant(assistant_id)
         except (psycopg.Error, ReconcilerError) as exc:  # pool closed, connection lost, ...
             # (psycopg's own errors, or the state layer's one-line wrapping of them)
             raise VerificationUnavailable(
@@ -607,9 +624,12 @@ class WebhookResolver:
 
     def _check(self, webhook: Webhook, entry: _Entry) -> ResolvedWebhook:
         if entry is _UNKNOWN:
+            what = "assistant"
+            if webhook.assistant_id.startswith(ACCOUNT_KEY):
+                what = "Vapi account"
+            shown = webhook.assistant_id.removeprefix(ACCOUNT_KEY)
             raise UnknownAssistant(
-                f"assistant {printable(webhook.assistant_id, ECHOED_ID_CHARS)}"
-                " belongs to no known org"
+                f"{what} {printable(shown, ECHOED_ID_CHARS)} belongs to no known org"
             )
         if not entry.keys:
             raise BadSecret("no active webhook secret for this assistant", entry.slug)
@@ -623,12 +643,14 @@ class WebhookResolver:
                 raise BadSecret(f"bad or missing {SECRET_HEADER}", entry.slug)
         if webhook.signature is not None:
             _check_signature(webhook, entry)
-        with self._lock:
-            self._used.add(webhook.assistant_id)
+        by_account = webhook.assistant_id.startswith(ACCOUNT_KEY)
+        if not by_account:
+            with self._lock:
+                self._used.add(webhook.assistant_id)
         return ResolvedWebhook(
             entry.org_id,
             entry.slug,
-            webhook.assistant_id,
+            "" if by_account else webhook.assistant_id,
             entry.role,
             webhook.message_type,
             entry.forward_url,

@@ -78,5 +78,10 @@ BEGIN
 END $$;
 CREATE TRIGGER org_credentials_notify AFTER INSERT OR UPDATE OR DELETE
     ON org_credentials FOR EACH ROW EXECUTE FUNCTION reconciler_notify_org();
-CREATE TRIGGER organizations_notify AFTER UPDATE OF slug, webhook_forward_url OR DELETE
-    ON organizations FOR EACH ROW EXECUTE FUNCTION reconciler_notify_org();
+CREATE TRIGGER organizations_notify AFTER UPDATE ON organizations FOR EACH ROW
+    WHEN (OLD.slug IS DISTINCT FROM NEW.slug
+          OR OLD.webhook_forward_url IS DISTINCT FROM NEW.webhook_forward_url
+          OR OLD.vapi_account_id IS DISTINCT FROM NEW.vapi_account_id)
+    EXECUTE FUNCTION reconciler_notify_org();
+CREATE TRIGGER organizations_notify_delete AFTER DELETE ON organizations FOR EACH ROW
+    EXECUTE FUNCTION reconciler_notify_org();
