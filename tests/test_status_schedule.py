@@ -3,6 +3,7 @@ backoff, release), secret rotation bookkeeping, the spec cache and the git sourc
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import threading
 import uuid
@@ -438,3 +439,12 @@ def test_a_key_shared_with_an_org_of_another_batch_is_refused(
     assert outcome.error is not None and "shares its Vapi API key with bravo" in outcome.error
     assert outcome.stalled == "SharedAccount"
     assert controller.apply(only_acme).ok  # without the peers it cannot know
+
+
+def test_serve_interval_is_at_least_a_second() -> None:
+    from reconciler.cli.main import interval
+
+    assert interval("90s") == 90 and interval("1m") == 60
+    for bad in ("0", "500ms", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"shorter than 1s|not a duration"):
+            interval(bad)

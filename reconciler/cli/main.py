@@ -204,6 +204,14 @@ def duration(text: str) -> float:
     return seconds
 
 
+def interval(text: str) -> float:
+    """`serve --interval`: a duration of at least one second."""
+    seconds = duration(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than 1s")
+    return seconds
+
+
 def listen_address(text: str) -> tuple[str, int]:
     """`--listen HOST:PORT` (`:PORT` means 127.0.0.1, `[::1]:PORT` for IPv6)."""
     host, sep, port_text = text.rpartition(":")
@@ -270,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _path_arg(p)
     p.add_argument(
         "--interval",
-        type=duration,
+        type=interval,
         default=60.0,
         metavar="DURATION",
         help="time between reconcile runs, with 10%% jitter (default 60s)",
