@@ -15,6 +15,7 @@ import argparse
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -30,26 +31,30 @@ from reconciler.vapi.client import http_client
 from reconciler.vapi.emulator import running_emulator
 
 
+def bench_doc(slug: str) -> dict[str, Any]:
+    """One org's spec as a benchmark uses it: its own key (`bench-<slug>`), two assistants."""
+    return {
+        "apiVersion": "reconciler/v1",
+        "kind": "Organization",
+        "metadata": {"id": str(uuid.uuid4()), "slug": slug, "name": slug},
+        "spec": {
+            "credentials": {"vapi": {"apiKey": f"bench-{slug}", "webhookSecret": "s"}},
+            "assistants": {
+                "inbound": {"name": f"{slug} in", "firstMessage": "Hi"},
+                "outbound": {
+                    "name": f"{slug} out",
+                    "voice": {"provider": "11labs", "voiceId": "burt"},
+                },
+            },
+        },
+    }
+
+
 def specs(n: int) -> LoadResult:
     out = []
     for i in range(n):
         slug = f"org-{i:04d}"
-        doc = {
-            "apiVersion": "reconciler/v1",
-            "kind": "Organization",
-            "metadata": {"id": str(uuid.uuid4()), "slug": slug, "name": slug},
-            "spec": {
-                "credentials": {"vapi": {"apiKey": f"bench-{slug}", "webhookSecret": "s"}},
-                "assistants": {
-                    "inbound": {"name": f"{slug} in", "firstMessage": "Hi"},
-                    "outbound": {
-                        "name": f"{slug} out",
-                        "voice": {"provider": "11labs", "voiceId": "burt"},
-                    },
-                },
-            },
-        }
-        out.append(SpecFile(Path(f"{slug}.yaml"), Organization.model_validate(doc)))
+        out.append(SpecFile(Path(f"{slug}.yaml"), Organization.model_validate(bench_doc(slug))))
     return LoadResult(out, [])
 
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import httpx
 import pyrage
 import yaml
 
+from bench.bench_reconcile import bench_doc
 from bench.report import table, write_section
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.controller.run import Controller, pool_size
@@ -55,21 +55,7 @@ def write_specs(root: Path, n: int) -> Path:
 
     def one(i: int) -> None:
         slug = f"org-{i:04d}"
-        doc = {
-            "apiVersion": "reconciler/v1",
-            "kind": "Organization",
-            "metadata": {"id": str(uuid.uuid4()), "slug": slug, "name": slug},
-            "spec": {
-                "credentials": {"vapi": {"apiKey": f"bench-{slug}", "webhookSecret": "s"}},
-                "assistants": {
-                    "inbound": {"name": f"{slug} in", "firstMessage": "Hi"},
-                    "outbound": {
-                        "name": f"{slug} out",
-                        "voice": {"provider": "11labs", "voiceId": "burt"},
-                    },
-                },
-            },
-        }
+        doc = bench_doc(slug)
         path = specs / f"{slug}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         subprocess.run(
