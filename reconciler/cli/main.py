@@ -68,6 +68,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         report = rt.controller.plan(loaded, prune=args.prune)
     if args.format == "json":
         print(json.dumps(report_json(report), indent=2, default=str))
+    elif args.format == "markdown":
+        from reconciler.cli.markdown import render_markdown
+
+        print(render_markdown(report), end="")
     else:
         render_text(report, _out())
     if not report.ok:
@@ -254,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("plan", "show what apply would change"), ("diff", "alias of plan")):
         p = sub.add_parser(name, help=helptext)
         _org_args(p)
-        p.add_argument("--format", choices=("text", "json"), default="text")
+        p.add_argument("--format", choices=("text", "json", "markdown"), default="text")
         p.add_argument(
             "--detailed-exitcode", action="store_true", help="exit 2 when there are changes"
         )
