@@ -156,13 +156,15 @@ def test_plan_json(cli: Any, specs: SpecDir) -> None:
     run = cli("plan", str(specs.root), "--format", "json", "--detailed-exitcode")
     assert run.code == 2
     report = json.loads(run.out)
-    assert report["format_version"] == "1"
+    assert report["format_version"] == "2"
     changes = report["changes"]
     assert len(changes) == 2 * CHANGES_PER_ORG
     for change in changes:
-        assert {"action", "resource", "org"} <= set(change)
+        assert {"address", "action", "resource", "org", "before", "after", "drift"} <= set(change)
         assert change["action"] == "create"
         assert change["org"] in {"acme", "globex"}
+        assert change["address"].startswith(f"org/{change['org']}")
+        assert change["before"] is None
     by_org = {org: [c for c in changes if c["org"] == org] for org in ("acme", "globex")}
     for org_changes in by_org.values():
         assert len(org_changes) == CHANGES_PER_ORG
@@ -187,9 +189,12 @@ def test_plan_json_after_apply_is_a_no_op(cli: Any, specs: SpecDir) -> None:
     run = cli("plan", str(specs.root), "--format", "json", "--detailed-exitcode")
     assert run.code == 0
     report = json.loads(run.out)
-    assert report["changes"] == []
+    assert [(c["address"], c["action"]) for c in report["changes"]] == [
+        ("org/acme/assistant/inbound", "noop"),
+        ("org/acme/assistant/outbound", "noop"),
+    ]
     assert report["summary"]["no_op"] is True
-    assert report["summary"]["unchanged"] == 2
+    assert report["summary"]["unchanged"] == report["summary"]["noop"] == 2
 
 
 def test_plan_json_with_a_broken_spec(cli: Any, specs: SpecDir) -> None:
@@ -317,7 +322,8 @@ def test_org_limits_to_one_org(cli: Any, specs: SpecDir, emulator: str) -> None:
     assert live_assistants(emulator, globex_key) == []
 
     both = cli("plan", str(specs.root), "--org", "acme", "--org", "globex", "--format", "json")
-    assert {c["org"] for c in json.loads(both.out)["changes"]} == {"globex"}
+    changed = {c["org"] for c in json.loads(both.out)["changes"] if c["action"] != "noop"}
+    assert changed == {"globex"}
 
 
 def test_org_unknown_slug(cli: Any, specs: SpecDir, emulator: str) -> None:

@@ -116,36 +116,107 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
         console.print(f"[red]Failed: {'; '.join(parts)}[/red]")
 
 
+FORMAT_VERSION = "2"
+"""The JSON plan's contract version (docs/plan-format.md): bumped on any incompatible change."""
+
+
+def address(slug: str, action: Action | None = None, *, role: str | None = None) -> str:
+    """`org/<slug>`, `org/<slug>/assistant/<role>` or `org/<slug>/credential/<provider>`."""
+    if role is not None:
+        return f"org/{slug}/assistant/{role}"
+    match action:
+        case StoreCredential(provider=p) | DeactivateCredential(provider=p):
+            return f"org/{slug}/credential/{p}"
+        case CreateAssistant(role=r) | UpdateAssistant(role=r) | AdoptAssistant(role=r):
+            return f"org/{slug}/assistant/{r}"
+        case DeleteAssistant(role=r):
+            return f"org/{slug}/assistant/{r}"
+    return f"org/{slug}"
+
+
+def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
+    fields = _changes(action)
+    before: dict[str, Any] | None = {ch.path: ch.old for ch in fields} or None
+    after: dict[str, Any] | None = {ch.path: ch.new for ch in fields} or None
+    if action.kind == "create":
+        before = None
+    reason = getattr(action, "note", "") or None
+    if isinstance(action, StoreCredential):
+        before = None if action.kind == "create" else {"config": SENSITIVE}
+        after = {"config": SENSITIVE}
+        reason = reason or ("sensitive value changed" if action.kind == "update" else None)
+    return {
+        "address": address(slug, action),
+        "org": slug,
+        "org_id": org_id,
+        "resource": action.resource,
+        "action": action.kind,
+        "role": getattr(action, "role", None),
+        "provider": getattr(action, "provider", None),
+        "vapi_id": getattr(action, "vapi_id", None),
+        "before": before,
+        "after": after,
+        "drift": any(ch.drift for ch in fields),
+        "reason": reason,
+        "fields": [
+            {
+                "path": ch.path,
+                "before": ch.old,
+                "after": ch.new,
+                "drift": ch.drift,
+                "sensitive": ch.sensitive,
+            }
+            for ch in fields
+        ],
+    }
+
+
+def _other(slug: str, org_id: str, kind: str, addr: str, reason: str | None) -> dict[str, Any]:
+    return {
+        "address": addr,
+        "org": slug,
+        "org_id": org_id,
+        "resource": "assistant" if "/assistant/" in addr else "organization",
+        "action": kind,
+        "role": addr.rsplit("/", 1)[1] if "/assistant/" in addr else None,
+        "provider": None,
+        "vapi_id": None,
+        "before": None,
+        "after": None,
+        "drift": False,
+        "reason": reason,
+        "fields": [],
+    }
+
+
 def report_json(report: RunReport) -> dict[str, Any]:
+    """The plan as data: the contract of docs/plan-format.md (secrets masked, as everywhere)."""
     changes: list[dict[str, Any]] = []
     warnings: list[dict[str, str]] = []
     notes: list[dict[str, str]] = []
     for o in report.outcomes:
-        for action in o.plan.actions if o.plan else ():
-            changes.append(
-                {
-                    "org": o.slug,
-                    "org_id": o.org_id,
-                    "resource": action.resource,
-                    "action": action.kind,
-                    "role": getattr(action, "role", None),
-                    "provider": getattr(action, "provider", None),
-                    "vapi_id": getattr(action, "vapi_id", None),
-                    "fields": [
-                        {"path": ch.path, "before": ch.old, "after": ch.new, "drift": ch.drift}
-                        for ch in _changes(action)
-                    ],
-                }
-            )
-        warnings += [{"org": o.slug, "message": w} for w in (o.plan.warnings if o.plan else ())]
-        notes += [{"org": o.slug, "message": n} for n in (o.plan.notes if o.plan else ())]
+        plan = o.plan
+        if plan is None:
+            continue
+        if plan.blocked:
+            reason = "; ".join(plan.blocked)
+            changes.append(_other(o.slug, o.org_id, "blocked", address(o.slug), reason))
+        changes += [_change_json(o.slug, o.org_id, action) for action in plan.actions]
+        for role in plan.unchanged:
+            addr = address(o.slug, role=role)
+            changes.append(_other(o.slug, o.org_id, "noop", addr, None))
+        warnings += [{"org": o.slug, "message": w} for w in plan.warnings]
+        notes += [{"org": o.slug, "message": n} for n in plan.notes]
     errors = [{"org": o.slug, "message": o.error or ""} for o in report.failed]
     errors += [{"file": str(p.path), "message": str(p)} for p in report.problems]
     errors += [{"run": "record", "message": n} for n in report.notes]
     skipped = [{"org": o.slug, "message": o.skipped or ""} for o in report.skipped]
+    kinds = [c["action"] for c in changes]
     summary = {
         **report.counts(),
-        "unchanged": sum(len(o.plan.unchanged) for o in report.outcomes if o.plan),
+        "noop": kinds.count("noop"),
+        "blocked": kinds.count("blocked"),
+        "unchanged": kinds.count("noop"),  # format 1's name, kept
         "orgs": len(report.outcomes),
         "orgs_failed": len(report.failed),
         "orgs_skipped": len(report.skipped),
@@ -154,7 +225,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
         "no_op": not report.has_changes,
     }
     return {
-        "format_version": "1",
+        "format_version": FORMAT_VERSION,
         "changes": changes,
         "warnings": warnings,
         "notes": notes,
