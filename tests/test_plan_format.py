@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from reconciler.cli.render import FORMAT_VERSION, report_json
 from reconciler.controller.run import OrgOutcome, RunReport
@@ -113,3 +114,40 @@ def test_contract_basics() -> None:
     allowed = {"create", "update", "delete", "adopt", "noop", "duplicate", "unmanaged", "blocked"}
     assert {c["action"] for c in doc["changes"]} <= allowed
     assert doc["summary"]["blocked"] == 1 and doc["summary"]["orgs_skipped"] == 1
+
+
+def test_drift_is_marked_apart_from_a_change_in_git(
+    controller: Any, specs: Any, emulator: str
+) -> None:
+    """A field changed in the Vapi dashboard is drift; one changed in the spec is not."""
+    import io
+
+    import httpx
+    from rich.console import Console
+
+    from reconciler.cli.render import render_text
+    from reconciler.spec.loader import load_tree
+    from tests.conftest import live_assistants
+    from tests.helpers import org_doc
+
+    doc = org_doc("acme", api_key="key-drift-acme")
+    specs.write(doc)
+    assert controller.apply(load_tree(specs.root)).ok
+    inbound = next(
+        a for a in live_assistants(emulator, "key-drift-acme") if a["metadata"]["role"] == "inbound"
+    )
+    httpx.patch(  # someone edits the assistant in the dashboard
+        f"{emulator}/assistant/{inbound['id']}",
+        json={"firstMessage": "Edited by hand"},
+        headers={"Authorization": "Bearer key-drift-acme"},
+    ).raise_for_status()
+    doc["spec"]["assistants"]["outbound"]["voice"]["voiceId"] = "paula"  # and git changes one
+    specs.write(doc)
+    report = controller.plan(load_tree(specs.root))
+    out = io.StringIO()
+    render_text(report, Console(file=out, width=200, highlight=False, color_system=None))
+    text = out.getvalue()
+    assert 'firstMessage: "Edited by hand" -> "Hello!" (drift)' in text
+    assert 'voice.voiceId: "burt" -> "paula"\n' in text
+    fields = {f["path"]: f["drift"] for c in report_json(report)["changes"] for f in c["fields"]}
+    assert fields["firstMessage"] is True and fields["voice.voiceId"] is False
