@@ -413,7 +413,7 @@ def test_secrets_never_printed(
         cli("plan", str(specs.root), "--format", "json"),
     ]
     assert rotated[0].code == 2
-    assert "credential vapi (sensitive)" in rotated[0].out
+    assert "credential vapi (sensitive value changed)" in rotated[0].out
     runs += rotated
     runs.append(cli("apply", str(specs.root)))
     assert runs[-1].code == 0, runs[-1].out + runs[-1].err

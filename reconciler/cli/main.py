@@ -23,6 +23,7 @@ from reconciler.errors import ReconcilerError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from reconciler.controller.run import RunReport
     from reconciler.spec.loader import LoadResult
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -57,15 +58,41 @@ def _load(args: argparse.Namespace) -> LoadResult:
     return loader.slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
 
 
+def _offline_diff(args: argparse.Namespace) -> RunReport:
+    """`diff --base REF`: no key, no database, no network."""
+    import tempfile
+
+    from reconciler.controller.offline import offline_diff
+    from reconciler.spec import loader
+    from reconciler.spec.git import tree_at
+
+    path = Path(args.path)
+    with tempfile.TemporaryDirectory(prefix="reconciler-diff-") as tmp:
+        base_root = tree_at(path, args.base, Path(tmp))
+        if base_root.exists() and any(base_root.rglob("*.y*ml")):
+            base_loaded, base_docs = loader.validate_with_documents(base_root)
+        else:  # the specs did not exist at REF: every org is new
+            base_loaded, base_docs = loader.LoadResult([], []), {}
+        head_loaded, head_docs = loader.validate_with_documents(path)
+    base_loaded = loader.slugs_filter(base_loaded, args.org or [])
+    head_loaded = loader.slugs_filter(head_loaded, args.org or [])
+    base_loaded.problems = []  # the base's own problems are not this change's
+    return offline_diff((base_loaded, base_docs), (head_loaded, head_docs))
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text, report_json
-    from reconciler.config import load_settings
-    from reconciler.server.runtime import runtime
 
-    settings = load_settings()
-    loaded = _load(args)
-    with runtime(settings, write=False) as rt:
-        report = rt.controller.plan(loaded, prune=args.prune)
+    if getattr(args, "base", None):
+        report = _offline_diff(args)
+    else:
+        from reconciler.config import load_settings
+        from reconciler.server.runtime import runtime
+
+        settings = load_settings()
+        loaded = _load(args)
+        with runtime(settings, write=False) as rt:
+            report = rt.controller.plan(loaded, prune=args.prune)
     if args.format == "json":
         print(json.dumps(report_json(report), indent=2, default=str))
     elif args.format == "markdown":
@@ -262,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--detailed-exitcode", action="store_true", help="exit 2 when there are changes"
         )
+        if name == "diff":
+            p.add_argument(
+                "--base",
+                metavar="REF",
+                help="compare with the specs at this git revision, offline: no age key, "
+                "no database, no network (for pull requests)",
+            )
         p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("apply", help="converge Postgres and every org's Vapi account")

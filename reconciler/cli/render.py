@@ -44,6 +44,8 @@ def _title(action: Action) -> str:
     match action:
         case UpsertOrg(slug=slug):
             return f"organization {slug}"
+        case StoreCredential(provider=p, kind="update"):
+            return f"credential {p} (sensitive value changed)"
         case StoreCredential(provider=p) | DeactivateCredential(provider=p):
             return f"credential {p} (sensitive)"
         case CreateAssistant(role=role):

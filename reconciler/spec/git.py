@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tarfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,29 @@ class GitSource:
         self._git("clean", "--quiet", "-ffdx", cwd=repo)
         self.last = Revision(repo, commit)
         return self.last
+
+
+def tree_at(path: Path, ref: str, dest: Path) -> Path:
+    """The spec file or folder `path` (inside a git work tree) as it is at revision `ref`,
+    extracted under `dest`; an empty folder when it did not exist then. Offline: only the
+    local repository is read."""
+    if not ref or ref.startswith("-"):
+        raise GitError("--base must name a revision and not start with '-'")
+    where = path if path.is_dir() else path.parent
+    source = GitSource(str(where), ref, dest)
+    top = Path(source._git("rev-parse", "--show-toplevel", cwd=where))
+    try:
+        rel = path.resolve().relative_to(top.resolve())
+    except ValueError:
+        raise GitError(f"{path} is not inside the git work tree {top}") from None
+    source._git("rev-parse", "--verify", f"{ref}^{{commit}}", cwd=top)
+    target = dest / "base"
+    target.mkdir(parents=True, exist_ok=True)
+    listed = source._git("ls-tree", "-r", "--name-only", ref, "--", str(rel) or ".", cwd=top)
+    if not listed:
+        return target / rel
+    archive = dest / "base.tar"
+    source._git("archive", "--format=tar", f"--output={archive}", ref, "--", str(rel), cwd=top)
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")  # no links out, no absolute paths
+    return target / rel

@@ -599,6 +599,18 @@ def validate_tree(root: Path) -> LoadResult:
     return _validate(root)[0]
 
 
+def validate_with_documents(root: Path) -> tuple[LoadResult, dict[Path, dict[str, Any]]]:
+    """As `validate_tree`, with each valid file's document as committed (credentials still
+    encrypted): what `diff --base` compares without any key."""
+    checked, sources = _validate(root)
+    documents: dict[Path, dict[str, Any]] = {}
+    for spec in checked.specs:
+        doc, _ = parse_yaml(spec.path, sources[spec.path])
+        if doc is not None:
+            documents[spec.path] = doc
+    return checked, documents
+
+
 # -- decryption --------------------------------------------------------------------------------
 
 Decrypt = Callable[[Path, bytes], bytes]
