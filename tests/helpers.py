@@ -71,3 +71,15 @@ class SpecDir:
                 cwd=self.root,
             )
         return path
+
+
+def git(cwd: Path, *args: str) -> str:
+    """`git ARGS` in `cwd` with a throwaway identity; its stdout, stripped."""
+    done = subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()

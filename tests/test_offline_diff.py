@@ -11,18 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SpecDir, org_doc
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
+from tests.helpers import SpecDir, git, org_doc
 
 
 def reconciler(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

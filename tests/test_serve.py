@@ -9,7 +9,6 @@ import itertools
 import json
 import re
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from reconciler.secrets import sops
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.store import StateWriter
 from tests.conftest import writes
-from tests.helpers import SpecDir, org_doc
+from tests.helpers import SpecDir, git, org_doc
 from tests.serve_helpers import (
     ServeLauncher,
     add_fault,
@@ -660,17 +659,6 @@ def test_sighup_triggers_a_run(
 # -- 9. git source -----------------------------------------------------------------------------
 
 
-def _git(repo: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 def test_git_source_applies_commits_and_records_revisions(
     launcher: ServeLauncher,
     tmp_path: Path,
@@ -680,14 +668,14 @@ def test_git_source_applies_commits_and_records_revisions(
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    _git(repo, "init", "--quiet", "--initial-branch", "main")
+    git(repo, "init", "--quiet", "--initial-branch", "main")
     specs = SpecDir(repo / "specs", age_identity[1])
     acme, beta = org_doc("acme"), org_doc("beta")
     acme_path = specs.write(acme)
     specs.write(beta)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "--quiet", "-m", "two orgs")
-    first = _git(repo, "rev-parse", "HEAD")
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "two orgs")
+    first = git(repo, "rev-parse", "HEAD")
 
     serve = launcher.start("specs", "--git-url", str(repo), "--git-ref", "main")
     _wait_converged(emulator, database_url, [acme, beta])
@@ -701,8 +689,8 @@ def test_git_source_applies_commits_and_records_revisions(
     )
 
     edit_spec(acme_path, "Hello!", "Hello from commit two")
-    _git(repo, "commit", "--quiet", "-am", "acme greets differently")
-    second = _git(repo, "rev-parse", "HEAD")
+    git(repo, "commit", "--quiet", "-am", "acme greets differently")
+    second = git(repo, "rev-parse", "HEAD")
     assert second != first
     wait_until(
         lambda: has_first_message(emulator, _key(acme), "Hello from commit two"),

@@ -4,7 +4,6 @@ backoff, release), secret rotation bookkeeping, the spec cache and the git sourc
 from __future__ import annotations
 
 import argparse
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from reconciler.spec.git import GitError, GitSource, shown_url
 from reconciler.spec.loader import Outcome, Problem, load_tree
 from reconciler.state.schedule import Backoff, Schedule
 from reconciler.state.store import RUNS_KEPT, OrgStatus, StateWriter
-from tests.helpers import SpecDir, org_doc
+from tests.helpers import SpecDir, git, org_doc
 
 
 def new_org(state: StateWriter, slug: str = "acme") -> str:
@@ -244,7 +243,6 @@ def test_backoff_doubles_caps_and_resets(state: StateWriter) -> None:
     assert column(state, "SELECT failures FROM org_schedule WHERE org_id = %s", org) == 5
     schedule.finished({org: True}, backoff)
     assert column(state, "SELECT failures FROM org_schedule WHERE org_id = %s", org) == 0
-    assert Backoff(10, 60).delay(0) == 0 and Backoff(10, 60).delay(3) == 40
 
 
 def test_release_hands_claimed_orgs_back(state: StateWriter) -> None:
@@ -353,17 +351,6 @@ def test_cache_is_bounded() -> None:
 
 
 # -- git source ----------------------------------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 def test_git_source_fetches_the_ref_and_follows_new_commits(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,14 +55,10 @@ class LoopConfig:
 
 @dataclass
 class LoopState:
-    """What the process knows of its own runs (for /readyz, logs and metrics)."""
+    """What /readyz needs to know of this process's runs."""
 
-    runs: int = 0
     loaded_once: bool = False  # specs were read at least once
-    revision: str | None = None
-    last_report: RunReport | None = None
     last_error: str | None = None  # the last run that could not run at all
-    last_finished: float | None = None
 
 
 class ReconcileLoop:
@@ -75,7 +70,6 @@ class ReconcileLoop:
         *,
         replica: str,
         decrypt: Decrypt = sops.decrypt_bytes,
-        on_run: Callable[[RunReport], None] | None = None,
     ) -> None:
         self.controller = controller
         self.state = state
@@ -84,7 +78,6 @@ class ReconcileLoop:
         self.cache: SpecCache[Outcome] = SpecCache()
         self.schedule = Schedule(state, replica)
         self.status = LoopState()
-        self.on_run = on_run
         self._running = threading.Lock()
         self._again = threading.Event()
         self._reported: frozenset[tuple[Path, str]] = frozenset()
@@ -120,7 +113,6 @@ class ReconcileLoop:
             DEFAULT_ENTRIES, 4 * (len(loaded.specs) + len(loaded.problems))
         )
         self.status.loaded_once = True
-        self.status.revision = revision
         metrics.SPECS_FAILING.set(len(loaded.failed_files))
         try:
             report = self._apply(loaded, revision)
@@ -130,16 +122,11 @@ class ReconcileLoop:
         except Exception as exc:  # a bug must not end the loop; the next run tries again
             self._failed_run(f"internal error: {type(exc).__name__}")
             return None
-        self.status.runs += 1
         self.status.last_error = None
-        self.status.last_report = report
-        self.status.last_finished = time.time()
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        metrics.LAST_RUN_TIMESTAMP.set(self.status.last_finished)
+        metrics.LAST_RUN_TIMESTAMP.set(time.time())
         if report is not None:
             self._count(report)
-            if self.on_run is not None:
-                self.on_run(report)
         return report
 
     def _failed_run(self, reason: str) -> None:

@@ -52,6 +52,40 @@ class Revision:
     commit: str
 
 
+def run_git(*args: str, cwd: Path | None, url: str = "", ref: str = "") -> str:
+    """`git ARGS` without a terminal prompt, bounded in time; a failure is one `GitError` line
+    naming the command (and the URL, its userinfo masked)."""
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal
+        "GIT_ASKPASS": "true",
+        "LC_ALL": "C",
+    }
+    about = f" of {shown_url(url)}" if url else ""
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise GitError("the git binary is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]}{about} took over {GIT_TIMEOUT_S:g}s") from None
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        if url:
+            reason = reason.replace(url, shown_url(url))
+        where = f" ({ref})" if ref else ""
+        raise GitError(f"git {args[0]}{about}{where} failed: {printable(redact_text(reason), 300)}")
+    return done.stdout.strip()
+
+
 class GitSource:
     def __init__(self, url: str, ref: str, data_dir: Path) -> None:
         if not url or url.startswith("-") or not ref or ref.startswith("-"):
@@ -63,37 +97,7 @@ class GitSource:
         self.last: Revision | None = None
 
     def _git(self, *args: str, cwd: Path | None = None) -> str:
-        env = {
-            **os.environ,
-            "GIT_TERMINAL_PROMPT": "0",  # never wait for a password on a terminal
-            "GIT_ASKPASS": "true",
-            "LC_ALL": "C",
-        }
-        try:
-            done = subprocess.run(
-                ["git", *args],
-                cwd=cwd,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=GIT_TIMEOUT_S,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise GitError("the git binary is not installed") from None
-        except subprocess.TimeoutExpired:
-            raise GitError(
-                f"git {args[0]} of {shown_url(self.url)} took over {GIT_TIMEOUT_S:g}s"
-            ) from None
-        if done.returncode != 0:
-            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-            reason = lines[-1] if lines else f"exit status {done.returncode}"
-            reason = redact_text(reason.replace(self.url, shown_url(self.url)))
-            raise GitError(
-                f"git {args[0]} of {shown_url(self.url)} ({self.ref}) failed: "
-                f"{printable(reason, 300)}"
-            )
-        return done.stdout.strip()
+        return run_git(*args, cwd=cwd, url=self.url, ref=self.ref)
 
     def fetch(self) -> Revision:
         """Fetch REF and check it out; returns the checkout and its commit SHA."""
@@ -119,20 +123,19 @@ def tree_at(path: Path, ref: str, dest: Path) -> Path:
     if not ref or ref.startswith("-"):
         raise GitError("--base must name a revision and not start with '-'")
     where = path if path.is_dir() else path.parent
-    source = GitSource(str(where), ref, dest)
-    top = Path(source._git("rev-parse", "--show-toplevel", cwd=where))
+    top = Path(run_git("rev-parse", "--show-toplevel", cwd=where))
     try:
         rel = path.resolve().relative_to(top.resolve())
     except ValueError:
         raise GitError(f"{path} is not inside the git work tree {top}") from None
-    source._git("rev-parse", "--verify", f"{ref}^{{commit}}", cwd=top)
+    run_git("rev-parse", "--verify", f"{ref}^{{commit}}", cwd=top)
     target = dest / "base"
     target.mkdir(parents=True, exist_ok=True)
-    listed = source._git("ls-tree", "-r", "--name-only", ref, "--", str(rel) or ".", cwd=top)
+    listed = run_git("ls-tree", "-r", "--name-only", ref, "--", str(rel) or ".", cwd=top)
     if not listed:
         return target / rel
     archive = dest / "base.tar"
-    source._git("archive", "--format=tar", f"--output={archive}", ref, "--", str(rel), cwd=top)
+    run_git("archive", "--format=tar", f"--output={archive}", ref, "--", str(rel), cwd=top)
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")  # no links out, no absolute paths
     return target / rel

@@ -40,14 +40,11 @@ RETURNING s.org_id::text, s.failures
 
 @dataclass(frozen=True)
 class Backoff:
+    """After n consecutive failures the next attempt waits min(cap, base * 2**(n-1)):
+    computed by `Schedule.finished` in SQL."""
+
     base_s: float = 60.0
     cap_s: float = 600.0
-
-    def delay(self, failures: int) -> float:
-        """Seconds before the next attempt after `failures` consecutive failures."""
-        if failures <= 0:
-            return 0.0
-        return float(min(self.cap_s, self.base_s * 2 ** min(failures - 1, 30)))
 
 
 class Schedule:

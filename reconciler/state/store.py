@@ -270,14 +270,6 @@ class StateReader:
         with self._read() as cur:
             return cur.execute(_STATUS_SQL, {"slug": slug, "runs": RUNS_KEPT}).fetchall()
 
-    def last_run(self) -> dict[str, Any] | None:
-        with self._read() as cur:
-            return cur.execute(
-                "SELECT id, command, started_at, finished_at, orgs_total, orgs_failed,"
-                " files_failed, orgs_skipped, changes, errors"
-                " FROM reconcile_runs ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-
     def free_connections(self) -> int:
         """Connections the server can still accept from us (not counting reserved ones)."""
         with self._read() as cur:
