@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from reconciler.errors import ConfigError
@@ -40,6 +41,26 @@ class Settings(BaseSettings):
     backoff_max_s: float = Field(default=600.0, gt=0, alias="RECONCILER_BACKOFF_MAX")
     secret_grace_s: float = Field(default=300.0, ge=0, alias="RECONCILER_SECRET_GRACE")
     webhook_listen: bool = Field(default=True, alias="RECONCILER_WEBHOOK_LISTEN")
+    # lifecycle: how long a deleted assistant's mapping (and a retired org's webhook secret)
+    # still verifies late webhooks
+    mapping_retention_s: float = Field(
+        default=30 * 86400.0, ge=0, alias="RECONCILER_MAPPING_RETENTION"
+    )
+
+    @field_validator("mapping_retention_s", mode="before")
+    @classmethod
+    def _days(cls, value: object) -> object:
+        """`30d`, `12h`, `90m`, `45s`, or a number of seconds."""
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if match is None:
+                raise ValueError("must be a duration such as 30d, 12h, 90m or 3600 (seconds)")
+            return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+        return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def load_settings(**values: Any) -> Settings:

@@ -407,6 +407,8 @@ def test_secrets_never_printed(
     # rotate both: plan and apply show the change without either value
     new_key = f"sk-ROTATED-{uuid.uuid4().hex}"
     new_secret = f"whsec-ROTATED-{uuid.uuid4().hex}"
+    same_account = {"token": api_key, "new_token": new_key}  # a second key of the account
+    httpx.post(f"{emulator}/_emulator/keys", json=same_account).raise_for_status()
     specs.write(_server_doc("acme", org_id, new_key, new_secret))
     rotated = [
         cli("plan", str(specs.root), "--detailed-exitcode"),

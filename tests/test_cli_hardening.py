@@ -73,6 +73,7 @@ def test_plan_and_resolve_run_under_a_read_only_role(
     with pool.connection() as conn:
         [vapi_id] = conn.execute(
             "SELECT vapi_assistant_id FROM assistant_org_mapping WHERE assistant_role = 'inbound'"
+            " AND inactive_at IS NULL"
         ).fetchone() or [None]
     with read_only_role(database_url) as role:
         monkeypatch.setenv("RECONCILER_DATABASE_URL", _with(database_url, user=role))

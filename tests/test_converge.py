@@ -31,7 +31,7 @@ def mapping(state: StateWriter) -> list[tuple[str, str, str]]:
     with state.pool.connection() as conn:
         return conn.execute(
             "SELECT org_id::text, assistant_role, vapi_assistant_id FROM assistant_org_mapping"
-            " ORDER BY 1, 2"
+            " WHERE inactive_at IS NULL ORDER BY 1, 2"
         ).fetchall()
 
 

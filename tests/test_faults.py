@@ -145,6 +145,7 @@ def test_faults_and_crashes_never_duplicate(
             rows = dict(
                 conn.execute(
                     "SELECT assistant_role, vapi_assistant_id FROM assistant_org_mapping"
+                    " WHERE inactive_at IS NULL"
                 ).fetchall()
             )
         assert rows == {role: ids[0] for role, ids in live.items()}

@@ -16,7 +16,10 @@ from reconciler.engine.actions import (
     CreateAssistant,
     DeactivateCredential,
     DeleteAssistant,
+    Finding,
+    LeaveAccount,
     OrgPlan,
+    RetireOrg,
     StoreCredential,
     UpdateAssistant,
     UpsertOrg,
@@ -30,6 +33,9 @@ GOLDEN = Path(__file__).parent / "golden" / "plan-v2.json"
 ACME = "3f1c2d8e-6b0a-4a53-9d2e-1b7c9a0e4f11"
 GLOBEX = "9b2e4c71-0d3a-4f5e-8a6b-2c1d0e9f8a7b"
 SHARED = "5d7a1e20-8c4b-4b9d-a3f2-6e0c1b2d3f40"
+GONE = "7a0b1c2d-3e4f-4a5b-8c6d-9e0f1a2b3c4d"
+LEFT = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+MOVED = "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a"
 
 
 def sample() -> RunReport:
@@ -53,6 +59,10 @@ def sample() -> RunReport:
         ),
         unchanged=(),
         warnings=("inbound: Vapi does not keep this value: maxDurationSeconds",),
+        findings=(
+            Finding("duplicate", "inbound", "asst-dup2", "a second assistant tagged for this role"),
+            Finding("unmanaged", "outbound", "asst-legacy", "untagged assistant named 'Out'"),
+        ),
     )
     globex = OrgPlan(
         GLOBEX,
@@ -79,8 +89,23 @@ def sample() -> RunReport:
         unchanged=("inbound",),
         blocked=("this Vapi account holds assistants of other orgs",),
     )
+    gone = OrgPlan(
+        GONE,
+        "gone",
+        (
+            DeleteAssistant("inbound", "asst-gone", note="its spec is gone from the specs"),
+            DeactivateCredential("twilio"),
+            RetireOrg(Sensitive("whsec-NEVER"), reason="its spec is gone from the specs"),
+        ),
+        orphaned="its spec is gone from the specs",
+    )
+    left = OrgPlan(LEFT, "left", (), orphaned="its spec is gone: `--prune` retires it")
+    moved = OrgPlan(MOVED, "moved", (LeaveAccount("acct-old", "acct-new"),))
     outcomes = [
         OrgOutcome("acme", ACME, plan=acme),
+        OrgOutcome("gone", GONE, plan=gone),
+        OrgOutcome("left", LEFT, plan=left),
+        OrgOutcome("moved", MOVED, plan=moved),
         OrgOutcome("globex", GLOBEX, plan=globex),
         OrgOutcome("shared", SHARED, plan=shared, error="this Vapi account holds ..."),
         OrgOutcome("held", "0e7c9a8b-1d2f-4e3a-9b8c-7d6e5f4a3b2c", skipped="another reconciler"),

@@ -16,7 +16,9 @@ from reconciler.engine.actions import (
     CreateAssistant,
     DeactivateCredential,
     DeleteAssistant,
+    LeaveAccount,
     OrgPlan,
+    RetireOrg,
     StoreCredential,
     UpdateAssistant,
     UpsertOrg,
@@ -667,6 +669,7 @@ class World:
     # "rounds" keeps numbers as doubles (as Node.js does: 2**53 + 1 comes back as 2**53),
     # "echoes" rounds too but answers a write with what it was sent (normalises on read)
     lossy: str | None = None
+    adopt: bool = False  # adopt untagged namesakes (`spec.adopt: byName`)
 
 
 def stamp(n: int) -> str:
@@ -735,7 +738,8 @@ def worlds(draw: st.DrawFn) -> World:
         live=live,
     )
     lossy = draw(st.sampled_from([None, "drops", "rounds", "echoes"]))
-    return World(d, observed, draw(st.booleans()), untagged_ids, foreign_ids, lossy)
+    adopt = draw(st.booleans())
+    return World(d, observed, draw(st.booleans()), untagged_ids, foreign_ids, lossy, adopt)
 
 
 def _as_double(value: Any) -> Any:
@@ -893,7 +897,19 @@ def _check_invariants(world: World, observed: ObservedOrg, plan: OrgPlan) -> Non
         for a in plan.actions
         if isinstance(a, UpdateAssistant | DeleteAssistant | AdoptAssistant)
     }
-    assert not touched & world.untagged_ids, "an untagged assistant was touched"
+    adopted = {
+        a.vapi_id
+        for a in plan.actions
+        if isinstance(a, UpdateAssistant) and a.adopt and a.vapi_id in world.untagged_ids
+    }
+    if adopted:
+        assert world.adopt, "an untagged assistant adopted without being asked"
+        for a in plan.actions:
+            if isinstance(a, UpdateAssistant) and a.vapi_id in adopted:
+                live = next(x for x in observed.live or [] if x["id"] == a.vapi_id)
+                assert live.get("name") == world.desired.assistants[a.role].name
+                assert not [c for c in creates if c.role == a.role], "adopted and created"
+    assert not (touched - adopted) & world.untagged_ids, "an untagged assistant was touched"
     strays = {a.vapi_id for a in deletes if a.stray}
     assert not (touched - strays) & world.foreign_ids, "another org's assistant was touched"
     assert strays <= world.foreign_ids, "only another org's assistants are deleted as strays"
@@ -908,28 +924,31 @@ def _check_invariants(world: World, observed: ObservedOrg, plan: OrgPlan) -> Non
 @settings(max_examples=200, deadline=None)
 @given(worlds())
 def test_property_no_duplicates_and_safe_deletes(world: World) -> None:
-    plan = plan_org(world.desired, world.observed, prune=world.prune)
+    plan = plan_org(world.desired, world.observed, prune=world.prune, adopt_by_name=world.adopt)
     _check_invariants(world, world.observed, plan)
 
 
 @settings(max_examples=500, deadline=None)
 @given(worlds())
 def test_property_apply_then_replan_is_empty(world: World) -> None:
-    plan = plan_org(world.desired, world.observed, prune=world.prune)
+    plan = plan_org(world.desired, world.observed, prune=world.prune, adopt_by_name=world.adopt)
     model = Model(world.desired, world.observed, world.lossy)
     model.apply(plan)
     after = model.observed()
-    again = plan_org(world.desired, after, prune=world.prune)
+    again = plan_org(world.desired, after, prune=world.prune, adopt_by_name=world.adopt)
     if world.lossy == "echoes":
         # an answer that says it kept the value hides the loss from the first run: one more
         # PATCH of each such field, never a third
         model.apply(again)
         after = model.observed()
-        again = plan_org(world.desired, after, prune=world.prune)
+        again = plan_org(world.desired, after, prune=world.prune, adopt_by_name=world.adopt)
     # even when Vapi does not keep what it is sent, the second run sends nothing: it says so
     assert again.actions == (), f"not converged: {again.actions}"
     if world.foreign_ids and not world.prune:  # a foreign-tagged account is refused
         assert again.blocked
+        return
+    if any("needs exactly one" in b for b in plan.blocked):  # two namesakes to adopt: refused
+        assert world.adopt and again.blocked == plan.blocked
         return
     assert not again.blocked
     assert set(again.unchanged) == set(world.desired.assistants)
@@ -958,8 +977,77 @@ def test_property_apply_then_replan_is_empty(world: World) -> None:
 @given(worlds())
 def test_property_plan_is_deterministic(world: World) -> None:
     snapshot = copy.deepcopy(world.observed)
-    first = plan_org(world.desired, world.observed, prune=world.prune)
-    second = plan_org(world.desired, copy.deepcopy(world.observed), prune=world.prune)
+    first = plan_org(world.desired, world.observed, prune=world.prune, adopt_by_name=world.adopt)
+    second = plan_org(
+        world.desired, copy.deepcopy(world.observed), prune=world.prune, adopt_by_name=world.adopt
+    )
     assert first == second
     assert repr(first) == repr(second)
     assert world.observed == snapshot  # the planner does not mutate its inputs
+
+
+@settings(max_examples=200, deadline=None)
+@given(worlds())
+def test_property_retiring_touches_only_the_orgs_own_tagged_assistants(world: World) -> None:
+    gone = replace(world.desired, assistants={}, retire="its spec is gone")
+    plan = plan_org(gone, world.observed, prune=world.prune, adopt_by_name=world.adopt)
+    kinds = {type(a) for a in plan.actions}
+    assert kinds <= {DeleteAssistant, DeactivateCredential, RetireOrg}
+    if not world.prune:
+        assert plan.actions == () and "--prune" in plan.orphaned
+        return
+    assert isinstance(plan.actions[-1], RetireOrg)
+    deleted = {a.vapi_id for a in plan.actions if isinstance(a, DeleteAssistant) and a.vapi_id}
+    assert deleted == _tagged_ids(world.observed)  # all of its own, and nothing else
+    assert "vapi" not in {a.provider for a in plan.actions if isinstance(a, DeactivateCredential)}
+    assert plan.deletes == len(deleted)
+
+
+def test_adopt_by_name_updates_the_namesake_with_the_tag() -> None:
+    d = desired({"inbound": INBOUND})
+    legacy = live_copy({"name": INBOUND["name"], "firstMessage": "old"}, "asst-legacy")
+    plan = plan_org(d, ObservedOrg(live=[legacy]), adopt_by_name=True)
+    [update] = assistant_actions(plan)
+    assert isinstance(update, UpdateAssistant) and update.adopt
+    assert update.vapi_id == "asst-legacy" and update.patch["metadata"]["orgId"] == ORG
+    assert plan.findings == ()
+    unasked = plan_org(d, ObservedOrg(live=[legacy]))
+    assert isinstance(assistant_actions(unasked)[0], CreateAssistant)
+    [finding] = unasked.findings
+    assert (finding.action, finding.vapi_id) == ("unmanaged", "asst-legacy")
+
+
+def test_adopt_by_name_with_two_namesakes_is_blocked() -> None:
+    d = desired({"inbound": INBOUND})
+    twins = [live_copy({"name": INBOUND["name"]}, f"asst-{i}", stamp(i)) for i in range(2)]
+    plan = plan_org(d, ObservedOrg(live=twins), adopt_by_name=True)
+    assert plan.actions == () and "needs exactly one" in plan.blocked[0]
+
+
+def test_duplicates_are_findings_without_prune() -> None:
+    d, o = _duplicates()
+    plan = plan_org(d, o)
+    assert {f.action for f in plan.findings} == {"duplicate"}
+
+
+def test_account_change_is_blocked_until_accepted() -> None:
+    d = desired()
+    o = converged(d)
+    o = replace(o, org=StoredOrg(SLUG, NAME, vapi_account_id="acct-before"))
+    plan = plan_org(d, o)
+    assert plan.actions == () and "--accept-account-change" in plan.blocked[0]
+    accepted = plan_org(d, o, accept_account_change=True)
+    assert isinstance(accepted.actions[0], LeaveAccount)
+    assert accepted.actions[0].new_account == ACCOUNT
+    same = replace(o, org=StoredOrg(SLUG, NAME, vapi_account_id=ACCOUNT))
+    assert plan_org(d, same).actions == ()
+
+
+def test_empty_account_after_a_key_change_counts_as_an_account_change() -> None:
+    d = desired()
+    o = converged(d)
+    o = replace(o, org=StoredOrg(SLUG, NAME, vapi_account_id=ACCOUNT), live=[])
+    plan = plan_org(d, o)  # same key, assistants deleted in the dashboard: recreated
+    assert [type(a) for a in assistant_actions(plan)] == [CreateAssistant, CreateAssistant]
+    rotated = replace(o, credentials={"vapi": StoredCredential("vapi", "fp-old-key", True)})
+    assert "empty Vapi account" in plan_org(d, rotated).blocked[0]

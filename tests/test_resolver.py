@@ -58,7 +58,7 @@ def applied(
     with state.pool.connection() as conn:
         rows = conn.execute(
             "SELECT o.slug, m.assistant_role, m.vapi_assistant_id FROM assistant_org_mapping m"
-            " JOIN organizations o ON o.id = m.org_id"
+            " JOIN organizations o ON o.id = m.org_id WHERE m.inactive_at IS NULL"
         ).fetchall()
     for slug, role, vid in rows:
         out.setdefault(slug, {"secret": f"whsec-{slug}-7f3a"})[role] = vid

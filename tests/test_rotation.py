@@ -34,7 +34,8 @@ def body_for(assistant_id: str) -> bytes:
 def assistant_ids(state: StateWriter, org_id: str) -> list[str]:
     with state.pool.connection() as conn:
         rows = conn.execute(
-            "SELECT vapi_assistant_id FROM assistant_org_mapping WHERE org_id = %s ORDER BY 1",
+            "SELECT vapi_assistant_id FROM assistant_org_mapping WHERE org_id = %s"
+            " AND inactive_at IS NULL ORDER BY 1",
             (org_id,),
         ).fetchall()
     return [r[0] for r in rows]

@@ -924,7 +924,8 @@ def test_webhooks_through_serve_every_outcome_and_forwarding(
             slug: query(
                 database_url,
                 "SELECT vapi_assistant_id FROM assistant_org_mapping m JOIN organizations o"
-                " ON o.id = m.org_id WHERE o.slug = %s AND assistant_role = 'inbound'",
+                " ON o.id = m.org_id WHERE o.slug = %s AND assistant_role = 'inbound'"
+                " AND inactive_at IS NULL",
                 (slug,),
             )[0]["vapi_assistant_id"]
             for slug in ("acme", "beta")

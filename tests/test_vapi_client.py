@@ -533,6 +533,18 @@ def test_delete_other_errors_raise(make: Callable[..., Client]) -> None:
         c.vapi.delete_assistant("a")
 
 
+def test_delete_of_a_pinned_assistant_is_a_clear_error(make: Callable[..., Client]) -> None:
+    pinned = {"error": "assistant_pinned", "message": "Assistant is pinned to a phone number"}
+    c = make(httpx.Response(409, json=pinned), then=httpx.Response(409, json={"message": "x"}))
+    with pytest.raises(VapiError) as caught:
+        c.vapi.delete_assistant("asst-1")
+    text = str(caught.value)
+    assert "asst-1 is pinned" in text and "unpin it" in text and caught.value.status == 409
+    with pytest.raises(VapiError) as other:  # another 409 keeps Vapi's own words
+        c.vapi.delete_assistant("asst-2")
+    assert "pinned" not in str(other.value) and "409" in str(other.value)
+
+
 # -- paging over a fake list endpoint with shared timestamps --------------------------------
 
 

@@ -23,7 +23,7 @@ from reconciler.errors import ReconcilerError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from reconciler.controller.run import RunReport
+    from reconciler.controller.run import Options, RunReport
     from reconciler.spec.loader import LoadResult
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -58,6 +58,20 @@ def _load(args: argparse.Namespace) -> LoadResult:
     return loader.slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
 
 
+def _options(args: argparse.Namespace) -> Options:
+    """The run's options from the flags. Orgs in Postgres without a spec are orphans only when
+    the whole spec folder is read (not one file, not `--org`)."""
+    from reconciler.controller.run import MAX_DELETES, Options
+
+    return Options(
+        prune=args.prune,
+        orphans=Path(args.path).is_dir() and not args.org,
+        max_deletes=getattr(args, "max_deletes", MAX_DELETES),
+        adopt_by_name=args.adopt_by_name,
+        accept_account_change=frozenset(args.accept_account_change or ()),
+    )
+
+
 def _offline_diff(args: argparse.Namespace) -> RunReport:
     """`diff --base REF`: no key, no database, no network."""
     import tempfile
@@ -83,7 +97,11 @@ def _offline_diff(args: argparse.Namespace) -> RunReport:
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.render import render_text, report_json
 
+    out = getattr(args, "out", None)
     if getattr(args, "base", None):
+        if out:
+            print("error: --out saves a plan to apply; diff --base makes none", file=sys.stderr)
+            return EXIT_ERROR
         report = _offline_diff(args)
     else:
         from reconciler.config import load_settings
@@ -91,8 +109,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         settings = load_settings()
         loaded = _load(args)
+        options = _options(args)
         with runtime(settings, write=False) as rt:
-            report = rt.controller.plan(loaded, prune=args.prune)
+            report = rt.controller.plan(loaded, options=options)
+        if out:
+            from reconciler.cli import saved
+
+            held = saved.write(Path(out), report, options, Path(args.path), args.org or [])
+            print(
+                f"saved the plan of {held} org(s) to {out}: `reconciler apply {out}`",
+                file=sys.stderr,
+            )
     if args.format == "json":
         print(json.dumps(report_json(report), indent=2, default=str))
     elif args.format == "markdown":
@@ -107,15 +134,82 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.cli import saved
     from reconciler.cli.render import render_text
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
 
     settings = load_settings()
+    plan_file = Path(args.path)
+    if saved.is_saved_plan(plan_file):
+        return _apply_saved(args, plan_file)
     loaded = _load(args)
     with runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, prune=args.prune)
+        report = rt.controller.apply(loaded, options=_options(args))
     render_text(report, _out(), verb="Applied")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
+    """`apply FILE`: the saved plan's orgs, with the options it was made with, each only if
+    what it was computed from still holds."""
+    from reconciler.cli import saved
+    from reconciler.cli.render import render_text
+    from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
+    from reconciler.spec import loader
+
+    flags = [
+        f
+        for f, on in (
+            ("--org", args.org),
+            ("--prune", args.prune),
+            ("--adopt-by-name", args.adopt_by_name),
+            ("--accept-account-change", args.accept_account_change),
+        )
+        if on
+    ]
+    if flags:
+        print(
+            f"error: {', '.join(flags)}: apply FILE runs the saved plan with the options it "
+            "was made with; give them to `plan --out`",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    plan = saved.read(plan_file)
+    loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
+    with runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt:
+        report = rt.controller.apply(loaded, options=plan.options, saved=plan.stamps)
+    render_text(report, _out(), verb="Applied")
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_org_retire(args: argparse.Namespace) -> int:
+    """Retires one org by slug, as `apply --prune` does when its spec is gone. Refused while a
+    spec for that org is still in the folder: the next apply would bring it back."""
+    from reconciler.cli.render import render_text
+    from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
+    from reconciler.spec import loader
+
+    settings = load_settings()
+    with runtime(settings, write=True) as rt:
+        org_id = rt.state.live_org_id(args.slug)
+        if org_id is None:
+            print(f"error: no live org has the slug {args.slug}", file=sys.stderr)
+            return EXIT_ERROR
+        path = Path(args.path)
+        if path.exists():
+            specs = loader.validate_tree(path).specs
+            if any(str(spec.org.metadata.id) == org_id for spec in specs):
+                print(
+                    f"error: {args.slug}: its spec is still in {path}; remove it first, or "
+                    "the next apply brings the org back",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+        report = rt.controller.retire(args.slug, max_deletes=args.max_deletes)
+    render_text(report, _out(), verb="Retired")
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -267,8 +361,37 @@ def _org_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prune",
         action="store_true",
-        help="delete assistants removed from the spec (and tagged duplicates)",
+        help="delete assistants removed from the spec (and tagged duplicates), and retire "
+        "orgs whose spec is gone",
     )
+    p.add_argument(
+        "--adopt-by-name",
+        action="store_true",
+        help="adopt (tag) an untagged assistant named like a desired one instead of creating "
+        "one (as `spec.adopt: byName` does for one org)",
+    )
+    p.add_argument(
+        "--accept-account-change",
+        action="append",
+        metavar="SLUG",
+        help="this org's Vapi key may now reach another Vapi account than before (repeatable)",
+    )
+
+
+def _max_deletes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-deletes",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="delete nothing when the run would delete more than N assistants (default 5)",
+    )
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--detailed-exitcode", action="store_true", help="exit 2 when there are changes"
         )
+        p.add_argument(
+            "--out",
+            metavar="FILE",
+            help="also save the plan (no secret in it) for `reconciler apply FILE`, which runs "
+            "exactly it and refuses an org whose spec or live state changed since",
+        )
         if name == "diff":
             p.add_argument(
                 "--base",
@@ -298,8 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("apply", help="converge Postgres and every org's Vapi account")
+    p = sub.add_parser(
+        "apply",
+        help="converge Postgres and every org's Vapi account (or run a plan saved by "
+        "`plan --out FILE`: `apply FILE`)",
+    )
     _org_args(p)
+    _max_deletes(p)
     p.add_argument(
         "--lock-timeout",
         type=duration,
@@ -339,6 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("org", help="one org's lifecycle")
+    orgsub = p.add_subparsers(dest="org_command", required=True)
+    r = orgsub.add_parser(
+        "retire",
+        help="delete an org's tagged assistants, deactivate its credentials and retire it "
+        "(row and history kept, slug freed)",
+    )
+    r.add_argument("slug")
+    r.add_argument(
+        "--path", default="specs", help="the spec folder, checked not to hold its spec (specs)"
+    )
+    _max_deletes(r)
+    r.set_defaults(func=cmd_org_retire)
 
     p = sub.add_parser("status", help="conditions, revisions and recent runs of each org")
     p.add_argument("--org", metavar="SLUG", help="only this org, in detail")

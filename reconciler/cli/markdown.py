@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 
-from reconciler.cli.render import _change_text, _changes, _title
+from reconciler.cli.render import _change_text, _changes, _title, lifecycle_lines
 from reconciler.controller.run import OrgOutcome, RunReport
 from reconciler.redact import printable
 
@@ -56,6 +56,7 @@ def _section(outcome: OrgOutcome) -> str:
             lines.append(f"    {printable(ch.path)}: {printable(_change_text(action.kind, ch))}")
     for role in outcome.plan.unchanged if outcome.plan else ():
         lines.append(f"  assistant {role} unchanged")
+    lines += [printable(line) for line in lifecycle_lines(outcome.plan)]
     for note in outcome.plan.notes if outcome.plan else ():
         lines.append(f"  note: {printable(note)}")
     lines += [f"! {printable(p)}" for p in _problems(outcome)]
@@ -79,7 +80,11 @@ def render_markdown(report: RunReport, *, limit: int = LIMIT) -> str:
         f"{len(report.failed_files)} file(s) failed.",
         "",
     ]
-    shown = [o for o in report.outcomes if (o.plan and o.plan.has_changes) or _problems(o)]
+    shown = [
+        o
+        for o in report.outcomes
+        if (o.plan and o.plan.has_changes) or _problems(o) or lifecycle_lines(o.plan)
+    ]
     quiet = len(report.outcomes) - len(shown)
     table = ["| org | create | update | delete | adopt | problems |", "|---|---|---|---|---|---|"]
     for outcome in shown:

@@ -16,6 +16,9 @@ from reconciler.engine.actions import (
     CreateAssistant,
     DeactivateCredential,
     DeleteAssistant,
+    LeaveAccount,
+    OrgPlan,
+    RetireOrg,
     StoreCredential,
     UpdateAssistant,
     UpsertOrg,
@@ -56,7 +59,23 @@ def _title(action: Action) -> str:
             return f"assistant {role} ({vid}): adopt, {note}"
         case DeleteAssistant(role=role, vapi_id=vid, note=note):
             return f"assistant {role} ({vid or 'no id'}): {note}"
+        case LeaveAccount(old_account=old, new_account=new):
+            return (
+                f"organization: Vapi account {old} -> {new or 'a new, empty one'} "
+                "(accepted; old mappings kept for late webhooks)"
+            )
+        case RetireOrg(reason=reason):
+            return f"organization: retire ({reason}; credentials deactivated, history kept)"
     raise AssertionError(action)  # pragma: no cover
+
+
+def lifecycle_lines(plan: OrgPlan | None) -> list[str]:
+    """An orphan left alone, duplicates and unmanaged assistants: shown, never acted on."""
+    if plan is None:
+        return []
+    lines = [f"? orphaned: {plan.orphaned}"] if plan.orphaned and not plan.actions else []
+    lines += [f"? {f.action} assistant {f.role} ({f.vapi_id}): {f.reason}" for f in plan.findings]
+    return lines
 
 
 def _changes(action: Action) -> tuple[FieldChange, ...]:
@@ -86,6 +105,8 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
                 console.print(f"      {_safe(ch.path)}: {_safe(_change_text(action.kind, ch))}")
         for role in plan.unchanged if plan else ():
             console.print(f"  [dim]= assistant {role} unchanged[/dim]")
+        for line in lifecycle_lines(plan):
+            console.print(f"  [magenta]{_safe(line)}[/magenta]")
         for warning in plan.warnings if plan else ():
             console.print(f"  [magenta]! {_safe(warning)}[/magenta]")
         for note in plan.notes if plan else ():
@@ -136,13 +157,21 @@ def address(slug: str, action: Action | None = None, *, role: str | None = None)
     return f"org/{slug}"
 
 
+def _reason(action: Action) -> str | None:
+    if isinstance(action, RetireOrg):
+        return action.reason or None
+    if isinstance(action, LeaveAccount):
+        return f"Vapi account {action.old_account} -> {action.new_account or 'a new, empty one'}"
+    return getattr(action, "note", "") or None
+
+
 def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
     fields = _changes(action)
     before: dict[str, Any] | None = {ch.path: ch.old for ch in fields} or None
     after: dict[str, Any] | None = {ch.path: ch.new for ch in fields} or None
     if action.kind == "create":
         before = None
-    reason = getattr(action, "note", "") or None
+    reason = _reason(action)
     if isinstance(action, StoreCredential):
         before = None if action.kind == "create" else {"config": SENSITIVE}
         after = {"config": SENSITIVE}
@@ -200,13 +229,20 @@ def report_json(report: RunReport) -> dict[str, Any]:
         plan = o.plan
         if plan is None:
             continue
+        mine: list[dict[str, Any]] = []
         if plan.blocked:
             reason = "; ".join(plan.blocked)
-            changes.append(_other(o.slug, o.org_id, "blocked", address(o.slug), reason))
-        changes += [_change_json(o.slug, o.org_id, action) for action in plan.actions]
+            mine.append(_other(o.slug, o.org_id, "blocked", address(o.slug), reason))
+        mine += [_change_json(o.slug, o.org_id, action) for action in plan.actions]
         for role in plan.unchanged:
-            addr = address(o.slug, role=role)
-            changes.append(_other(o.slug, o.org_id, "noop", addr, None))
+            mine.append(_other(o.slug, o.org_id, "noop", address(o.slug, role=role), None))
+        if plan.orphaned and not plan.actions:
+            reason = f"orphaned: {plan.orphaned}"
+            mine.append(_other(o.slug, o.org_id, "noop", address(o.slug), reason))
+        for f in plan.findings:
+            entry = _other(o.slug, o.org_id, f.action, address(o.slug, role=f.role), f.reason)
+            mine.append({**entry, "vapi_id": f.vapi_id})
+        changes += [{**entry, "orphaned": bool(plan.orphaned)} for entry in mine]
         warnings += [{"org": o.slug, "message": w} for w in plan.warnings]
         notes += [{"org": o.slug, "message": n} for n in plan.notes]
     errors = [{"org": o.slug, "message": o.error or ""} for o in report.failed]
@@ -218,6 +254,9 @@ def report_json(report: RunReport) -> dict[str, Any]:
         **report.counts(),
         "noop": kinds.count("noop"),
         "blocked": kinds.count("blocked"),
+        "duplicate": kinds.count("duplicate"),
+        "unmanaged": kinds.count("unmanaged"),
+        "orphaned": len({c["org"] for c in changes if c["orphaned"]}),
         "unchanged": kinds.count("noop"),  # format 1's name, kept
         "orgs": len(report.outcomes),
         "orgs_failed": len(report.failed),

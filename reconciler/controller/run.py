@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,12 +24,20 @@ import httpx
 from reconciler.controller import status
 from reconciler.controller.accounts import AccountRegistry
 from reconciler.controller.status import stalled_files
-from reconciler.engine.actions import Action, OrgPlan, UpsertOrg
+from reconciler.engine.actions import Action, OrgPlan, RetireOrg, UpsertOrg
 from reconciler.engine.apply import Applier, WriteGuard
 from reconciler.engine.desired import desired_org, leaf_fingerprint
-from reconciler.engine.model import DesiredOrg, ObservedOrg, account_ids, tag_of
+from reconciler.engine.model import (
+    DesiredCredential,
+    DesiredOrg,
+    ObservedOrg,
+    Sensitive,
+    account_ids,
+    tag_of,
+)
 from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
+from reconciler.engine.stamp import OrgStamp, stale, stamp
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
 from reconciler.secrets.crypto import MasterKey
@@ -46,6 +54,21 @@ from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiRe
 
 log = logging.getLogger(__name__)
 STOPPING = "not started: the reconciler is shutting down"
+ORPHANED = "its spec is gone from the specs"
+MAX_DELETES = 5
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a run may do beyond converging what the specs say (all off by default)."""
+
+    prune: bool = False  # delete removed or duplicate assistants, retire orgs whose spec is gone
+    orphans: bool = False  # the specs are the whole fleet: an org without one is orphaned
+    max_deletes: int | None = MAX_DELETES  # more deletes than this in one run: none at all
+    adopt_by_name: bool = False
+    accept_account_change: frozenset[str] = frozenset()  # slugs
+
+
 _Client = TypeVar("_Client", VapiReader, VapiWriter)
 
 
@@ -67,6 +90,8 @@ class OrgOutcome:
     # the account's listing (raw: secrets in clear) until planned, then dropped
     live: list[dict[str, Any]] | None = field(default=None, repr=False)
     listed: bool = False  # the org's key listed its account in this run
+    spec_digest: str = ""  # sha256 of its spec file ("" for an orphan)
+    stamp: OrgStamp | None = None  # plan only: what its plan was computed from (`plan --out`)
     vapi_error: VapiError | None = None  # the account could not be listed
 
     @property
@@ -181,6 +206,25 @@ class _Guard(WriteGuard):
             )
 
 
+class _DeleteBudget:
+    """What is left of `--max-deletes` in this run, shared by the orgs applied at once."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.left = limit
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        if n == 0 or self.left is None:
+            return
+        with self._lock:
+            if n > self.left:
+                raise ReconcilerError(
+                    f"would delete {n} assistant(s), past what is left of --max-deletes "
+                    f"({self.left}) in this run: nothing done for this org"
+                )
+            self.left -= n
+
+
 class Controller:
     """Holds the long-lived parts (pool, HTTP client, key) and runs plan or apply over specs."""
 
@@ -210,16 +254,23 @@ class Controller:
     # -- desired state ---------------------------------------------------------------------------
 
     def _desired(
-        self, loaded: LoadResult, peers: LoadResult | None = None
+        self, loaded: LoadResult, peers: LoadResult | None = None, options: Options | None = None
     ) -> tuple[list[tuple[DesiredOrg | None, OrgOutcome]], AccountRegistry]:
+        """Each spec's desired state (or its failure), then the orgs whose spec is gone
+        (orphans) when the specs are the whole fleet."""
+        options = options or Options()
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         index = self.state.org_index()
         known = {row.slug: row.org_id for row in index}
+        present = {str(spec.org.metadata.id) for spec in loaded.specs}
+        leaving = {row.org_id for row in index if row.org_id not in present}
         for spec in loaded.specs:
             md = spec.org.metadata
-            outcome = OrgOutcome(md.slug, str(md.id))
+            outcome = OrgOutcome(md.slug, str(md.id), spec_digest=spec.digest)
             owner = known.get(md.slug)
-            if owner is not None and owner != str(md.id):
+            if owner is not None and owner != str(md.id) and options.orphans and owner in leaving:
+                pass  # its slug is freed when the orphan that holds it is retired, first
+            elif owner is not None and owner != str(md.id):
                 outcome.stalled = "SlugConflict"
                 outcome.error = (
                     f"slug {md.slug} belongs to org {owner} in Postgres, not to {md.id}: "
@@ -237,7 +288,41 @@ class Controller:
                 out.append((None, outcome))
                 continue
             out.append((desired, outcome))
-        return self._refuse_shared_keys(out, peers), AccountRegistry(index)
+        out = self._refuse_shared_keys(out, peers)
+        if options.orphans:
+            out += self._orphans([row for row in index if row.org_id in leaving])
+        return out, AccountRegistry(index)
+
+    def _orphans(self, rows: list[Any]) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+        """Orgs in Postgres without a spec: to retire, reached through their stored Vapi key."""
+        if not rows:
+            return []
+        sealed = self.state.stored_vapi_credentials([row.org_id for row in rows])
+        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
+        for row in sorted(rows, key=lambda r: r.slug):
+            outcome = OrgOutcome(row.slug, row.org_id)
+            credentials: dict[str, DesiredCredential] = {}
+            token = sealed.get(row.org_id)
+            try:
+                config = self.key.decrypt(token, aad=f"{row.org_id}:vapi") if token else None
+            except Exception as exc:
+                outcome.error = _message(exc)
+                out.append((None, outcome))
+                continue
+            if config is not None:
+                credentials["vapi"] = DesiredCredential("vapi", "", Sensitive(config))
+            api_key = config.get("apiKey") if config else None
+            desired = DesiredOrg(
+                org_id=row.org_id,
+                slug=row.slug,
+                name=row.slug,
+                credentials=credentials,
+                assistants={},
+                vapi_api_key=Sensitive(api_key) if isinstance(api_key, str) else None,
+                retire=ORPHANED,
+            )
+            out.append((desired, outcome))
+        return out
 
     def _refuse_shared_keys(
         self,
@@ -249,7 +334,7 @@ class Controller:
         batches), so a key shared with an org of another batch is caught as well."""
         by_key: dict[str, list[str]] = {}
         for desired, outcome in items:
-            if desired is not None and desired.vapi_api_key is not None:
+            if desired is not None and desired.vapi_api_key is not None and not desired.retire:
                 digest = self.key.fingerprint({"vapiApiKey": desired.vapi_api_key.reveal()})
                 by_key.setdefault(digest, []).append(outcome.slug)
         mine = {outcome.slug for _, outcome in items}
@@ -346,13 +431,38 @@ class Controller:
             mapped_elsewhere=self._foreign_mapped(live, desired.org_id),
         )
 
+    def _plan(
+        self, desired: DesiredOrg, observed: ObservedOrg, options: Options, loaded: LoadResult
+    ) -> OrgPlan:
+        """The planner, with this run's options. An orphan is never pruned in a run where a
+        spec file failed to load: that file may be its spec."""
+        held_back = bool(desired.retire) and options.prune and bool(loaded.problems)
+        plan = plan_org(
+            desired,
+            observed,
+            prune=options.prune and not held_back,
+            create_grace_s=self.create_grace_s,
+            adopt_by_name=options.adopt_by_name,
+            accept_account_change=desired.slug in options.accept_account_change,
+        )
+        if held_back:
+            why = (
+                f"not retired in this run: {len(loaded.failed_files)} spec file(s) failed to "
+                "load, and one may be this org's"
+            )
+            plan = replace(plan, warnings=(*plan.warnings, why))
+        return plan
+
     # -- plan --------------------------------------------------------------------------------
 
-    def plan(self, loaded: LoadResult, *, prune: bool = False) -> RunReport:
+    def plan(
+        self, loaded: LoadResult, *, prune: bool = False, options: Options | None = None
+    ) -> RunReport:
         """Read-only: Postgres reads and Vapi GETs, through reader objects only. Every account
         is listed first, so two orgs on one account are both caught whatever the order."""
+        options = options or Options(prune=prune)
         started = time.monotonic()
-        items, accounts = self._desired(loaded)
+        items, accounts = self._desired(loaded, options=options)
         rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
@@ -363,9 +473,8 @@ class Controller:
         def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             observed = self._observed(rows.get(desired.org_id), outcome.live, desired, accounts)
             outcome.live = None  # planned from its masked copy: no live secret kept past here
-            outcome.plan = plan_org(
-                desired, observed, prune=prune, create_grace_s=self.create_grace_s
-            )
+            outcome.plan = self._plan(desired, observed, options, loaded)
+            outcome.stamp = stamp(outcome.spec_digest, observed, outcome.plan)
             if outcome.vapi_error is not None:
                 outcome.error = str(outcome.vapi_error)
             elif outcome.plan.blocked:  # apply would fail the org for the same reason
@@ -385,15 +494,95 @@ class Controller:
         command: str = "apply",
         revision: str | None = None,
         peers: LoadResult | None = None,
+        options: Options | None = None,
+        saved: dict[str, OrgStamp] | None = None,
     ) -> RunReport:
         """Converge every org of `loaded`; `revision` (a git commit) is recorded as each org's
-        last attempted revision, and as its last applied one when it converged."""
+        last attempted revision, and as its last applied one when it converged. With
+        `options.prune`, the deletes of the whole run are counted first (a read-only plan):
+        more than `max_deletes` and none is made. `saved` (`apply FILE`): the stamps of a saved
+        plan, by org id; an org runs only when its spec, its observed state and so its plan
+        are still what the saved plan was made from, and only the orgs in it run."""
         if not isinstance(self.state, StateWriter):
             raise TypeError("apply needs a StateWriter")
-        state: StateWriter = self.state
+        options = options or Options(prune=prune, max_deletes=None)
+        notes: list[str] = []
+        if options.prune and options.max_deletes is not None:
+            planned = sum(
+                o.plan.deletes for o in self.plan(loaded, options=options).outcomes if o.plan
+            )
+            if planned > options.max_deletes:
+                notes.append(
+                    f"this run would delete {planned} assistants, more than --max-deletes "
+                    f"{options.max_deletes}: nothing was deleted or retired; check `plan --prune`, "
+                    "then raise --max-deletes"
+                )
+                options = replace(options, prune=False)
         started = time.monotonic()
-        items, accounts = self._desired(loaded, peers)
+        items, accounts = self._desired(loaded, peers, options)
+        if saved is not None:
+            items = self._only_saved(items, saved)
+        report = self._apply_items(
+            items, accounts, options, loaded, command, revision, started, saved
+        )
+        report.notes[:0] = notes
+        return report
+
+    @staticmethod
+    def _only_saved(
+        items: list[tuple[DesiredOrg | None, OrgOutcome]], saved: dict[str, OrgStamp]
+    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+        """An org the saved plan does not hold is refused, and one it holds that is no longer
+        here (its spec gone or unreadable) is reported: apply FILE runs that plan, no other."""
+        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
+        for desired, outcome in items:
+            if outcome.org_id not in saved and outcome.ok:
+                outcome.error = "not in the saved plan (new since it was made): nothing done"
+                desired = None
+            out.append((desired, outcome))
+        present = {outcome.org_id for _, outcome in items}
+        for org_id in sorted(saved.keys() - present):
+            gone = OrgOutcome(saved[org_id].slug or org_id, org_id)
+            gone.error = "in the saved plan, but its spec is gone or did not load: nothing done"
+            out.append((None, gone))
+        return out
+
+    def retire(self, slug: str, *, max_deletes: int | None = MAX_DELETES) -> RunReport:
+        """`reconciler org retire SLUG`: as `apply --prune` does for an org whose spec is gone."""
+        if not isinstance(self.state, StateWriter):
+            raise TypeError("retire needs a StateWriter")
+        index = self.state.org_index()
+        rows = [row for row in index if row.slug == slug]
+        if not rows:
+            raise ReconcilerError(f"no live org has the slug {slug}")
+        options = Options(prune=True, orphans=True, max_deletes=max_deletes)
+        empty = LoadResult([], [])
+        items = self._orphans(rows)
+        items = [
+            (replace(d, retire="retired by `reconciler org retire`") if d else None, o)
+            for d, o in items
+        ]
+        return self._apply_items(
+            items, AccountRegistry(index), options, empty, "org retire", None, time.monotonic()
+        )
+
+    def _apply_items(
+        self,
+        items: list[tuple[DesiredOrg | None, OrgOutcome]],
+        accounts: AccountRegistry,
+        options: Options,
+        loaded: LoadResult,
+        command: str,
+        revision: str | None,
+        started: float,
+        saved: dict[str, OrgStamp] | None = None,
+    ) -> RunReport:
+        """Orphans first (an org taking a retired org's slug needs it freed), then the rest,
+        concurrently; every status in one batch at the end."""
+        state = self.state
+        assert isinstance(state, StateWriter)
         run_id = state.start_run(command, len(items))
+        budget = _DeleteBudget(options.max_deletes if options.prune else None)
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             with state.org_lock(desired.org_id, wait_s=self.lock_wait_s) as lock:
@@ -401,9 +590,13 @@ class Controller:
                     waited = f" (waited {self.lock_wait_s:g}s)" if self.lock_wait_s > 0 else ""
                     outcome.skipped = f"another reconciler is applying this org{waited}"
                     return
-                self._apply_org(state, desired, outcome, prune, lock, accounts)
+                self._apply_org(
+                    state, desired, outcome, options, loaded, lock, accounts, budget, saved
+                )
 
-        outcomes = self._each(items, work)
+        leaving = [item for item in items if item[0] is not None and item[0].retire]
+        staying = [item for item in items if item[0] is None or not item[0].retire]
+        outcomes = self._each(leaving, work) + self._each(staying, work)
         for outcome in outcomes:  # two orgs on one account: both refused, whatever the order
             others = accounts.shared_with(outcome.org_id)
             if outcome.ok and not outcome.skipped and others:
@@ -418,9 +611,12 @@ class Controller:
         state: StateWriter,
         desired: DesiredOrg,
         outcome: OrgOutcome,
-        prune: bool,
+        options: Options,
+        loaded: LoadResult,
         lock: OrgLock,
         accounts: AccountRegistry,
+        budget: _DeleteBudget,
+        saved: dict[str, OrgStamp] | None = None,
     ) -> None:
         writer = self._client(desired, VapiWriter)
         row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
@@ -429,11 +625,17 @@ class Controller:
         accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
         observed = self._observed(row, live, desired, accounts)
         outcome.live = None  # planned from its masked copy: no live secret kept past here
-        plan = plan_org(desired, observed, prune=prune, create_grace_s=self.create_grace_s)
+        plan = self._plan(desired, observed, options, loaded)
         outcome.plan = plan
         outcome.done = []
+        if saved is not None:  # apply FILE: only the saved plan, and only if it still holds
+            why = stale(saved[desired.org_id], stamp(outcome.spec_digest, observed, plan))
+            if why is not None:
+                outcome.plan = replace(plan, actions=())
+                raise ReconcilerError(f"{why}: nothing done; make a new plan")
         if plan.blocked:
             outcome.stalled = "Blocked"
+        budget.take(plan.deletes)  # the live state moved since the count: still bounded
         guard = _Guard(desired, lock, accounts, writer)
         try:
             Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
@@ -474,6 +676,10 @@ class Controller:
         except StateError as exc:
             report.notes.append(f"the status of {len(statuses)} org(s) was not recorded: {exc}")
         try:
+            state.expire()  # mappings and retired secrets past the retention window
+        except StateError as exc:
+            report.notes.append(f"expired mappings were not removed: {exc}")
+        try:
             state.finish_run(
                 run_id,
                 orgs_failed=len(report.failed),
@@ -497,8 +703,13 @@ class Controller:
         if outcome.ok and not accounts.shared_with(outcome.org_id):
             account = accounts.account(outcome.org_id)
         changes = _changes(outcome)
-        if outcome.error is None:
-            warnings = outcome.plan.warnings if outcome.plan else ()
+        plan = outcome.plan
+        if any(isinstance(a, RetireOrg) for a in outcome.done or ()):
+            conditions = status.retired(plan.orphaned if plan else "")
+        elif outcome.error is None and plan is not None and plan.orphaned:
+            conditions = status.stalled("Orphaned", plan.orphaned)
+        elif outcome.error is None:
+            warnings = plan.warnings if plan else ()
             conditions = status.ready(changes, warnings)
         elif outcome.stalled is not None:
             conditions = status.stalled(outcome.stalled, outcome.error)

@@ -3,6 +3,8 @@
 - Ready: True when the org converged (reason `UpToDate`, or `Applied` when this run changed
   something, or `UpToDateWithWarnings`); False otherwise, with the one-line reason.
 - Reconciling: True while a retry is scheduled after a failure (`RetryScheduled`).
+- Retired: an org whose spec is gone, retired by `apply --prune` (or `org retire`); one whose
+  spec is gone but not pruned is Stalled with reason `Orphaned`.
 - Stalled: True when retrying cannot help until the spec changes: the file does not validate or
   decrypt, its slug belongs to another org, its Vapi key or account is another org's, or the
   plan is blocked. A file that does not validate or decrypt is not read again until it
@@ -73,8 +75,19 @@ def stalled(reason: str, error: str) -> tuple[Condition, ...]:
     )
 
 
+def retired(message: str) -> tuple[Condition, ...]:
+    """Retired: its spec is gone (or `org retire`); row and history kept."""
+    return (
+        _condition("Ready", False, "Retired", message or "retired"),
+        _condition("Reconciling", False, "Retired", ""),
+        _condition("Stalled", False, "Retired", ""),
+    )
+
+
 def summary(conditions: tuple[Condition, ...]) -> str:
     by_type = {c["type"]: c["status"] for c in conditions}
+    if any(c["reason"] == "Retired" for c in conditions):
+        return "Retired"
     if by_type.get("Stalled") == "True":
         return "Stalled"
     return "Ready" if by_type.get("Ready") == "True" else "Failed"

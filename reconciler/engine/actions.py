@@ -98,6 +98,31 @@ class DeleteAssistant:
     resource: str = "assistant"
 
 
+@dataclass(frozen=True)
+class LeaveAccount:
+    """The org's Vapi key now reaches another account (accepted with
+    `--accept-account-change`): its mappings go inactive (kept for late webhooks) and its
+    assistant state is forgotten, so the new account is planned from scratch."""
+
+    old_account: str
+    new_account: str
+    kind: Kind = "update"
+    resource: str = "organization"
+
+
+@dataclass(frozen=True)
+class RetireOrg:
+    """Last action of an org whose spec is gone (`--prune`) or retired by name: its row and
+    history stay, its slug is freed, every credential is deactivated except the webhook
+    secret, kept alone (the API key dropped) to verify late webhooks until the retention
+    window ends."""
+
+    webhook_secret: Sensitive | None = field(default=None, repr=False)
+    reason: str = ""
+    kind: Kind = "delete"
+    resource: str = "organization"
+
+
 Action = (
     UpsertOrg
     | StoreCredential
@@ -106,7 +131,21 @@ Action = (
     | UpdateAssistant
     | AdoptAssistant
     | DeleteAssistant
+    | LeaveAccount
+    | RetireOrg
 )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An assistant the plan leaves alone but the user should know of: a `duplicate` (a second
+    assistant tagged for the same role, deleted only with `--prune`) or an `unmanaged` one
+    (untagged, named like a desired one; adopted only when asked)."""
+
+    action: Literal["duplicate", "unmanaged"]
+    role: str
+    vapi_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -121,6 +160,13 @@ class OrgPlan:
     warnings: tuple[str, ...] = ()
     blocked: tuple[str, ...] = ()  # why the org cannot converge in this run
     notes: tuple[str, ...] = ()  # facts worth showing that need no action
+    findings: tuple[Finding, ...] = ()
+    orphaned: str = ""  # the org's spec is gone: why, and what `--prune` would do
+
+    @property
+    def deletes(self) -> int:
+        """Assistants this plan deletes in Vapi (what `--max-deletes` bounds)."""
+        return sum(1 for a in self.actions if isinstance(a, DeleteAssistant) and a.vapi_id)
 
     @property
     def has_changes(self) -> bool:

@@ -19,7 +19,9 @@ from reconciler.engine.actions import (
     CreateAssistant,
     DeactivateCredential,
     DeleteAssistant,
+    LeaveAccount,
     OrgPlan,
+    RetireOrg,
     StoreCredential,
     UpdateAssistant,
     UpsertOrg,
@@ -113,6 +115,14 @@ class Applier:
                     self._writer().delete_assistant(vapi_id)
                 if not stray:
                     self.state.forget_assistant(org_id, role, vapi_id)
+            case LeaveAccount():
+                self.state.leave_account(org_id)
+            case RetireOrg(webhook_secret=secret):
+                webhook_only = None
+                if secret is not None:
+                    kept = {"webhookSecret": secret.reveal()}
+                    webhook_only = self.key.encrypt(kept, aad=f"{org_id}:vapi")
+                self.state.retire_org(org_id, webhook_only, action.reason)
 
     def _masked(self, answer: dict[str, Any]) -> dict[str, Any]:
         return masked_live(strip_server_owned(answer), self.fingerprint)

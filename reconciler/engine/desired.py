@@ -56,6 +56,7 @@ def desired_org(
         vapi_api_key=Sensitive(vapi["apiKey"]) if vapi else None,
         source=source,
         forward_url=org.spec.webhook.forward_url if org.spec.webhook else None,
+        adopt_by_name=org.spec.adopt == "byName",
     )
 
 

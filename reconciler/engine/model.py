@@ -72,6 +72,10 @@ class DesiredOrg:
     vapi_api_key: Sensitive | None = None
     source: str = ""
     forward_url: str | None = None
+    adopt_by_name: bool = False  # `spec.adopt: byName`
+    # set: the org is to be retired (its spec is gone, or `org retire`), and says why; its
+    # credentials are then the stored ones (the Vapi key lists the account to clean)
+    retire: str = ""
 
 
 @dataclass(frozen=True)

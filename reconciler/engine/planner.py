@@ -10,6 +10,7 @@ sending it again on every run would change nothing, so it is reported instead.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from reconciler.engine.actions import (
@@ -18,7 +19,10 @@ from reconciler.engine.actions import (
     CreateAssistant,
     DeactivateCredential,
     DeleteAssistant,
+    Finding,
+    LeaveAccount,
     OrgPlan,
+    RetireOrg,
     StoreCredential,
     UpdateAssistant,
     UpsertOrg,
@@ -30,7 +34,14 @@ from reconciler.engine.diff import (
     strip_server_owned,
     unchecked_paths,
 )
-from reconciler.engine.model import DesiredAssistant, DesiredOrg, ObservedOrg, tag_of
+from reconciler.engine.model import (
+    DesiredAssistant,
+    DesiredOrg,
+    ObservedOrg,
+    Sensitive,
+    account_ids,
+    tag_of,
+)
 from reconciler.spec.models import ROLES
 
 CREATE_GRACE_S = 60.0
@@ -42,14 +53,21 @@ def plan_org(
     *,
     prune: bool = False,
     create_grace_s: float = CREATE_GRACE_S,
+    adopt_by_name: bool = False,
+    accept_account_change: bool = False,
 ) -> OrgPlan:
     """`create_grace_s`: how long a create with an unknown outcome may still show up in the
-    account (a slow commit) before the planner creates again."""
+    account (a slow commit) before the planner creates again. `adopt_by_name`: adopt untagged
+    assistants named like desired ones (also `spec.adopt: byName`). `accept_account_change`:
+    the org's key may now reach another Vapi account than the one recorded."""
+    if desired.retire:
+        return plan_retire(desired, observed, prune=prune)
     actions: list[Action] = []
     warnings: list[str] = []
     notes: list[str] = []
     unchanged: list[str] = []
     blocked: list[str] = []
+    findings: list[Finding] = []
 
     def result() -> OrgPlan:
         return OrgPlan(
@@ -60,6 +78,7 @@ def plan_org(
             warnings=tuple(warnings),
             blocked=tuple(blocked),
             notes=tuple(notes),
+            findings=tuple(findings),
         )
 
     if observed.shared_with:
@@ -77,11 +96,30 @@ def plan_org(
             warnings.append("assistants not planned: the Vapi account could not be listed")
         return result()
 
-    tags = [(a, tag_of(a)) for a in observed.live]
+    moved = _account_change(desired, observed)
+    if moved is not None:
+        old, new = moved
+        where = (
+            f"Vapi account {new}"
+            if new
+            else "an empty Vapi account (its key changed and none of its assistants is there)"
+        )
+        if not accept_account_change:
+            blocked.append(
+                f"its Vapi key now reaches {where}, not Vapi account {old} as before; "
+                f"refusing until `apply --accept-account-change {desired.slug}` (the old "
+                "account's assistants are then left as they are and new ones created)"
+            )
+            return result()
+        actions.append(LeaveAccount(old, new))
+        observed = replace(observed, assistants={}, mappings={})
+
+    tags = [(a, tag_of(a)) for a in observed.live or []]
     mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
     deletes: list[Action] = _plan_foreign(tags, desired.org_id, observed, prune, blocked)
     if blocked:
         return result()
+    by_name = _untagged_by_name(observed.live or [], desired)
 
     for role in ROLES:
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
@@ -96,7 +134,31 @@ def plan_org(
                 f"waiting up to {create_grace_s:.0f}s for it to appear before creating again"
             )
             continue
-        kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged)
+        namesakes = by_name.get(want.name, [])
+        adoptable = None
+        wanted = adopt_by_name or desired.adopt_by_name
+        if namesakes and wanted and not tagged and not _known_live(observed, desired.org_id, role):
+            if len(namesakes) > 1:
+                listed = ", ".join(a["id"] for a in namesakes)
+                blocked.append(
+                    f"{role}: {len(namesakes)} untagged assistants are named "
+                    f"{want.name!r} ({listed}); adopting by name needs exactly one"
+                )
+                continue
+            adoptable = namesakes[0]
+            by_name[want.name] = []  # one assistant is adopted for one role only
+        kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged, adoptable)
+        if current_id is None or current_id not in {a["id"] for a in namesakes}:
+            findings += [
+                Finding(
+                    "unmanaged",
+                    role,
+                    a["id"],
+                    f"untagged assistant named {want.name!r}: left alone (`spec.adopt: "
+                    "byName` or `apply --adopt-by-name` adopts it instead of creating one)",
+                )
+                for a in namesakes
+            ]
         warnings += kept.warnings
         notes += kept.notes
         if not kept.actions:
@@ -111,8 +173,116 @@ def plan_org(
                 warnings.append(
                     f"{role}: duplicate tagged assistants {ids} (use --prune to delete)"
                 )
+                findings += [
+                    Finding("duplicate", role, i, "a second assistant tagged for this role")
+                    for i in ids
+                ]
     actions += deletes
     return result()
+
+
+def _account_change(desired: DesiredOrg, observed: ObservedOrg) -> tuple[str, str] | None:
+    """(recorded account, the one now reached) when the org's key reaches another Vapi account
+    than the one recorded: its listing shows another `orgId`, or, for an account that shows
+    none (empty), the key changed and none of the org's assistants is there any more."""
+    recorded = observed.org.vapi_account_id if observed.org else None
+    if recorded is None or observed.live is None:
+        return None
+    now = account_ids(observed.live)
+    if len(now) == 1 and recorded not in now:
+        return recorded, next(iter(now))
+    stored, wanted = observed.credentials.get("vapi"), desired.credentials.get("vapi")
+    key_changed = (
+        stored is not None and wanted is not None and stored.fingerprint != wanted.fingerprint
+    )
+    had = observed.mappings or any(a.vapi_assistant_id for a in observed.assistants.values())
+    if not now and key_changed and had:
+        return recorded, ""  # not known until something is created there
+    return None
+
+
+def _known_live(observed: ObservedOrg, org_id: str, role: str) -> bool:
+    """Postgres knows the role's assistant and it is still in the account (as `_plan_assistant`
+    finds it): nothing to adopt by name."""
+    mapping, stored = observed.mappings.get(role), observed.assistants.get(role)
+    known = (mapping.vapi_assistant_id if mapping else None) or (
+        stored.vapi_assistant_id if stored else None
+    )
+    return any(
+        a["id"] == known and tag_of(a) in (None, (org_id, role)) for a in observed.live or []
+    )
+
+
+def _untagged_by_name(
+    live: list[dict[str, Any]], desired: DesiredOrg
+) -> dict[str, list[dict[str, Any]]]:
+    """Untagged assistants named like a desired one, by name (oldest first)."""
+    names = {want.name for want in desired.assistants.values()}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for a in sorted(live, key=_created):
+        if tag_of(a) is None and a.get("name") in names:
+            out.setdefault(str(a["name"]), []).append(a)
+    return out
+
+
+def plan_retire(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool) -> OrgPlan:
+    """An org whose spec is gone (or retired by name). Without `prune` nothing happens and the
+    plan says what would. With it: its tagged assistants deleted, its credentials deactivated,
+    the org retired. Untagged assistants are never touched; an account that cannot be listed
+    blocks the retirement (its assistants would be left running)."""
+    org = desired.org_id
+    tagged = sorted(
+        (a for a in observed.live or [] if (t := tag_of(a)) is not None and t[0] == org),
+        key=_created,
+    )
+    deletes: list[Action] = [
+        DeleteAssistant(tag[1], a["id"], note=desired.retire)
+        for a in tagged
+        if (tag := tag_of(a)) is not None
+    ]
+    live_ids = {a["id"] for a in observed.live or []}
+    known = {m.role for m in observed.mappings.values()} | set(observed.assistants)
+    deletes += [  # state of assistants already gone from the account: forgotten
+        DeleteAssistant(role, None, note="forget state")
+        for role in sorted(known)
+        if not any(isinstance(d, DeleteAssistant) and d.role == role for d in deletes)
+        and not _live_mapped(observed, role, live_ids)
+    ]
+    what = f"deletes its {len(tagged)} tagged assistant(s), " if tagged else ""
+    orphaned = (
+        f"{desired.retire}: `--prune` {what}deactivates its credentials and retires it"
+        if not prune
+        else desired.retire
+    )
+    if not prune:
+        return OrgPlan(org, desired.slug, (), orphaned=orphaned)
+    if observed.live is None and desired.vapi_api_key is not None:
+        return OrgPlan(
+            org,
+            desired.slug,
+            (),
+            orphaned=orphaned,
+            blocked=(
+                "its Vapi account could not be listed, so its assistants cannot be deleted: "
+                "not retired in this run",
+            ),
+        )
+    vapi = desired.credentials.get("vapi")
+    secret = vapi.config.reveal().get("webhookSecret") if vapi else None
+    credentials: list[Action] = [
+        DeactivateCredential(p)
+        for p, c in sorted(observed.credentials.items())
+        if c.is_active and p != "vapi"
+    ]
+    retire = RetireOrg(Sensitive(secret) if secret else None, reason=desired.retire)
+    return OrgPlan(org, desired.slug, (*deletes, *credentials, retire), orphaned=orphaned)
+
+
+def _live_mapped(observed: ObservedOrg, role: str, live_ids: set[str]) -> bool:
+    """The role's mapped assistant is still in the account, untagged: left alone (never
+    deleted), yet its mapping is not forgotten by a delete either."""
+    mapping = observed.mappings.get(role)
+    return mapping is not None and mapping.vapi_assistant_id in live_ids
 
 
 def _plan_foreign(
@@ -220,7 +390,11 @@ class _Kept:
 
 
 def _plan_assistant(
-    want: DesiredAssistant, org_id: str, observed: ObservedOrg, tagged: list[dict[str, Any]]
+    want: DesiredAssistant,
+    org_id: str,
+    observed: ObservedOrg,
+    tagged: list[dict[str, Any]],
+    adoptable: dict[str, Any] | None = None,
 ) -> tuple[_Kept, str | None]:
     role = want.role
     stored = observed.assistants.get(role)
@@ -237,6 +411,9 @@ def _plan_assistant(
     if current is None and tagged:
         current = tagged[0]
         note = "found by ownership tag"
+    if current is None and adoptable is not None:
+        current = adoptable
+        note = "adopted by name (untagged until now)"
     if current is None:
         if known_id:
             note = f"{known_id} is gone from the Vapi account"

@@ -126,7 +126,12 @@ def runtime(
             migrate(pool)
         else:
             check_schema(pool)
-        state = StateWriter(pool) if write else StateReader(pool)
+        retention = settings.mapping_retention_s
+        state = (
+            StateWriter(pool, mapping_retention_s=retention)
+            if write
+            else StateReader(pool, mapping_retention_s=retention)
+        )
         concurrency = _fit_concurrency(state, concurrency, extra_connections, warn)
         with http_client(
             settings.vapi_base_url,

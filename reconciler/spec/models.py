@@ -187,6 +187,12 @@ class OrgSpecBody(_Strict):
     credentials: Credentials = Field(default_factory=Credentials)
     assistants: Assistants = Field(default_factory=Assistants)
     webhook: Webhook | None = None
+    adopt: Literal["byName"] | None = Field(
+        default=None,
+        description="byName: an untagged assistant whose name equals a desired one is tagged "
+        "and adopted instead of a new one created (moving an existing account in). "
+        "Unset: such an assistant is reported as unmanaged and left alone.",
+    )
 
     @model_validator(mode="after")
     def _vapi_needed(self) -> OrgSpecBody:

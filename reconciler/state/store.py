@@ -40,7 +40,8 @@ SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
   COALESCE((SELECT json_agg(json_build_object(
       'vapi_assistant_id', m.vapi_assistant_id, 'role', m.assistant_role,
       'name', m.assistant_name))
-    FROM assistant_org_mapping m WHERE m.org_id = o.id), '[]') AS mappings
+    FROM assistant_org_mapping m WHERE m.org_id = o.id AND m.inactive_at IS NULL), '[]')
+    AS mappings
 FROM organizations o WHERE o.id = ANY(%s::uuid[])
 """
 
@@ -175,11 +176,21 @@ SECRET_GRACE_S = 300
 """How long a replaced webhook secret stays valid once every assistant carries the new one."""
 
 OUTAGE_PAUSE_S = 3.0
+MAPPING_RETENTION_S = 30 * 86400
+"""How long the mapping of a deleted assistant (and a retired org's webhook secret) still
+resolves webhooks: the late end-of-call reports of its last calls."""
 
 
 class StateReader:
-    def __init__(self, pool: ConnectionPool, *, outage_pause_s: float = OUTAGE_PAUSE_S) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        outage_pause_s: float = OUTAGE_PAUSE_S,
+        mapping_retention_s: float = MAPPING_RETENTION_S,
+    ) -> None:
         self.pool = pool
+        self.mapping_retention_s = mapping_retention_s
         self._lock = threading.Lock()
         self._breaker = _Breaker(outage_pause_s)
         self.queries = 0  # statements sent, for benchmarks
@@ -207,7 +218,9 @@ class StateReader:
     def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
         """Org of an assistant id, with the org's encrypted Vapi credential (and, while a
         webhook secret is being rotated, the one it replaced: `previous_left_s` is NULL until
-        the rotation completes, then the seconds of grace left) and its forward URL."""
+        the rotation completes, then the seconds of grace left) and its forward URL. The mapping
+        of a deleted assistant resolves for `mapping_retention_s` after it went inactive (late
+        webhooks of its last calls), and a retired org's webhook secret as long."""
         with self._read() as cur:
             return cur.execute(
                 "SELECT m.org_id::text AS org_id, o.slug, m.assistant_role AS role,"
@@ -217,9 +230,11 @@ class StateReader:
                 " o.webhook_forward_url AS forward_url"
                 " FROM assistant_org_mapping m JOIN organizations o ON o.id = m.org_id"
                 " LEFT JOIN org_credentials c"
-                "   ON c.org_id = m.org_id AND c.provider = 'vapi' AND c.is_active"
-                " WHERE m.vapi_assistant_id = %s",
-                (vapi_assistant_id,),
+                "   ON c.org_id = m.org_id AND c.provider = 'vapi'"
+                "   AND (c.is_active OR c.webhook_only_until > now())"
+                " WHERE m.vapi_assistant_id = %s AND (m.inactive_at IS NULL"
+                "   OR m.inactive_at > now() - make_interval(secs => %s))",
+                (vapi_assistant_id, self.mapping_retention_s),
             ).fetchone()
 
     def resolve_account(self, vapi_account_id: str) -> dict[str, Any] | None:
@@ -235,17 +250,18 @@ class StateReader:
                 " o.webhook_forward_url AS forward_url"
                 " FROM organizations o LEFT JOIN org_credentials c"
                 "   ON c.org_id = o.id AND c.provider = 'vapi' AND c.is_active"
-                " WHERE o.vapi_account_id = %s LIMIT 2",
+                " WHERE o.vapi_account_id = %s AND o.retired_at IS NULL LIMIT 2",
                 (vapi_account_id,),
             ).fetchall()
         return rows[0] if len(rows) == 1 else None
 
     def org_index(self) -> list[OrgIndexRow]:
-        """Every org's id, slug and Vapi account: slug ownership and account claims, in one
-        query."""
+        """Every live (not retired) org's id, slug and Vapi account: slug ownership, account
+        claims and orphans, in one query."""
         with self._read() as cur:
             rows = cur.execute(
                 "SELECT id::text AS org_id, slug, vapi_account_id FROM organizations"
+                " WHERE retired_at IS NULL"
             ).fetchall()
         return [OrgIndexRow(r["org_id"], r["slug"], r["vapi_account_id"]) for r in rows]
 
@@ -254,10 +270,31 @@ class StateReader:
         with self._read() as cur:
             rows = cur.execute(
                 "SELECT vapi_assistant_id FROM assistant_org_mapping"
-                " WHERE vapi_assistant_id = ANY(%s) AND org_id <> %s",
+                " WHERE vapi_assistant_id = ANY(%s) AND org_id <> %s AND inactive_at IS NULL",
                 (vapi_ids, org_id),
             ).fetchall()
         return frozenset(r["vapi_assistant_id"] for r in rows)
+
+    def stored_vapi_credentials(self, org_ids: list[str]) -> dict[str, str]:
+        """The sealed Vapi credential of each org that has an active one: what retiring an org
+        whose spec is gone uses to reach its account."""
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT org_id::text AS org_id, encrypted_config FROM org_credentials"
+                " WHERE org_id = ANY(%s::uuid[]) AND provider = 'vapi' AND is_active",
+                (org_ids,),
+            ).fetchall()
+        return {r["org_id"]: r["encrypted_config"] for r in rows}
+
+    def live_org_id(self, slug: str) -> str | None:
+        """The id of the live org with this slug, if any (for `org retire`)."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT id::text AS org_id FROM organizations"
+                " WHERE slug = %s AND retired_at IS NULL",
+                (slug,),
+            ).fetchone()
+        return row["org_id"] if row else None
 
     def ping(self) -> None:
         """Raises `StateError` unless the database answers (for /readyz)."""
@@ -368,7 +405,7 @@ class StateWriter(StateReader):
                 "INSERT INTO organizations (id, slug, name, webhook_forward_url)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug,"
                 " name = EXCLUDED.name, webhook_forward_url = EXCLUDED.webhook_forward_url,"
-                " updated_at = now()",
+                " retired_at = NULL, updated_at = now()",
                 (org_id, slug, name, forward_url),
             )
 
@@ -401,6 +438,7 @@ class StateWriter(StateReader):
                 "   THEN NULL ELSE org_credentials.previous_valid_until END,"
                 " encrypted_config = EXCLUDED.encrypted_config,"
                 " fingerprint = EXCLUDED.fingerprint, is_active = true,"
+                " webhook_only_until = NULL,"
                 " last_verified_at = NULL, verification_error = NULL, updated_at = now()",
                 (org_id, provider, encrypted, fingerprint),
             )
@@ -425,7 +463,8 @@ class StateWriter(StateReader):
                 (org_id, role, Jsonb(desired)),
             )
             conn.execute(
-                "DELETE FROM assistant_org_mapping WHERE org_id = %s AND assistant_role = %s",
+                "UPDATE assistant_org_mapping SET inactive_at = now() WHERE org_id = %s"
+                " AND assistant_role = %s AND inactive_at IS NULL",
                 (org_id, role),
             )
 
@@ -470,9 +509,9 @@ class StateWriter(StateReader):
                     Jsonb(last_patch) if last_patch else None,
                 ),
             )
-            conn.execute(
-                "DELETE FROM assistant_org_mapping WHERE org_id = %s AND assistant_role = %s"
-                " AND vapi_assistant_id <> %s",
+            conn.execute(  # the one it replaces stays, inactive, for its late webhooks
+                "UPDATE assistant_org_mapping SET inactive_at = now() WHERE org_id = %s"
+                " AND assistant_role = %s AND vapi_assistant_id <> %s AND inactive_at IS NULL",
                 (org_id, role, vapi_id),
             )
             cur = conn.execute(
@@ -480,8 +519,10 @@ class StateWriter(StateReader):
                 " assistant_name) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (vapi_assistant_id) DO UPDATE SET"
                 " assistant_name = EXCLUDED.assistant_name,"
-                " assistant_role = EXCLUDED.assistant_role"
-                " WHERE assistant_org_mapping.org_id = EXCLUDED.org_id",
+                " assistant_role = EXCLUDED.assistant_role, inactive_at = NULL,"
+                " org_id = EXCLUDED.org_id"
+                " WHERE assistant_org_mapping.org_id = EXCLUDED.org_id"
+                "   OR assistant_org_mapping.inactive_at IS NOT NULL",
                 (vapi_id, org_id, role, name),
             )
             if cur.rowcount != 1:  # rolls the whole transaction back
@@ -497,11 +538,67 @@ class StateWriter(StateReader):
                 " AND (%s::text IS NULL OR vapi_assistant_id IS NULL OR vapi_assistant_id = %s)",
                 (org_id, role, vapi_id, vapi_id),
             )
-            conn.execute(
-                "DELETE FROM assistant_org_mapping WHERE org_id = %s AND assistant_role = %s"
-                " AND (%s::text IS NULL OR vapi_assistant_id = %s)",
+            conn.execute(  # kept, inactive, for the late webhooks of its last calls
+                "UPDATE assistant_org_mapping SET inactive_at = now() WHERE org_id = %s"
+                " AND assistant_role = %s AND (%s::text IS NULL OR vapi_assistant_id = %s)"
+                " AND inactive_at IS NULL",
                 (org_id, role, vapi_id, vapi_id),
             )
+
+    def leave_account(self, org_id: str) -> None:
+        """The org's key reaches another Vapi account now: the old account's mappings go
+        inactive (late webhooks still resolve), its assistant state goes."""
+        with self._tx(3) as conn:
+            conn.execute(
+                "UPDATE assistant_org_mapping SET inactive_at = now()"
+                " WHERE org_id = %s AND inactive_at IS NULL",
+                (org_id,),
+            )
+            conn.execute("DELETE FROM assistants WHERE org_id = %s", (org_id,))
+            conn.execute("UPDATE organizations SET vapi_account_id = NULL WHERE id = %s", (org_id,))
+
+    def retire_org(self, org_id: str, webhook_only: str | None, reason: str) -> None:
+        """The org's row and history stay; its slug is freed; every credential is deactivated,
+        the Vapi one replaced by `webhook_only` (its webhook secret alone, sealed), usable to
+        verify late webhooks until the retention window ends. One transaction."""
+        with self._tx(4) as conn:
+            conn.execute(
+                "UPDATE assistant_org_mapping SET inactive_at = now()"
+                " WHERE org_id = %s AND inactive_at IS NULL",
+                (org_id,),
+            )
+            conn.execute("DELETE FROM assistants WHERE org_id = %s", (org_id,))
+            conn.execute(
+                "UPDATE org_credentials SET is_active = false, previous_encrypted_config = NULL,"
+                " previous_valid_until = NULL, updated_at = now(),"
+                " encrypted_config = CASE WHEN provider = 'vapi' AND %(sealed)s::text IS NOT NULL"
+                "   THEN %(sealed)s ELSE encrypted_config END,"
+                " webhook_only_until = CASE WHEN provider = 'vapi' AND %(sealed)s::text IS NOT NULL"
+                "   THEN now() + make_interval(secs => %(keep)s) END"
+                " WHERE org_id = %(org)s",
+                {"org": org_id, "sealed": webhook_only, "keep": self.mapping_retention_s},
+            )
+            conn.execute(
+                "UPDATE organizations SET retired_at = now(), status = 'Retired',"
+                " status_message = %s, status_changed_at = now(), updated_at = now()"
+                " WHERE id = %s",
+                (reason, org_id),
+            )
+
+    def expire(self) -> int:
+        """Removes what outlived the retention window: inactive mappings, and retired orgs'
+        webhook secrets. Returns the mappings removed."""
+        keep = self.mapping_retention_s
+        with self._tx(2) as conn:
+            cur = conn.execute(
+                "DELETE FROM assistant_org_mapping"
+                " WHERE inactive_at < now() - make_interval(secs => %s)",
+                (keep,),
+            )
+            conn.execute(
+                "DELETE FROM org_credentials WHERE NOT is_active AND webhook_only_until < now()"
+            )
+            return cur.rowcount
 
     def forget_org(self, org_id: str) -> None:
         """The org's row and everything hanging off it (credentials, state, mappings)."""

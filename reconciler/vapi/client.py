@@ -19,7 +19,6 @@ tokens, ...), escaped and cut short.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import http.cookiejar
 import json
@@ -509,8 +508,18 @@ class VapiWriter(VapiReader):
     def delete_assistant(self, assistant_id: str) -> None:
         # The deleted assistant comes back, but only the status matters: a 2xx did delete.
         # Already gone (e.g. our retried DELETE had succeeded): the goal holds.
-        with contextlib.suppress(VapiNotFound):
+        try:
             self._request("DELETE", f"/assistant/{assistant_id}")
+        except VapiNotFound:
+            return
+        except VapiError as exc:
+            if exc.status == 409 and "pinned" in str(exc).lower():
+                raise VapiError(
+                    f"assistant {assistant_id} is pinned in Vapi (409 assistant_pinned): not "
+                    "deleted; unpin it in the Vapi dashboard, then apply again",
+                    status=409,
+                ) from None
+            raise
 
 
 def http_client(

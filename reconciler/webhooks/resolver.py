@@ -388,18 +388,25 @@ class WebhookResolver:
         pool_size: int = 8,
         ttl_s: float = 60.0,
         negative_ttl_s: float = 5.0,
+        mapping_retention_s: float | None = None,
     ) -> WebhookResolver:
         """A resolver with everything it needs, for a process of its own or a user's app:
         a connection pool, the cache-invalidation listener (`listen=False` behind a
         transaction-pooling proxy, where LISTEN does not work: `ttl_s` then bounds staleness)
-        and the `last_used_at` flusher. `close()` stops them (flushing) and closes the pool.
+        and the `last_used_at` flusher. `mapping_retention_s`: how long a deleted assistant's
+        mapping still resolves (default 30 days, as `RECONCILER_MAPPING_RETENTION`).
+        `close()` stops them (flushing) and closes the pool.
         Build it in the process that serves (threads and connections do not survive a fork)."""
         from reconciler.state.db import open_pool
         from reconciler.state.store import StateWriter
 
         key = master_key if isinstance(master_key, MasterKey) else MasterKey.from_b64(master_key)
         pool = open_pool(database_url, max_size=pool_size, name="reconciler-webhooks")
-        state = StateWriter(pool)
+        state = (
+            StateWriter(pool)
+            if mapping_retention_s is None
+            else StateWriter(pool, mapping_retention_s=mapping_retention_s)
+        )
         resolver = cls(state, key, ttl_s=ttl_s, negative_ttl_s=negative_ttl_s)
         resolver._closers.append(pool.close)
         resolver.start_background(
