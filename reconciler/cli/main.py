@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler import __version__
+from reconciler.cli import importer
 from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded Postgres + emulator: the whole flow on the examples")
     _path_arg(p, "specs/examples")
     p.set_defaults(func=cmd_demo)
+    importer.add_parser(sub)
     return parser
 
 

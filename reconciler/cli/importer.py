@@ -1,0 +1,432 @@
+"""`reconciler import`: a spec file written from an existing Vapi account, SOPS-encrypted.
+
+Moving an account in by hand means copying each assistant into YAML without what Vapi owns,
+and a name copied wrong makes the next `apply` create a duplicate. This writes the spec from
+the live assistants with `spec.adopt: byName`, so that `apply` tags them instead of creating
+new ones, and refuses whatever would make that adoption ambiguous or the spec inexact.
+
+Only light modules are imported at start-up (main.py imports this for its parser); the
+command imports the rest when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import ReconcilerError
+
+if TYPE_CHECKING:
+    from reconciler.config import Settings
+
+ROLES = ("inbound", "outbound")
+STAGE_PREFIX = ".reconciler-import-"
+_PLAIN = object()  # marks a secret-looking leaf kept in plaintext
+_MASKED = object()  # marks a leaf Vapi showed masked
+
+
+class ImportRefused(ReconcilerError):
+    """The account cannot be imported as asked; nothing was written."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "import",
+        help="write a spec (SOPS-encrypted) from an existing Vapi account",
+        description="Read an existing Vapi account and write DIR/SLUG.yaml for it, with "
+        "`spec.adopt: byName` so that the next apply adopts its assistants instead of "
+        "creating new ones. The file is encrypted in place by sops (the nearest .sops.yaml).",
+    )
+    p.add_argument(
+        "--vapi-key-env",
+        required=True,
+        metavar="VAR",
+        help="environment variable holding the account's Vapi private API key",
+    )
+    p.add_argument("--slug", required=True, help="the org's slug: the file is DIR/SLUG.yaml")
+    p.add_argument("--name", help="the org's display name (default: the slug, title-cased)")
+    p.add_argument(
+        "--out", default="specs", metavar="DIR", help="folder to write to (default specs)"
+    )
+    p.add_argument("--inbound", metavar="ID", help="the assistant to import as inbound")
+    p.add_argument("--outbound", metavar="ID", help="the assistant to import as outbound")
+    p.add_argument(
+        "--webhook-secret-env",
+        metavar="VAR",
+        help="environment variable holding the org's webhook secret (default: the assistants' "
+        "x-vapi-secret header, else a new one)",
+    )
+    p.add_argument("--org-id", metavar="UUID", help="the org's id (default: a new one)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing DIR/SLUG.yaml")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Every check that needs no network runs first, so a typo costs no Vapi call."""
+    import re
+    import secrets
+
+    from reconciler.config import load_settings
+    from reconciler.redact import printable
+    from reconciler.spec.models import SLUG_PATTERN
+
+    chosen = {role: str(getattr(args, role)) for role in ROLES if getattr(args, role)}
+    if not chosen:
+        raise ImportRefused("nothing to import: give --inbound ID, --outbound ID or both")
+    if len(set(chosen.values())) < len(chosen):
+        raise ImportRefused("--inbound and --outbound name the same assistant")
+    slug = str(args.slug)
+    if not re.fullmatch(SLUG_PATTERN, slug):
+        raise ImportRefused(
+            f"--slug {printable(slug, 80)!r}: must match {SLUG_PATTERN} "
+            "(lower-case letters, digits and dashes; 2 to 63 characters)"
+        )
+    org_id = _org_id_arg(args.org_id)
+    api_key = _env(args.vapi_key_env, "the Vapi private API key")
+    given_secret = (
+        _env(args.webhook_secret_env, "the webhook secret") if args.webhook_secret_env else None
+    )
+    out_dir = Path(args.out)
+    target = out_dir / f"{slug}.yaml"
+    if (target.exists() or target.is_symlink()) and not args.force:
+        raise ImportRefused(f"{target} already exists (--force overwrites it)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ImportRefused(f"--out {out_dir}: not a folder")
+    _require_sops_config(out_dir)
+
+    settings = load_settings()
+    live = _list_account(settings, api_key, [given_secret] if given_secret else [])
+    picked = pick_assistants(live, chosen, key_env=str(args.vapi_key_env))
+    org_id = _org_id_from_tags(picked, org_id)
+    assistants: dict[str, dict[str, Any]] = {}
+    header_secrets: set[str] = set()
+    warnings: list[str] = []
+    for role, assistant in picked.items():
+        fields, header_secret, plain = assistant_fields(assistant, role)
+        assistants[role] = fields
+        if header_secret is not None:
+            header_secrets.add(header_secret)
+        if plain:
+            warnings.append(
+                f"warning: assistant {assistant['id']} ({role}): {', '.join(plain)} look(s) "
+                "secret and stay in plaintext in the spec; move them out before committing"
+            )
+    if given_secret is not None:
+        webhook_secret, source = given_secret, f"${args.webhook_secret_env}"
+    elif len(header_secrets) == 1:
+        webhook_secret, source = header_secrets.pop(), "the assistants' x-vapi-secret header"
+    elif header_secrets:
+        raise ImportRefused(
+            "the assistants' x-vapi-secret headers differ and an org has one webhook secret: "
+            "pass --webhook-secret-env VAR with the one to keep"
+        )
+    else:
+        webhook_secret, source = secrets.token_urlsafe(32), "generated"
+    name = args.name if args.name is not None else slug.replace("-", " ").title()
+    doc = spec_document(slug, name, org_id, api_key, webhook_secret, assistants)
+    check_document(doc, picked)
+    write_encrypted(doc, target, force=bool(args.force))
+
+    for line in warnings:
+        print(printable(line), file=sys.stderr)
+    shown = ", ".join(
+        f"{role} {a['id']} {printable(a['name'], 80)!r}" for role, a in picked.items()
+    )
+    print(f"wrote {printable(target)}: org {slug} ({org_id}), {shown}; webhook secret: {source}")
+    print(
+        f"next: reconciler apply {printable(out_dir)} --org {slug} "
+        "(adopts these assistants by name and tags them; creates none)"
+    )
+    return 0
+
+
+# -- input -------------------------------------------------------------------------------------
+
+
+def _env(variable: str, what: str) -> str:
+    """The value of an environment variable that must hold a secret; never shown."""
+    from reconciler.redact import printable
+
+    value = os.environ.get(variable)
+    if value is None:
+        raise ImportRefused(f"environment variable {printable(variable, 80)} is not set ({what})")
+    if not value.strip():
+        raise ImportRefused(f"environment variable {printable(variable, 80)} is empty ({what})")
+    return value
+
+
+def _org_id_arg(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        from reconciler.redact import printable
+
+        raise ImportRefused(f"--org-id {printable(text, 80)!r}: not a UUID") from None
+
+
+def _require_sops_config(out_dir: Path) -> None:
+    """Fails before any Vapi call when sops will find no `.sops.yaml` (it looks from the
+    output folder upwards), unless SOPS_CONFIG names one."""
+    if os.environ.get("SOPS_CONFIG"):
+        return
+    folder = out_dir.absolute()
+    while not folder.exists() and folder != folder.parent:  # a folder still to be created
+        folder = folder.parent
+    folder = folder.resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".sops.yaml").is_file():
+            return
+    raise ImportRefused(
+        f"no .sops.yaml in {out_dir} or any folder above it: sops needs one to know whom to "
+        "encrypt the credentials to (see specs/examples/.sops.yaml)"
+    )
+
+
+def _list_account(settings: Settings, api_key: str, secrets: list[str]) -> list[dict[str, Any]]:
+    from reconciler.vapi.client import VapiError, VapiReader, http_client
+
+    with http_client(settings.vapi_base_url, timeout_s=settings.vapi_timeout_s) as http:
+        try:
+            return VapiReader(http, api_key, secrets=secrets).list_assistants()
+        except VapiError as exc:
+            raise ImportRefused(f"cannot list the Vapi account: {exc}") from None
+
+
+# -- the document ------------------------------------------------------------------------------
+
+
+def pick_assistants(
+    live: list[dict[str, Any]], chosen: dict[str, str], *, key_env: str = "the key"
+) -> dict[str, dict[str, Any]]:
+    """The chosen assistants by role. Adoption by name must find exactly each of them, so a
+    missing or unnamed one, or another assistant with its name, is refused."""
+    by_id = {a["id"]: a for a in live}
+    picked: dict[str, dict[str, Any]] = {}
+    for role, assistant_id in chosen.items():
+        assistant = by_id.get(assistant_id)
+        if assistant is None:
+            raise ImportRefused(
+                f"--{role} {assistant_id}: no such assistant in the account of {key_env} "
+                f"({len(live)} assistant(s) listed)"
+            )
+        name = assistant.get("name")
+        if not isinstance(name, str) or not name:
+            raise ImportRefused(
+                f"assistant {assistant_id} ({role}) has no name, and adoption by name needs "
+                "one: name it in Vapi first"
+            )
+        namesakes = [a["id"] for a in live if a["id"] != assistant_id and a.get("name") == name]
+        if namesakes:
+            raise ImportRefused(
+                f"assistant {assistant_id} ({role}) is named {name!r} like "
+                f"{', '.join(namesakes)}: adoption by name would be ambiguous; rename one "
+                "in Vapi first"
+            )
+        picked[role] = assistant
+    return picked
+
+
+def _org_id_from_tags(picked: dict[str, dict[str, Any]], org_id: str | None) -> str:
+    """An assistant already tagged by a reconciler keeps its org: its tag's org id is the
+    default, and a tag for another org or role is refused (the apply would not adopt it)."""
+    from reconciler.engine.model import tag_of
+
+    tags = {role: tag for role, a in picked.items() if (tag := tag_of(a)) is not None}
+    if org_id is None:
+        tagged_orgs = {tag[0] for tag in tags.values()}
+        org_id = tagged_orgs.pop() if len(tagged_orgs) == 1 else str(uuid.uuid4())
+    for role, (tag_org, tag_role) in tags.items():
+        if (tag_org, tag_role) != (org_id, role):
+            raise ImportRefused(
+                f"assistant {picked[role]['id']} ({role}) is tagged by a reconciler for org "
+                f"{tag_org} as {tag_role}: import it as that org and role, or remove the tag"
+            )
+    return org_id
+
+
+def assistant_fields(
+    assistant: dict[str, Any], role: str
+) -> tuple[dict[str, Any], str | None, list[str]]:
+    """The spec fields of a live assistant, the webhook secret found in its `server.headers`
+    (None if none, or masked), and the paths of secret-looking values kept in plaintext.
+
+    Dropped: what Vapi owns, top-level nulls, our ownership tag, and `x-vapi-secret` (the
+    reconciler sets it from the org's webhook secret). A field the spec does not accept, or
+    a value Vapi shows masked (the spec would hold the mask), is refused."""
+    from reconciler.engine.diff import strip_server_owned
+    from reconciler.protocol import WEBHOOK_SECRET_HEADER
+    from reconciler.redact import looks_masked, mask_tree
+    from reconciler.spec.models import RESERVED_METADATA_KEYS, AssistantSpec
+
+    where = f"assistant {assistant['id']} ({role})"
+    fields = {k: v for k, v in strip_server_owned(assistant).items() if v is not None}
+    unknown = sorted(set(fields) - set(AssistantSpec.model_fields))
+    if unknown:
+        raise ImportRefused(
+            f"{where}: field(s) {', '.join(unknown)} cannot be expressed in the spec "
+            "(not fields it accepts)"
+        )
+    metadata = fields.get("metadata")
+    if isinstance(metadata, dict):
+        kept = {k: v for k, v in metadata.items() if k not in RESERVED_METADATA_KEYS}
+        if kept:
+            fields["metadata"] = kept
+        else:
+            del fields["metadata"]
+    header_secret: str | None = None
+    server = fields.get("server")
+    if isinstance(server, dict) and isinstance(server.get("headers"), dict):
+        headers = dict(server["headers"])
+        for header in [h for h in headers if str(h).lower() == WEBHOOK_SECRET_HEADER]:
+            value = headers.pop(header)
+            if isinstance(value, str) and value and not looks_masked(value):
+                header_secret = value
+        server = {k: v for k, v in server.items() if k != "headers"}
+        if headers:
+            server["headers"] = headers
+        fields["server"] = server
+
+    def mark(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return _MASKED if looks_masked(value) else _PLAIN
+
+    marked = _marked_paths(mask_tree(fields, mark))
+    masked = [path for path, marker in marked if marker is _MASKED]
+    if masked:
+        raise ImportRefused(
+            f"{where}: {', '.join(masked)}: Vapi shows the value masked, so the spec cannot "
+            "hold it (set it again in Vapi, or remove it, and import again)"
+        )
+    plain = [path for path, marker in marked if marker is _PLAIN]
+    ordered = {"name": fields.get("name"), **{k: v for k, v in fields.items() if k != "name"}}
+    return ordered, header_secret, plain
+
+
+def _marked_paths(value: Any, path: str = "") -> list[tuple[str, object]]:
+    if value is _PLAIN or value is _MASKED:
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [
+            found
+            for k, v in value.items()
+            for found in _marked_paths(v, f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _marked_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def spec_document(
+    slug: str,
+    name: str,
+    org_id: str,
+    api_key: str,
+    webhook_secret: str,
+    assistants: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The spec (plaintext credentials: it only ever reaches disk in a 0600 staging file)."""
+    return {
+        "apiVersion": "reconciler/v1",
+        "kind": "Organization",
+        "metadata": {"id": org_id, "slug": slug, "name": name},
+        "spec": {
+            "adopt": "byName",
+            "credentials": {"vapi": {"apiKey": api_key, "webhookSecret": webhook_secret}},
+            "assistants": {role: assistants[role] for role in ROLES if role in assistants},
+        },
+    }
+
+
+def check_document(doc: dict[str, Any], picked: dict[str, dict[str, Any]]) -> None:
+    """The spec model's verdict before anything is written; each problem names its field and
+    the assistant it came from, never a value."""
+    from pydantic import ValidationError
+
+    from reconciler.spec.models import Organization
+
+    try:
+        Organization.model_validate(doc)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False)[:5]:
+            loc = [str(part) for part in err["loc"]]
+            if loc[:2] == ["spec", "assistants"] and len(loc) > 2 and loc[2] in picked:
+                where = f"assistant {picked[loc[2]]['id']} ({loc[2]})"
+                field = ".".join(loc[3:]) or "(assistant)"
+                problems.append(f"{where}: {field}: {err['msg']}")
+            else:
+                problems.append(f"{'.'.join(loc) or '(document)'}: {err['msg']}")
+        raise ImportRefused(f"the spec would not be valid: {'; '.join(problems)}") from None
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def write_encrypted(doc: dict[str, Any], target: Path, *, force: bool) -> None:
+    """Writes `doc` to `target` encrypted, or nothing at all.
+
+    The plaintext goes to a 0600 file in a 0700 staging folder next to `target` (same file
+    system, and not named like a spec, so no concurrent `validate` picks it up); sops encrypts
+    it there by the rule for `target`'s name; the result is checked as `validate` would, then
+    renamed into place. The staging folder is removed whatever happens."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from reconciler.secrets.sops import encrypt_file
+
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=target.parent))
+    except OSError as exc:
+        raise ImportRefused(f"{target}: cannot write: {exc.strerror or exc}") from None
+    try:
+        staged = stage / target.name
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        encrypt_file(staged, name=target)
+        _check_written(staged, target, doc)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(staged, 0o666 & ~umask)  # ciphertext: readable like any other spec file
+        if not force and (target.exists() or target.is_symlink()):
+            raise ImportRefused(f"{target} already exists (--force overwrites it)")
+        os.replace(staged, target)
+    except OSError as exc:
+        raise ImportRefused(f"{target}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_written(staged: Path, target: Path, doc: dict[str, Any]) -> None:
+    """What sops wrote must be `doc` with only its credentials encrypted, and pass the same
+    offline checks as `reconciler validate`."""
+    from reconciler.spec import loader
+
+    written, problems = loader.parse_yaml(target, staged.read_bytes())
+    if written is None:
+        raise ImportRefused(f"{target}: sops wrote a file that does not parse: {problems[0]}")
+
+    def without_credentials(tree: dict[str, Any]) -> dict[str, Any]:
+        spec = {k: v for k, v in tree.get("spec", {}).items() if k != "credentials"}
+        return {**{k: v for k, v in tree.items() if k != "sops"}, "spec": spec}
+
+    if without_credentials(written) != without_credentials(doc):
+        raise ImportRefused(
+            f"{target}: sops changed more than spec.credentials (its .sops.yaml rule should "
+            "have `encrypted_regex: ^credentials$`, as specs/examples/.sops.yaml does)"
+        )
+    _, problems = loader.check_file(staged)
+    if problems:
+        shown = "; ".join(f"{p.field or '(file)'}: {p.message}" for p in problems[:5])
+        raise ImportRefused(f"{target}: the encrypted file does not validate: {shown}")
