@@ -418,3 +418,56 @@ def test_mapping_retention_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECONCILER_MAPPING_RETENTION", "a month")
     with pytest.raises(ConfigError, match="RECONCILER_MAPPING_RETENTION"):
         load_settings()
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def test_serve_with_prune_retires_orphans_once_and_bounds_deletes(
+    controller: Controller, state: StateWriter, specs: SpecDir, emulator: str
+) -> None:
+    from reconciler.controller.loop import LoopConfig, ReconcileLoop
+
+    docs = [org_doc(slug) for slug in ("acme", "beta", "gamma", "delta")]
+    paths = [specs.write(d) for d in docs]
+    loop = ReconcileLoop(
+        controller, state, LoopConfig(specs.root, prune=True, max_deletes=3), replica="t"
+    )
+    first = loop.run_once()
+    assert first is not None and first.ok
+    paths[1].unlink()
+    loop.trigger()
+    loop.run_once()
+    assert deletes(emulator) == 2 and org_row(state, "beta")["status"] == "Retired"
+    loop.trigger()
+    loop.run_once()  # retired: not an orphan any more, nothing listed for it
+    assert deletes(emulator) == 2
+    paths[2].unlink()
+    paths[3].unlink()  # 4 deletes to retire both, past the bound of 3: none at all
+    loop.trigger()
+    report = loop.run_once()
+    assert report is not None and deletes(emulator) == 2
+    assert any("--max-deletes 3" in n for n in report.notes)
+    assert org_row(state, "gamma")["retired_at"] is None
+
+
+def test_serve_bounds_the_deletes_of_each_run_as_orgs_apply(
+    controller: Controller, state: StateWriter, specs: SpecDir, emulator: str
+) -> None:
+    from reconciler.controller.loop import LoopConfig, ReconcileLoop
+
+    docs = [org_doc(slug) for slug in ("acme", "beta")]
+    for d in docs:
+        specs.write(d)
+    loop = ReconcileLoop(
+        controller, state, LoopConfig(specs.root, prune=True, max_deletes=1), replica="t"
+    )
+    assert loop.run_once() is not None
+    for d in docs:
+        del d["spec"]["assistants"]["outbound"]
+        specs.write(d)
+    loop.trigger()
+    report = loop.run_once()
+    assert report is not None and deletes(emulator) == 1
+    [failed] = report.failed
+    assert "past what is left of --max-deletes" in (failed.error or "")

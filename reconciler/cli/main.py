@@ -240,6 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         git_url=args.git_url,
         git_ref=args.git_ref,
         prune=args.prune,
+        max_deletes=args.max_deletes,
         log_format=args.log_format,
     )
     return serve(load_settings(), options)
@@ -379,14 +380,11 @@ def _org_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _max_deletes(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--max-deletes",
-        type=_count,
-        default=5,
-        metavar="N",
-        help="delete nothing when the run would delete more than N assistants (default 5)",
-    )
+def _max_deletes(
+    p: argparse.ArgumentParser,
+    text: str = "delete nothing when the run would delete more than N assistants (default 5)",
+) -> None:
+    p.add_argument("--max-deletes", type=_count, default=5, metavar="N", help=text)
 
 
 def _count(text: str) -> int:
@@ -470,8 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prune",
         action="store_true",
-        help="delete assistants removed from the spec (and tagged duplicates)",
+        help="delete assistants removed from the spec (and tagged duplicates), and retire "
+        "orgs whose spec is gone from the folder",
     )
+    _max_deletes(p, "delete at most N assistants per run: orgs past it fail (default 5)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_serve)
 

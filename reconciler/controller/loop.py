@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler import metrics
-from reconciler.controller.run import STOPPING, Controller, RunReport
+from reconciler.controller.run import MAX_DELETES, STOPPING, Controller, Options, RunReport
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
 from reconciler.secrets import sops
@@ -49,6 +49,7 @@ class LoopConfig:
     interval_s: float = 60.0
     jitter: float = 0.1  # fraction of the interval
     prune: bool = False
+    max_deletes: int | None = MAX_DELETES
     git: GitSource | None = None
     backoff: Backoff = field(default_factory=Backoff)
 
@@ -115,7 +116,7 @@ class ReconcileLoop:
         self.status.loaded_once = True
         metrics.SPECS_FAILING.set(len(loaded.failed_files))
         try:
-            report = self._apply(loaded, revision)
+            report = self._apply(loaded, revision, orphans=root.is_dir())
         except StateError as exc:
             self._failed_run(str(exc))
             return None
@@ -146,7 +147,9 @@ class ReconcileLoop:
             revision = git.last
         return revision.root / self.config.path, revision.commit
 
-    def _apply(self, loaded: LoadResult, revision: str | None) -> RunReport | None:
+    def _apply(
+        self, loaded: LoadResult, revision: str | None, *, orphans: bool = False
+    ) -> RunReport | None:
         """Claims and applies due orgs in batches (each batch is one `Controller.apply`), so
         an org is claimed shortly before it is worked on: a long run does not hold orgs that
         another replica could take meanwhile."""
@@ -167,6 +170,9 @@ class ReconcileLoop:
                 break
         if merged is None and problems != self._reported:  # nothing due, but news to report
             merged = self._apply_batch(loaded, set(), revision, first=True)
+        retired = self._retire_orphans(loaded, revision) if orphans else None
+        if retired is not None:
+            merged = retired if merged is None else _merge(merged, retired)
         if merged is not None and not merged.notes:  # a status not recorded is tried again
             self._reported = problems
         return merged
@@ -178,8 +184,11 @@ class ReconcileLoop:
             [s for s in loaded.specs if str(s.org.metadata.id) in claimed],
             loaded.problems if first else [],  # spec problems: reported by the first batch
         )
+        options = Options(
+            prune=self.config.prune, max_deletes=self.config.max_deletes, count_first=False
+        )
         report = self.controller.apply(
-            subset, prune=self.config.prune, command="serve", revision=revision, peers=loaded
+            subset, command="serve", revision=revision, peers=loaded, options=options
         )
         results = {o.org_id: o.ok for o in report.outcomes if not o.skipped}
         released = [o.org_id for o in report.outcomes if o.skipped == STOPPING]
@@ -189,6 +198,22 @@ class ReconcileLoop:
         except StateError as exc:  # the schedule catches up next run; nothing is lost
             report.notes.append(f"the schedule was not updated: {exc}")
         return report
+
+    def _retire_orphans(self, loaded: LoadResult, revision: str | None) -> RunReport | None:
+        """With `--prune`, orgs in Postgres whose spec is gone from the folder are retired,
+        once (a retired org is no longer an orphan); never in a run where a file failed to
+        load. Without it they are left alone (and `plan` lists them)."""
+        if not self.config.prune or loaded.problems:
+            return None
+        present = {str(s.org.metadata.id) for s in loaded.specs}
+        if not loaded.specs or not [
+            row for row in self.state.org_index() if row.org_id not in present
+        ]:
+            return None
+        options = Options(prune=True, orphans=True, max_deletes=self.config.max_deletes)
+        return self.controller.apply(
+            LoadResult([], []), command="serve", revision=revision, peers=loaded, options=options
+        )
 
     @staticmethod
     def _count(report: RunReport) -> None:

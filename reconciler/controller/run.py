@@ -65,6 +65,9 @@ class Options:
     prune: bool = False  # delete removed or duplicate assistants, retire orgs whose spec is gone
     orphans: bool = False  # the specs are the whole fleet: an org without one is orphaned
     max_deletes: int | None = MAX_DELETES  # more deletes than this in one run: none at all
+    # count the run's deletes first (a read-only plan) so that past the bound none is made;
+    # off (serve), the bound is only enforced as orgs apply: the first ones within it run
+    count_first: bool = True
     adopt_by_name: bool = False
     accept_account_change: frozenset[str] = frozenset()  # slugs
 
@@ -262,7 +265,7 @@ class Controller:
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         index = self.state.org_index()
         known = {row.slug: row.org_id for row in index}
-        present = {str(spec.org.metadata.id) for spec in loaded.specs}
+        present = {str(spec.org.metadata.id) for spec in (peers or loaded).specs}
         leaving = {row.org_id for row in index if row.org_id not in present}
         for spec in loaded.specs:
             md = spec.org.metadata
@@ -456,13 +459,18 @@ class Controller:
     # -- plan --------------------------------------------------------------------------------
 
     def plan(
-        self, loaded: LoadResult, *, prune: bool = False, options: Options | None = None
+        self,
+        loaded: LoadResult,
+        *,
+        prune: bool = False,
+        options: Options | None = None,
+        peers: LoadResult | None = None,
     ) -> RunReport:
         """Read-only: Postgres reads and Vapi GETs, through reader objects only. Every account
         is listed first, so two orgs on one account are both caught whatever the order."""
         options = options or Options(prune=prune)
         started = time.monotonic()
-        items, accounts = self._desired(loaded, options=options)
+        items, accounts = self._desired(loaded, peers, options)
         rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
@@ -507,10 +515,9 @@ class Controller:
             raise TypeError("apply needs a StateWriter")
         options = options or Options(prune=prune, max_deletes=None)
         notes: list[str] = []
-        if options.prune and options.max_deletes is not None:
-            planned = sum(
-                o.plan.deletes for o in self.plan(loaded, options=options).outcomes if o.plan
-            )
+        if options.prune and options.max_deletes is not None and options.count_first:
+            counted = self.plan(loaded, options=options, peers=peers)
+            planned = sum(o.plan.deletes for o in counted.outcomes if o.plan)
             if planned > options.max_deletes:
                 notes.append(
                     f"this run would delete {planned} assistants, more than --max-deletes "

@@ -52,6 +52,7 @@ class ServeOptions:
     git_url: str | None = None
     git_ref: str = "main"
     prune: bool = False
+    max_deletes: int | None = 5
     log_format: str = "text"
 
 
@@ -76,6 +77,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             options.path,
             interval_s=options.interval_s,
             prune=options.prune,
+            max_deletes=options.max_deletes,
             git=git,
             backoff=Backoff(base_s=options.interval_s, cap_s=settings.backoff_max_s),
         )
