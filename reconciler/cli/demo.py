@@ -42,7 +42,7 @@ def run_demo(path: Path, out: Console) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="reconciler-demo-") as tmp,
         temporary_embedded(Path(tmp)) as database,
-        running_emulator() as url,
+        running_emulator(normalise=True) as url,  # server defaults as Vapi fills them
     ):
         settings = Settings(
             RECONCILER_DATABASE_URL=SecretStr(database),

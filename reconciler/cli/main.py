@@ -286,7 +286,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     host, port = args.listen
     shown = f"[{host}]" if ":" in host else host
     print(f"Vapi emulator on http://{shown}:{port} (latency {args.latency_ms} ms)", file=sys.stderr)
-    serve(host, port, latency_ms=args.latency_ms)
+    serve(host, port, latency_ms=args.latency_ms, normalise=args.normalise)
     return EXIT_OK
 
 
@@ -512,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to serve on (default 127.0.0.1:8787)",
     )
     p.add_argument("--latency-ms", type=int, default=0)
+    p.add_argument(
+        "--normalise",
+        action="store_true",
+        help="fill Vapi's server defaults and answer in Vapi's key order (catches a perpetual "
+        "diff in your CI)",
+    )
     p.set_defaults(func=cmd_emulator)
 
     p = sub.add_parser("schema", help="write the JSON schema of spec files")

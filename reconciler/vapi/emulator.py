@@ -17,6 +17,27 @@ number as `null`). Stored assistants keep the doubles, so GET, list and PATCH sh
 numbers. `create_app(js_numbers=False)` keeps Python's `json` behaviour instead (the admin API
 always uses it).
 
+`normalise=True` (off by default; `--normalise` on the command line) stores and answers
+assistants the way Vapi's answers look, so that a client that would PATCH every run because of
+what Vapi adds or reorders (a perpetual diff) shows it in tests:
+
+- server defaults filled in (`SERVER_DEFAULTS` in `emulator_schema.py`, each with its source):
+  on create, `firstMessageInterruptionsEnabled: false`, `firstMessageMode:
+  "assistant-speaks-first"` and `maxDurationSeconds: 600` when the body leaves them out; and
+  whenever a create or a PATCH sets `voice`, `transcriber`, `model` or `server`, the sub-field
+  defaults that object leaves out: `voice.cachingEnabled: true` (every provider), provider ones
+  such as `voice.speed: 1` (vapi) or `transcriber.mipOptOut: false` (deepgram),
+  `model.maxTokens: 250`, `server.timeoutSeconds: 20`. A value the body gives always wins; a
+  field sent as null stays unset, and a PATCH never puts a default back;
+- `isServerUrlSecretSet: false` added, the computed field `vapi-api.md` says GET returns (a body
+  that sends it back is rejected, as by Vapi);
+- top-level keys in the order of Vapi's published answers (`id, orgId, name, voice, createdAt,
+  updatedAt, model, firstMessage, ...`, `isServerUrlSecretSet` last) and nested keys in Postgres
+  jsonb order (shorter first, then bytewise: `{"voiceId", "provider"}`), not the request's order.
+
+Numbers are normalised by `js_numbers` in either mode. Nothing is masked: no source says Vapi
+masks a field of an assistant.
+
 An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST keys`,
 `POST reset`, and `GET/POST/DELETE faults`.
 
@@ -88,7 +109,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from reconciler.vapi.emulator_schema import AssistantValidator
+from reconciler.vapi.emulator_schema import AssistantValidator, VapiNormaliser
 
 INVALID_KEY_MESSAGE = (
     "Invalid Key. Hot tip, you may be using the private key instead of the public key,"
@@ -360,6 +381,7 @@ class Emulator:
         rejected_prefixes: Sequence[str] = ("invalid",),
         *,
         js_numbers: bool = True,
+        normalise: bool = False,
     ):
         self.latency_ms = latency_ms
         self.rejected_prefixes = tuple(rejected_prefixes)
@@ -368,6 +390,8 @@ class Emulator:
         self.loads: Callable[[bytes], Any] = js_loads if js_numbers else json.loads
         self.state = EmulatorState()
         self.validator = AssistantValidator.load()
+        # None: store bodies as sent (see the module docstring for what normalising does)
+        self.normaliser = VapiNormaliser(self.validator) if normalise else None
 
     # -- the request pipeline shared by every Vapi route -------------------------------------
 
@@ -437,8 +461,13 @@ class Emulator:
         created = account.last_created = _stamp_after(account.last_created)  # strictly increasing
         assistant_id = str(uuid.uuid4())
         stamp = _iso(created)
-        assistant = {k: v for k, v in body.items() if v is not None}
+        if self.normaliser is None:
+            assistant = {k: v for k, v in body.items() if v is not None}
+        else:
+            assistant = self.normaliser.created(body)
         assistant.update(id=assistant_id, orgId=account.org_id, createdAt=stamp, updatedAt=stamp)
+        if self.normaliser is not None:
+            assistant = self.normaliser.answer(assistant)
         account.assistants[assistant_id] = assistant
         return self.json_response(assistant, status_code=201)
 
@@ -501,9 +530,13 @@ class Emulator:
         for key, value in body.items():  # each named top-level field is replaced as a whole
             if value is None:
                 assistant.pop(key, None)
-            else:
+            elif self.normaliser is None:
                 assistant[key] = value
+            else:
+                assistant[key] = self.normaliser.field_value(key, value)
         assistant["updatedAt"] = _iso(_stamp_after(datetime.fromisoformat(assistant["updatedAt"])))
+        if self.normaliser is not None:
+            assistant = account.assistants[assistant_id] = self.normaliser.answer(assistant)
         return self.json_response(assistant)
 
     async def delete_assistant(self, request: Request, account: Account) -> Response:
@@ -592,11 +625,13 @@ def create_app(
     *,
     rejected_prefixes: Sequence[str] = ("invalid",),
     js_numbers: bool = True,
+    normalise: bool = False,
 ) -> Starlette:
     """The emulator as an ASGI app. `latency_ms` is added to every Vapi route; bearer tokens
     starting with any of `rejected_prefixes` are answered 401 like a wrong key; `js_numbers`
-    reads and writes the Vapi routes' numbers as Node.js does (False: as Python's json does)."""
-    emu = Emulator(latency_ms, rejected_prefixes, js_numbers=js_numbers)
+    reads and writes the Vapi routes' numbers as Node.js does (False: as Python's json does);
+    `normalise` stores assistants with Vapi's defaults and key order (see the module docstring)."""
+    emu = Emulator(latency_ms, rejected_prefixes, js_numbers=js_numbers, normalise=normalise)
     vapi_routes: list[tuple[str, str, Handler]] = [
         ("GET", "/assistant", emu.list_assistants),
         ("POST", "/assistant", emu.create_assistant),
@@ -621,22 +656,29 @@ def create_app(
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8787, latency_ms: int = 0, *, js_numbers: bool = True
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    latency_ms: int = 0,
+    *,
+    js_numbers: bool = True,
+    normalise: bool = False,
 ) -> None:
     """Run the emulator in the foreground (blocking) with uvicorn."""
-    app = create_app(latency_ms, js_numbers=js_numbers)
+    app = create_app(latency_ms, js_numbers=js_numbers, normalise=normalise)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @contextlib.contextmanager
-def running_emulator(latency_ms: int = 0, *, js_numbers: bool = True) -> Iterator[str]:
+def running_emulator(
+    latency_ms: int = 0, *, js_numbers: bool = True, normalise: bool = False
+) -> Iterator[str]:
     """Run the emulator on 127.0.0.1 and a free port in a daemon thread; yield its base URL."""
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only then (else each
     # request waits ~40 ms for a delayed ACK).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app = create_app(latency_ms, js_numbers=js_numbers)
+    app = create_app(latency_ms, js_numbers=js_numbers, normalise=normalise)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -669,8 +711,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="read and write numbers as Python's json does, not as Node.js (Vapi) does",
     )
+    parser.add_argument(
+        "--normalise",
+        action="store_true",
+        help="fill Vapi's server defaults and answer in Vapi's key order (see the docstring)",
+    )
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.latency_ms, js_numbers=not args.python_numbers)
+    serve(
+        args.host,
+        args.port,
+        args.latency_ms,
+        js_numbers=not args.python_numbers,
+        normalise=args.normalise,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ by a `provider` enum, and the scalar keywords `type`, `enum`, `minimum`, `maximu
 "each value in endCallPhrases must be ...". A schema `{}` means "anything" (a `oneOf` that is not
 provider-discriminated, or a schema beyond the extraction depth).
 
+`VapiNormaliser` (the emulator's opt-in `normalise` mode) stores a validated body the way Vapi
+answers with it: the server defaults of `SERVER_DEFAULTS` filled in, top-level keys in Vapi's
+order, nested keys in Postgres jsonb order, and the computed `isServerUrlSecretSet` added.
+
 Standalone: stdlib only.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +72,15 @@ class AssistantValidator:
     @classmethod
     def load(cls, path: Path = SCHEMA_PATH) -> AssistantValidator:
         return cls(json.loads(path.read_text(encoding="utf-8")))
+
+    def member_properties(self, field: str, value: Mapping[str, Any]) -> Mapping[str, Schema]:
+        """The properties the create schema allows in `value` as the top-level `field`: those of
+        the member its `provider` chooses (a provider union), or of the object itself."""
+        schema = self._resolve(self._resolve({"$ref": self._roots["create"]})["properties"][field])
+        for member in (self._resolve(m) for m in schema.get("oneOf", ())):
+            if value.get("provider") in (self._providers(member) or ()):
+                return dict(member.get("properties", {}))
+        return dict(schema.get("properties", {}))
 
     def validate(self, body: Mapping[str, Any], which: Literal["create", "update"]) -> list[str]:
         errors: list[str] = []
@@ -190,3 +204,199 @@ class AssistantValidator:
         if isinstance(type_, str) and type_ in _TYPE_MESSAGES:
             return _TYPE_MESSAGES[type_].format(path)
         return f"{path} should not be null or undefined"
+
+
+# -- server defaults and read-side normalisation (the emulator's `normalise` mode) -------------
+
+
+@dataclass(frozen=True)
+class ServerDefault:
+    """A default Vapi documents for the top-level `field` (`sub` None), or for the sub-field `sub`
+    of the object set as `field`: filled when that object's schema declares `sub`, and, with
+    `providers`, only for those providers. `source` says where the value comes from."""
+
+    field: str
+    sub: str | None
+    value: Any
+    source: str
+    providers: tuple[str, ...] = ()
+
+
+def _each(field: str, provider: str, source: str, **values: Any) -> tuple[ServerDefault, ...]:
+    return tuple(ServerDefault(field, sub, v, source, (provider,)) for sub, v in values.items())
+
+
+_OPENAPI = "vapi-openapi.json"
+_REFERENCE = "vapi-api.md"
+_GITOPS = "VapiAI/gitops"
+
+# A default is here when Vapi's OpenAPI document gives it as a `default` keyword, or when two
+# sources agree on it. Left out on purpose:
+# - `backgroundSound`: "'office' for phone calls, 'off' for web calls" (OpenAPI), chosen per call;
+# - `clientMessages`/`serverMessages`: what is sent when unset ("Omitting serverMessages ...
+#   means all defaults", VapiAI/gitops docs/learnings/assistants.md), so unset is a real state;
+# - `model.temperature`: 0.5 per the OpenAPI descriptions, 0 per VapiAI/gitops learnings;
+# - `voice.model` of 11labs: 'eleven_turbo_v2' per OpenAPI, 'eleven_turbo_v2_5' per VapiAI/gitops;
+# - `modelOutputInMessagesEnabled` and Deepgram's `numerals`/`endpointing`...: a description only;
+# - a default `model`, `voice` or `transcriber` object: none is documented.
+# Whether Vapi stores these or applies them per call is unverified: answers of API-created
+# assistants published on GitHub show none of them. Filling them is the stricter test (a client
+# must ignore what Vapi adds), not a claim that every Vapi answer carries them.
+SERVER_DEFAULTS: tuple[ServerDefault, ...] = (
+    ServerDefault(
+        "firstMessageInterruptionsEnabled", None, False, f"{_OPENAPI} Assistant: default false"
+    ),
+    ServerDefault(
+        "firstMessageMode",
+        None,
+        "assistant-speaks-first",
+        f"{_OPENAPI} Assistant: @default 'assistant-speaks-first'; {_GITOPS} AGENTS.md",
+    ),
+    ServerDefault(
+        "maxDurationSeconds",
+        None,
+        600,
+        f"{_REFERENCE}: default 600; {_OPENAPI}: @default 600; "
+        f"{_GITOPS} docs/learnings/call-duration.md",
+    ),
+    ServerDefault("voice", "cachingEnabled", True, f"{_OPENAPI}: default true in every voice"),
+    ServerDefault("voice", "speed", 1, f"{_OPENAPI} VapiVoice: default", ("vapi",)),
+    ServerDefault("voice", "mipOptOut", False, f"{_OPENAPI} DeepgramVoice: default", ("deepgram",)),
+    *_each(
+        "voice",
+        "inworld",
+        f"{_OPENAPI} InworldVoice: default",
+        model="inworld-tts-1",
+        languageCode="en",
+        temperature=1.1,
+        speakingRate=1,
+    ),
+    *_each(
+        "voice",
+        "minimax",
+        f"{_OPENAPI} MinimaxVoice: default",
+        model="speech-02-turbo",
+        subtitleType="sentence",
+        pitch=0,
+        speed=1,
+        volume=1,
+        region="worldwide",
+        textNormalizationEnabled=True,
+    ),
+    *_each("voice", "xai", f"{_OPENAPI} XaiVoice: default", language="en", speed=1.1),
+    ServerDefault("voice", "styleDegree", 1, f"{_OPENAPI} MicrosoftVoice: default", ("microsoft",)),
+    ServerDefault(
+        "transcriber", "mipOptOut", False, f"{_OPENAPI} DeepgramTranscriber: default", ("deepgram",)
+    ),
+    *_each(
+        "transcriber",
+        "speechmatics",
+        f"{_OPENAPI} SpeechmaticsTranscriber: default",
+        operatingPoint="enhanced",
+        region="eu",
+        enableDiarization=False,
+        maxDelay=3000,
+        numeralStyle="written",
+        endOfTurnSensitivity=0.5,
+        removeDisfluencies=False,
+        minimumSpeechDuration=0,
+    ),
+    ServerDefault(
+        "model",
+        "maxTokens",
+        250,
+        f"{_OPENAPI} every model with maxTokens: Default is 250; "
+        f"{_GITOPS} docs/learnings/assistants.md",
+    ),
+    ServerDefault(
+        "server",
+        "timeoutSeconds",
+        20,
+        f"{_REFERENCE}: timeoutSeconds default 20; {_OPENAPI} Server: @default 20",
+    ),
+)
+
+# Top-level keys in the order of Vapi's answers published on GitHub (the columns of its entity);
+# keys not seen there follow alphabetically (their real place is unverified).
+TOP_LEVEL_ORDER = (
+    "id",
+    "orgId",
+    "name",
+    "voice",
+    "createdAt",
+    "updatedAt",
+    "model",
+    "firstMessage",
+    "voicemailMessage",
+    "endCallMessage",
+    "transcriber",
+    "firstMessageMode",
+    "analysisPlan",
+    "artifactPlan",
+)
+# Computed on read, last in every published answer; `vapi-api.md` names it as a field GET adds.
+# Always false: the legacy secret fields that set it are not in the schema, so never accepted.
+COMPUTED_FIELD = "isServerUrlSecretSet"
+
+
+def _jsonb_key(key: str) -> tuple[int, bytes]:
+    raw = key.encode("utf-8")
+    return len(raw), raw
+
+
+def jsonb_order(value: Any) -> Any:
+    """`value` with each object's keys as Postgres jsonb keeps them (shorter first, then
+    bytewise), the order of the nested objects in Vapi's published answers."""
+    if isinstance(value, dict):
+        return {k: jsonb_order(value[k]) for k in sorted(value, key=_jsonb_key)}
+    if isinstance(value, list):
+        return [jsonb_order(v) for v in value]
+    return value
+
+
+class VapiNormaliser:
+    """Turns validated create and PATCH bodies into what Vapi stores and answers."""
+
+    def __init__(
+        self, validator: AssistantValidator, defaults: tuple[ServerDefault, ...] = SERVER_DEFAULTS
+    ) -> None:
+        self._validator = validator
+        self._top = [d for d in defaults if d.sub is None]
+        self._nested: dict[str, list[ServerDefault]] = {}
+        for d in defaults:
+            if d.sub is not None:
+                self._nested.setdefault(d.field, []).append(d)
+
+    def created(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A create body as stored: the top-level defaults of the fields it leaves out (one sent
+        as null stays unset, as on PATCH) and the sub-field defaults of each object it sets."""
+        out = {k: v for k, v in body.items() if v is not None}
+        out.update((d.field, d.value) for d in self._top if d.field not in body)
+        return {k: self.field_value(k, v) for k, v in out.items()}
+
+    def field_value(self, field: str, value: Any) -> Any:
+        """`value` as stored for the top-level `field` (a create sets it, a PATCH replaces it
+        whole): with the sub-field defaults its schema declares and it leaves out."""
+        rows = self._nested.get(field)
+        if not rows or not isinstance(value, dict):
+            return value
+        declared = self._validator.member_properties(field, value)
+        filled = dict(value)
+        for d in rows:
+            chosen = not d.providers or value.get("provider") in d.providers
+            if chosen and d.sub in declared and d.sub not in value:
+                filled[d.sub] = d.value
+        return filled
+
+    @staticmethod
+    def answer(assistant: Mapping[str, Any]) -> dict[str, Any]:
+        """`assistant` laid out as Vapi writes it: top-level keys in `TOP_LEVEL_ORDER`, nested
+        ones in jsonb order, and `isServerUrlSecretSet` last."""
+        rank = {k: i for i, k in enumerate(TOP_LEVEL_ORDER)}
+        keys = sorted(
+            (k for k in assistant if k != COMPUTED_FIELD),
+            key=lambda k: (rank.get(k, len(rank)), k),
+        )
+        out = {k: jsonb_order(assistant[k]) for k in keys}
+        out[COMPUTED_FIELD] = False
+        return out
