@@ -1,5 +1,7 @@
-"""Fixtures: real Postgres (RECONCILER_TEST_DATABASE_URL, else an embedded server), the Vapi
-emulator over HTTP, and a throwaway age key for sops."""
+"""Fixtures for every test: real Postgres (RECONCILER_TEST_DATABASE_URL, else an embedded
+server), the Vapi emulator over HTTP, and a throwaway age key for sops. Fixtures are lazy: a test
+that asks for none of the Postgres or emulator ones starts neither (tests/unit/conftest.py makes
+a unit test that asks for one fail). Helpers to import are in tests/helpers."""
 
 from __future__ import annotations
 
@@ -7,11 +9,9 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pyrage
 import pytest
@@ -24,14 +24,9 @@ from reconciler.secrets.crypto import MasterKey
 from reconciler.state.db import open_pool, temporary_embedded
 from reconciler.state.migrate import migrate
 from reconciler.state.store import StateWriter
-from reconciler.vapi.client import RetryPolicy, http_client
+from reconciler.vapi.client import http_client
 from reconciler.vapi.emulator import running_emulator
-from tests.helpers import SpecDir
-
-TABLES = (
-    "reconcile_runs, assistant_org_mapping, assistants, org_credentials, organizations,"
-    " org_runs, org_schedule"
-)
+from tests.helpers import FAST_RETRY, TABLES, Run, SpecDir, reset_emulator
 
 
 @pytest.fixture(scope="session")
@@ -92,18 +87,8 @@ def emulator_session() -> Iterator[str]:
 
 @pytest.fixture
 def emulator(emulator_session: str) -> str:
-    httpx.post(f"{emulator_session}/_emulator/reset").raise_for_status()
+    reset_emulator(emulator_session)
     return emulator_session
-
-
-def emulator_stats(url: str) -> dict[str, int]:
-    stats: dict[str, int] = httpx.get(f"{url}/_emulator/stats").json()["requests"]
-    return stats
-
-
-def writes(url: str) -> int:
-    s = emulator_stats(url)
-    return s["POST /assistant"] + s["PATCH /assistant/{id}"] + s["DELETE /assistant/{id}"]
 
 
 @pytest.fixture(scope="session")
@@ -129,28 +114,10 @@ def master_key() -> MasterKey:
     return MasterKey.generate()
 
 
-FAST_RETRY = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.01, sleep=lambda _s: None)
-
-
 @pytest.fixture
 def controller(state: StateWriter, emulator: str, master_key: MasterKey) -> Iterator[Controller]:
     with http_client(emulator, timeout_s=5) as http:
         yield Controller(state, http, master_key, concurrency=8, retry=FAST_RETRY)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.out.splitlines()
-
-    @property
-    def last_line(self) -> str:
-        return self.lines[-1] if self.lines else ""
 
 
 @pytest.fixture
@@ -177,17 +144,3 @@ def cli(
         return Run(code, out, err)
 
     return run
-
-
-def live_assistants(emulator: str, api_key: str) -> list[dict[str, Any]]:
-    resp = httpx.get(
-        f"{emulator}/assistant", headers={"Authorization": f"Bearer {api_key}"}, timeout=10
-    )
-    resp.raise_for_status()
-    result: list[dict[str, Any]] = resp.json()
-    return result
-
-
-def assert_no_traceback(run: Run) -> None:
-    assert "Traceback" not in run.out + run.err
-    assert "internal error" not in run.out + run.err

@@ -1,0 +1,62 @@
+"""`reconciler import`, the pieces that need no Vapi account: a field the spec cannot hold and an
+invalid value are refused by name, and a spec is encrypted in place by sops (fast, with a
+throwaway age key). The command against the emulator: tests/integration/test_import.py."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import importer
+from reconciler.secrets.sops import EncryptionError, encrypt_file
+from tests.helpers import SpecDir
+
+KEY = "sk-import-5f3a9c1e7d"
+SECRET = "whsec-live-0b7e2d94"
+SLUG = "acme-dental"
+
+
+def test_a_field_the_spec_cannot_express_is_refused() -> None:
+    live = {
+        "id": "a1", "orgId": "o", "createdAt": "t", "updatedAt": "t", "name": "Bot",
+        "newVapiFeature": {"on": True}, "anotherOne": 1,
+    }  # fmt: skip
+    with pytest.raises(importer.ImportRefused) as caught:
+        importer.assistant_fields(live, "inbound")
+    assert str(caught.value) == (
+        "assistant a1 (inbound): field(s) anotherOne, newVapiFeature cannot be expressed in "
+        "the spec (not fields it accepts)"
+    )
+
+
+def test_an_invalid_value_names_the_assistant_and_field() -> None:
+    picked = {"outbound": {"id": "a2", "name": "x" * 41}}
+    doc = importer.spec_document(
+        SLUG, "Acme", str(uuid.uuid4()), KEY, SECRET, {"outbound": {"name": "x" * 41}}
+    )
+    with pytest.raises(importer.ImportRefused) as caught:
+        importer.check_document(doc, picked)
+    assert "assistant a2 (outbound): name: String should have at most 40 characters" in str(
+        caught.value
+    )
+    assert KEY not in str(caught.value)
+
+
+def test_encrypt_file_in_place(specs: SpecDir, tmp_path: Path) -> None:
+    path = specs.root / "plain.yaml"
+    path.write_text("spec:\n  credentials:\n    vapi: {apiKey: sk-plain-1}\n")
+    encrypt_file(path)
+    assert b"sk-plain-1" not in path.read_bytes()
+    assert b"ENC[AES256_GCM" in path.read_bytes()
+
+    lonely = tmp_path / "no-config" / "x.yaml"
+    lonely.parent.mkdir()
+    lonely.write_text("spec:\n  credentials:\n    vapi: {apiKey: sk-plain-2}\n")
+    with pytest.raises(EncryptionError) as caught:
+        encrypt_file(lonely)
+    message = str(caught.value)
+    assert message.startswith(f"{lonely}: cannot encrypt: no .sops.yaml")
+    assert "\n" not in message and "sk-plain-2" not in message
+    assert lonely.read_text().endswith("sk-plain-2}\n")  # left as it was

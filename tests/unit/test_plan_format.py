@@ -1,0 +1,142 @@
+"""The JSON plan is a contract (docs/plan-format.md): this golden file pins it. A change to it
+is a change to the contract: bump `FORMAT_VERSION` when it is incompatible, then regenerate
+with `RECONCILER_UPDATE_GOLDEN=1 pytest tests/unit/test_plan_format.py` and review the diff."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from reconciler.cli.render import FORMAT_VERSION, report_json
+from reconciler.controller.run import OrgOutcome, RunReport
+from reconciler.engine.actions import (
+    AdoptAssistant,
+    CreateAssistant,
+    DeactivateCredential,
+    DeleteAssistant,
+    Finding,
+    LeaveAccount,
+    OrgPlan,
+    RetireOrg,
+    StoreCredential,
+    UpdateAssistant,
+    UpsertOrg,
+)
+from reconciler.engine.diff import FieldChange
+from reconciler.engine.model import Sensitive
+from reconciler.redact import SENSITIVE
+from reconciler.spec.loader import Problem
+from tests.helpers import ROOT
+
+GOLDEN = ROOT / "tests" / "golden" / "plan-v2.json"
+ACME = "3f1c2d8e-6b0a-4a53-9d2e-1b7c9a0e4f11"
+GLOBEX = "9b2e4c71-0d3a-4f5e-8a6b-2c1d0e9f8a7b"
+SHARED = "5d7a1e20-8c4b-4b9d-a3f2-6e0c1b2d3f40"
+GONE = "7a0b1c2d-3e4f-4a5b-8c6d-9e0f1a2b3c4d"
+LEFT = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+MOVED = "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a"
+
+
+def sample() -> RunReport:
+    acme = OrgPlan(
+        ACME,
+        "acme",
+        (
+            UpsertOrg("update", "acme", "Acme", (FieldChange("name", "Acme Co", "Acme"),)),
+            StoreCredential("update", "vapi", Sensitive({"apiKey": "sk-live-NEVER"}), "fp"),
+            DeactivateCredential("resend"),
+            UpdateAssistant(
+                "inbound",
+                "asst-in",
+                {"model": {"temperature": 0.2}},
+                changes=(
+                    FieldChange("model.temperature", 0.7, 0.2, drift=True),
+                    FieldChange("server.headers.x-vapi-secret", SENSITIVE, SENSITIVE, True),
+                ),
+            ),
+            DeleteAssistant("outbound", "asst-dup", note="tagged duplicate"),
+        ),
+        unchanged=(),
+        warnings=("inbound: Vapi does not keep this value: maxDurationSeconds",),
+        findings=(
+            Finding("duplicate", "inbound", "asst-dup2", "a second assistant tagged for this role"),
+            Finding("unmanaged", "outbound", "asst-legacy", "untagged assistant named 'Out'"),
+        ),
+    )
+    globex = OrgPlan(
+        GLOBEX,
+        "globex",
+        (
+            UpsertOrg("create", "globex", "Globex"),
+            StoreCredential("create", "vapi", Sensitive({"apiKey": "sk-NEVER"}), "fp"),
+            CreateAssistant(
+                "inbound",
+                {"name": "Globex in", "firstMessage": "Hi"},
+                changes=(
+                    FieldChange("name", None, "Globex in"),
+                    FieldChange("firstMessage", None, "Hi"),
+                ),
+            ),
+            AdoptAssistant("outbound", "asst-out", note="found by its ownership tag"),
+        ),
+        notes=("outbound: the live value of voice.apiKey is masked by Vapi",),
+    )
+    shared = OrgPlan(
+        SHARED,
+        "shared",
+        (),
+        unchanged=("inbound",),
+        blocked=("this Vapi account holds assistants of other orgs",),
+    )
+    gone = OrgPlan(
+        GONE,
+        "gone",
+        (
+            DeleteAssistant("inbound", "asst-gone", note="its spec is gone from the specs"),
+            DeactivateCredential("twilio"),
+            RetireOrg(Sensitive("whsec-NEVER"), reason="its spec is gone from the specs"),
+        ),
+        orphaned="its spec is gone from the specs",
+    )
+    left = OrgPlan(LEFT, "left", (), orphaned="its spec is gone: `--prune` retires it")
+    moved = OrgPlan(MOVED, "moved", (LeaveAccount("acct-old", "acct-new"),))
+    outcomes = [
+        OrgOutcome("acme", ACME, plan=acme),
+        OrgOutcome("gone", GONE, plan=gone),
+        OrgOutcome("left", LEFT, plan=left),
+        OrgOutcome("moved", MOVED, plan=moved),
+        OrgOutcome("globex", GLOBEX, plan=globex),
+        OrgOutcome("shared", SHARED, plan=shared, error="this Vapi account holds ..."),
+        OrgOutcome("held", "0e7c9a8b-1d2f-4e3a-9b8c-7d6e5f4a3b2c", skipped="another reconciler"),
+    ]
+    problems = [Problem(Path("specs/broken.yaml"), "spec", "invalid YAML (line 2)")]
+    return RunReport(outcomes, problems)
+
+
+def test_json_plan_matches_the_golden_file() -> None:
+    produced = json.dumps(report_json(sample()), indent=2, sort_keys=True) + "\n"
+    if os.environ.get("RECONCILER_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(produced)
+    assert GOLDEN.is_file(), f"{GOLDEN} is missing: see this module's docstring to regenerate it"
+    assert produced == GOLDEN.read_text(), "the JSON plan changed: see this module's docstring"
+
+
+def test_contract_basics() -> None:
+    doc = report_json(sample())
+    assert doc["format_version"] == FORMAT_VERSION == "2"
+    text = json.dumps(doc)
+    assert "NEVER" not in text  # credentials are never in a plan
+    actions = {c["address"]: c["action"] for c in doc["changes"]}
+    assert actions["org/acme/credential/vapi"] == "update"
+    assert actions["org/acme/credential/resend"] == "delete"
+    assert actions["org/shared"] == "blocked"
+    assert actions["org/shared/assistant/inbound"] == "noop"
+    drift = next(c for c in doc["changes"] if c["address"] == "org/acme/assistant/inbound")
+    assert drift["drift"] is True
+    assert drift["before"]["model.temperature"] == 0.7
+    assert drift["after"]["model.temperature"] == 0.2
+    allowed = {"create", "update", "delete", "adopt", "noop", "duplicate", "unmanaged", "blocked"}
+    assert {c["action"] for c in doc["changes"]} <= allowed
+    assert doc["summary"]["blocked"] == 1 and doc["summary"]["orgs_skipped"] == 1
