@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, alias="RECONCILER_DATA_DIR")
     vapi_base_url: str = Field(default="https://api.vapi.ai", alias="VAPI_BASE_URL")
     master_key: SecretStr | None = Field(default=None, alias="RECONCILER_MASTER_KEY")
+    # key_id:base64,...: the first encrypts, all decrypt (rotation); instead of MASTER_KEY
+    master_keys: SecretStr | None = Field(default=None, alias="RECONCILER_MASTER_KEYS")
     concurrency: int = Field(default=16, ge=1, le=256, alias="RECONCILER_CONCURRENCY")
     vapi_timeout_s: float = Field(default=30.0, gt=0, alias="RECONCILER_VAPI_TIMEOUT")
     # serve

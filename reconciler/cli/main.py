@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.cli import importer
@@ -265,9 +265,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`keys status`: rows per master key id; `keys rotate`: every row to the active key."""
+    from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
+    from reconciler.state.keys import key_status, rotate
+    from reconciler.state.store import StateWriter
+
+    with runtime(load_settings(), write=True) as rt:
+        state = rt.state
+        assert isinstance(state, StateWriter)
+        if args.keys_command == "status":
+            counts = key_status(state)
+            if not counts:
+                print("no stored credential yet")
+            for kid, rows in counts.items():
+                mark = "  (active)" if kid == rt.key.active_id else ""
+                held = "" if kid in rt.key.ids else "  NOT in RECONCILER_MASTER_KEYS"
+                print(f"{kid:<32} {rows:>8} row(s){mark}{held}")
+            return EXIT_OK
+
+        def progress(done: Any) -> None:
+            print(f"checked {done.checked} row(s), re-encrypted {done.rotated}", file=sys.stderr)
+
+        done = rotate(state, rt.key, batch=args.batch, progress=progress)
+    for line in done.failed:
+        print(f"error: {line}", file=sys.stderr)
+    print(
+        f"re-encrypted {done.rotated} of {done.checked} row(s) to key {rt.key.active_id}"
+        + (f"; {len(done.failed)} did not open" if done.failed else "")
+    )
+    return EXIT_ERROR if done.failed else EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from reconciler.config import load_settings
-    from reconciler.server.runtime import database_url
+    from reconciler.state.connect import database_url
     from reconciler.state.db import open_pool
     from reconciler.state.migrate import migrate
 
@@ -387,6 +420,13 @@ def _max_deletes(
     p.add_argument("--max-deletes", type=_count, default=5, metavar="N", help=text)
 
 
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return value
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
@@ -497,6 +537,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resolve", help="which org owns a Vapi assistant id")
     p.add_argument("assistant_id")
     p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser("keys", help="master keys of the stored credentials")
+    keysub = p.add_subparsers(dest="keys_command", required=True)
+    k = keysub.add_parser("status", help="rows per master key id")
+    k.set_defaults(func=cmd_keys)
+    k = keysub.add_parser(
+        "rotate",
+        help="re-encrypt every row to the active key (the first of RECONCILER_MASTER_KEYS), "
+        "in batches: online, idempotent, safe to interrupt and run again",
+    )
+    k.add_argument(
+        "--batch", type=_positive, default=200, metavar="N", help="rows per transaction (200)"
+    )
+    k.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("db", help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)

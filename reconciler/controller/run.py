@@ -40,7 +40,7 @@ from reconciler.engine.planner import CREATE_GRACE_S, plan_org
 from reconciler.engine.stamp import OrgStamp, stale, stamp
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
-from reconciler.secrets.crypto import MasterKey
+from reconciler.secrets.crypto import Keys, as_ring
 from reconciler.spec.loader import LoadResult, Problem
 from reconciler.state.store import (
     SECRET_GRACE_S,
@@ -235,7 +235,7 @@ class Controller:
         self,
         state: StateReader,
         http: httpx.Client,
-        key: MasterKey,
+        key: Keys,
         *,
         concurrency: int = 16,
         retry: RetryPolicy | None = None,
@@ -245,8 +245,8 @@ class Controller:
     ) -> None:
         self.state = state
         self.http = http
-        self.key = key
-        self.fingerprint = leaf_fingerprint(key)
+        self.key = as_ring(key)
+        self.fingerprint = leaf_fingerprint(self.key)
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
         self.create_grace_s = create_grace_s
@@ -271,16 +271,19 @@ class Controller:
             md = spec.org.metadata
             outcome = OrgOutcome(md.slug, str(md.id), spec_digest=spec.digest)
             owner = known.get(md.slug)
-            if owner is not None and owner != str(md.id) and options.orphans and owner in leaving:
-                pass  # its slug is freed when the orphan that holds it is retired, first
-            elif owner is not None and owner != str(md.id):
+            orphan = options.orphans and owner in leaving
+            if owner is not None and owner != str(md.id) and not (orphan and options.prune):
                 outcome.stalled = "SlugConflict"
                 outcome.error = (
                     f"slug {md.slug} belongs to org {owner} in Postgres, not to {md.id}: "
-                    "a new id for an existing slug is refused"
+                    + (
+                        "that org's spec is gone; `apply --prune` retires it and frees the slug"
+                        if orphan
+                        else "a new id for an existing slug is refused"
+                    )
                 )
                 out.append((None, outcome))
-                continue
+                continue  # (with --prune, the orphan holding it is retired first, freeing it)
             try:
                 desired = desired_org(
                     spec.org, self.key, source=str(spec.path), fingerprint=self.fingerprint

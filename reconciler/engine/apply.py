@@ -30,7 +30,7 @@ from reconciler.engine.diff import strip_server_owned
 from reconciler.engine.model import Fingerprint, tag_of
 from reconciler.engine.observe import masked_live
 from reconciler.errors import ReconcilerError
-from reconciler.secrets.crypto import MasterKey
+from reconciler.secrets.crypto import Keys, as_ring
 from reconciler.state.store import StateWriter
 from reconciler.vapi.client import VapiAmbiguousWrite, VapiError, VapiRejected, VapiWriter
 
@@ -61,14 +61,14 @@ class Applier:
         plan: OrgPlan,
         vapi: VapiWriter | None,
         state: StateWriter,
-        key: MasterKey,
+        key: Keys,
         fingerprint: Fingerprint,
         guard: WriteGuard | None = None,
     ) -> None:
         self.plan = plan
         self.vapi = vapi
         self.state = state
-        self.key = key
+        self.key = as_ring(key)
         self.fingerprint = fingerprint
         self.guard = guard or WriteGuard()
 

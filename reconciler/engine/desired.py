@@ -15,32 +15,39 @@ from reconciler.engine.model import (
 )
 from reconciler.protocol import WEBHOOK_SECRET_HEADER
 from reconciler.redact import mask_tree
-from reconciler.secrets.crypto import MasterKey
+from reconciler.secrets.crypto import DEFAULT_KEY_ID, Keys, as_ring
 from reconciler.spec.models import Organization
 
 
-def leaf_fingerprint(key: MasterKey) -> Fingerprint:
+def leaf_fingerprint(key: Keys) -> Fingerprint:
     """Keyed digest of one secret leaf, the same for desired and live values: equal values,
-    equal fingerprints (an integral float counts as its integer, as JSON numbers do)."""
+    equal fingerprints (an integral float counts as its integer, as JSON numbers do). Under
+    the active master key, named by its id unless that is `default`."""
+    ring = as_ring(key)
+    kid, active = ring.keys[0]
+    prefix = FINGERPRINT_PREFIX if kid == DEFAULT_KEY_ID else f"{FINGERPRINT_PREFIX}{kid}:"
 
     def fingerprint(value: Any) -> str:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        return FINGERPRINT_PREFIX + key.fingerprint({"v": value})[:32]
+        return prefix + active.fingerprint({"v": value})[:32]
 
     return fingerprint
 
 
 def desired_org(
-    org: Organization, key: MasterKey, *, source: str = "", fingerprint: Fingerprint | None = None
+    org: Organization, key: Keys, *, source: str = "", fingerprint: Fingerprint | None = None
 ) -> DesiredOrg:
     org_id = str(org.metadata.id)
-    fingerprint = fingerprint or leaf_fingerprint(key)
+    ring = as_ring(key)
+    fingerprint = fingerprint or leaf_fingerprint(ring)
     revealed = org.spec.credentials.revealed()
-    credentials = {
-        provider: DesiredCredential(provider, key.fingerprint(config), Sensitive(config))
-        for provider, config in revealed.items()
-    }
+    credentials = {}
+    for provider, config in revealed.items():
+        by_key = ring.fingerprints(config)
+        credentials[provider] = DesiredCredential(
+            provider, by_key[ring.active_id], Sensitive(config), by_key
+        )
     vapi = revealed.get("vapi")
     secret = vapi["webhookSecret"] if vapi else None
     assistants = {}

@@ -46,8 +46,36 @@ class Sensitive:
 @dataclass(frozen=True)
 class DesiredCredential:
     provider: str
-    fingerprint: str
+    fingerprint: str  # under the active master key
     config: Sensitive
+    # under every master key of the ring, by key id: a stored fingerprint is compared with the
+    # one made under its own key, so rotating the master key is never a credential change
+    by_key: dict[str, str] = field(default_factory=dict)
+
+    def matches(self, stored_fingerprint: str) -> bool:
+        kid = fingerprint_key_id(stored_fingerprint)
+        return self.by_key.get(kid, self.fingerprint) == stored_fingerprint
+
+
+def fingerprint_key_id(fingerprint: str) -> str:
+    """The master key id a fingerprint names (`<id>:<hex>`; bare hex: `default`)."""
+    kid, sep, _ = fingerprint.rpartition(":")
+    return kid if sep else "default"
+
+
+def leaf_key_ids(value: Any) -> set[str]:
+    """Master key ids of the secret-leaf fingerprints in a config value
+    (`sha256-hmac:<id>:<hex>`; `sha256-hmac:<hex>`: `default`)."""
+    found: set[str] = set()
+    if isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX):
+        found.add(fingerprint_key_id(value.removeprefix(FINGERPRINT_PREFIX)))
+    elif isinstance(value, dict):
+        for v in value.values():
+            found |= leaf_key_ids(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= leaf_key_ids(v)
+    return found
 
 
 @dataclass(frozen=True)

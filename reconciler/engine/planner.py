@@ -35,11 +35,13 @@ from reconciler.engine.diff import (
     unchecked_paths,
 )
 from reconciler.engine.model import (
+    FINGERPRINT_PREFIX,
     DesiredAssistant,
     DesiredOrg,
     ObservedOrg,
     Sensitive,
     account_ids,
+    leaf_key_ids,
     tag_of,
 )
 from reconciler.spec.models import ROLES
@@ -367,7 +369,7 @@ def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action
         stored = observed.credentials.get(provider)
         if stored is None:
             out.append(StoreCredential("create", provider, cred.config, cred.fingerprint))
-        elif stored.fingerprint != cred.fingerprint or not stored.is_active:
+        elif not cred.matches(stored.fingerprint) or not stored.is_active:
             out.append(StoreCredential("update", provider, cred.config, cred.fingerprint))
     for provider, stored in sorted(observed.credentials.items()):
         if provider not in desired.credentials and stored.is_active:
@@ -437,7 +439,10 @@ def _plan_assistant(
     notes: list[str] = []
     for key, value in want.body.items():
         wanted, now = want.stored.get(key), live.get(key)
-        spec_changed = asked is not None and not same(asked.get(key), wanted)
+        # recorded under a master key rotated out since: its fingerprints cannot be compared
+        # with today's, so whether the spec changed is judged by the live value alone
+        rekeyed = asked is not None and bool(leaf_key_ids(asked.get(key)) - leaf_key_ids(wanted))
+        spec_changed = asked is not None and not rekeyed and not same(asked.get(key), wanted)
         if not spec_changed and contains(now, wanted):
             notes += [
                 f"{role}: {path}: Vapi masks this value on read; its drift cannot be checked"
@@ -463,7 +468,7 @@ def _plan_assistant(
         and mapping.vapi_assistant_id == vapi_id
         and mapping.name == want.name
         and ours
-        and same(asked, want.stored)
+        and (same(asked, want.stored) or _rekeyed_only(asked, want.stored))
     )
     if patch:
         adopt = mapping is None or mapping.vapi_assistant_id != vapi_id
@@ -477,6 +482,23 @@ def _plan_assistant(
         )
         return _Kept([adopt_action], warnings, notes), vapi_id
     return _Kept([], warnings, notes), vapi_id
+
+
+def _rekeyed_only(asked: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """Recorded under a master key rotated out since, and otherwise the same."""
+    return bool(leaf_key_ids(asked) - leaf_key_ids(wanted)) and same(_blind(asked), _blind(wanted))
+
+
+def _blind(value: Any) -> Any:
+    """`value` with every secret-leaf fingerprint alike: the same config recorded under
+    another master key compares equal (a rotation alone is no reason to write)."""
+    if isinstance(value, str) and value.startswith(FINGERPRINT_PREFIX):
+        return FINGERPRINT_PREFIX
+    if isinstance(value, dict):
+        return {k: _blind(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_blind(v) for v in value]
+    return value
 
 
 def _not_kept(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,82 +12,17 @@ from psycopg_pool import ConnectionPool
 
 from reconciler.config import Settings
 from reconciler.controller.run import Controller, pool_size
-from reconciler.errors import ConfigError
-from reconciler.secrets.crypto import MasterKey
-from reconciler.state.db import embedded_url, open_pool
+from reconciler.secrets.crypto import KeyRing
+from reconciler.state.connect import (
+    Warn,
+    database_url,
+    master_keys,
+    stderr_warning,
+)
+from reconciler.state.db import open_pool
 from reconciler.state.migrate import check_schema, migrate
 from reconciler.state.store import StateReader, StateWriter
 from reconciler.vapi.client import http_client
-
-Warn = Callable[[str], None]
-"""Where a start-up warning goes: stderr for commands, the log for `serve` (JSON lines)."""
-
-
-def stderr_warning(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr)
-
-
-def database_url(settings: Settings) -> str:
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    return embedded_url(settings.data_dir)
-
-
-def master_key(settings: Settings, *, create: bool = True, warn: Warn | None = None) -> MasterKey:
-    """From RECONCILER_MASTER_KEY; with the embedded default, one kept in the data directory.
-    `create=False` (commands that write nothing) never writes a key file: without one, nothing
-    was ever encrypted here, so a throwaway key plans the same."""
-    if settings.master_key is not None:
-        return MasterKey.from_b64(settings.master_key.get_secret_value())
-    if settings.database_url is not None:
-        raise ConfigError("RECONCILER_MASTER_KEY is required with RECONCILER_DATABASE_URL")
-    path = settings.data_dir / "master.key"
-    if path.exists():
-        return _read_key_file(path)
-    key = MasterKey.generate()
-    if not create:
-        return key
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"{settings.data_dir}: cannot create the data directory (RECONCILER_DATA_DIR): "
-            f"{exc.strerror}"
-        ) from None
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another first run got there first: use its key
-        return _read_key_file(path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot create the master key: {exc.strerror}") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.to_b64() + "\n")
-    (warn or stderr_warning)(
-        f"generated a master key at {path} (mode 0600); set RECONCILER_MASTER_KEY in production"
-    )
-    return key
-
-
-KEY_FILE_WAIT_S = 2.0
-"""How long a key file may stay half-written (another first run creating it) before it is bad."""
-
-
-def _read_key_file(path: Path) -> MasterKey:
-    """The key in `path`. A process that just created the file may not have written it yet, so
-    an empty or unterminated file is read again for a moment before it counts as corrupt."""
-    deadline = time.monotonic() + KEY_FILE_WAIT_S
-    while True:
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not text"
-            raise ConfigError(f"{path}: cannot read the master key: {reason}") from None
-        try:
-            return MasterKey.from_b64(text)
-        except ConfigError:
-            if text.endswith("\n") or time.monotonic() >= deadline:
-                raise ConfigError(f"{path}: not a valid master key (base64 of 32 bytes)") from None
-        time.sleep(0.05)
 
 
 @dataclass
@@ -98,7 +30,7 @@ class Runtime:
     settings: Settings
     pool: ConnectionPool
     state: StateReader
-    key: MasterKey
+    key: KeyRing
     http: httpx.Client
     controller: Controller
     database_url: str = ""
@@ -117,7 +49,7 @@ def runtime(
     """`write=False` (plan, resolve) builds a StateReader only, so it cannot write by
     construction, and migrates nothing and creates no key file: an out-of-date schema is an
     error that says to run `reconciler db migrate`."""
-    key = master_key(settings, create=write, warn=warn)
+    key = master_keys(settings, create=write, warn=warn)
     url = database_url(settings)
     concurrency = settings.concurrency
     pool = open_pool(url, max_size=pool_size(concurrency) + extra_connections)

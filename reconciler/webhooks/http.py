@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.metrics import WEBHOOK_REQUESTS
-from reconciler.secrets.crypto import MasterKey
+from reconciler.secrets.crypto import Keys
 from reconciler.webhooks.resolver import (
     MAX_BODY_BYTES,
     BadSecret,
@@ -333,7 +333,7 @@ def webhook_app(
 
 def app_from_url(
     database_url: str,
-    master_key: MasterKey | str,
+    master_key: Keys | str,
     *,
     forward_url: str | None = None,
     timeout_s: float = FORWARD_TIMEOUT_S,

@@ -81,7 +81,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.metrics import RESOLVER_CACHE
 from reconciler.protocol import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_SECRET_HEADER
 from reconciler.redact import printable, safe_message
-from reconciler.secrets.crypto import CredentialDecryptError, MasterKey
+from reconciler.secrets.crypto import CredentialDecryptError, KeyRing, Keys, as_ring
 from reconciler.state.store import StateReader
 
 SECRET_HEADER = WEBHOOK_SECRET_HEADER
@@ -356,14 +356,14 @@ class WebhookResolver:
     def __init__(
         self,
         state: StateReader,
-        key: MasterKey,
+        key: Keys,
         *,
         ttl_s: float = 60.0,
         negative_ttl_s: float = 5.0,
         max_entries: int = 10_000,
     ) -> None:
         self._state = state
-        self._key = key
+        self._key = as_ring(key)
         self._ttl = ttl_s
         self._negative_ttl = negative_ttl_s
         self._max = max_entries
@@ -381,7 +381,7 @@ class WebhookResolver:
     def from_url(
         cls,
         database_url: str,
-        master_key: MasterKey | str,
+        master_key: Keys | str,
         *,
         listen: bool = True,
         flush_every_s: float = 5.0,
@@ -400,7 +400,7 @@ class WebhookResolver:
         from reconciler.state.db import open_pool
         from reconciler.state.store import StateWriter
 
-        key = master_key if isinstance(master_key, MasterKey) else MasterKey.from_b64(master_key)
+        key = master_key if not isinstance(master_key, str) else KeyRing.from_setting(master_key)
         pool = open_pool(database_url, max_size=pool_size, name="reconciler-webhooks")
         state = (
             StateWriter(pool)
