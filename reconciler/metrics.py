@@ -4,7 +4,13 @@ org labels are slugs from our own specs, the rest are fixed words or HTTP method
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -48,4 +54,83 @@ LAST_RUN_TIMESTAMP = Gauge(
     "reconciler_last_run_timestamp_seconds",
     "Unix time at which the last reconcile run of this process finished.",
     registry=REGISTRY,
+)
+
+
+class LiveCounters(Collector):
+    """Counters whose values other objects keep as plain integers (no cost per event, no lock
+    of prometheus's on a hot path), read only when `/metrics` is scraped: nothing needs a
+    scrape to count. `attach(read)` adds a source, a function returning its current values by
+    label values; the `detach` it returns keeps that source's last values, so a total never
+    goes down when a source closes."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._doc = documentation
+        self._labelnames = tuple(labelnames)
+        self._lock = threading.Lock()
+        self._sources: dict[int, Callable[[], Mapping[tuple[str, ...], float]]] = {}
+        self._kept: dict[tuple[str, ...], float] = {}
+        self._next = 0
+        if registry is not None:
+            registry.register(self)
+
+    def attach(self, read: Callable[[], Mapping[tuple[str, ...], float]]) -> Callable[[], None]:
+        with self._lock:
+            handle = self._next
+            self._next += 1
+            self._sources[handle] = read
+
+        def detach() -> None:
+            with self._lock:
+                source = self._sources.pop(handle, None)
+                if source is not None:
+                    for labels, value in source().items():
+                        self._kept[labels] = self._kept.get(labels, 0.0) + value
+
+        return detach
+
+    def values(self) -> dict[tuple[str, ...], float]:
+        """The totals by label values: kept ones plus every attached source's."""
+        with self._lock:
+            totals = dict(self._kept)
+            sources = list(self._sources.values())
+        for read in sources:
+            for labels, value in read().items():
+                totals[labels] = totals.get(labels, 0.0) + value
+        return totals
+
+    def describe(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for labels, value in sorted(self.values().items()):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+CREDENTIAL_CACHE = LiveCounters(
+    "reconciler_credential_cache",
+    "Credential store (`reconciler.credentials`) lookups by result: hit (served from memory) "
+    "or miss (not cached: read from Postgres, or shared with a concurrent read of it).",
+    ["result"],
+)
+CREDENTIAL_CACHE_EVICTIONS = LiveCounters(
+    "reconciler_credential_cache_evictions",
+    "Credential store cache entries dropped, by reason: lru (the size bound), expired (TTL), "
+    "invalidated (changed in Postgres: NOTIFY or the version check).",
+    ["reason"],
+)
+CREDENTIAL_AUDIT_ROWS = LiveCounters(
+    "reconciler_credential_audit_rows",
+    "Credential audit rows by fate: written, or dropped (the database was unavailable and the "
+    "pending rows were past their bound, or the store closed before they could be written).",
+    ["fate"],
 )

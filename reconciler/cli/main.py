@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
-from reconciler.cli import importer
+from reconciler.cli import audit, importer
 from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
@@ -583,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _path_arg(p, "specs/examples")
     p.set_defaults(func=cmd_demo)
     importer.add_parser(sub)
+    audit.add_parser(sub)
     return parser
 
 
