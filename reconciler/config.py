@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from reconciler.errors import ConfigError
 
+_BASE_URL = r"^https?://[^\s@/]+(/\S*)?$"
+"""A provider's base URL: http(s), no credentials in it (they travel in headers)."""
+
 
 def default_data_dir() -> Path:
     import platformdirs
@@ -59,6 +62,37 @@ class Settings(BaseSettings):
                 raise ValueError("must be a duration such as 30d, 12h, 90m or 3600 (seconds)")
             return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
         return value
+
+    # credential verification (`reconciler verify`, and `serve` every interval): where each
+    # provider is reached (a local stub in tests), and how often `serve` verifies (0: never)
+    twilio_base_url: str = Field(
+        default="https://api.twilio.com", pattern=_BASE_URL, alias="RECONCILER_TWILIO_BASE_URL"
+    )
+    resend_base_url: str = Field(
+        default="https://api.resend.com", pattern=_BASE_URL, alias="RECONCILER_RESEND_BASE_URL"
+    )
+    elevenlabs_base_url: str = Field(
+        default="https://api.elevenlabs.io",
+        pattern=_BASE_URL,
+        alias="RECONCILER_ELEVENLABS_BASE_URL",
+    )
+    google_oauth_url: str = Field(
+        default="https://oauth2.googleapis.com/token",
+        pattern=_BASE_URL,
+        alias="RECONCILER_GOOGLE_OAUTH_URL",
+    )
+    google_calendar_base_url: str = Field(
+        default="https://www.googleapis.com/calendar/v3",
+        pattern=_BASE_URL,
+        alias="RECONCILER_GOOGLE_CALENDAR_BASE_URL",
+    )
+    verify_interval_s: float = Field(default=6 * 3600.0, ge=0, alias="RECONCILER_VERIFY_INTERVAL")
+
+    @field_validator("verify_interval_s", mode="before")
+    @classmethod
+    def _verify_interval(cls, value: object) -> object:
+        """`6h`, `90m`, `0` (off): the same durations as RECONCILER_MAPPING_RETENTION."""
+        return cls._days(value)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
-from reconciler.cli import audit, importer
+from reconciler.cli import audit, importer, verify
 from reconciler.errors import ReconcilerError
 
 if TYPE_CHECKING:
@@ -584,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     importer.add_parser(sub)
     audit.add_parser(sub)
+    verify.add_parser(sub)
     return parser
 
 

@@ -1,5 +1,6 @@
 """`reconciler serve`: the long-lived process. The reconcile loop runs in a scheduler thread,
-uvicorn serves HTTP in another, and the main thread only waits for signals:
+credential verification in another (`providers.job`, every RECONCILER_VERIFY_INTERVAL),
+uvicorn serves HTTP in a third, and the main thread only waits for signals:
 
 - SIGHUP: reconcile now (and retry spec files that failed before);
 - SIGTERM / SIGINT: stop taking work, let the org in hand finish (its lock and connections
@@ -29,6 +30,8 @@ from reconciler import metrics
 from reconciler.config import Settings
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.errors import ConfigError
+from reconciler.providers.job import VerifyJob
+from reconciler.providers.verify import Endpoints
 from reconciler.server.app import ServerParts, build_app
 from reconciler.server.logs import configure_logging
 from reconciler.server.runtime import Runtime, runtime
@@ -97,12 +100,17 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             replica,
         )
         loop.start()
+        verifier = _start_verification(settings, rt)
         try:
             while not stop.wait(0.5):
                 pass
         finally:
             deadline = time.monotonic() + STOP_TIMEOUT_S - 1.0
+            if verifier is not None:
+                verifier.halt()  # no new check starts; those in flight are bounded
             finished = loop.stop(deadline - time.monotonic() - 1.0)
+            if verifier is not None:
+                finished = verifier.wait(deadline - time.monotonic() - 1.0) and finished
             if not finished:
                 log.warning("stopping with a run still in progress (it is abandoned)")
             server.should_exit = True
@@ -119,6 +127,22 @@ def serve(settings: Settings, options: ServeOptions) -> int:
                 os._exit(0)
     log.info("stopped")
     return 0
+
+
+def _start_verification(settings: Settings, rt: Runtime) -> VerifyJob | None:
+    """Every stored credential checked against its provider about once per
+    RECONCILER_VERIFY_INTERVAL, shared by the replicas (0: off)."""
+    if settings.verify_interval_s <= 0:
+        return None
+    job = VerifyJob(
+        rt.pool,
+        rt.key,
+        Endpoints.from_settings(settings),
+        interval_s=settings.verify_interval_s,
+        concurrency=rt.controller.concurrency,
+    )
+    job.start()
+    return job
 
 
 def _webhooks(settings: Settings, rt: Runtime) -> tuple[WebhookEndpoint, WebhookResolver]:
