@@ -27,7 +27,7 @@ from reconciler import metrics
 from reconciler.controller.run import MAX_DELETES, STOPPING, Controller, Options, RunReport
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
-from reconciler.secrets import sops
+from reconciler.secrets import native
 from reconciler.spec.cache import DEFAULT_ENTRIES, SpecCache
 from reconciler.spec.git import GitSource
 from reconciler.spec.loader import Decrypt, LoadResult, Outcome, load_tree
@@ -70,7 +70,7 @@ class ReconcileLoop:
         config: LoopConfig,
         *,
         replica: str,
-        decrypt: Decrypt = sops.decrypt_bytes,
+        decrypt: Decrypt = native.decrypt_bytes,
     ) -> None:
         self.controller = controller
         self.state = state

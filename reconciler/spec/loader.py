@@ -23,9 +23,11 @@ Bounds: a broken or hostile file costs little and stays a few lines about that f
   every document that passes can be dumped with `json.dumps(..., sort_keys=True)`.
 - **Containment.** At most MAX_PROBLEMS_PER_FILE problems are listed per file; a
   RecursionError, ValueError or MemoryError while checking one file is a problem of that file.
-- **Decryption of what was validated.** `load_tree` hands the validated bytes to sops on stdin
-  (never the path again), and takes only `spec.credentials` from sops's output; everything else
-  comes from the document that was validated. The same bounded loader parses sops's output.
+- **Decryption of what was validated.** `load_tree` hands the validated bytes to the decryptor
+  (never the path again): by default `secrets.native`, in-process, which hands them to the sops
+  binary on stdin for whatever it cannot do exactly as sops does. Only `spec.credentials` is
+  taken from its output; everything else comes from the document that was validated. The same
+  bounded loader parses the decrypted output.
 
 `Problem.__str__` passes every part through `redact.printable`, so a file name, a YAML key or
 a message quoting one is always shown on exactly one line without terminal escapes.
@@ -50,7 +52,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import DecryptionError
 from reconciler.redact import printable
-from reconciler.secrets import sops
+from reconciler.secrets import native, sops
 from reconciler.spec.cache import SpecCache, digest
 from reconciler.spec.models import Organization
 
@@ -476,10 +478,14 @@ def _check_encrypted(path: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], l
     return masked, problems
 
 
-def _check_bytes(path: Path, data: bytes) -> tuple[Organization | None, list[Problem]]:
+def _check_bytes(
+    path: Path, data: bytes, docs: dict[Path, dict[str, Any]] | None = None
+) -> tuple[Organization | None, list[Problem]]:
     doc, problems = parse_yaml(path, data)
     if doc is None:
         return None, problems
+    if docs is not None:  # load_tree decrypts from it without parsing the same bytes again
+        docs[path] = doc
     masked, problems = _check_encrypted(path, doc)
     try:
         org = Organization.model_validate(masked)
@@ -526,19 +532,19 @@ Cache = SpecCache[Outcome]
 
 
 def _read_and_check(
-    found: _Found, cache: Cache | None
+    found: _Found, cache: Cache | None, docs: dict[Path, dict[str, Any]] | None = None
 ) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
     data, problems = _read_spec(found.path, found.real, found.ident)
     if data is None:
         return None, problems
     if cache is None:
-        org, problems = _check_bytes(found.path, data)
+        org, problems = _check_bytes(found.path, data, docs)
     else:
         org, problems = cache.get_or_compute(
             found.path,
             digest(data),
             "checked",
-            lambda: _contained(found.path, lambda: _check_bytes(found.path, data)),
+            lambda: _contained(found.path, lambda: _check_bytes(found.path, data, docs)),
         )
     return ((org, data) if org is not None else None), list(problems)
 
@@ -575,15 +581,18 @@ def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Probl
     return problems
 
 
-def _validate(root: Path, cache: Cache | None = None) -> tuple[LoadResult, dict[Path, bytes]]:
-    """The checked specs, and the exact bytes each was checked from."""
+def _validate(
+    root: Path, cache: Cache | None = None, docs: dict[Path, dict[str, Any]] | None = None
+) -> tuple[LoadResult, dict[Path, bytes]]:
+    """The checked specs, and the exact bytes each was checked from (and, into `docs`, the
+    document each was parsed to, when it was parsed)."""
     found, problems = _walk(root)
     if not found and not problems:
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
     checked: list[tuple[Path, Organization]] = []
     sources: dict[Path, bytes] = {}
     for spec in found:
-        outcome, spec_problems = _contained(spec.path, partial(_read_and_check, spec, cache))
+        outcome, spec_problems = _contained(spec.path, partial(_read_and_check, spec, cache, docs))
         problems += spec_problems
         if outcome is not None:
             checked.append((spec.path, outcome[0]))
@@ -618,7 +627,7 @@ Decrypt = Callable[[Path, bytes], bytes]
 
 
 def _decrypt_one(
-    path: Path, data: bytes, decrypt: Decrypt
+    path: Path, data: bytes, decrypt: Decrypt, validated: dict[str, Any] | None = None
 ) -> tuple[Organization | None, list[Problem]]:
     try:
         plain = decrypt(path, data)
@@ -627,9 +636,10 @@ def _decrypt_one(
     decrypted, problems = parse_yaml(path, plain)
     if decrypted is None:
         return None, problems
-    validated, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
-    if validated is None:
-        return None, problems
+    if validated is None:  # parsed when validated, unless the check came from the cache
+        validated, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
+        if validated is None:
+            return None, problems
     spec = decrypted.get("spec")
     creds = spec.get("credentials") if isinstance(spec, dict) else None
     if creds is None:
@@ -646,7 +656,7 @@ def _decrypt_one(
 
 def load_tree(
     root: Path,
-    decrypt: Decrypt = sops.decrypt_bytes,
+    decrypt: Decrypt = native.decrypt_bytes,
     workers: int = 8,
     cache: Cache | None = None,
 ) -> LoadResult:
@@ -657,14 +667,17 @@ def load_tree(
     With a `cache`, a file whose bytes were seen before is neither checked nor decrypted
     again (its earlier outcome, success or failure, is reused).
     """
-    checked, sources = _validate(root, cache)
+    docs: dict[Path, dict[str, Any]] = {}
+    checked, sources = _validate(root, cache, docs)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
 
     def one(spec: SpecFile) -> tuple[Organization | None, list[Problem]]:
         data = sources[spec.path]
 
         def run() -> Outcome:
-            return _contained(spec.path, lambda: _decrypt_one(spec.path, data, decrypt))
+            return _contained(
+                spec.path, lambda: _decrypt_one(spec.path, data, decrypt, docs.get(spec.path))
+            )
 
         if cache is None:
             return run()
