@@ -34,7 +34,7 @@ SCHEMA_PATH = Path("schemas/org.schema.json")
 def _out() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, emoji=False)  # ":fire:" in a name stays text
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
