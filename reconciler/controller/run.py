@@ -39,7 +39,7 @@ from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
 from reconciler.engine.stamp import OrgStamp, stale, stamp
 from reconciler.errors import ReconcilerError
-from reconciler.redact import printable
+from reconciler.redact import mask_tree, printable
 from reconciler.secrets.crypto import Keys, as_ring
 from reconciler.spec.loader import LoadResult, Problem
 from reconciler.state.store import (
@@ -144,6 +144,21 @@ def _changes(outcome: OrgOutcome) -> dict[str, int]:
     for action in outcome.done or ():
         c[action.kind] += 1
     return {k: c[k] for k in ("create", "update", "delete", "adopt") if c[k]}
+
+
+def _secret_leaves(bodies: list[dict[str, Any]]) -> list[str]:
+    """The values of assistant fields that are secrets (a key with a secret word, any header
+    value): plan and apply show them as `(sensitive)`, so an error answer quoting one must too."""
+    found: list[str] = []
+
+    def keep(value: Any) -> Any:
+        if isinstance(value, str):
+            found.append(value)
+        return value
+
+    for body in bodies:
+        mask_tree(body, keep)
+    return found
 
 
 def _message(exc: BaseException) -> str:
@@ -395,12 +410,13 @@ class Controller:
         key = desired.vapi_api_key
         if key is None:
             return None
-        secrets = [  # masked in any error answer that echoes one
+        secrets = [  # masked in any error answer that echoes one, on reads as on writes
             value
             for cred in desired.credentials.values()
             for value in cred.config.reveal().values()
             if isinstance(value, str)
         ]
+        secrets += _secret_leaves([a.body for a in desired.assistants.values()])
         return kind(self.http, key.reveal(), retry=self.retry, secrets=secrets)
 
     @staticmethod
