@@ -27,13 +27,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
-
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from typing import Protocol
 
 from reconciler.credentials.queries import one_line
+from reconciler.state.listen import CONNECT_DEFAULTS as STATE_CONNECT_DEFAULTS
+from reconciler.state.listen import PgListener
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +44,7 @@ POLL_S = 0.2
 """How often the listener looks up from its connection (how long `close()` may wait for it)."""
 LISTENER_NAME = "reconciler-credentials-listen"
 """The listener's `application_name`, to find its session in `pg_stat_activity`."""
-CONNECT_DEFAULTS: dict[str, Any] = {  # unless the URL sets them; the store's pool uses them too
-    "connect_timeout": 5,
-    # a silently dead network is noticed in seconds, not at the kernel's TCP timeout
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-}
+CONNECT_DEFAULTS = STATE_CONNECT_DEFAULTS  # the store's pool uses them too
 
 
 class Invalidates(Protocol):
@@ -69,16 +59,10 @@ class Invalidates(Protocol):
     def on_deaf(self) -> None: ...
 
 
-def _reason(exc: BaseException, url: str) -> str:
-    text = one_line(exc)
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except psycopg.Error:
-        password = None
-    return text.replace(str(password), "***") if password else text
+class Listener(PgListener):
+    """LISTENs on both channels and tells the store what each notification names; after a
+    (re)connect, to drop everything (see `state.listen.PgListener`)."""
 
-
-class Listener:
     def __init__(
         self,
         target: Invalidates,
@@ -89,80 +73,19 @@ class Listener:
         name: str = LISTENER_NAME,
     ) -> None:
         self._target = target
-        self._url = database_url
-        self._ping_every = ping_every_s
-        self._cap = backoff_cap_s
-        self._name = name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.listening = threading.Event()
-        self.confirmed_at = float("-inf")
-        self.connects = 0
-
-    def start(self, wait_s: float = 5.0) -> bool:
-        """Starts the thread and waits up to `wait_s` for its first LISTEN; False if not
-        listening yet (it keeps trying; the checker covers meanwhile)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-        return self.listening.wait(wait_s)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        given = conninfo_to_dict(self._url)
-        extra = {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
-        return psycopg.connect(self._url, autocommit=True, application_name=self._name, **extra)
-
-    def _run(self) -> None:
-        delay = 0.0
-        failing = False
-        while not self._stop.is_set():
-            try:
-                with self._connect() as conn:
-                    sent = time.monotonic()
-                    for channel in (CREDENTIAL_CHANNEL, MAPPING_CHANNEL):
-                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                    self._target.on_deaf()  # what was announced before LISTEN is lost
-                    self.confirmed_at = sent
-                    self.connects += 1
-                    self.listening.set()
-                    if failing:
-                        log.warning("credential cache listener: listening again")
-                    failing, delay = False, 0.0
-                    self._listen(conn)
-            except Exception as exc:  # never into a read: the checker covers meanwhile
-                self.listening.clear()
-                if self._stop.is_set():
-                    break
-                if not failing:
-                    log.warning(
-                        "credential cache listener: no connection (%s); retrying, the version"
-                        " check covers meanwhile",
-                        _reason(exc, self._url),
-                    )
-                failing = True
-                delay = min(self._cap, max(0.25, delay * 2))
-                self._stop.wait(delay)
-        self.listening.clear()
-
-    def _listen(self, conn: psycopg.Connection[Any]) -> None:
-        pinged = time.monotonic()
-        while not self._stop.is_set():
-            for notify in conn.notifies(timeout=min(POLL_S, self._ping_every)):
-                self._apply(notify.channel, notify.payload)
-            if time.monotonic() - pinged < self._ping_every:
-                continue
-            sent = pinged = time.monotonic()
-            conn.execute("SELECT 1")  # a dead server raises here (and so reconnects)
-            # notifications that came with the answer are buffered by psycopg: handle them
-            # before counting the ping as proof
-            for notify in conn.notifies(timeout=0):
-                self._apply(notify.channel, notify.payload)
-            self.confirmed_at = sent
+        super().__init__(
+            database_url,
+            [CREDENTIAL_CHANNEL, MAPPING_CHANNEL],
+            self._apply,
+            target.on_deaf,
+            name=name,
+            label="credential cache listener",
+            meanwhile="the version check covers",
+            ping_every_s=ping_every_s,
+            backoff_cap_s=backoff_cap_s,
+            poll_s=POLL_S,
+            logger=log,
+        )
 
     def _apply(self, channel: str, payload: str) -> None:
         if channel == CREDENTIAL_CHANNEL:

@@ -342,7 +342,7 @@ def test_with_the_listener_cut_the_version_check_sees_changes(
         try:
             assert store.stats()["listening"]
             store.twilio(ACME_ID)
-            with caplog.at_level(logging.WARNING, logger="reconciler.credentials"):
+            with caplog.at_level(logging.INFO, logger="reconciler.credentials"):
                 proxy.cut(stay_down=True)  # its connection dies and cannot come back
                 wait_until(lambda: not store.stats()["listening"], 5, "listener down")
                 _changed(run, specs, f"missed-notify-{CANARY}")  # announced to nobody
