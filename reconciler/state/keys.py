@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from reconciler.secrets.crypto import KeyRing, token_key_id
-from reconciler.state.store import StateWriter, _state_error
+from reconciler.state.store import StateWriter, state_error
 
 BATCH = 200
 
@@ -40,7 +40,7 @@ def key_status(state: StateWriter) -> dict[str, int]:
                 "SELECT encrypted_config, previous_encrypted_config FROM org_credentials"
             ).fetchall()
     except Exception as exc:  # psycopg errors, as one line
-        raise _state_error(exc) from None
+        raise state_error(exc) from None
     for encrypted, previous in rows:
         for kid in {token_key_id(t) for t in _tokens(encrypted, previous)}:
             counts[kid] += 1
@@ -92,7 +92,7 @@ def rotate(
                     )
                     done.rotated += 1
         except Exception as exc:
-            raise _state_error(exc) from None
+            raise state_error(exc) from None
         if progress is not None:
             progress(done)
         if len(rows) < batch:

@@ -100,7 +100,7 @@ class StateError(ReconcilerError):
     """Postgres failed or is unreachable; the message is one line and holds no value."""
 
 
-def _state_error(exc: Exception) -> StateError:
+def state_error(exc: Exception) -> StateError:
     if isinstance(exc, PoolTimeout):
         return StateError("database unavailable: no connection within the pool timeout")
     lines = str(exc).strip().splitlines()
@@ -134,7 +134,7 @@ class _Breaker:
         try:
             yield
         except (PoolTimeout, psycopg.Error) as exc:
-            error = _state_error(exc)
+            error = state_error(exc)
             if _is_outage(exc):
                 self._reason = str(error)
                 self._until = time.monotonic() + self.pause_s

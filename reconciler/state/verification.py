@@ -26,7 +26,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from reconciler.state.store import _state_error
+from reconciler.state.store import state_error
 
 _COLUMNS = """c.id::text AS id, c.org_id::text AS org_id, o.slug, c.provider,
   c.encrypted_config, c.updated_at"""
@@ -99,7 +99,7 @@ def _cursor(pool: ConnectionPool) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             yield cur
     except (PoolTimeout, psycopg.Error) as exc:
-        raise _state_error(exc) from None
+        raise state_error(exc) from None
 
 
 def _credential(row: dict[str, Any]) -> StoredCredential:

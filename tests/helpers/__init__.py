@@ -20,9 +20,14 @@ fixtures (Postgres, the emulator, an age key, `cli`, `controller`) are in tests/
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -347,3 +352,36 @@ def assert_no_traceback(run: Run) -> None:
     """The run printed no traceback and no internal error."""
     assert "Traceback" not in run.out + run.err
     assert "internal error" not in run.out + run.err
+
+
+def listening_socket() -> socket.socket:
+    """A listening socket on a free 127.0.0.1 port. Its protocol is named (IPPROTO_TCP):
+    asyncio sets TCP_NODELAY only on such sockets, and without it every answer waits ~40 ms
+    (Nagle and delayed ACKs)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn (lifespan on, no access log: paths may hold secrets) on a free
+    port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = listening_socket()
+    config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

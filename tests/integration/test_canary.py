@@ -35,7 +35,6 @@ from urllib.parse import parse_qs
 import httpx
 import pyrage
 import pytest
-import uvicorn
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
@@ -54,6 +53,7 @@ from tests.helpers import (
     edit_assistant,
     fault,
     org_doc,
+    served,
     tagged,
 )
 
@@ -259,30 +259,6 @@ def refusal(provider: str, echo: str, seen: dict[str, Any]) -> Any:
     if provider == "google":
         return {"error": "invalid_grant", "error_description": echo, "received": seen}
     return {"error": {"code": 401, "message": echo, "status": "UNAUTHENTICATED"}, "received": seen}
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """`app` on a free 127.0.0.1 port in a daemon thread; yields its base URL."""
-    import socket
-    import threading
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 # -- capturing everything -------------------------------------------------------------------

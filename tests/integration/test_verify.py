@@ -15,20 +15,17 @@ import base64
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-import uvicorn
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,7 +40,7 @@ from reconciler.providers.verify import Endpoints
 from reconciler.secrets.crypto import KeyRing, MasterKey
 from reconciler.state import verification
 from reconciler.state.store import StateError
-from tests.helpers import Run, SpecDir, assert_no_traceback, org_doc
+from tests.helpers import Run, SpecDir, assert_no_traceback, org_doc, served
 from tests.helpers.serve import (
     ServeLauncher,
     assert_clean_log,
@@ -238,27 +235,6 @@ def _basic(request: Request) -> tuple[str, str]:
         return "", ""
     user, _, password = base64.b64decode(blob).decode().partition(":")
     return user, password
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """`app` served by uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -45,7 +44,7 @@ from reconciler.webhooks.http import (
 )
 from reconciler.webhooks.listen import LISTENER_NAME, CacheListener
 from reconciler.webhooks.resolver import MAX_BODY_BYTES, ResolvedWebhook, WebhookResolver
-from tests.helpers import ROOT, run_python
+from tests.helpers import ROOT, listening_socket, run_python, served
 from tests.helpers.netproxy import cuttable
 from tests.integration.test_resolver import (
     REFUSALS,
@@ -76,39 +75,10 @@ def counted(before: dict[str, float]) -> dict[str, float]:
     return {k: v - before.get(k, 0.0) for k, v in outcomes().items() if v != before.get(k, 0.0)}
 
 
-def listening_socket() -> socket.socket:
-    """A listening socket on a free port. Its protocol is named (IPPROTO_TCP): asyncio sets
-    TCP_NODELAY only on such sockets, and without it every answer waits ~40 ms (Nagle and
-    delayed ACKs)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """`app` served by uvicorn on a free port in a thread; yields its base URL."""
-    sock = listening_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @contextmanager
 def http_to(app: Any) -> Iterator[httpx.Client]:
     """A keep-alive client to `app` served for real (lifespan included)."""
-    with serve(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+    with served(app) as url, httpx.Client(base_url=url, timeout=10) as http:
         yield http
 
 
@@ -381,7 +351,7 @@ def read_answer(sock: socket.socket) -> bytes:
 
 @pytest.fixture
 def server(resolver: WebhookResolver) -> Iterator[str]:
-    with serve(webhook_app(resolver)) as url:
+    with served(webhook_app(resolver)) as url:
         yield url
 
 
@@ -482,7 +452,7 @@ def downstream() -> Iterator[tuple[str, list[Received]]]:
         )
 
     app = Starlette(routes=[Route("/{path:path}", hook, methods=["POST"])])
-    with serve(app) as url:
+    with served(app) as url:
         yield url, received
 
 
