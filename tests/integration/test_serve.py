@@ -902,7 +902,7 @@ def test_webhooks_through_serve_every_outcome_and_forwarding(
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from tests.integration.test_webhook_http import serve as serve_app
+    from tests.helpers import served as serve_app
 
     received: list[tuple[dict[str, str], bytes]] = []
 
