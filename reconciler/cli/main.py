@@ -62,7 +62,8 @@ def _load(args: argparse.Namespace) -> LoadResult:
 def _options(args: argparse.Namespace) -> Options:
     """The run's options from the flags. Orgs in Postgres without a spec are orphans only when
     the whole spec folder is read (not one file, not `--org`)."""
-    from reconciler.controller.run import MAX_DELETES, Options
+    from reconciler.controller.run import Options
+    from reconciler.engine.runplan import MAX_DELETES
 
     return Options(
         prune=args.prune,
@@ -417,7 +418,9 @@ def _max_deletes(
     p: argparse.ArgumentParser,
     text: str = "delete nothing when the run would delete more than N assistants (default 5)",
 ) -> None:
-    p.add_argument("--max-deletes", type=_count, default=5, metavar="N", help=text)
+    from reconciler.engine.runplan import MAX_DELETES
+
+    p.add_argument("--max-deletes", type=_count, default=MAX_DELETES, metavar="N", help=text)
 
 
 def _positive(text: str) -> int:
@@ -511,7 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete assistants removed from the spec (and tagged duplicates), and retire "
         "orgs whose spec is gone from the folder",
     )
-    _max_deletes(p, "delete at most N assistants per run: orgs past it fail (default 5)")
+    _max_deletes(
+        p,
+        "delete nothing in a run that would delete more than N assistants, counted over every "
+        "org and orphan of the run (default 5)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_serve)
 

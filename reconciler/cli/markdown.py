@@ -98,6 +98,8 @@ def render_markdown(report: RunReport, *, limit: int = LIMIT) -> str:
     if report.problems:
         tail += ["", "**Spec files that failed:**", ""]
         tail += [f"- {_cell(p)}" for p in report.problems]
+    if report.warnings:
+        tail += ["", *(f"> **Warning:** {_cell(w)}" for w in report.warnings)]
     parts = ["\n".join(head), "\n".join(table) + "\n" if shown else "", "\n".join(tail)]
     sections = [_section(o) for o in shown]
     return _cut(parts, sections, limit)

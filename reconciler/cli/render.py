@@ -115,6 +115,8 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
             console.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
     for problem in report.problems:
         console.print(f"[red]x {_safe(problem)}[/red]")
+    for warning in report.warnings:
+        console.print(f"[magenta]! {_safe(warning)}[/magenta]")
     for note in report.notes:
         console.print(f"[red]x {_safe(note)}[/red]")
     c = report.counts()
@@ -245,6 +247,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
         changes += [{**entry, "orphaned": bool(plan.orphaned)} for entry in mine]
         warnings += [{"org": o.slug, "message": w} for w in plan.warnings]
         notes += [{"org": o.slug, "message": n} for n in plan.notes]
+    warnings += [{"run": "deletes", "message": w} for w in report.warnings]
     errors = [{"org": o.slug, "message": o.error or ""} for o in report.failed]
     errors += [{"file": str(p.path), "message": str(p)} for p in report.problems]
     errors += [{"run": "record", "message": n} for n in report.notes]

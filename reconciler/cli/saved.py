@@ -20,6 +20,7 @@ from typing import Any
 from reconciler import __version__
 from reconciler.cli.render import report_json
 from reconciler.controller.run import Options, RunReport
+from reconciler.engine.runplan import MAX_DELETES
 from reconciler.engine.stamp import OrgStamp
 from reconciler.errors import ReconcilerError
 
@@ -128,8 +129,10 @@ def _options(data: Any) -> Options:
     if not all(isinstance(data.get(k), bool) for k in bools):
         raise ValueError("options prune, orphans and adopt_by_name must be booleans")
     limit = data.get("max_deletes")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValueError("options.max_deletes must be a whole number or null")
+    if limit is None:  # a plan saved before the bound was always set: the documented default
+        limit = MAX_DELETES
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise ValueError("options.max_deletes must be a whole number")
     accepted = _list(data.get("accept_account_change"), "options.accept_account_change")
     return Options(
         prune=data["prune"],

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -37,11 +37,21 @@ from reconciler.engine.model import (
 )
 from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
+from reconciler.engine.runplan import (
+    MAX_DELETES,
+    FailedFile,
+    KnownOrg,
+    RunFacts,
+    RunPlan,
+    SpecFacts,
+    bound_deletes,
+    plan_run,
+)
 from reconciler.engine.stamp import OrgStamp, stale, stamp
 from reconciler.errors import ReconcilerError
 from reconciler.redact import mask_tree, printable
 from reconciler.secrets.crypto import Keys, as_ring
-from reconciler.spec.loader import LoadResult, Problem
+from reconciler.spec.loader import LoadResult, Problem, SpecFile
 from reconciler.state.store import (
     SECRET_GRACE_S,
     OrgLock,
@@ -55,7 +65,6 @@ from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiRe
 log = logging.getLogger(__name__)
 STOPPING = "not started: the reconciler is shutting down"
 ORPHANED = "its spec is gone from the specs"
-MAX_DELETES = 5
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,11 @@ class Options:
 
     prune: bool = False  # delete removed or duplicate assistants, retire orgs whose spec is gone
     orphans: bool = False  # the specs are the whole fleet: an org without one is orphaned
-    max_deletes: int | None = MAX_DELETES  # more deletes than this in one run: none at all
-    # count the run's deletes first (a read-only plan) so that past the bound none is made;
-    # off (serve), the bound is only enforced as orgs apply: the first ones within it run
-    count_first: bool = True
+    max_deletes: int = MAX_DELETES  # more deletes than this in one run: none at all
+    # serve: an org's deletes (and an orphan's retirement) wait for the end of the run, where
+    # the run's deletes are counted together against `max_deletes` (`ReconcileLoop`); apply
+    # counts them first instead, with a read-only plan of the run
+    defer_deletes: bool = False
     adopt_by_name: bool = False
     accept_account_change: frozenset[str] = frozenset()  # slugs
 
@@ -96,6 +106,7 @@ class OrgOutcome:
     spec_digest: str = ""  # sha256 of its spec file ("" for an orphan)
     stamp: OrgStamp | None = None  # plan only: what its plan was computed from (`plan --out`)
     vapi_error: VapiError | None = None  # the account could not be listed
+    deferred: int | None = None  # serve: deletes (or a retirement) left to the run's end
 
     @property
     def ok(self) -> bool:
@@ -109,6 +120,9 @@ class RunReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # the run's own troubles (e.g. not recorded)
     run_id: int | None = None  # its reconcile_runs row (apply only)
+    warnings: list[str] = field(default_factory=list)  # the run's, not failures
+    failing: list[str] = field(default_factory=list)  # slugs of known orgs whose file failed
+    failed_ids: dict[Path, str] = field(default_factory=dict)  # org ids named by failed files
 
     @property
     def failed(self) -> list[OrgOutcome]:
@@ -137,6 +151,19 @@ class RunReport:
     @property
     def has_changes(self) -> bool:
         return any(o.plan is not None and o.plan.has_changes for o in self.outcomes)
+
+
+def _planned_deletes(outcomes: Iterable[OrgOutcome]) -> dict[str, int]:
+    return {o.org_id: o.plan.deletes for o in outcomes if o.plan is not None}
+
+
+def _deletes_or_retires(plan: OrgPlan) -> bool:
+    return plan.deletes > 0 or any(isinstance(a, RetireOrg) for a in plan.actions)
+
+
+def _deferred_text(n: int, retire: bool) -> str:
+    deletes = f"{n} delete(s)"
+    return f"{deletes} and retirement" if retire else deletes
 
 
 def _changes(outcome: OrgOutcome) -> dict[str, int]:
@@ -225,14 +252,15 @@ class _Guard(WriteGuard):
 
 
 class _DeleteBudget:
-    """What is left of `--max-deletes` in this run, shared by the orgs applied at once."""
+    """What is left of `--max-deletes` in this run, shared by the orgs applied at once: the
+    count made before the run bounds it, and this bounds it again in case the state moved."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int) -> None:
         self.left = limit
         self._lock = threading.Lock()
 
     def take(self, n: int) -> None:
-        if n == 0 or self.left is None:
+        if n == 0:
             return
         with self._lock:
             if n > self.left:
@@ -271,34 +299,70 @@ class Controller:
 
     # -- desired state ---------------------------------------------------------------------------
 
+    def _facts(
+        self,
+        loaded: LoadResult,
+        peers: LoadResult | None,
+        options: Options,
+        index: list[Any],
+        saved: dict[str, OrgStamp] | None = None,
+    ) -> RunFacts:
+        """What the run's rules are decided from, as plain values (a key as its digest)."""
+        fleet = peers or loaded
+        failed = {
+            **{p.path: FailedFile(str(p.path), p.path.stem) for p in fleet.problems},
+            **{
+                path: FailedFile(str(path), path.stem, org_id)
+                for path, org_id in fleet.failed_ids.items()
+            },
+        }
+        return RunFacts(
+            specs=tuple(self._spec_facts(s) for s in loaded.specs),
+            known=tuple(KnownOrg(row.org_id, row.slug) for row in index),
+            failed=tuple(failed.values()),
+            peers=tuple(self._spec_facts(s) for s in peers.specs) if peers else None,
+            whole_fleet=options.orphans,
+            prune=options.prune,
+            max_deletes=options.max_deletes,
+            saved={k: v.slug for k, v in saved.items()} if saved is not None else None,
+        )
+
+    def _spec_facts(self, spec: SpecFile) -> SpecFacts:
+        vapi = spec.org.spec.credentials.vapi
+        digest = None
+        if vapi is not None:
+            digest = self.key.fingerprint({"vapiApiKey": vapi.api_key.get_secret_value()})
+        return SpecFacts(str(spec.org.metadata.id), spec.org.metadata.slug, digest)
+
+    def run_plan(
+        self, loaded: LoadResult, *, peers: LoadResult | None = None, options: Options
+    ) -> RunPlan:
+        """The run's own rules (`engine.runplan`) for these specs: one Postgres read."""
+        return plan_run(self._facts(loaded, peers, options, self.state.org_index()))
+
     def _desired(
-        self, loaded: LoadResult, peers: LoadResult | None = None, options: Options | None = None
-    ) -> tuple[list[tuple[DesiredOrg | None, OrgOutcome]], AccountRegistry]:
-        """Each spec's desired state (or its failure), then the orgs whose spec is gone
-        (orphans) when the specs are the whole fleet."""
+        self,
+        loaded: LoadResult,
+        peers: LoadResult | None = None,
+        options: Options | None = None,
+        saved: dict[str, OrgStamp] | None = None,
+        only: frozenset[str] | None = None,
+    ) -> tuple[list[tuple[DesiredOrg | None, OrgOutcome]], AccountRegistry, RunPlan]:
+        """The run's plan (`engine.runplan`), then each spec it runs as desired state (or its
+        failure), the refused ones as failures, and the orphans when the specs are the whole
+        fleet. `only`: these org ids and no other (the end of a serve run)."""
         options = options or Options()
-        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         index = self.state.org_index()
-        known = {row.slug: row.org_id for row in index}
-        present = {str(spec.org.metadata.id) for spec in (peers or loaded).specs}
-        leaving = {row.org_id for row in index if row.org_id not in present}
+        run = plan_run(self._facts(loaded, peers, options, index, saved))
+        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         for spec in loaded.specs:
             md = spec.org.metadata
             outcome = OrgOutcome(md.slug, str(md.id), spec_digest=spec.digest)
-            owner = known.get(md.slug)
-            orphan = options.orphans and owner in leaving
-            if owner is not None and owner != str(md.id) and not (orphan and options.prune):
-                outcome.stalled = "SlugConflict"
-                outcome.error = (
-                    f"slug {md.slug} belongs to org {owner} in Postgres, not to {md.id}: "
-                    + (
-                        "that org's spec is gone; `apply --prune` retires it and frees the slug"
-                        if orphan
-                        else "a new id for an existing slug is refused"
-                    )
-                )
+            refusal = run.refusal(str(md.id))
+            if refusal is not None:
+                outcome.error, outcome.stalled = refusal.reason, refusal.stalled
                 out.append((None, outcome))
-                continue  # (with --prune, the orphan holding it is retired first, freeing it)
+                continue
             try:
                 desired = desired_org(
                     spec.org, self.key, source=str(spec.path), fingerprint=self.fingerprint
@@ -309,13 +373,20 @@ class Controller:
                 out.append((None, outcome))
                 continue
             out.append((desired, outcome))
-        out = self._refuse_shared_keys(out, peers)
-        if options.orphans:
-            out += self._orphans([row for row in index if row.org_id in leaving])
-        return out, AccountRegistry(index)
+        here = {s.org_id for s in run.run} | {o.org_id for _, o in out}
+        for refusal in run.refused:  # a saved plan's org that is not here
+            if refusal.org_id not in here:
+                missing = OrgOutcome(refusal.slug, refusal.org_id)
+                missing.error = refusal.reason
+                out.append((None, missing))
+        out += self._orphans(k for k in run.orphans if only is None or k.org_id in only)
+        if only is not None:
+            out = [item for item in out if item[1].org_id in only]
+        return out, AccountRegistry(index), run
 
-    def _orphans(self, rows: list[Any]) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+    def _orphans(self, rows: Iterable[KnownOrg]) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
         """Orgs in Postgres without a spec: to retire, reached through their stored Vapi key."""
+        rows = list(rows)
         if not rows:
             return []
         sealed = self.state.stored_vapi_credentials([row.org_id for row in rows])
@@ -342,40 +413,6 @@ class Controller:
                 vapi_api_key=Sensitive(api_key) if isinstance(api_key, str) else None,
                 retire=ORPHANED,
             )
-            out.append((desired, outcome))
-        return out
-
-    def _refuse_shared_keys(
-        self,
-        items: list[tuple[DesiredOrg | None, OrgOutcome]],
-        peers: LoadResult | None = None,
-    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
-        """BYOC means one Vapi account per org; two specs on one key would fight over it.
-        `peers`: every spec of the run when only some are applied now (`serve` works in
-        batches), so a key shared with an org of another batch is caught as well."""
-        by_key: dict[str, list[str]] = {}
-        for desired, outcome in items:
-            if desired is not None and desired.vapi_api_key is not None and not desired.retire:
-                digest = self.key.fingerprint({"vapiApiKey": desired.vapi_api_key.reveal()})
-                by_key.setdefault(digest, []).append(outcome.slug)
-        mine = {outcome.slug for _, outcome in items}
-        for spec in peers.specs if peers else ():
-            vapi = spec.org.spec.credentials.vapi
-            if vapi is not None and spec.org.metadata.slug not in mine:
-                digest = self.key.fingerprint({"vapiApiKey": vapi.api_key.get_secret_value()})
-                by_key.setdefault(digest, []).append(spec.org.metadata.slug)
-        shared = {slug: slugs for slugs in by_key.values() if len(slugs) > 1 for slug in slugs}
-        if not shared:
-            return items
-        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
-        for desired, outcome in items:
-            if outcome.slug in shared:
-                others = ", ".join(s for s in shared[outcome.slug] if s != outcome.slug)
-                outcome.error = (
-                    f"shares its Vapi API key with {others}: each org needs its own Vapi account"
-                )
-                outcome.stalled = "SharedAccount"
-                desired = None
             out.append((desired, outcome))
         return out
 
@@ -454,11 +491,12 @@ class Controller:
         )
 
     def _plan(
-        self, desired: DesiredOrg, observed: ObservedOrg, options: Options, loaded: LoadResult
+        self, desired: DesiredOrg, observed: ObservedOrg, options: Options, run: RunPlan | None
     ) -> OrgPlan:
-        """The planner, with this run's options. An orphan is never pruned in a run where a
-        spec file failed to load: that file may be its spec."""
-        held_back = bool(desired.retire) and options.prune and bool(loaded.problems)
+        """The planner, with this run's options and rules: an orphan is retired only when the
+        run's plan allows it (never in a run where a spec file failed: it may be its spec)."""
+        orphan = desired.retire == ORPHANED
+        held_back = orphan and run is not None and options.prune and not run.retire_orphans
         plan = plan_org(
             desired,
             observed,
@@ -467,12 +505,8 @@ class Controller:
             adopt_by_name=options.adopt_by_name,
             accept_account_change=desired.slug in options.accept_account_change,
         )
-        if held_back:
-            why = (
-                f"not retired in this run: {len(loaded.failed_files)} spec file(s) failed to "
-                "load, and one may be this org's"
-            )
-            plan = replace(plan, warnings=(*plan.warnings, why))
+        if held_back and run is not None and run.held_back:
+            plan = replace(plan, warnings=(*plan.warnings, run.held_back))
         return plan
 
     # -- plan --------------------------------------------------------------------------------
@@ -489,7 +523,7 @@ class Controller:
         is listed first, so two orgs on one account are both caught whatever the order."""
         options = options or Options(prune=prune)
         started = time.monotonic()
-        items, accounts = self._desired(loaded, peers, options)
+        items, accounts, run = self._desired(loaded, peers, options)
         rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
@@ -500,7 +534,7 @@ class Controller:
         def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             observed = self._observed(rows.get(desired.org_id), outcome.live, desired, accounts)
             outcome.live = None  # planned from its masked copy: no live secret kept past here
-            outcome.plan = self._plan(desired, observed, options, loaded)
+            outcome.plan = self._plan(desired, observed, options, run)
             outcome.stamp = stamp(outcome.spec_digest, observed, outcome.plan)
             if outcome.vapi_error is not None:
                 outcome.error = str(outcome.vapi_error)
@@ -509,7 +543,13 @@ class Controller:
 
         self._each(items, look)
         outcomes = self._each(items, decide)
-        return RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+        report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+        report.failing = [k.slug for k in run.failing]
+        if options.prune:
+            bound = bound_deletes(_planned_deletes(outcomes), options.max_deletes)
+            if not bound.allowed:
+                report.warnings.append(f"apply would refuse every delete: {bound.note}")
+        return report
 
     # -- apply -------------------------------------------------------------------------------
 
@@ -523,62 +563,39 @@ class Controller:
         peers: LoadResult | None = None,
         options: Options | None = None,
         saved: dict[str, OrgStamp] | None = None,
+        only: frozenset[str] | None = None,
     ) -> RunReport:
         """Converge every org of `loaded`; `revision` (a git commit) is recorded as each org's
         last attempted revision, and as its last applied one when it converged. With
         `options.prune`, the deletes of the whole run are counted first (a read-only plan):
-        more than `max_deletes` and none is made. `saved` (`apply FILE`): the stamps of a saved
-        plan, by org id; an org runs only when its spec, its observed state and so its plan
-        are still what the saved plan was made from, and only the orgs in it run."""
+        more than `max_deletes` and none is made (`serve` counts them at the end of its run
+        instead: `defer_deletes`). `saved` (`apply FILE`): the stamps of a saved plan, by org
+        id; an org runs only when its spec, its observed state and so its plan are still what
+        the saved plan was made from, and only the orgs in it run."""
         if not isinstance(self.state, StateWriter):
             raise TypeError("apply needs a StateWriter")
-        options = options or Options(prune=prune, max_deletes=None)
+        options = options or Options(prune=prune)
         notes: list[str] = []
-        if options.prune and options.max_deletes is not None and options.count_first:
+        if options.prune and not options.defer_deletes:
             counted = self.plan(loaded, options=options, peers=peers)
-            planned = sum(o.plan.deletes for o in counted.outcomes if o.plan)
-            if planned > options.max_deletes:
-                notes.append(
-                    f"this run would delete {planned} assistants, more than --max-deletes "
-                    f"{options.max_deletes}: nothing was deleted or retired; check `plan --prune`, "
-                    "then raise --max-deletes"
-                )
+            bound = bound_deletes(_planned_deletes(counted.outcomes), options.max_deletes)
+            if not bound.allowed:
+                notes.append(bound.note)
                 options = replace(options, prune=False)
         started = time.monotonic()
-        items, accounts = self._desired(loaded, peers, options)
-        if saved is not None:
-            items = self._only_saved(items, saved)
+        items, accounts, run = self._desired(loaded, peers, options, saved, only)
         report = self._apply_items(
-            items, accounts, options, loaded, command, revision, started, saved
+            items, accounts, options, run, loaded, command, revision, started, saved
         )
         report.notes[:0] = notes
         return report
 
-    @staticmethod
-    def _only_saved(
-        items: list[tuple[DesiredOrg | None, OrgOutcome]], saved: dict[str, OrgStamp]
-    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
-        """An org the saved plan does not hold is refused, and one it holds that is no longer
-        here (its spec gone or unreadable) is reported: apply FILE runs that plan, no other."""
-        out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
-        for desired, outcome in items:
-            if outcome.org_id not in saved and outcome.ok:
-                outcome.error = "not in the saved plan (new since it was made): nothing done"
-                desired = None
-            out.append((desired, outcome))
-        present = {outcome.org_id for _, outcome in items}
-        for org_id in sorted(saved.keys() - present):
-            gone = OrgOutcome(saved[org_id].slug or org_id, org_id)
-            gone.error = "in the saved plan, but its spec is gone or did not load: nothing done"
-            out.append((None, gone))
-        return out
-
-    def retire(self, slug: str, *, max_deletes: int | None = MAX_DELETES) -> RunReport:
+    def retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
         """`reconciler org retire SLUG`: as `apply --prune` does for an org whose spec is gone."""
         if not isinstance(self.state, StateWriter):
             raise TypeError("retire needs a StateWriter")
         index = self.state.org_index()
-        rows = [row for row in index if row.slug == slug]
+        rows = [KnownOrg(row.org_id, row.slug) for row in index if row.slug == slug]
         if not rows:
             raise ReconcilerError(f"no live org has the slug {slug}")
         options = Options(prune=True, orphans=True, max_deletes=max_deletes)
@@ -589,7 +606,14 @@ class Controller:
             for d, o in items
         ]
         return self._apply_items(
-            items, AccountRegistry(index), options, empty, "org retire", None, time.monotonic()
+            items,
+            AccountRegistry(index),
+            options,
+            None,
+            empty,
+            "org retire",
+            None,
+            time.monotonic(),
         )
 
     def _apply_items(
@@ -597,6 +621,7 @@ class Controller:
         items: list[tuple[DesiredOrg | None, OrgOutcome]],
         accounts: AccountRegistry,
         options: Options,
+        run: RunPlan | None,
         loaded: LoadResult,
         command: str,
         revision: str | None,
@@ -608,7 +633,7 @@ class Controller:
         state = self.state
         assert isinstance(state, StateWriter)
         run_id = state.start_run(command, len(items))
-        budget = _DeleteBudget(options.max_deletes if options.prune else None)
+        budget = _DeleteBudget(options.max_deletes)
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             with state.org_lock(desired.org_id, wait_s=self.lock_wait_s) as lock:
@@ -617,7 +642,7 @@ class Controller:
                     outcome.skipped = f"another reconciler is applying this org{waited}"
                     return
                 self._apply_org(
-                    state, desired, outcome, options, loaded, lock, accounts, budget, saved
+                    state, desired, outcome, options, run, lock, accounts, budget, saved
                 )
 
         leaving = [item for item in items if item[0] is not None and item[0].retire]
@@ -628,7 +653,9 @@ class Controller:
             if outcome.ok and not outcome.skipped and others:
                 outcome.error = _shared_message(others)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
+        report.failed_ids = dict(loaded.failed_ids)
         report.run_id = run_id
+        report.failing = [k.slug for k in run.failing] if run is not None else []
         self._record_run(state, run_id, report, accounts, revision)
         return report
 
@@ -638,7 +665,7 @@ class Controller:
         desired: DesiredOrg,
         outcome: OrgOutcome,
         options: Options,
-        loaded: LoadResult,
+        run: RunPlan | None,
         lock: OrgLock,
         accounts: AccountRegistry,
         budget: _DeleteBudget,
@@ -646,12 +673,29 @@ class Controller:
     ) -> None:
         writer = self._client(desired, VapiWriter)
         row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
+        left_alone = desired.retire == ORPHANED and not (run is not None and run.retire_orphans)
+        if left_alone:  # an orphan not retired in this run: nothing to list its account for
+            writer = None
         asked = accounts.mark()
         live = self._list_live(writer, outcome)
-        accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
+        if not left_alone:
+            accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
         observed = self._observed(row, live, desired, accounts)
         outcome.live = None  # planned from its masked copy: no live secret kept past here
-        plan = self._plan(desired, observed, options, loaded)
+        plan = self._plan(desired, observed, options, run)
+        if options.defer_deletes and options.prune and _deletes_or_retires(plan):
+            # counted with the whole run at its end (serve); the rest of the org runs now
+            outcome.deferred = plan.deletes
+            plan = self._plan(desired, observed, replace(options, prune=False), run)
+            plan = replace(
+                plan,
+                warnings=(
+                    *plan.warnings,
+                    f"its {_deferred_text(outcome.deferred, bool(desired.retire))} wait for "
+                    f"the end of the run, where the run's deletes are counted against "
+                    f"--max-deletes {options.max_deletes}",
+                ),
+            )
         outcome.plan = plan
         outcome.done = []
         if saved is not None:  # apply FILE: only the saved plan, and only if it still holds
@@ -694,7 +738,7 @@ class Controller:
         statuses = [self._status(o, accounts, revision) for o in report.outcomes if not o.skipped]
         reported = {s.org_id for s in statuses}
         by_slug = {row.slug: row.org_id for row in accounts.index if row.org_id not in reported}
-        statuses += stalled_files(report.problems, by_slug, revision)
+        statuses += stalled_files(report.problems, by_slug, revision, report.failed_ids)
         errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
         errors += [{"file": str(p.path), "error": str(p)} for p in report.problems]
         try:

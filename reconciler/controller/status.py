@@ -4,7 +4,9 @@
   something, or `UpToDateWithWarnings`); False otherwise, with the one-line reason.
 - Reconciling: True while a retry is scheduled after a failure (`RetryScheduled`).
 - Retired: an org whose spec is gone, retired by `apply --prune` (or `org retire`); one whose
-  spec is gone but not pruned is Stalled with reason `Orphaned`.
+  spec is gone but not pruned is Stalled with reason `Orphaned`, summarised as `Orphaned`. An
+  org whose spec file is there but fails to load or decrypt is never orphaned: it is Stalled
+  with its file's problem (`stalled_files`).
 - Stalled: True when retrying cannot help until the spec changes: the file does not validate or
   decrypt, its slug belongs to another org, its Vapi key or account is another org's, or the
   plan is blocked. A file that does not validate or decrypt is not read again until it
@@ -88,23 +90,31 @@ def summary(conditions: tuple[Condition, ...]) -> str:
     by_type = {c["type"]: c["status"] for c in conditions}
     if any(c["reason"] == "Retired" for c in conditions):
         return "Retired"
+    if any(c["reason"] == "Orphaned" for c in conditions):
+        return "Orphaned"  # its spec is gone and it was not retired: never Ready
     if by_type.get("Stalled") == "True":
         return "Stalled"
     return "Ready" if by_type.get("Ready") == "True" else "Failed"
 
 
 def stalled_files(
-    problems: Iterable[Problem], org_by_slug: Mapping[str, str], revision: str | None
+    problems: Iterable[Problem],
+    org_by_slug: Mapping[str, str],
+    revision: str | None,
+    ids: Mapping[Path, str] | None = None,
 ) -> list[OrgStatus]:
     """Orgs known to Postgres whose spec file fails validation or decryption: Stalled with the
-    file's first problem. (A file is named after its org's slug; one whose org never reached
-    Postgres is reported by the run, not as an org.)"""
+    file's first problem. (A file is named after its org's slug, or names its org's id in
+    `ids`; one whose org never reached Postgres is reported by the run, not as an org.)"""
+    known = set(org_by_slug.values())
     first: dict[Path, Problem] = {}
     for problem in problems:
         first.setdefault(problem.path, problem)
     out: list[OrgStatus] = []
     for path, problem in first.items():
         org_id = org_by_slug.get(path.stem)
+        if org_id is None and ids is not None and ids.get(path) in known:
+            org_id = ids[path]
         if org_id is None:
             continue
         reason = "DecryptionFailed" if "decrypt" in problem.message.lower() else "SpecInvalid"

@@ -29,6 +29,7 @@ import uvicorn
 from reconciler import metrics
 from reconciler.config import Settings
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
+from reconciler.engine.runplan import MAX_DELETES
 from reconciler.errors import ConfigError
 from reconciler.providers.job import VerifyJob
 from reconciler.providers.verify import Endpoints
@@ -55,7 +56,7 @@ class ServeOptions:
     git_url: str | None = None
     git_ref: str = "main"
     prune: bool = False
-    max_deletes: int | None = 5
+    max_deletes: int = MAX_DELETES
     log_format: str = "text"
 
 

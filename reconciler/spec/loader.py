@@ -42,7 +42,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,6 +100,9 @@ class SpecFile:
 class LoadResult:
     specs: list[SpecFile]
     problems: list[Problem]
+    # the org id that a file which failed still names (`metadata.id`, when it parsed): such an
+    # org is failing, never "gone"
+    failed_ids: dict[Path, str] = field(default_factory=dict)
 
     @property
     def bad_paths(self) -> set[Path]:
@@ -695,7 +698,17 @@ def load_tree(
         problems += found
         if org is not None:
             specs.append(SpecFile(spec.path, org, digest(sources[spec.path])))
-    return LoadResult(specs, problems)
+    return LoadResult(specs, problems, _failed_ids(problems, docs))
+
+
+def _failed_ids(problems: list[Problem], docs: dict[Path, dict[str, Any]]) -> dict[Path, str]:
+    out: dict[Path, str] = {}
+    for problem in problems:
+        metadata = docs.get(problem.path, {}).get("metadata")
+        org_id = metadata.get("id") if isinstance(metadata, dict) else None
+        if isinstance(org_id, str) and 0 < len(org_id) <= 64:
+            out[problem.path] = org_id
+    return out
 
 
 def _has_credentials(org: Organization) -> bool:
@@ -710,4 +723,8 @@ def slugs_filter(loaded: LoadResult, slugs: Iterable[str]) -> LoadResult:
     known = {s.org.metadata.slug for s in loaded.specs} | {p.path.stem for p in loaded.problems}
     problems = [p for p in loaded.problems if p.path.stem in wanted]
     problems += [Problem(Path(s), "", "no spec with this slug") for s in sorted(wanted - known)]
-    return LoadResult([s for s in loaded.specs if s.org.metadata.slug in wanted], problems)
+    return LoadResult(
+        [s for s in loaded.specs if s.org.metadata.slug in wanted],
+        problems,
+        {p: i for p, i in loaded.failed_ids.items() if p.stem in wanted},
+    )
