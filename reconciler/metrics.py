@@ -22,7 +22,7 @@ RECONCILE_SECONDS = Histogram(
 )
 ORG_OUTCOMES = Counter(
     "reconciler_org_outcomes_total",
-    "Org reconciles by org slug and outcome (Ready, Failed, Stalled, Skipped).",
+    "Org reconciles by org slug and outcome (Ready, Failed, Stalled, Skipped, Orphaned, Retired).",
     ["org", "outcome"],
     registry=REGISTRY,
 )
@@ -48,6 +48,12 @@ RESOLVER_CACHE = Counter(
 SPECS_FAILING = Gauge(
     "reconciler_spec_files_failing",
     "Spec files that failed validation or decryption in the last run.",
+    registry=REGISTRY,
+)
+ORGS_ORPHANED = Gauge(
+    "reconciler_orgs_orphaned",
+    "Orgs in Postgres whose spec is gone from the specs and that were not retired (no "
+    "`--prune`, or held back), in the last run.",
     registry=REGISTRY,
 )
 LAST_RUN_TIMESTAMP = Gauge(

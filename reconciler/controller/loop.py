@@ -24,7 +24,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler import metrics
-from reconciler.controller.run import MAX_DELETES, STOPPING, Controller, Options, RunReport
+from reconciler.controller.run import STOPPING, Controller, Options, OrgOutcome, RunReport
+from reconciler.engine.actions import RetireOrg
+from reconciler.engine.runplan import MAX_DELETES, bound_deletes
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
 from reconciler.secrets import native
@@ -49,9 +51,10 @@ class LoopConfig:
     interval_s: float = 60.0
     jitter: float = 0.1  # fraction of the interval
     prune: bool = False
-    max_deletes: int | None = MAX_DELETES
+    max_deletes: int = MAX_DELETES  # of the whole run: every batch and orphan together
     git: GitSource | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    batch: int | None = None  # orgs claimed at a time (default: `MIN_BATCH` or 4 per worker)
 
 
 @dataclass
@@ -152,30 +155,41 @@ class ReconcileLoop:
     ) -> RunReport | None:
         """Claims and applies due orgs in batches (each batch is one `Controller.apply`), so
         an org is claimed shortly before it is worked on: a long run does not hold orgs that
-        another replica could take meanwhile."""
+        another replica could take meanwhile. Then the orphans (the whole folder read). With
+        `--prune`, deletes and retirements wait for the end of the run, where they are counted
+        together against `--max-deletes`: past it, none is made (`_deletes`)."""
         force, self._force = self._force, False
         digests = {str(s.org.metadata.id): s.digest for s in loaded.specs}
         problems = frozenset((p.path, str(p)) for p in loaded.problems)
         ahead = self.config.interval_s * CLAIM_AHEAD
-        batch = max(MIN_BATCH, 4 * self.controller.concurrency)
+        batch = self.config.batch or max(MIN_BATCH, 4 * self.controller.concurrency)
         merged: RunReport | None = None
         while digests and not self.controller.stopping.is_set():
             claimed = self.schedule.claim(digests, next_in_s=ahead, limit=batch, force=force)
             if not claimed:
                 break
             report = self._apply_batch(loaded, claimed, revision, first=merged is None)
-            merged = report if merged is None else _merge(merged, report)
+            merged = _merge(merged, report)
             digests = {k: v for k, v in digests.items() if k not in claimed}
             if len(claimed) < batch:
                 break
         if merged is None and problems != self._reported:  # nothing due, but news to report
             merged = self._apply_batch(loaded, set(), revision, first=True)
-        retired = self._retire_orphans(loaded, revision) if orphans else None
-        if retired is not None:
-            merged = retired if merged is None else _merge(merged, retired)
+        if orphans and not self.controller.stopping.is_set():
+            merged = _merge(merged, self._orphans(loaded, revision))
+        if merged is not None and self.config.prune:
+            merged = self._deletes(loaded, merged, revision)
         if merged is not None and not merged.notes:  # a status not recorded is tried again
             self._reported = problems
         return merged
+
+    def _options(self, *, orphans: bool = False) -> Options:
+        return Options(
+            prune=self.config.prune,
+            orphans=orphans,
+            max_deletes=self.config.max_deletes,
+            defer_deletes=True,
+        )
 
     def _apply_batch(
         self, loaded: LoadResult, claimed: set[str], revision: str | None, *, first: bool
@@ -183,13 +197,15 @@ class ReconcileLoop:
         subset = LoadResult(
             [s for s in loaded.specs if str(s.org.metadata.id) in claimed],
             loaded.problems if first else [],  # spec problems: reported by the first batch
-        )
-        options = Options(
-            prune=self.config.prune, max_deletes=self.config.max_deletes, count_first=False
+            loaded.failed_ids if first else {},
         )
         report = self.controller.apply(
-            subset, command="serve", revision=revision, peers=loaded, options=options
+            subset, command="serve", revision=revision, peers=loaded, options=self._options()
         )
+        self._finished(report)
+        return report
+
+    def _finished(self, report: RunReport) -> None:
         results = {o.org_id: o.ok for o in report.outcomes if not o.skipped}
         released = [o.org_id for o in report.outcomes if o.skipped == STOPPING]
         try:
@@ -197,34 +213,67 @@ class ReconcileLoop:
             self.schedule.release(released)
         except StateError as exc:  # the schedule catches up next run; nothing is lost
             report.notes.append(f"the schedule was not updated: {exc}")
-        return report
 
-    def _retire_orphans(self, loaded: LoadResult, revision: str | None) -> RunReport | None:
-        """With `--prune`, orgs in Postgres whose spec is gone from the folder are retired,
-        once (a retired org is no longer an orphan); never in a run where a file failed to
-        load. Without it they are left alone (and `plan` lists them)."""
-        if not self.config.prune or loaded.problems:
+    def _orphans(self, loaded: LoadResult, revision: str | None) -> RunReport | None:
+        """Orgs in Postgres whose spec is gone from the folder (never one whose file failed):
+        each run reports them Orphaned (status, metrics, one log line each); with `--prune`
+        they are counted for retirement at the end of the run, and never retired in a run
+        where a file failed to load. Nothing is done (no run row) when there is none."""
+        options = self._options(orphans=True)
+        if not self.controller.run_plan(LoadResult([], []), peers=loaded, options=options).orphans:
             return None
-        present = {str(s.org.metadata.id) for s in loaded.specs}
-        if not loaded.specs or not [
-            row for row in self.state.org_index() if row.org_id not in present
-        ]:
-            return None
-        options = Options(prune=True, orphans=True, max_deletes=self.config.max_deletes)
         return self.controller.apply(
             LoadResult([], []), command="serve", revision=revision, peers=loaded, options=options
         )
 
+    def _deletes(self, loaded: LoadResult, merged: RunReport, revision: str | None) -> RunReport:
+        """The run's deletes and retirements, held back by its batches, counted together
+        against `--max-deletes` (`engine.runplan.bound_deletes`): within it they are made (each
+        org planned again under its lock, and bounded again as it applies); past it none is,
+        and the run says so."""
+        deferred = {
+            o.org_id: o.deferred for o in merged.outcomes if o.deferred is not None and o.ok
+        }
+        if not deferred or self.controller.stopping.is_set():
+            return merged
+        bound = bound_deletes(deferred, self.config.max_deletes)
+        if not bound.allowed:
+            merged.notes.append(bound.note)
+            return merged
+        specs = [s for s in loaded.specs if str(s.org.metadata.id) in deferred]
+        options = Options(
+            prune=True,
+            orphans=len(specs) < len(deferred),
+            max_deletes=self.config.max_deletes,
+        )
+        report = self.controller.apply(
+            LoadResult(specs, []),
+            command="serve",
+            revision=revision,
+            peers=loaded,
+            options=options,
+            only=frozenset(deferred),
+        )
+        self._finished(report)
+        done = {o.org_id for o in report.outcomes}
+        merged.outcomes = [o for o in merged.outcomes if o.org_id not in done]
+        return _merge(merged, report) or report
+
     @staticmethod
     def _count(report: RunReport) -> None:
         run = {"run": report.run_id}
+        orphaned = 0
         for o in report.outcomes:
-            outcome = "Skipped" if o.skipped else ("Ready" if o.ok else "Failed")
-            if o.stalled:
-                outcome = "Stalled"
+            outcome = org_outcome(o)
             metrics.ORG_OUTCOMES.labels(o.slug, outcome).inc()
             if o.error:
                 log.warning("org %s: %s", o.slug, o.error, extra={"org": o.slug, **run})
+            elif outcome == "Orphaned" and o.plan is not None:
+                orphaned += 1
+                log.warning(
+                    "org %s is orphaned: %s", o.slug, o.plan.orphaned, extra={"org": o.slug, **run}
+                )
+        metrics.ORGS_ORPHANED.set(orphaned)
         for problem in report.problems:
             log.warning("%s", problem, extra=run)
         for note in report.notes:
@@ -279,8 +328,25 @@ class ReconcileLoop:
         return finished
 
 
-def _merge(a: RunReport, b: RunReport) -> RunReport:
+def org_outcome(o: OrgOutcome) -> str:
+    """The outcome label of an org in a run (metrics, logs)."""
+    if o.skipped:
+        return "Skipped"
+    if o.ok and any(isinstance(a, RetireOrg) for a in o.done or ()):
+        return "Retired"
+    if o.ok and o.plan is not None and o.plan.orphaned:
+        return "Orphaned"
+    if o.stalled:
+        return "Stalled"
+    return "Ready" if o.ok else "Failed"
+
+
+def _merge(a: RunReport | None, b: RunReport | None) -> RunReport | None:
+    if a is None or b is None:
+        return a or b
     merged = RunReport(a.outcomes + b.outcomes, a.problems + b.problems, a.seconds + b.seconds)
     merged.notes = a.notes + b.notes
+    merged.warnings = a.warnings + b.warnings
+    merged.failing = sorted(set(a.failing) | set(b.failing))
     merged.run_id = a.run_id
     return merged

@@ -69,7 +69,7 @@ def test_orphan_listed_kept_without_prune_and_retired_with_it(
     kept = cli("apply", str(specs.root))
     assert kept.code == 0 and deletes(emulator) == 0
     row = org_row(state, "globex")
-    assert row["status"] == "Stalled" and row["retired_at"] is None
+    assert row["status"] == "Orphaned" and row["retired_at"] is None
     assert any(c["reason"] == "Orphaned" for c in row["conditions"])
 
     pruned = cli("plan", str(specs.root), "--prune", "--format", "json")
@@ -420,23 +420,140 @@ def test_serve_with_prune_retires_orphans_once_and_bounds_deletes(
     assert org_row(state, "gamma")["retired_at"] is None
 
 
-def test_serve_bounds_the_deletes_of_each_run_as_orgs_apply(
+def test_serve_bounds_the_deletes_of_the_whole_run_across_batches_and_orphans(
     controller: Controller, state: StateWriter, specs: SpecDir, emulator: str
 ) -> None:
+    """One org per batch: the bound is the run's (as `apply --max-deletes`), not each batch's,
+    and an orphan's retirement counts in the same run."""
     from reconciler.controller.loop import LoopConfig, ReconcileLoop
 
-    docs = [org_doc(slug) for slug in ("acme", "beta")]
-    for d in docs:
-        specs.write(d)
-    loop = ReconcileLoop(
-        controller, state, LoopConfig(specs.root, prune=True, max_deletes=1), replica="t"
-    )
-    assert loop.run_once() is not None
-    for d in docs:
+    docs = [org_doc(slug) for slug in ("acme", "beta", "gamma")]
+    paths = [specs.write(d) for d in docs]
+
+    def loop(bound: int) -> ReconcileLoop:
+        config = LoopConfig(specs.root, prune=True, max_deletes=bound, batch=1)
+        return ReconcileLoop(controller, state, config, replica="t")
+
+    first = loop(2).run_once()
+    assert first is not None and first.ok
+    for d in docs[:2]:  # one delete each, in two batches
         del d["spec"]["assistants"]["outbound"]
         specs.write(d)
-    loop.trigger()
-    report = loop.run_once()
-    assert report is not None and deletes(emulator) == 1
-    [failed] = report.failed
-    assert "past what is left of --max-deletes" in (failed.error or "")
+    paths[2].unlink()  # gamma orphaned: two tagged assistants to delete when retired
+    bounded = loop(3)
+    bounded.trigger()
+    report = bounded.run_once()
+    assert report is not None and deletes(emulator) == 0, "4 deletes in one run, past 3: none"
+    assert any("would delete 4 assistants, more than --max-deletes 3" in n for n in report.notes)
+    assert org_row(state, "gamma")["retired_at"] is None
+    assert org_row(state, "gamma")["status"] == "Orphaned"
+    assert [o.slug for o in report.failed] == []  # the rest of each org converged
+    assert org_row(state, "acme")["status"] == "Ready"
+
+    within = loop(4)
+    within.trigger()
+    report = within.run_once()
+    assert report is not None and report.ok, report.notes
+    assert deletes(emulator) == 4
+    assert org_row(state, "gamma")["status"] == "Retired"
+    assert org_row(state, "acme")["status"] == "Ready"
+
+
+# -- a spec file that fails is failing, never gone -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["invalid YAML", "tampered ciphertext", "renamed and invalid"],
+)
+def test_a_spec_file_that_fails_is_failing_never_orphaned(
+    specs: SpecDir, cli: Any, emulator: str, state: StateWriter, breakage: str
+) -> None:
+    acme, globex = org_doc("acme"), org_doc("globex")
+    specs.write(acme)
+    path = specs.write(globex)
+    assert cli("apply", str(specs.root)).code == 0
+    if breakage == "invalid YAML":
+        path.write_text("metadata: [unclosed\n")
+    elif breakage == "tampered ciphertext":
+        text = path.read_text()
+        start = text.index("ENC[AES256_GCM,data:") + len("ENC[AES256_GCM,data:")
+        flipped = "B" if text[start] != "B" else "C"
+        path.write_text(text[:start] + flipped + text[start + 1 :])
+    else:  # a new file name (not its slug) and a name too long: its id can still be read
+        path.unlink()
+        globex["metadata"]["name"] = "x" * 300
+        specs.write(globex, name="globex-renamed")
+
+    for fmt in ("text", "json", "markdown"):
+        out = cli("plan", str(specs.root), "--prune", "--format", fmt)
+        assert out.code == 1, out.out + out.err  # a file failed
+        assert_no_traceback(out)
+        if fmt == "json":
+            doc = json.loads(out.out)
+            assert doc["summary"]["orphaned"] == 0 and doc["summary"]["files_failed"] == 1
+            assert [c for c in doc["changes"] if c["org"] == "globex"] == []
+            assert not any(c["orphaned"] for c in doc["changes"])
+            said = json.dumps([doc["errors"], doc["warnings"], doc["notes"]]).lower()
+        else:
+            said = (out.out + out.err).lower()
+        assert "orphan" not in said and "gone" not in said, (fmt, out.out)
+    run = cli("apply", str(specs.root), "--prune")
+    assert run.code == 1 and deletes(emulator) == 0
+    said = (run.out + run.err).lower()
+    assert "orphan" not in said and "gone" not in said and "retire" not in said
+    row = org_row(state, "globex")
+    assert row["retired_at"] is None and row["status"] == "Stalled", row
+    [ready] = [c for c in row["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] in ("SpecInvalid", "DecryptionFailed")
+    assert "orphan" not in ready["message"].lower() and "gone" not in ready["message"].lower()
+
+
+def test_serve_reports_a_failing_file_as_failing_and_an_orphan_once_per_run(
+    controller: Controller,
+    state: StateWriter,
+    specs: SpecDir,
+    emulator: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from reconciler import metrics
+    from reconciler.controller.loop import LoopConfig, ReconcileLoop
+
+    docs = [org_doc(slug) for slug in ("acme", "beta", "gamma")]
+    paths = [specs.write(d) for d in docs]
+    loop = ReconcileLoop(controller, state, LoopConfig(specs.root), replica="t")
+    assert loop.run_once() is not None
+    paths[1].write_text("metadata: [unclosed\n")  # beta: failing
+    paths[2].unlink()  # gamma: orphaned (no --prune: left alone)
+    for _ in range(2):
+        caplog.clear()
+        loop.trigger()
+        with caplog.at_level("WARNING", logger="reconciler.controller.loop"):
+            report = loop.run_once()
+        assert report is not None
+        orphan_lines = [r.getMessage() for r in caplog.records if "orphaned" in r.getMessage()]
+        assert len(orphan_lines) == 1 and orphan_lines[0].startswith("org gamma is orphaned")
+        assert not any("beta" in line for line in orphan_lines)
+        assert metrics.ORGS_ORPHANED._value.get() == 1
+    assert org_row(state, "gamma")["status"] == "Orphaned"
+    assert org_row(state, "beta")["status"] == "Stalled"
+    assert org_row(state, "acme")["status"] == "Ready"
+    assert deletes(emulator) == 0
+    assert metrics.ORG_OUTCOMES.labels("gamma", "Orphaned")._value.get() >= 2
+
+
+def test_a_prune_with_no_explicit_bound_uses_the_documented_default(
+    controller: Controller, specs: SpecDir, emulator: str
+) -> None:
+    docs = [org_doc(f"org{i}") for i in range(6)]
+    for d in docs:
+        specs.write(d)
+    assert controller.apply(load_tree(specs.root)).ok
+    for d in docs:  # six deletes, one past the default bound of 5
+        del d["spec"]["assistants"]["outbound"]
+        specs.write(d)
+    report = controller.apply(load_tree(specs.root), prune=True)
+    assert deletes(emulator) == 0
+    assert any("more than --max-deletes 5" in n for n in report.notes)
+    report = controller.apply(load_tree(specs.root), options=Options(prune=True))
+    assert deletes(emulator) == 0
