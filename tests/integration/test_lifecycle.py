@@ -515,6 +515,7 @@ def test_serve_reports_a_failing_file_as_failing_and_an_orphan_once_per_run(
     specs: SpecDir,
     emulator: str,
     caplog: pytest.LogCaptureFixture,
+    cli: Any,
 ) -> None:
     from reconciler import metrics
     from reconciler.controller.loop import LoopConfig, ReconcileLoop
@@ -538,6 +539,10 @@ def test_serve_reports_a_failing_file_as_failing_and_an_orphan_once_per_run(
     assert org_row(state, "gamma")["status"] == "Orphaned"
     assert org_row(state, "beta")["status"] == "Stalled"
     assert org_row(state, "acme")["status"] == "Ready"
+    shown = {line.split()[0]: line.split()[1] for line in cli("status").out.splitlines()}
+    assert shown["gamma"] == "Orphaned" and shown["beta"] == "Stalled"
+    [view] = json.loads(cli("status", "--org", "gamma", "--format", "json").out)["orgs"]
+    assert view["status"] == "Orphaned"
     assert deletes(emulator) == 0
     assert metrics.ORG_OUTCOMES.labels("gamma", "Orphaned")._value.get() >= 2
 
