@@ -237,6 +237,20 @@ class StateReader:
                 (vapi_assistant_id, self.mapping_retention_s),
             ).fetchone()
 
+    def assistant_owner(self, vapi_assistant_id: str) -> dict[str, Any] | None:
+        """For `reconciler resolve`: the org an assistant id is mapped to, with when the org
+        was retired (`retired_at`, NULL while live) and when the mapping went inactive (the
+        assistant replaced or deleted). Unlike `resolve_assistant`, which routes webhooks, a
+        retired org is answered as such as long as its mapping row is kept."""
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT m.org_id::text AS org_id, o.slug, m.assistant_role AS role,"
+                " o.retired_at, m.inactive_at"
+                " FROM assistant_org_mapping m JOIN organizations o ON o.id = m.org_id"
+                " WHERE m.vapi_assistant_id = %s",
+                (vapi_assistant_id,),
+            ).fetchone()
+
     def resolve_account(self, vapi_account_id: str) -> dict[str, Any] | None:
         """As `resolve_assistant`, for a webhook that names no assistant (an
         `assistant-request` of a phone number without one): the one org whose Vapi account
