@@ -109,6 +109,19 @@ def state_error(exc: Exception) -> StateError:
     return StateError(f"{kind}: {printable(first, 200)}")
 
 
+def holdable(text: str) -> bool:
+    """Can Postgres hold `text` in a text column (no NUL byte, encodable as UTF-8)? A name
+    that cannot be stored names no row: look-ups answer "not found" without asking, rather than
+    fail with the database's own error."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def _is_outage(exc: Exception) -> bool:
     return isinstance(exc, PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError)
 
@@ -242,6 +255,8 @@ class StateReader:
         was retired (`retired_at`, NULL while live) and when the mapping went inactive (the
         assistant replaced or deleted). Unlike `resolve_assistant`, which routes webhooks, a
         retired org is answered as such as long as its mapping row is kept."""
+        if not holdable(vapi_assistant_id):
+            return None
         with self._read() as cur:
             return cur.execute(
                 "SELECT m.org_id::text AS org_id, o.slug, m.assistant_role AS role,"
@@ -302,6 +317,8 @@ class StateReader:
 
     def live_org_id(self, slug: str) -> str | None:
         """The id of the live org with this slug, if any (for `org retire`)."""
+        if not holdable(slug):
+            return None
         with self._read() as cur:
             row = cur.execute(
                 "SELECT id::text AS org_id FROM organizations"
@@ -318,6 +335,8 @@ class StateReader:
     def org_statuses(self, slug: str | None = None) -> list[dict[str, Any]]:
         """Conditions, revisions, assistants, credentials (never a value) and the last runs of
         every org (or of one), in one query: for `reconciler status` and the status API."""
+        if slug is not None and not holdable(slug):
+            return []  # no org has a slug Postgres cannot even hold
         with self._read() as cur:
             return cur.execute(_STATUS_SQL, {"slug": slug, "runs": RUNS_KEPT}).fetchall()
 
