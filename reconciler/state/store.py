@@ -109,6 +109,29 @@ def state_error(exc: Exception) -> StateError:
     return StateError(f"{kind}: {printable(first, 200)}")
 
 
+_EXACT_FLOAT_LIMIT = float(1 << 53)
+
+
+def exact_numbers(value: Any) -> Any:
+    """`value` with every integral float past 2**53 as the integer it exactly is. jsonb keeps
+    numbers as decimals and gives back the digits it was sent: Python writes the float 1e100
+    as `1e+100`, which comes back as the integer 10**100, not the float's exact value, so a
+    config read back from Postgres would no longer equal the spec's (a perpetual update).
+    Written as its exact integer it comes back equal."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= _EXACT_FLOAT_LIMIT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: exact_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exact_numbers(v) for v in value]
+    return value
+
+
+def config_jsonb(config: dict[str, Any]) -> Jsonb:
+    """An assistant config for a jsonb column, every number coming back equal to itself."""
+    return Jsonb(exact_numbers(config))
+
+
 def holdable(text: str) -> bool:
     """Can Postgres hold `text` in a text column (no NUL byte, encodable as UTF-8)? A name
     that cannot be stored names no row: look-ups answer "not found" without asking, rather than
@@ -493,7 +516,7 @@ class StateWriter(StateReader):
                 " status = 'creating', vapi_assistant_id = NULL, applied_config = NULL,"
                 " desired_config = EXCLUDED.desired_config, create_started_at = now(),"
                 " updated_at = now()",
-                (org_id, role, Jsonb(desired)),
+                (org_id, role, config_jsonb(desired)),
             )
             conn.execute(
                 "UPDATE assistant_org_mapping SET inactive_at = now() WHERE org_id = %s"
@@ -537,9 +560,9 @@ class StateWriter(StateReader):
                     org_id,
                     role,
                     vapi_id,
-                    Jsonb(desired),
-                    Jsonb(applied or desired),
-                    Jsonb(last_patch) if last_patch else None,
+                    config_jsonb(desired),
+                    config_jsonb(applied or desired),
+                    config_jsonb(last_patch) if last_patch else None,
                 ),
             )
             conn.execute(  # the one it replaces stays, inactive, for its late webhooks
