@@ -92,7 +92,14 @@ def _offline_diff(args: argparse.Namespace) -> RunReport:
     base_loaded = loader.slugs_filter(base_loaded, args.org or [])
     head_loaded = loader.slugs_filter(head_loaded, args.org or [])
     base_loaded.problems = []  # the base's own problems are not this change's
-    return offline_diff((base_loaded, base_docs), (head_loaded, head_docs))
+    options = _options(args)
+    return offline_diff(
+        (base_loaded, base_docs),
+        (head_loaded, head_docs),
+        prune=options.prune,
+        orphans=options.orphans,
+        adopt_by_name=options.adopt_by_name,
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
