@@ -301,6 +301,34 @@ def _orphan_plan(
     return OrgPlan(org_id, slug, (*deletes, *others, RetireOrg(reason=ORPHANED)), orphaned=ORPHANED)
 
 
+def _slug_taken(
+    org_id: str,
+    now: Organization | None,
+    owners: dict[str, str],
+    new: dict[str, Any],
+    *,
+    prune: bool,
+    orphans: bool,
+) -> str | None:
+    """As `plan` refuses it: a slug the base gave to another org id is refused, unless that
+    org's spec is gone and `--prune` retires it first (freeing the slug)."""
+    if now is None:
+        return None
+    slug = now.metadata.slug
+    owner = owners.get(slug)
+    if owner is None or owner == org_id:
+        return None
+    orphan = orphans and owner not in new
+    if orphan and prune:
+        return None
+    why = (
+        "that org's spec is gone; `apply --prune` retires it and frees the slug"
+        if orphan
+        else "a new id for an existing slug is refused"
+    )
+    return f"slug {slug} belongs to org {owner} at the base revision, not to {org_id}: {why}"
+
+
 def offline_diff(
     base: Side,
     head: Side,
@@ -316,11 +344,17 @@ def offline_diff(
     old, new = _by_id(base), _by_id(head)
     problems = list(head[0].problems)
     outcomes: list[OrgOutcome] = []
+    owners = {was.metadata.slug: oid for oid, (was, _) in old.items()}  # as applied: Postgres
     for org_id in sorted(
         set(old) | set(new), key=lambda i: (new.get(i) or old[i])[0].metadata.slug
     ):
         was, was_doc = old.get(org_id, (None, {}))
         now, now_doc = new.get(org_id, (None, {}))
+        taken = _slug_taken(org_id, now, owners, new, prune=prune, orphans=orphans)
+        if taken is not None:
+            assert now is not None
+            outcomes.append(OrgOutcome(now.metadata.slug, org_id, error=taken))
+            continue
         if now is None:
             assert was is not None
             if orphans:

@@ -200,6 +200,18 @@ def _adopt(f: Fleet, specs: SpecDir) -> None:
     sops_set(f.path("acme"), ["spec", "assistants", "outbound"], {"name": "acme desk"})
 
 
+def _new_id(f: Fleet, specs: SpecDir) -> None:
+    """bravo's spec now names another org id: the old org is an orphan holding the slug."""
+    sops_set(f.path("bravo"), ["metadata", "id"], str(uuid.uuid4()))
+
+
+def _new_id_and_key(f: Fleet, specs: SpecDir) -> None:
+    """bravo's spec names another org id, with a Vapi key of another account."""
+    _new_id(f, specs)
+    new_key = f"key-bravo-next-{uuid.uuid4().hex[:6]}"
+    sops_set(f.path("bravo"), ["spec", "credentials", "vapi", "apiKey"], new_key)
+
+
 def _reencrypt(f: Fleet, specs: SpecDir) -> None:
     subprocess.run(  # a new data key, every value the same
         [sops_binary(), "rotate", "-i", str(f.path("acme"))],
@@ -216,7 +228,7 @@ def _rotate_api_key(f: Fleet, specs: SpecDir) -> None:
 
 
 # (name, change, flags, addresses offline may not know)
-TABLE: list[tuple[str, Callable[[Fleet, SpecDir], None], tuple[str, ...], set[str]]] = [
+TABLE: list[Any] = [
     ("add org", _add_org, (), set()),
     ("add role", _add_role, (), set()),
     ("remove role", _remove_role, (), set()),
@@ -229,6 +241,22 @@ TABLE: list[tuple[str, Callable[[Fleet, SpecDir], None], tuple[str, ...], set[st
     ("field edit", _field_edit, (), set()),
     ("forward url", _forward_url, (), set()),
     ("rotate api key, same account", _rotate_api_key, (), set()),
+    ("new id for a slug (refused)", _new_id, (), set()),
+    ("new id and key for a slug --prune", _new_id_and_key, ("--prune",), set()),
+    pytest.param(
+        "new id for a slug, same key --prune",
+        _new_id,
+        ("--prune",),
+        set(),
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="controller/run.py orphan handling (the i14-runplan branch's area): with "
+            "--prune the orphan is retired first, freeing its slug, yet the run's account "
+            "registry still counts the orphan's recorded Vapi account, so plan blocks the new "
+            "org as sharing it ('also reached by the API key of bravo') where diff --base "
+            "shows the retirement and the creates",
+        ),
+    ),
     ("adopt by name", _adopt, (), {"org/acme/assistant/outbound"}),
     (
         "re-encrypted, unchanged",
@@ -243,10 +271,16 @@ def _acted(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(c["address"], c["action"]) for c in doc["changes"] if c["action"] in KINDS}
 
 
-@pytest.mark.parametrize(
-    ("change", "flags", "unknowable"),
-    [pytest.param(c, fl, u, id=name) for name, c, fl, u in TABLE],
-)
+def _params() -> list[Any]:
+    out = []
+    for row in TABLE:
+        marks = getattr(row, "marks", ())  # a pytest.param already: its first value is its id
+        name, change, flags, unknowable = row.values if marks else row
+        out.append(pytest.param(change, flags, unknowable, id=name, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("change", "flags", "unknowable"), _params())
 def test_diff_base_counts_equal_plan_against_a_converged_state(
     specs: SpecDir,
     cli: Any,
@@ -285,10 +319,11 @@ def test_diff_base_counts_equal_plan_against_a_converged_state(
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "change")
     diffed = cli("diff", str(specs.root), "--base", "HEAD~1", "--format", "json", *flags)
-    assert diffed.code == 0, diffed.out + diffed.err
     planned = cli("plan", str(specs.root), "--format", "json", *flags)
-    assert planned.code == 0, planned.out + planned.err
+    assert diffed.code == planned.code, (diffed.out + diffed.err, planned.out + planned.err)
+    assert planned.code in (0, 1) and not diffed.err and not planned.err
     offline, online = json.loads(diffed.out), json.loads(planned.out)
+    assert [e.get("org") for e in offline["errors"]] == [e.get("org") for e in online["errors"]]
 
     unknown = {c["address"] for c in offline["changes"] if c["action"] == "unknown"}
     assert unknown == unknowable, offline["changes"]
