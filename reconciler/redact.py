@@ -98,6 +98,12 @@ _KEY_VALUE = re.compile(
     r"""[^\s,;&{}\[\]"'](?:(?!\s+[A-Za-z0-9_.-]{2,64}\s*[:=])[^,;&}\]\n"'])*)"""
 )
 _ESCAPED_QUOTE = re.compile(r'\\+"')
+# "passwd.yaml: symlink to outside the specs directory: refused": a file name followed by a
+# message about the file, not a key and its value (a dotted key such as "db.password" ends in
+# the name of the value; a file name ends in the type of the file)
+_FILE_NAME = re.compile(
+    r"(?i)\.(?:ya?ml|json|toml|ini|cfg|conf|txt|md|rst|csv|tsv|log|sql|xml|html?|lock)$"
+)
 
 
 def redact_text(text: str, *, known: Iterable[str] = ()) -> str:
@@ -113,7 +119,12 @@ def redact_text(text: str, *, known: Iterable[str] = ()) -> str:
     out: list[str] = []
     pos = 0
     while (m := _KEY_VALUE.search(text, pos)) is not None:
-        if not is_sensitive_key(m.group("key")) or m.group("value").strip("\"'") == SENSITIVE:
+        key = m.group("key")
+        if (
+            not is_sensitive_key(key)
+            or _FILE_NAME.search(key)
+            or m.group("value").strip("\"'") == SENSITIVE
+        ):
             out.append(text[pos : m.start("sep")])  # the value may hold a pair of its own
             pos = m.start("sep")
             continue

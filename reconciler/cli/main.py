@@ -93,7 +93,14 @@ def _offline_diff(args: argparse.Namespace) -> RunReport:
     base_loaded = loader.slugs_filter(base_loaded, args.org or [])
     head_loaded = loader.slugs_filter(head_loaded, args.org or [])
     base_loaded.problems = []  # the base's own problems are not this change's
-    return offline_diff((base_loaded, base_docs), (head_loaded, head_docs))
+    options = _options(args)
+    return offline_diff(
+        (base_loaded, base_docs),
+        (head_loaded, head_docs),
+        prune=options.prune,
+        orphans=options.orphans,
+        adopt_by_name=options.adopt_by_name,
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -221,13 +228,25 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     from reconciler.server.runtime import runtime
 
     with runtime(load_settings(), write=False) as rt:
-        row = rt.state.resolve_assistant(args.assistant_id)
+        row = rt.state.assistant_owner(args.assistant_id)
     if row is None:
         shown = printable(args.assistant_id, 80)
         print(f"error: assistant {shown} belongs to no known org", file=sys.stderr)
         return EXIT_ERROR
-    print(f"{row['org_id']} {row['slug']} ({row['role']})")
+    line = f"{row['org_id']} {printable(row['slug'])} ({row['role']})"
+    if row["retired_at"] is not None:
+        line += f" retired: the org was retired at {_utc(row['retired_at'])}"
+    elif row["inactive_at"] is not None:
+        line += f" inactive: the assistant was replaced or deleted at {_utc(row['inactive_at'])}"
+    print(line)
     return EXIT_OK
+
+
+def _utc(when: Any) -> str:
+    """A timestamptz as `2026-12-06T19:40:00Z`."""
+    from datetime import UTC
+
+    return str(when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 
-from reconciler.cli.render import _change_text, _changes, _title, lifecycle_lines
+from reconciler.cli.render import _change_text, _changes, _title, lifecycle_lines, unknown_count
 from reconciler.controller.run import OrgOutcome, RunReport
 from reconciler.redact import printable
 
@@ -80,6 +80,11 @@ def render_markdown(report: RunReport, *, limit: int = LIMIT) -> str:
         f"{len(report.failed_files)} file(s) failed.",
         "",
     ]
+    unknown = unknown_count(report)
+    if unknown:
+        head[-1:-1] = [
+            f"**{unknown}** unknown offline (marked `?`): `reconciler plan` knows.",
+        ]
     shown = [
         o
         for o in report.outcomes

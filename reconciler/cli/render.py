@@ -70,10 +70,12 @@ def _title(action: Action) -> str:
 
 
 def lifecycle_lines(plan: OrgPlan | None) -> list[str]:
-    """An orphan left alone, duplicates and unmanaged assistants: shown, never acted on."""
+    """An orphan left alone, duplicates and unmanaged assistants: shown, never acted on; and
+    what `diff --base` cannot know offline."""
     if plan is None:
         return []
     lines = [f"? orphaned: {plan.orphaned}"] if plan.orphaned and not plan.actions else []
+    lines += [f"? {u.resource} {u.name}: unknown offline: {u.reason}" for u in plan.unknown]
     lines += [f"? {f.action} assistant {f.role} ({f.vapi_id}): {f.reason}" for f in plan.findings]
     return lines
 
@@ -121,6 +123,9 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
         console.print(f"[red]x {_safe(note)}[/red]")
     c = report.counts()
     tail = f" ({c['adopt']} to adopt)" if c["adopt"] else ""
+    unknown = unknown_count(report)
+    if unknown:
+        tail += f" {unknown} unknown offline (see `?`): `plan` knows."
     console.print(
         f"[bold]{verb}:[/bold] {c['create']} to create, {c['update']} to update, "
         f"{c['delete']} to delete.{tail}"
@@ -143,6 +148,11 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
 
 FORMAT_VERSION = "2"
 """The JSON plan's contract version (docs/plan-format.md): bumped on any incompatible change."""
+
+
+def unknown_count(report: RunReport) -> int:
+    """What `diff --base` could not know offline, in all orgs (0 for `plan`)."""
+    return sum(len(o.plan.unknown) for o in report.outcomes if o.plan is not None)
 
 
 def address(slug: str, action: Action | None = None, *, role: str | None = None) -> str:
@@ -244,6 +254,14 @@ def report_json(report: RunReport) -> dict[str, Any]:
         for f in plan.findings:
             entry = _other(o.slug, o.org_id, f.action, address(o.slug, role=f.role), f.reason)
             mine.append({**entry, "vapi_id": f.vapi_id})
+        for u in plan.unknown:
+            if u.resource == "credential":
+                where = f"{address(o.slug)}/credential/{u.name}"
+                entry = {**_other(o.slug, o.org_id, u.action, where, u.reason)}
+                mine.append({**entry, "resource": "credential", "provider": u.name})
+            else:
+                where = address(o.slug, role=u.name)
+                mine.append(_other(o.slug, o.org_id, u.action, where, u.reason))
         changes += [{**entry, "orphaned": bool(plan.orphaned)} for entry in mine]
         warnings += [{"org": o.slug, "message": w} for w in plan.warnings]
         notes += [{"org": o.slug, "message": n} for n in plan.notes]
@@ -259,6 +277,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
         "blocked": kinds.count("blocked"),
         "duplicate": kinds.count("duplicate"),
         "unmanaged": kinds.count("unmanaged"),
+        "unknown": kinds.count("unknown"),
         "orphaned": len({c["org"] for c in changes if c["orphaned"]}),
         "unchanged": kinds.count("noop"),  # format 1's name, kept
         "orgs": len(report.outcomes),

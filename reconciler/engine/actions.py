@@ -149,6 +149,18 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Unknown:
+    """What `diff --base` cannot know without the key or the account (a credential encrypted
+    anew, an assistant that may be adopted instead of created): shown with why, counted as
+    `unknown`, never as a create, update or delete. `plan` never has one."""
+
+    resource: Literal["credential", "assistant"]
+    name: str  # the provider or the role
+    reason: str
+    action: Literal["unknown"] = "unknown"
+
+
+@dataclass(frozen=True)
 class OrgPlan:
     """One org's plan. A blocked plan has no actions: nothing of it may run (not even the org
     row or its credentials), and the org fails with the reasons in `blocked`."""
@@ -162,6 +174,7 @@ class OrgPlan:
     notes: tuple[str, ...] = ()  # facts worth showing that need no action
     findings: tuple[Finding, ...] = ()
     orphaned: str = ""  # the org's spec is gone: why, and what `--prune` would do
+    unknown: tuple[Unknown, ...] = ()  # offline only (`diff --base`): what it cannot know
 
     @property
     def deletes(self) -> int:
@@ -170,7 +183,8 @@ class OrgPlan:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.actions)
+        """Something would change, or may (offline, unknown): `--detailed-exitcode` exits 2."""
+        return bool(self.actions or self.unknown)
 
     def count(self, kind: Kind) -> int:
         return sum(1 for a in self.actions if a.kind == kind)

@@ -277,6 +277,8 @@ class _Refused(yaml.MarkedYAMLError):
 
 
 _TAG = "tag:yaml.org,2002:"
+_STR_TAG, _FLOAT_TAG = f"{_TAG}str", f"{_TAG}float"
+_YAML12_EXPONENT_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+\Z")
 _STRING_KEY_TAGS = frozenset({f"{_TAG}str"})
 # YAML 1.1 booleans that YAML 1.2 (and so sops) reads as strings: kept as the text written
 # when used as a key, e.g. the `on:` of a Vapi hook.
@@ -294,6 +296,25 @@ class SpecLoader(yaml.SafeLoader):
     def _mark(self) -> yaml.Mark | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]
         return getattr(event, "start_mark", None)
+
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: Any) -> str:
+        """As PyYAML (YAML 1.1), except a plain scalar in YAML 1.2's float form with an
+        exponent (`1e-06`, `1e+100`, `1.5e3`: how sops, through Go's %g, writes floats) is a
+        float, as sops and Vapi mean it. PyYAML's 1.1 float needs a dot and a signed exponent,
+        so it made such values strings (a temperature of 0.000001, once sops rewrote the file,
+        reached Vapi as the text "1e-06"). One past a double's range stays text, as yaml.v3
+        keeps it."""
+        tag: str = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+        if (
+            tag == _STR_TAG
+            and kind is yaml.ScalarNode
+            and implicit[0]
+            and value is not None
+            and _YAML12_EXPONENT_FLOAT.match(value)
+            and math.isfinite(float(value))
+        ):
+            return _FLOAT_TAG
+        return tag
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):

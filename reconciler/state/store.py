@@ -109,6 +109,42 @@ def state_error(exc: Exception) -> StateError:
     return StateError(f"{kind}: {printable(first, 200)}")
 
 
+_EXACT_FLOAT_LIMIT = float(1 << 53)
+
+
+def exact_numbers(value: Any) -> Any:
+    """`value` with every integral float past 2**53 as the integer it exactly is. jsonb keeps
+    numbers as decimals and gives back the digits it was sent: Python writes the float 1e100
+    as `1e+100`, which comes back as the integer 10**100, not the float's exact value, so a
+    config read back from Postgres would no longer equal the spec's (a perpetual update).
+    Written as its exact integer it comes back equal."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= _EXACT_FLOAT_LIMIT:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: exact_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exact_numbers(v) for v in value]
+    return value
+
+
+def config_jsonb(config: dict[str, Any]) -> Jsonb:
+    """An assistant config for a jsonb column, every number coming back equal to itself."""
+    return Jsonb(exact_numbers(config))
+
+
+def holdable(text: str) -> bool:
+    """Can Postgres hold `text` in a text column (no NUL byte, encodable as UTF-8)? A name
+    that cannot be stored names no row: look-ups answer "not found" without asking, rather than
+    fail with the database's own error."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def _is_outage(exc: Exception) -> bool:
     return isinstance(exc, PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError)
 
@@ -237,6 +273,22 @@ class StateReader:
                 (vapi_assistant_id, self.mapping_retention_s),
             ).fetchone()
 
+    def assistant_owner(self, vapi_assistant_id: str) -> dict[str, Any] | None:
+        """For `reconciler resolve`: the org an assistant id is mapped to, with when the org
+        was retired (`retired_at`, NULL while live) and when the mapping went inactive (the
+        assistant replaced or deleted). Unlike `resolve_assistant`, which routes webhooks, a
+        retired org is answered as such as long as its mapping row is kept."""
+        if not holdable(vapi_assistant_id):
+            return None
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT m.org_id::text AS org_id, o.slug, m.assistant_role AS role,"
+                " o.retired_at, m.inactive_at"
+                " FROM assistant_org_mapping m JOIN organizations o ON o.id = m.org_id"
+                " WHERE m.vapi_assistant_id = %s",
+                (vapi_assistant_id,),
+            ).fetchone()
+
     def resolve_account(self, vapi_account_id: str) -> dict[str, Any] | None:
         """As `resolve_assistant`, for a webhook that names no assistant (an
         `assistant-request` of a phone number without one): the one org whose Vapi account
@@ -288,6 +340,8 @@ class StateReader:
 
     def live_org_id(self, slug: str) -> str | None:
         """The id of the live org with this slug, if any (for `org retire`)."""
+        if not holdable(slug):
+            return None
         with self._read() as cur:
             row = cur.execute(
                 "SELECT id::text AS org_id FROM organizations"
@@ -304,6 +358,8 @@ class StateReader:
     def org_statuses(self, slug: str | None = None) -> list[dict[str, Any]]:
         """Conditions, revisions, assistants, credentials (never a value) and the last runs of
         every org (or of one), in one query: for `reconciler status` and the status API."""
+        if slug is not None and not holdable(slug):
+            return []  # no org has a slug Postgres cannot even hold
         with self._read() as cur:
             return cur.execute(_STATUS_SQL, {"slug": slug, "runs": RUNS_KEPT}).fetchall()
 
@@ -460,7 +516,7 @@ class StateWriter(StateReader):
                 " status = 'creating', vapi_assistant_id = NULL, applied_config = NULL,"
                 " desired_config = EXCLUDED.desired_config, create_started_at = now(),"
                 " updated_at = now()",
-                (org_id, role, Jsonb(desired)),
+                (org_id, role, config_jsonb(desired)),
             )
             conn.execute(
                 "UPDATE assistant_org_mapping SET inactive_at = now() WHERE org_id = %s"
@@ -504,9 +560,9 @@ class StateWriter(StateReader):
                     org_id,
                     role,
                     vapi_id,
-                    Jsonb(desired),
-                    Jsonb(applied or desired),
-                    Jsonb(last_patch) if last_patch else None,
+                    config_jsonb(desired),
+                    config_jsonb(applied or desired),
+                    config_jsonb(last_patch) if last_patch else None,
                 ),
             )
             conn.execute(  # the one it replaces stays, inactive, for its late webhooks

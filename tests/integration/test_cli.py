@@ -361,6 +361,25 @@ def test_resolve_after_apply(cli: Any, specs: SpecDir, emulator: str) -> None:
     assert cli("resolve", by_name["acme outbound"]).lines == [f"{org_id} acme (outbound)"]
 
 
+def test_resolve_says_the_org_is_retired(cli: Any, specs: SpecDir, emulator: str) -> None:
+    org_id = str(uuid.uuid4())
+    key = f"globex-{uuid.uuid4().hex[:8]}"
+    path = specs.write(org_doc("globex", org_id=org_id, api_key=key))
+    specs.write(org_doc("acme"))  # the folder is not empty: the orphan can be pruned
+    assert cli("apply", str(specs.root)).code == 0
+    inbound = {a["name"]: a["id"] for a in live(emulator, key)}["globex inbound"]
+    assert cli("resolve", inbound).lines == [f"{org_id} globex (inbound)"]
+
+    path.unlink()
+    retired = cli("apply", str(specs.root), "--prune")
+    assert retired.code == 0, retired.out + retired.err
+    run = cli("resolve", inbound)
+    assert run.code == 0, run.out + run.err
+    [line] = run.lines
+    assert line.startswith(f"{org_id} globex (inbound) retired: the org was retired at 20"), line
+    assert line.endswith("Z")
+
+
 def test_resolve_unknown_id(cli: Any) -> None:
     unknown = str(uuid.uuid4())
     run = cli("resolve", unknown)

@@ -13,6 +13,7 @@ itself (not handed it over).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -30,7 +31,7 @@ import yaml
 from reconciler.errors import DecryptionError
 from reconciler.secrets import native, sops
 from reconciler.spec.loader import load_tree, parse_yaml
-from tests.helpers import SpecDir, org_doc
+from tests.helpers import SpecDir, key_of, live, org_doc
 
 RECIPIENTS = 3
 
@@ -409,6 +410,56 @@ def test_native_decrypts_like_the_binary(corpus: Corpus, name: str) -> None:
     assert native.decrypt_bytes(path, data, env) == ours
 
 
+def assert_same_json(ours: Any, meant: Any, where: str = "") -> None:
+    """`ours` is `meant` as JSON values: numbers equal as doubles (sops's JSON writes 1e6 as
+    1000000, its YAML as `1e+06`), everything else equal and of the same type. A value still
+    encrypted in `ours` (the file as validated) is not compared."""
+    if isinstance(ours, str) and ours.startswith("ENC["):
+        return
+    number = (int, float)
+    if isinstance(meant, number) and not isinstance(meant, bool):
+        assert isinstance(ours, number) and not isinstance(ours, bool), (where, ours, meant)
+        if isinstance(ours, float) or isinstance(meant, float):  # JSON numbers are doubles
+            assert float(ours) == float(meant), (where, ours, meant)
+        else:
+            assert ours == meant, (where, ours, meant)
+    elif isinstance(meant, dict):
+        assert isinstance(ours, dict) and list(ours) == list(meant), where
+        for key in meant:
+            assert_same_json(ours[key], meant[key], f"{where}.{key}")
+    elif isinstance(meant, list):
+        assert isinstance(ours, list) and len(ours) == len(meant), where
+        for i, (a, b) in enumerate(zip(ours, meant, strict=True)):
+            assert_same_json(a, b, f"{where}[{i}]")
+    else:
+        assert type(ours) is type(meant) and ours == meant, (where, ours, meant)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_numbers_are_read_as_sops_means_them_on_both_paths(corpus: Corpus, variant: str) -> None:
+    """sops writes floats as Go's %g (`1e-05`, `1e+21`, `1e+06`), a YAML 1.2 form that YAML 1.1
+    (PyYAML) reads as text. What sops means is its JSON output; the loader must read the same
+    numbers from the native path's output, the binary's output, and the file itself (its
+    unencrypted part)."""
+    path = corpus.files[f"{variant}/floats"]
+    data = path.read_bytes()
+    env = corpus.default_env
+    meant = json.loads(
+        subprocess.run(
+            [sops.sops_binary(), "decrypt", "--output-type", "json", str(path)],
+            env=env,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    written = data.decode()
+    assert re.search(r"\b1e-05\b", written) or "ENC[" in written  # the form in question
+    for decrypt in (native.decrypt_native, sops.decrypt_bytes):
+        assert_same_json(loaded(path, decrypt(path, data, env)), meant, decrypt.__module__)
+    file_as_validated = {k: v for k, v in loaded(path, data).items() if k != "sops"}
+    assert_same_json(file_as_validated, meant, "file")
+
+
 def test_every_recipient_and_every_key_source(corpus: Corpus, tmp_path: Path) -> None:
     """Each of the three recipients decrypts, its key taken from SOPS_AGE_KEY (several lines,
     comments, a foreign key first), SOPS_AGE_KEY_FILE, $XDG_CONFIG_HOME/sops/age/keys.txt
@@ -656,3 +707,35 @@ def test_load_tree_decrypts_natively_by_default(
     assert [s.org for s in ours.specs] == [s.org for s in theirs.specs]
     for a, b in zip(ours.specs, theirs.specs, strict=True):
         assert a.org.spec.credentials == b.org.spec.credentials
+
+
+@pytest.mark.parametrize("path", ["native", "binary"])
+def test_a_number_sops_rewrote_reaches_vapi_as_that_number_and_stays_converged(
+    specs: SpecDir, cli: Any, emulator: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """`temperature: 0.000001` becomes `1e-06` when sops encrypts the file: Vapi gets the
+    number (not the text "1e-06"), and what Vapi answers compares equal, so the next plan has
+    nothing to do."""
+    if path == "binary":  # every decrypt through the sops binary
+        monkeypatch.setattr(native, "decrypt_native", _refuse_native)
+    doc = org_doc("acme")
+    doc["spec"]["assistants"]["inbound"]["model"] = {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "temperature": 0.000001,
+    }
+    doc["spec"]["assistants"]["inbound"]["metadata"] = {"limit": 1e100, "calls": 1000000.0}
+    written = specs.write(doc).read_text()
+    for form in ("temperature: 1e-06", "limit: 1e+100", "calls: 1e+06"):  # as sops wrote them
+        assert form in written, written
+    applied = cli("apply", str(specs.root))
+    assert applied.code == 0, applied.out + applied.err
+    [inbound] = [a for a in live(emulator, key_of(doc)) if a["name"] == "acme inbound"]
+    assert inbound["model"]["temperature"] == 1e-06
+    assert inbound["metadata"]["limit"] == 1e100 and inbound["metadata"]["calls"] == 1000000
+    again = cli("plan", str(specs.root), "--detailed-exitcode")
+    assert again.code == 0, again.out + again.err  # no perpetual diff
+
+
+def _refuse_native(path: Path, data: bytes, env: Any = None) -> bytes:
+    raise native.Fallback("this test decrypts with the binary")

@@ -307,3 +307,25 @@ def test_a_key_shared_with_an_org_of_another_batch_is_refused(
     assert outcome.error is not None and "shares its Vapi API key with bravo" in outcome.error
     assert outcome.stalled == "SharedAccount"
     assert controller.apply(only_acme).ok  # without the peers it cannot know
+
+
+def test_status_api_answers_404_for_a_slug_postgres_cannot_hold(state: StateWriter) -> None:
+    """A NUL byte (or a lone surrogate) in the slug: no org has it, so 404 - never a 503 with
+    the database's own text ("PostgreSQL text fields cannot contain NUL (0x00) bytes")."""
+    import httpx
+
+    from reconciler.server.app import ServerParts, build_app
+    from tests.helpers import served
+
+    new_org(state, "acme")
+    auth = {"Authorization": "Bearer t0ken"}
+    app = build_app(ServerParts(state, None, "t0ken"))
+    with served(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/api/orgs/acme", headers=auth).status_code == 200
+        for slug in ("acme%00", "%00", "a%00b", "%ED%A0%80"):
+            answer = client.get(f"/api/orgs/{slug}", headers=auth)
+            assert answer.status_code == 404, (slug, answer.text)
+            assert answer.json() == {"error": "no org with this slug"}
+        assert client.get("/readyz").status_code == 200  # no outage was recorded either
+    assert state.org_statuses("acme\x00") == [] and state.live_org_id("acme\x00") is None
+    assert state.assistant_owner("asst\x00") is None

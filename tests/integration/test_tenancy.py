@@ -28,6 +28,8 @@ ORG_TABLES = {  # table -> its org column
     "credential_audit": "org_id",
 }
 
+APPEND_ONLY = {"credential_audit"}  # a tenant adds rows, never changes or removes one
+
 
 @pytest.fixture
 def tenant_url(database_url: str) -> Iterator[str]:
@@ -88,6 +90,8 @@ def test_a_tenant_sees_and_writes_only_its_org(
         assert counts(conn) == mine  # all of its own rows ...
         assert counts(conn, b) == dict.fromkeys(ORG_TABLES, 0)  # ... and none of the other's
         for table, column in ORG_TABLES.items():
+            if table in APPEND_ONLY:
+                continue  # refused outright, for every org (the test below)
             name, col = sql.Identifier(table), sql.Identifier(column)
             cur = conn.execute(
                 sql.SQL("UPDATE {} SET {} = {} WHERE {} = %s").format(name, col, col, col), (b,)
@@ -108,6 +112,47 @@ def test_a_tenant_sees_and_writes_only_its_org(
                 conn.execute(sql.SQL("SELECT 1 FROM {}").format(sql.Identifier(table)))
     with psycopg.connect(database_url) as admin:
         assert counts(admin, b) == theirs  # nothing of B changed
+
+
+def test_a_tenant_adds_audit_rows_for_its_org_but_never_changes_one(
+    two_orgs: tuple[str, str], tenant_url: str, database_url: str
+) -> None:
+    a, b = two_orgs
+    with psycopg.connect(database_url) as admin:
+        before = admin.execute(
+            "SELECT id, org_id::text, caller, outcome FROM credential_audit ORDER BY id"
+        ).fetchall()
+    with psycopg.connect(tenant_url, autocommit=True) as conn:
+        conn.execute("SELECT set_config('app.org_id', %s, false)", (a,))
+        conn.execute(  # its reads as they happen: allowed, for its own org
+            "INSERT INTO credential_audit (org_id, provider, caller, at, outcome)"
+            " VALUES (%s, 'vapi', 'sms-service', now(), 'ok')",
+            (a,),
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute(  # ... and for its own org only
+                "INSERT INTO credential_audit (org_id, provider, caller, at, outcome)"
+                " VALUES (%s, 'vapi', 'sms-service', now(), 'ok')",
+                (b,),
+            )
+        [(mine,)] = conn.execute("SELECT count(*) FROM credential_audit").fetchall()
+        assert mine == 2  # the one from the fixture and its own
+        for statement in (
+            "UPDATE credential_audit SET outcome = 'error' WHERE org_id = %s",
+            "UPDATE credential_audit SET caller = 'someone-else' WHERE org_id = %s",
+            "DELETE FROM credential_audit WHERE org_id = %s",
+        ):
+            for org in (a, b):  # its own org's rows included
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement, (org,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("TRUNCATE credential_audit")
+    with psycopg.connect(database_url) as admin:
+        after = admin.execute(
+            "SELECT id, org_id::text, caller, outcome FROM credential_audit ORDER BY id"
+        ).fetchall()
+    assert after[: len(before)] == before  # every earlier row as it was
+    assert [(org, caller) for _, org, caller, _ in after[len(before) :]] == [(a, "sms-service")]
 
 
 def test_every_table_with_an_org_column_is_isolated(database_url: str, state: StateWriter) -> None:

@@ -20,6 +20,7 @@ from reconciler.engine.actions import (
     OrgPlan,
     RetireOrg,
     StoreCredential,
+    Unknown,
     UpdateAssistant,
     UpsertOrg,
 )
@@ -36,6 +37,7 @@ SHARED = "5d7a1e20-8c4b-4b9d-a3f2-6e0c1b2d3f40"
 GONE = "7a0b1c2d-3e4f-4a5b-8c6d-9e0f1a2b3c4d"
 LEFT = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
 MOVED = "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a"
+OFFLINE = "3e4f5a6b-7c8d-4e9f-8a1b-2c3d4e5f6a7b"
 
 
 def sample() -> RunReport:
@@ -101,11 +103,21 @@ def sample() -> RunReport:
     )
     left = OrgPlan(LEFT, "left", (), orphaned="its spec is gone: `--prune` retires it")
     moved = OrgPlan(MOVED, "moved", (LeaveAccount("acct-old", "acct-new"),))
+    offline = OrgPlan(  # as `diff --base` has it: what it cannot know offline
+        OFFLINE,
+        "offline",
+        (),
+        unknown=(
+            Unknown("credential", "vapi", "the file was encrypted anew (a new data key)"),
+            Unknown("assistant", "outbound", "created, or adopted by name"),
+        ),
+    )
     outcomes = [
         OrgOutcome("acme", ACME, plan=acme),
         OrgOutcome("gone", GONE, plan=gone),
         OrgOutcome("left", LEFT, plan=left),
         OrgOutcome("moved", MOVED, plan=moved),
+        OrgOutcome("offline", OFFLINE, plan=offline),
         OrgOutcome("globex", GLOBEX, plan=globex),
         OrgOutcome("shared", SHARED, plan=shared, error="this Vapi account holds ..."),
         OrgOutcome("held", "0e7c9a8b-1d2f-4e3a-9b8c-7d6e5f4a3b2c", skipped="another reconciler"),
@@ -138,5 +150,8 @@ def test_contract_basics() -> None:
     assert drift["before"]["model.temperature"] == 0.7
     assert drift["after"]["model.temperature"] == 0.2
     allowed = {"create", "update", "delete", "adopt", "noop", "duplicate", "unmanaged", "blocked"}
+    allowed.add("unknown")  # `diff --base` only: what it cannot know offline
     assert {c["action"] for c in doc["changes"]} <= allowed
+    assert actions["org/offline/credential/vapi"] == "unknown"
+    assert doc["summary"]["unknown"] == 2
     assert doc["summary"]["blocked"] == 1 and doc["summary"]["orgs_skipped"] == 1

@@ -146,3 +146,28 @@ def test_more_names_and_passwords_in_urls() -> None:
         assert not is_sensitive_key(key), key
     tree = {"server": {"url": "https://bot:hunter2@hooks.example/v", "backup": "https://x/v"}}
     assert redact_tree(tree) == {"server": {"url": SENSITIVE, "backup": "https://x/v"}}
+
+
+@settings(max_examples=300)
+@given(
+    word=st.sampled_from(SPELLINGS),
+    ext=st.sampled_from(["yaml", "yml", "YAML", "json", "txt"]),
+    folder=st.sampled_from(["", "specs/", "/etc/specs/"]),
+)
+def test_a_file_named_like_a_secret_keeps_its_message(word: str, ext: str, folder: str) -> None:
+    """`passwd.yaml: symlink to outside the specs directory: refused` is a file name and a
+    message about it: the message stays whole (it once printed `passwd.yaml: (sensitive)
+    directory: refused`); a secret pair inside the message is still masked."""
+    name = f"{folder}{word}.{ext}"
+    for message in (
+        "symlink to outside the specs directory: refused",
+        "dangling symlink: refused",
+        "not a regular file or a directory: refused",
+    ):
+        assert redact_text(f"{name}: {message}") == f"{name}: {message}"
+    shown = redact_text(f"{name}: bad value: {word}=hunter2-value, password: two words")
+    assert "hunter2" not in shown and "two words" not in shown
+    assert shown.startswith(f"{name}: bad value: ")
+    # the same word as a key, or a dotted key ending in it, is still a key
+    assert redact_text(f"{word}: hunter2 and more") == f"{word}: {SENSITIVE}"
+    assert "hunter2" not in redact_text(f"db.{word}=hunter2")

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from reconciler.errors import DecryptionError
 from reconciler.secrets import native, sops
+from reconciler.spec.loader import parse_yaml
 
 # -- Go's float formatting ---------------------------------------------------------------------
 
@@ -756,3 +757,58 @@ def test_without_a_binary_to_ask_the_native_verdict_stands(
     monkeypatch.setattr(sops, "sops_binary", missing)
     with pytest.raises(native.Suspect, match="does not verify"):
         native.decrypt_bytes(Path("a.yaml"), tampered, _env(home, ident))
+
+
+# -- numbers as sops writes them, read by the spec loader ------------------------------------
+
+SOPS_NUMBER_FORMS = [  # plain scalars yaml.v3 types as floats that YAML 1.1 would read as text
+    "1e-06",
+    "1e+100",
+    "1e+21",
+    "1e+06",
+    "-1e-07",
+    "5e-324",
+    "1E5",
+    "1.5e3",
+    ".5e1",
+    "+2e0",
+]
+
+
+@pytest.mark.parametrize("text", SOPS_NUMBER_FORMS)
+def test_the_spec_loader_reads_numbers_as_yaml_v3_does(text: str) -> None:
+    """`1e-06` is a float to sops (yaml.v3) and to Vapi: the loader must not make it text."""
+    kind, value = native.resolve_plain(text)
+    assert kind == "float"
+    doc, problems = parse_yaml(Path("x.yaml"), f"n: {text}\nq: '{text}'\n")
+    assert problems == [] and doc is not None
+    assert type(doc["n"]) is float and doc["n"] == value
+    assert doc["q"] == text  # quoted: a string, as for sops
+
+
+@pytest.mark.parametrize(
+    "text", ["1e", "e5", "1e+", "1.2.3e4", "1e5x", "0x1e5", "1_0e5", "1e400", "-1E+999"]
+)
+def test_number_like_text_stays_what_it_was(text: str) -> None:
+    doc, problems = parse_yaml(Path("x.yaml"), f"n: {text}\n")
+    assert problems == [] and doc is not None
+    assert doc["n"] == yaml.safe_load(f"n: {text}\n")["n"]  # as YAML 1.1 read it before
+
+
+@settings(max_examples=500)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_float_sops_writes_reads_back_as_that_number(value: float) -> None:
+    """Go's %g (how sops writes a float) read by the spec loader is the same number, so what
+    reaches Vapi, and what Vapi answers, compares equal: no perpetual diff."""
+    text = native.format_float_g(value)
+    doc, problems = parse_yaml(Path("x.yaml"), f"n: {text}\n")
+    assert problems == [] and doc is not None
+    back = doc["n"]
+    assert isinstance(back, int | float) and not isinstance(back, bool), (text, back)
+    assert back == value, (text, back)
+
+
+def test_a_document_the_native_path_emits_reads_back_as_numbers() -> None:
+    tree = {"n": [1e21, 1e-06, 1e100, 2.5e-07, 1.5, 2.0]}
+    doc, problems = parse_yaml(Path("x.yaml"), native.emit_document(tree))
+    assert problems == [] and doc == tree
