@@ -51,6 +51,7 @@ from reconciler.engine.actions import (
 )
 from reconciler.engine.diff import SENSITIVE_CHANGED, FieldChange, field_changes, shown_value
 from reconciler.engine.model import FINGERPRINT_PREFIX, Sensitive
+from reconciler.engine.runplan import FailedFile, KnownOrg, RunFacts, SpecFacts, plan_run
 from reconciler.protocol import WEBHOOK_SECRET_HEADER
 from reconciler.redact import SENSITIVE, mask_tree
 from reconciler.spec.loader import LoadResult
@@ -343,6 +344,20 @@ def offline_diff(
     fingerprint = _fingerprinter()
     old, new = _by_id(base), _by_id(head)
     problems = list(head[0].problems)
+    # an org whose head file fails to load is failing (its problem is listed), never gone:
+    # the same rule as `plan` (engine.runplan)
+    run = plan_run(
+        RunFacts(
+            specs=tuple(SpecFacts(oid, org.metadata.slug) for oid, (org, _) in new.items()),
+            known=tuple(KnownOrg(oid, org.metadata.slug) for oid, (org, _) in old.items()),
+            failed=tuple(
+                FailedFile(str(p.path), p.path.stem, head[0].failed_ids.get(p.path))
+                for p in problems
+            ),
+            whole_fleet=True,
+        )
+    )
+    failing = {k.org_id for k in run.failing}
     outcomes: list[OrgOutcome] = []
     owners = {was.metadata.slug: oid for oid, (was, _) in old.items()}  # as applied: Postgres
     for org_id in sorted(
@@ -357,7 +372,7 @@ def offline_diff(
             continue
         if now is None:
             assert was is not None
-            if orphans:
+            if orphans and org_id not in failing:
                 plan = _orphan_plan(
                     org_id, was, was_doc, prune=prune, held_back=prune and bool(problems)
                 )

@@ -635,7 +635,9 @@ def validate_tree(root: Path) -> LoadResult:
 def validate_with_documents(root: Path) -> tuple[LoadResult, dict[Path, dict[str, Any]]]:
     """As `validate_tree`, with each valid file's document as committed (credentials still
     encrypted): what `diff --base` compares without any key."""
-    checked, sources = _validate(root)
+    parsed: dict[Path, dict[str, Any]] = {}
+    checked, sources = _validate(root, docs=parsed)
+    checked.failed_ids = _failed_ids(checked.problems, parsed)
     documents: dict[Path, dict[str, Any]] = {}
     for spec in checked.specs:
         doc, _ = parse_yaml(spec.path, sources[spec.path])

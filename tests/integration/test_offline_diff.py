@@ -340,3 +340,28 @@ def test_diff_base_counts_equal_plan_against_a_converged_state(
     assert offline["summary"]["orphaned"] == online["summary"]["orphaned"]
     if not unknowable:
         assert {k: offline["summary"][k] for k in KINDS} == {k: online["summary"][k] for k in KINDS}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
+def test_diff_base_calls_a_file_that_fails_failing_never_gone(
+    repo: Path, specs: SpecDir, fmt: str
+) -> None:
+    acme, bravo = org_doc("acme"), org_doc("bravo")
+    specs.write(acme)
+    specs.write(bravo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    bravo["metadata"]["name"] = "x" * 300  # invalid, its id still readable
+    specs.write(bravo, encrypt=False)
+
+    run = reconciler(repo, "diff", "specs", "--base", "main", "--prune", "--format", fmt)
+    assert run.returncode == 1, run.stdout + run.stderr  # a file failed
+    if fmt == "json":
+        doc = json.loads(run.stdout)
+        assert doc["summary"]["orphaned"] == 0 and doc["summary"]["delete"] == 0
+        assert [c for c in doc["changes"] if c["org"] == "bravo"] == []
+        assert any("bravo.yaml" in e.get("file", "") for e in doc["errors"])
+    else:
+        said = (run.stdout + run.stderr).lower()
+        assert "bravo.yaml" in said
+        assert "orphan" not in said and "gone" not in said and "retire" not in said
