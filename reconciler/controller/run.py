@@ -382,7 +382,10 @@ class Controller:
         out += self._orphans(k for k in run.orphans if only is None or k.org_id in only)
         if only is not None:
             out = [item for item in out if item[1].org_id in only]
-        return out, AccountRegistry(index), run
+        # an orphan retired in this run gives its account up: a new org may take it
+        retiring = {k.org_id for k in run.orphans} if run.retire_orphans else set()
+        accounts = AccountRegistry(row for row in index if row.org_id not in retiring)
+        return out, accounts, run
 
     def _orphans(self, rows: Iterable[KnownOrg]) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
         """Orgs in Postgres without a spec: to retire, reached through their stored Vapi key."""
@@ -529,10 +532,18 @@ class Controller:
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             asked = accounts.mark()
             live = self._list_live(self._client(desired, VapiReader), outcome)
-            accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
+            if desired.retire != ORPHANED:  # an orphan claims no account (`_desired`)
+                accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
+
+        # orphans retired in this run go first (`apply`): what they hold is gone by the time
+        # the other orgs list their accounts, so they are planned without it
+        retiring = {k.org_id for k in run.orphans} if run.retire_orphans else set()
 
         def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
-            observed = self._observed(rows.get(desired.org_id), outcome.live, desired, accounts)
+            live = outcome.live
+            if retiring and live is not None and desired.retire != ORPHANED:
+                live = [a for a in live if (tag := tag_of(a)) is None or tag[0] not in retiring]
+            observed = self._observed(rows.get(desired.org_id), live, desired, accounts)
             outcome.live = None  # planned from its masked copy: no live secret kept past here
             outcome.plan = self._plan(desired, observed, options, run)
             outcome.stamp = stamp(outcome.spec_digest, observed, outcome.plan)
@@ -678,7 +689,7 @@ class Controller:
             writer = None
         asked = accounts.mark()
         live = self._list_live(writer, outcome)
-        if not left_alone:
+        if desired.retire != ORPHANED:  # an orphan claims no account (`_desired`)
             accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
         observed = self._observed(row, live, desired, accounts)
         outcome.live = None  # planned from its masked copy: no live secret kept past here

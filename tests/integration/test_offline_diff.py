@@ -243,20 +243,7 @@ TABLE: list[Any] = [
     ("rotate api key, same account", _rotate_api_key, (), set()),
     ("new id for a slug (refused)", _new_id, (), set()),
     ("new id and key for a slug --prune", _new_id_and_key, ("--prune",), set()),
-    pytest.param(
-        "new id for a slug, same key --prune",
-        _new_id,
-        ("--prune",),
-        set(),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="controller/run.py orphan handling (the i14-runplan branch's area): with "
-            "--prune the orphan is retired first, freeing its slug, yet the run's account "
-            "registry still counts the orphan's recorded Vapi account, so plan blocks the new "
-            "org as sharing it ('also reached by the API key of bravo') where diff --base "
-            "shows the retirement and the creates",
-        ),
-    ),
+    ("new id for a slug, same key --prune", _new_id, ("--prune",), set()),
     ("adopt by name", _adopt, (), {"org/acme/assistant/outbound"}),
     (
         "re-encrypted, unchanged",
