@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -23,7 +23,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from reconciler.netpolicy import ForwardPolicy
@@ -35,6 +35,7 @@ from reconciler.webhooks.http import (
     BUSY_MESSAGE,
     ORG_BUSY_MESSAGE,
     REFUSED_TARGET_MESSAGE,
+    TIMEOUT_MESSAGE,
     TOO_LARGE_ANSWER_MESSAGE,
     webhook_app,
 )
@@ -73,6 +74,14 @@ class Downstream:
                     await anyio.sleep(0.05)
             finally:
                 self.hanging -= 1
+        if request.url.path == "/trickle":  # a byte now and then: each read is quick
+
+            async def drip() -> AsyncIterator[bytes]:
+                for _ in range(100):
+                    yield b" "
+                    await anyio.sleep(0.2)
+
+            return StreamingResponse(drip(), media_type="application/json")
         if request.url.path == "/bomb":
             return Response(
                 BOMB, headers={"content-encoding": "gzip", "content-type": "application/json"}
@@ -231,6 +240,23 @@ def test_the_deadline_holds_for_many_concurrent_forwards_to_a_silent_target(
         results = post_many(server, [(body(acme.inbound), {"x-vapi-secret": acme.secret})] * 200)
     assert {status for status, _ in results} == {504}
     assert max(took for _, took in results) < 2.5  # 1 s, plus a loaded 2-core machine's slack
+
+
+def test_the_deadline_holds_for_a_target_that_trickles_its_answer(
+    state: StateWriter, master_key: MasterKey, downstream: tuple[str, Downstream]
+) -> None:
+    """A byte every 0.2 s: no single read ever times out, the deadline still does."""
+    url, _ = downstream
+    acme = seed_org(state, master_key, "acme")
+    app = webhook_app(
+        WebhookResolver(state, master_key), forward_url=f"{url}/trickle", timeout_s=1.0
+    )
+    with served(app) as server, httpx.Client(base_url=server, timeout=30) as http:
+        started = time.monotonic()
+        resp = http.post(PATH, content=body(acme.inbound), headers={"x-vapi-secret": acme.secret})
+        took = time.monotonic() - started
+    assert (resp.status_code, resp.json()) == (504, {"error": TIMEOUT_MESSAGE})
+    assert took < 2.5
 
 
 class SlowVerify(WebhookResolver):
