@@ -34,6 +34,7 @@ from reconciler.netpolicy import ForwardPolicy
 from reconciler.providers.job import VerifyJob
 from reconciler.providers.verify import Endpoints
 from reconciler.server.app import ServerParts, build_app
+from reconciler.server.heads import HEAD_TIMEOUT_S, head_timeout_protocol
 from reconciler.server.logs import configure_logging
 from reconciler.server.runtime import Runtime, runtime
 from reconciler.spec.git import GitSource, shown_url
@@ -208,10 +209,11 @@ def _start_http(app: Any, listen: tuple[str, int]) -> uvicorn.Server:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=3,
-        # idle keep-alive connections are closed after 5 s; a request head is at most 16 KiB;
-        # past LIMIT_CONCURRENCY connections and requests at once, new requests get 503 at
-        # once. A client that stalls mid-headers is not timed out by uvicorn (it has no
-        # header timeout): it holds one socket until it goes, and counts in that limit.
+        # a request head must be complete within 10 s of the connection (uvicorn has no such
+        # bound of its own); idle keep-alive connections are closed after 5 s; a request head
+        # is at most 16 KiB; past LIMIT_CONCURRENCY connections and requests at once, new
+        # requests get 503 at once
+        http=head_timeout_protocol(HEAD_TIMEOUT_S),
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=16 * 1024,
         limit_concurrency=LIMIT_CONCURRENCY,
