@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from reconciler.errors import ConfigError
+from reconciler.netpolicy import parse_networks
 
 _BASE_URL = r"^https?://[^\s@/]+(/\S*)?$"
 """A provider's base URL: http(s), no credentials in it (they travel in headers)."""
@@ -40,6 +41,19 @@ class Settings(BaseSettings):
         default=None, pattern=r"^https?://[^\s@/]+(/\S*)?$", alias="RECONCILER_FORWARD_URL"
     )
     forward_timeout_s: float = Field(default=6.0, gt=0, lt=7.5, alias="RECONCILER_FORWARD_TIMEOUT")
+    # webhook forwarding: per-org and total caps on forwards in flight (past them: 503 at
+    # once), networks an org's forwardUrl may reach despite the address policy (a sidecar on
+    # 127.0.0.1), and how long a request body may take to arrive (past it: 408)
+    forward_max_in_flight: int = Field(
+        default=32, ge=1, le=100_000, alias="RECONCILER_FORWARD_MAX_IN_FLIGHT"
+    )
+    forward_max_in_flight_total: int = Field(
+        default=512, ge=1, le=1_000_000, alias="RECONCILER_FORWARD_MAX_IN_FLIGHT_TOTAL"
+    )
+    forward_allow_networks: str = Field(default="", alias="RECONCILER_FORWARD_ALLOW_NETWORKS")
+    webhook_body_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, alias="RECONCILER_WEBHOOK_BODY_TIMEOUT"
+    )
     replica_id: str | None = Field(
         default=None, pattern=r"^[\x21-\x7e]{1,100}$", alias="RECONCILER_REPLICA_ID"
     )
@@ -51,6 +65,16 @@ class Settings(BaseSettings):
     mapping_retention_s: float = Field(
         default=30 * 86400.0, ge=0, alias="RECONCILER_MAPPING_RETENTION"
     )
+
+    @field_validator("forward_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        """`127.0.0.0/8,::1`: networks or addresses, comma-separated."""
+        try:
+            parse_networks(value)
+        except ValueError:  # its message quotes the item: settings are never echoed
+            raise ValueError("must be networks or addresses such as 127.0.0.0/8,::1") from None
+        return value
 
     @field_validator("mapping_retention_s", mode="before")
     @classmethod

@@ -35,7 +35,8 @@ VAPI_REQUESTS = Counter(
 WEBHOOK_REQUESTS = Counter(
     "reconciler_webhook_requests_total",
     "Webhooks received, by outcome (forwarded, accepted, malformed, too_large, bad_secret, "
-    "bad_signature, unknown_assistant, unavailable, forward_failed).",
+    "bad_signature, unknown_assistant, unavailable, forward_failed, forward_refused, busy, "
+    "body_timeout).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -43,6 +43,7 @@ from urllib.parse import quote
 
 import httpx
 
+from reconciler.bounded import ACCEPT_ENCODING, UndecodableAnswer, read_at_most
 from reconciler.redact import printable, redact_text, redact_tree
 
 if TYPE_CHECKING:
@@ -141,7 +142,11 @@ def http_client(*, max_connections: int = 16) -> httpx.Client:
         follow_redirects=False,
         timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
-        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            "Accept-Encoding": ACCEPT_ENCODING,
+        },
     )
 
 
@@ -223,16 +228,15 @@ class Caller:
                 timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             ) as resp:
                 limit = BODY_BYTES if resp.is_success else ERROR_BODY_BYTES
-                buf = bytearray()
-                cut = False
-                for chunk in resp.iter_bytes():
-                    buf += chunk
-                    if len(buf) > limit:
-                        cut = True
-                        break
+
+                def in_time() -> None:
                     if self.clock() > deadline:  # a body trickling in: bounded all the same
                         raise httpx.ReadTimeout("the answer took too long")
-                return _Answer(resp.status_code, resp.headers, bytes(buf[:limit]), cut)
+
+                body, cut = read_at_most(resp, limit, each=in_time)
+                return _Answer(resp.status_code, resp.headers, body, cut)
+        except UndecodableAnswer:
+            raise _Stop(self._check(UNAVAILABLE, step, "unreadable answer (encoding)")) from None
         except httpx.TimeoutException:
             reason = f"timed out after {CALL_TIMEOUT_S:g} s"
             raise _Stop(self._check(UNAVAILABLE, step, reason)) from None

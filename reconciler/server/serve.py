@@ -31,9 +31,11 @@ from reconciler.config import Settings
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.engine.runplan import MAX_DELETES
 from reconciler.errors import ConfigError
+from reconciler.netpolicy import ForwardPolicy
 from reconciler.providers.job import VerifyJob
 from reconciler.providers.verify import Endpoints
 from reconciler.server.app import ServerParts, build_app
+from reconciler.server.heads import HEAD_TIMEOUT_S, head_timeout_protocol
 from reconciler.server.logs import configure_logging
 from reconciler.server.runtime import Runtime, runtime
 from reconciler.spec.git import GitSource, shown_url
@@ -46,6 +48,9 @@ log = logging.getLogger("reconciler.serve")
 
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
+LIMIT_CONCURRENCY = 4096
+"""uvicorn's cap on connections plus requests in progress (its 503 past it): below the usual
+file-descriptor limit, above the webhook forwards' total cap."""
 
 
 @dataclass
@@ -88,7 +93,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         if not isinstance(rt.state, StateWriter):
             raise TypeError("serve needs a StateWriter")
         loop = ReconcileLoop(rt.controller, rt.state, config, replica=replica)
-        webhooks, resolver = _webhooks(settings, rt)
+        webhooks, resolver = _webhooks(settings, rt, options.listen)
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         app = build_app(ServerParts(rt.state, loop, token, webhooks))
         server = _start_http(app, options.listen)
@@ -146,16 +151,44 @@ def _start_verification(settings: Settings, rt: Runtime) -> VerifyJob | None:
     return job
 
 
-def _webhooks(settings: Settings, rt: Runtime) -> tuple[WebhookEndpoint, WebhookResolver]:
+def _webhooks(
+    settings: Settings, rt: Runtime, listen: tuple[str, int]
+) -> tuple[WebhookEndpoint, WebhookResolver]:
     """The webhook endpoint over this process's pool and key; its cache follows NOTIFY from
-    every replica (unless RECONCILER_WEBHOOK_LISTEN=false), `last_used_at` is batched."""
+    every replica (unless RECONCILER_WEBHOOK_LISTEN=false), `last_used_at` is batched. Org
+    forward URLs may not reach this server's own listen address, nor what `netpolicy`
+    refuses outside RECONCILER_FORWARD_ALLOW_NETWORKS."""
     resolver = WebhookResolver(rt.state, rt.key)
     if isinstance(rt.state, StateWriter):
         resolver.start_background(
             rt.database_url, rt.state.touch_mappings, listen=settings.webhook_listen
         )
-    endpoint = WebhookEndpoint(resolver, settings.forward_url, timeout_s=settings.forward_timeout_s)
+    policy = ForwardPolicy.from_setting(
+        settings.forward_allow_networks, _own_addresses(listen[0]), listen[1]
+    )
+    endpoint = WebhookEndpoint(
+        resolver,
+        settings.forward_url,
+        timeout_s=settings.forward_timeout_s,
+        body_timeout_s=settings.webhook_body_timeout_s,
+        max_in_flight_per_org=settings.forward_max_in_flight,
+        max_in_flight=settings.forward_max_in_flight_total,
+        forward_policy=policy,
+    )
     return endpoint, resolver
+
+
+def _own_addresses(host: str) -> list[str]:
+    """The addresses this server answers on: `host`, or every address of this machine when it
+    listens on all (0.0.0.0, ::), as far as its name resolves, plus loopback."""
+    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
+        return [host]
+    found = ["127.0.0.1", "::1"]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return found
+    return found + [str(info[4][0]) for info in infos]
 
 
 def _close(resolver: WebhookResolver) -> None:
@@ -177,6 +210,14 @@ def _start_http(app: Any, listen: tuple[str, int]) -> uvicorn.Server:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=3,
+        # a request head must be complete within 10 s of the connection (uvicorn has no such
+        # bound of its own); idle keep-alive connections are closed after 5 s; a request head
+        # is at most 16 KiB; past LIMIT_CONCURRENCY connections and requests at once, new
+        # requests get 503 at once
+        http=head_timeout_protocol(HEAD_TIMEOUT_S),
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
+        limit_concurrency=LIMIT_CONCURRENCY,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="http", daemon=True)

@@ -9,6 +9,13 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from reconciler.netpolicy import (
+    ALLOW_SETTING,
+    ForwardPolicy,
+    ForwardRefused,
+    allowed_from_environment,
+)
+
 API_VERSION = "reconciler/v1"
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 ASSISTANT_NAME_MAX = 40
@@ -178,9 +185,25 @@ class Webhook(_Camel):
             pattern=r"^https?://[^\s@/]+(/\S*)?$",
             max_length=2000,
             description="http(s) URL without credentials; the verified webhook is POSTed there "
-            "unchanged and its answer relayed to Vapi.",
+            "unchanged and its answer relayed to Vapi. Not a loopback, link-local "
+            "(cloud metadata) or other internal address, nor localhost, unless the operator "
+            "allows its network (RECONCILER_FORWARD_ALLOW_NETWORKS).",
         ),
     ]
+
+    @field_validator("forward_url")
+    @classmethod
+    def _allowed_address(cls, value: str) -> str:
+        """A literal address (or `localhost`) that the forward policy refuses is refused here,
+        offline; a name is resolved and checked when a webhook is forwarded."""
+        try:
+            ForwardPolicy(allowed_from_environment()).check_literal(value)
+        except ForwardRefused as exc:
+            raise ValueError(
+                f"a forward URL may not reach {exc} (an operator may allow its network with "
+                f"{ALLOW_SETTING})"
+            ) from None
+        return value
 
 
 class OrgSpecBody(_Strict):

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from reconciler.bounded import ACCEPT_ENCODING, UndecodableAnswer, read_at_most
 from reconciler.errors import ReconcilerError
 from reconciler.redact import mask_tree, printable, redact_text, redact_tree, safe_message
 
@@ -160,13 +161,12 @@ class _Answer:
 
 
 def _read_at_most(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """At most `limit` bytes of the (decoded) body, and whether there was more."""
-    buf = bytearray()
-    for chunk in resp.iter_bytes():
-        buf += chunk
-        if len(buf) > limit:
-            return bytes(buf[:limit]), True
-    return bytes(buf), False
+    """At most `limit` bytes of the decoded body (decompressed in bounded pieces, counted as
+    they are produced), and whether there was more."""
+    try:
+        return read_at_most(resp, limit)
+    except UndecodableAnswer as exc:  # as httpx's own decoding errors: an unreadable body
+        raise httpx.DecodingError(str(exc)) from None
 
 
 def _declared_length(resp: httpx.Response) -> int | None:
@@ -540,5 +540,5 @@ def http_client(
         ),
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=32),
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
     )

@@ -4,5 +4,5 @@ Postgres LISTEN/NOTIFY, batched `last_used_at` writes). docs/webhooks.md tells h
 
 This package imports nothing itself, so the resolver alone loads neither Starlette nor httpx;
 and no module here imports the reconcile engine (only errors, protocol, redact, metrics,
-secrets and state), so the webhook path stays small.
+secrets, state, bounded and netpolicy), so the webhook path stays small.
 """

@@ -242,6 +242,45 @@ ACCOUNT_KEY = "account "
 a space, which no assistant id may hold, so the two can never be confused."""
 
 
+ORG_KEYS: Final = frozenset(
+    {
+        "message",
+        "call",
+        "type",
+        "assistantId",
+        "assistant",
+        "orgId",
+        "phoneNumberId",
+        "phoneNumber",
+        "squadId",
+        "squad",
+        "workflowId",
+        "workflow",
+    }
+)
+"""Keys that decide, or could decide for a downstream parser, which org a webhook is: given
+twice in one object (at any depth) the body is refused, since parsers disagree on which copy
+counts (Python's `json` keeps the last, others the first) and the org verified must be the
+one every reader sees."""
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+def _one_meaning(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads`'s `object_pairs_hook`: the object, refused (`DuplicateKey`) when one of
+    `ORG_KEYS` appears twice in it. The usual case (no key twice) costs a length check."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen and key in ORG_KEYS:
+                raise DuplicateKey(f"the body gives {printable(key, 40)} more than once")
+            seen.add(key)
+    return doc
+
+
 def assistant_id_of(body: bytes) -> tuple[str, str | None]:
     """The assistant id and message type of a webhook body; `MalformedWebhook` otherwise
     (`BodyTooLarge` beyond `MAX_BODY_BYTES`, before parsing)."""
@@ -250,7 +289,9 @@ def assistant_id_of(body: bytes) -> tuple[str, str | None]:
     if memoryview(body).nbytes > MAX_BODY_BYTES:
         raise BodyTooLarge(f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        doc = json.loads(bytes(body).decode("utf-8"))
+        doc = json.loads(bytes(body).decode("utf-8"), object_pairs_hook=_one_meaning)
+    except DuplicateKey as exc:  # a ValueError too: caught first
+        raise MalformedWebhook(str(exc)) from None
     except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise MalformedWebhook("body is not UTF-8 JSON") from None
     except RecursionError:  # not a ValueError: the C parser nests one frame per level

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from reconciler.controller.run import Controller
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import load_tree
 from reconciler.state.store import StateWriter
+from reconciler.webhooks.http import webhook_app
 from reconciler.webhooks.resolver import (
     BadSecret,
     MalformedWebhook,
     UnknownAssistant,
     WebhookResolver,
 )
-from tests.helpers import SpecDir, org_doc
+from tests.helpers import SpecDir, org_doc, served
+from tests.integration.test_resolver import signed
 
 
 def request_for(account: object) -> bytes:
@@ -84,3 +87,59 @@ def test_an_account_two_orgs_were_seen_in_resolves_to_neither(
         WebhookResolver(state, master_key).resolve(
             {"x-vapi-secret": "acme-secret"}, request_for(shared)
         )
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold cache", "warm cache"])
+@pytest.mark.parametrize("mechanism", ["x-vapi-secret", "x-signature"])
+def test_the_assistant_decides_the_org_before_the_account(
+    controller: Controller,
+    state: StateWriter,
+    master_key: MasterKey,
+    specs: SpecDir,
+    warm: bool,
+    mechanism: str,
+) -> None:
+    """acme's valid secret or signature on a body naming bravo's assistant, whatever the body
+    also says about accounts (acme's own Vapi account in `message.call.orgId`): the
+    assistant decides the org (bravo), so acme's credential is refused, over HTTP too. Were
+    the account read first, acme would verify and bravo's call be taken as acme's."""
+    specs.write(org_doc("acme", secret="acme-secret"))
+    specs.write(org_doc("bravo", secret="bravo-secret"))
+    assert controller.apply(load_tree(specs.root)).ok
+    account = accounts(state)
+    bravo_assistant = assistant_of(state, "bravo")
+    resolver = WebhookResolver(state, master_key)
+    if warm:  # acme's account entry cached by a good request of its own
+        resolver.resolve({"x-vapi-secret": "acme-secret"}, request_for(account["acme"]))
+    forged = json.dumps(
+        {
+            "message": {
+                "type": "assistant-request",
+                "call": {"assistantId": bravo_assistant, "orgId": account["acme"]},
+            }
+        }
+    ).encode()
+    if mechanism == "x-vapi-secret":
+        headers = {"x-vapi-secret": "acme-secret"}
+    else:
+        headers = signed("acme-secret", forged)
+    with pytest.raises(BadSecret) as caught:
+        resolver.resolve(headers, forged)
+    assert caught.value.org_slug == "bravo"
+    with served(webhook_app(resolver)) as url:
+        resp = httpx.post(url + "/webhooks/vapi", content=forged, headers=headers, timeout=10)
+    assert resp.status_code == 401
+    # and bravo's own credential on that body is bravo's webhook
+    good = {"x-vapi-secret": "bravo-secret"}
+    assert resolver.resolve(good, forged).slug == "bravo"
+
+
+def assistant_of(state: StateWriter, slug: str) -> str:
+    with state.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT m.vapi_assistant_id FROM assistant_org_mapping m JOIN organizations o"
+            " ON o.id = m.org_id WHERE o.slug = %s AND m.assistant_role = 'inbound'",
+            (slug,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])

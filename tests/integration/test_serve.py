@@ -916,7 +916,12 @@ def test_webhooks_through_serve_every_outcome_and_forwarding(
         acme["spec"]["webhook"] = {"forwardUrl": f"{down}/hook"}
         specs.write(acme)
         specs.write(beta)
-        serve = launcher.start(str(specs.root), interval="60s")
+        # the downstream is on 127.0.0.1, which an org's forwardUrl reaches only when allowed
+        serve = launcher.start(
+            str(specs.root),
+            interval="60s",
+            env={"RECONCILER_FORWARD_ALLOW_NETWORKS": "127.0.0.0/8"},
+        )
         _wait_converged(emulator, database_url, [acme, beta])
         ids = {
             slug: query(

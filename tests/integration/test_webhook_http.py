@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler.metrics import REGISTRY
+from reconciler.netpolicy import ForwardPolicy
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.db import open_pool
 from reconciler.state.store import StateReader, StateWriter
@@ -57,6 +58,8 @@ from tests.integration.test_resolver import (
 )
 
 PATH = "/webhooks/vapi"
+LOCAL = ForwardPolicy.from_setting("127.0.0.0/8")
+"""The downstreams here listen on 127.0.0.1: org forward URLs there are allowed explicitly."""
 
 
 def outcomes() -> dict[str, float]:
@@ -481,7 +484,9 @@ def test_verified_webhooks_are_forwarded_and_answers_relayed(
     url, received = target
     acme = seed_org(state, master_key, "acme", forward_url=f"{url}/acme-tools")
     globex = seed_org(state, master_key, "globex")  # none of its own: the global one
-    app = webhook_app(WebhookResolver(state, master_key), forward_url=f"{url}/global")
+    app = webhook_app(
+        WebhookResolver(state, master_key), forward_url=f"{url}/global", forward_policy=LOCAL
+    )
     before = outcomes()
     with http_to(app) as http:
         raw = tool_call_body(acme.outbound)
@@ -712,7 +717,7 @@ def test_logs_hold_no_secret_signature_body_or_forward_url(
     closed.close()
     caplog.set_level(logging.DEBUG)
     resolver = WebhookResolver(state, master_key)
-    with http_to(webhook_app(resolver, timeout_s=0.2)) as http:
+    with http_to(webhook_app(resolver, timeout_s=0.2, forward_policy=LOCAL)) as http:
         http.post(PATH, content=raw, headers={"x-vapi-secret": acme.secret})  # 504
         http.post(PATH, content=raw, headers=sig)  # 504
         http.post(PATH, content=raw, headers={"x-vapi-secret": globex.secret})  # 401
@@ -723,6 +728,8 @@ def test_logs_hold_no_secret_signature_body_or_forward_url(
         http.post(PATH, content=body("asst-unknown"), headers=sig)  # 404 (the id is logged)
     with http_to(webhook_app(WebhookResolver(StateReader(closed), master_key))) as http:
         http.post(PATH, content=raw, headers={"x-vapi-secret": acme.secret})  # 503
+    with http_to(webhook_app(WebhookResolver(state, master_key))) as http:
+        http.post(PATH, content=raw, headers={"x-vapi-secret": acme.secret})  # 502: loopback
     forbidden = [
         acme.secret,
         globex.secret,
@@ -965,6 +972,16 @@ def test_the_webhook_path_never_imports_the_engine() -> None:
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.split()
-    allowed = ("errors", "protocol", "redact", "metrics", "secrets", "state", "webhooks")
+    allowed = (
+        "errors",
+        "protocol",
+        "redact",
+        "metrics",
+        "secrets",
+        "state",
+        "webhooks",
+        "bounded",  # the bounded answer reader, pure
+        "netpolicy",  # the forward address policy, pure
+    )
     assert out
     assert [m for m in out if m.split(".")[1] not in allowed] == []
