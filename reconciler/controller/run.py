@@ -38,9 +38,9 @@ from reconciler.engine.model import (
 from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
 from reconciler.engine.stamp import OrgStamp, stale, stamp
-from reconciler.errors import ReconcilerError
+from reconciler.errors import MasterKeyRefused, ReconcilerError
 from reconciler.redact import mask_tree, printable
-from reconciler.secrets.crypto import Keys, as_ring
+from reconciler.secrets.crypto import Keys, UnknownKeyId, as_ring
 from reconciler.spec.loader import LoadResult, Problem
 from reconciler.state.store import (
     SECRET_GRACE_S,
@@ -269,6 +269,17 @@ class Controller:
         self.secret_grace_s = secret_grace_s
         self.stopping = threading.Event()  # set: orgs not yet started are skipped
 
+    def master_key_refusal(self) -> str | None:
+        """One line when this process's active master key is not the one Postgres records
+        (`keys rotate`): it may write no credential. One indexed read."""
+        record = self.state.master_key()
+        if record is None or record["key_id"] == self.key.active_id:
+            return None
+        refused = MasterKeyRefused.not_active(
+            None, self.key.active_id, record["key_id"], self.key.ids
+        )
+        return str(refused)
+
     # -- desired state ---------------------------------------------------------------------------
 
     def _desired(
@@ -326,6 +337,10 @@ class Controller:
             token = sealed.get(row.org_id)
             try:
                 config = self.key.decrypt(token, aad=f"{row.org_id}:vapi") if token else None
+            except UnknownKeyId as exc:
+                outcome.error = str(MasterKeyRefused.missing(row.slug, "vapi", exc.key_id))
+                out.append((None, outcome))
+                continue
             except Exception as exc:
                 outcome.error = _message(exc)
                 out.append((None, outcome))
@@ -341,6 +356,8 @@ class Controller:
                 assistants={},
                 vapi_api_key=Sensitive(api_key) if isinstance(api_key, str) else None,
                 retire=ORPHANED,
+                key_id=self.key.active_id,
+                key_ids=self.key.ids,
             )
             out.append((desired, outcome))
         return out
