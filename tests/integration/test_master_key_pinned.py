@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,11 +84,14 @@ def test_an_old_process_writes_no_credential_through_plan_apply_or_rotate(
     emulator: str,
     rotated: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     doc = rotated["doc"]
     doc["spec"]["credentials"]["resend"]["apiKey"] = "re-acme-2"  # a real change to write
     specs.write(doc)
     before, vapi_writes = rows(state), writes(emulator)
+    empty = tmp_path / "no-specs"
+    empty.mkdir()
 
     ring_env(monkeypatch, ("k1", rotated["k1"]))  # the old replica: k1 only
     plan = cli("plan", str(specs.root))
@@ -98,6 +102,10 @@ def test_an_old_process_writes_no_credential_through_plan_apply_or_rotate(
 
     apply = cli("apply", str(specs.root))
     assert apply.code == 1 and LACKS.format(p="vapi") in apply.out
+    assert rows(state) == before and writes(emulator) == vapi_writes
+
+    retire = cli("org", "retire", "acme", "--path", str(empty))  # reads the stored Vapi key
+    assert retire.code == 1 and LACKS.format(p="vapi") in retire.out, retire.out + retire.err
     assert rows(state) == before and writes(emulator) == vapi_writes
 
     rotate = cli("keys", "rotate")  # an old cron job: must not make k1 active again
@@ -116,9 +124,15 @@ def test_an_old_process_writes_no_credential_through_plan_apply_or_rotate(
     assert plan.code == 1 and not_first in plan.out and "sensitive value" not in plan.out
     apply = cli("apply", str(specs.root))
     assert apply.code == 1 and not_first in apply.out
+    retire = cli("org", "retire", "acme", "--path", str(empty))
+    assert retire.code == 1 and not_first in retire.out, retire.out + retire.err
     rotate = cli("keys", "rotate")
     assert rotate.code == 1 and "a rotation is never undone" in rotate.err
     assert recorded(state) == "k2" and rows(state) == before and writes(emulator) == vapi_writes
+
+    with state.pool.connection() as conn:
+        live = conn.execute("SELECT retired_at FROM organizations").fetchall()
+    assert live == [(None,)]  # not retired
 
     ring_env(monkeypatch, ("k2", rotated["k2"]))  # the current process converges it
     assert cli("apply", str(specs.root)).code == 0
@@ -190,6 +204,26 @@ def test_the_store_itself_refuses_with_the_key_ids(
     with state.pool.connection() as conn:
         retired = conn.execute("SELECT retired_at FROM organizations WHERE id = %s", (org_id,))
         assert retired.fetchone() == (None,)  # the whole retirement rolled back
+
+
+def test_the_store_refuses_to_replace_a_row_under_a_key_it_lacks_even_under_the_active_key(
+    state: StateWriter, rotated: dict[str, Any]
+) -> None:
+    """Mid-rotation to k3 (recorded, rows still under k2): a process with k3 alone may write a
+    new row, not replace one it cannot read."""
+    with state.pool.connection() as conn:
+        conn.execute("UPDATE master_key SET key_id = 'k3'")
+    before = rows(state)
+    org_id = str(rotated["doc"]["metadata"]["id"])
+    k3 = KeyRing.single(MasterKey.generate(), "k3")
+    sealed = k3.encrypt({"apiKey": "re-acme-9"}, aad=f"{org_id}:resend")
+    with pytest.raises(MasterKeyRefused) as err:
+        state.store_credential(org_id, "resend", sealed, "fp", key_ids=k3.ids, slug="acme")
+    assert str(err.value) == LACKS.format(p="resend")
+    assert rows(state) == before
+    twilio = k3.encrypt({"accountSid": "AC1", "authToken": "t"}, aad=f"{org_id}:twilio")
+    state.store_credential(org_id, "twilio", twilio, "fp", key_ids=k3.ids, slug="acme")
+    assert key_ids(state) == ["k2", "k2", "k3"]
 
 
 def test_the_credential_library_names_the_missing_key_and_writes_nothing(
