@@ -494,8 +494,8 @@ class StateWriter(StateReader):
         with self._tx(1) as conn:
             if conn.execute(_STORE_CREDENTIAL_SQL, params).fetchone() is not None:
                 return
-            self._count(3)
             self._check_master_key(conn, org_id, provider, kid, held, slug or org_id)
+            self._count()
             if conn.execute(_STORE_CREDENTIAL_SQL, params).fetchone() is None:
                 raise StateError(
                     f"credential {provider} of org {slug or org_id} was not written: "
@@ -517,7 +517,8 @@ class StateWriter(StateReader):
         (two first writers with different keys: one wins, the other is refused), provided
         this process holds every key id the stored rows use."""
         if provider is not None:
-            row = conn.execute(
+            row = self._exec(
+                conn,
                 "SELECT reconciler_token_key_id(encrypted_config) FROM org_credentials"
                 " WHERE org_id = %s AND provider = %s",
                 (org_id, provider),
@@ -526,7 +527,8 @@ class StateWriter(StateReader):
                 raise MasterKeyRefused.missing(org, provider, row[0])
         recorded = self._recorded_for_share(conn)
         if recorded is None:
-            lacking = conn.execute(
+            lacking = self._exec(
+                conn,
                 "SELECT o.slug, c.provider, reconciler_token_key_id(c.encrypted_config)"
                 " FROM org_credentials c JOIN organizations o ON o.id = c.org_id"
                 " WHERE reconciler_token_key_id(c.encrypted_config) <> ALL(%s) LIMIT 1",
@@ -534,7 +536,8 @@ class StateWriter(StateReader):
             ).fetchone()
             if lacking is not None:
                 raise MasterKeyRefused.missing(lacking[0], lacking[1], lacking[2])
-            conn.execute(
+            self._exec(
+                conn,
                 "INSERT INTO master_key (key_id, set_by) VALUES (%s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
                 (kid, f"first credential write ({writer_name()})"),
@@ -543,10 +546,14 @@ class StateWriter(StateReader):
         if recorded != kid:
             raise MasterKeyRefused.not_active(org, kid, recorded or "?", held)
 
-    @staticmethod
-    def _recorded_for_share(conn: Connection[Any]) -> str | None:
-        row = conn.execute("SELECT key_id FROM master_key WHERE id FOR SHARE").fetchone()
+    def _recorded_for_share(self, conn: Connection[Any]) -> str | None:
+        row = self._exec(conn, "SELECT key_id FROM master_key WHERE id FOR SHARE").fetchone()
         return str(row[0]) if row else None
+
+    def _exec(self, conn: Connection[Any], query: str, params: Any = None) -> Any:
+        """One counted statement on the caller's connection."""
+        self._count()
+        return conn.execute(query, params)
 
     def deactivate_credential(self, org_id: str, provider: str) -> None:
         with self._tx(1) as conn:
@@ -677,7 +684,6 @@ class StateWriter(StateReader):
         `webhook_only` is a credential write: checked as `store_credential` checks it."""
         with self._tx(4) as conn:
             if webhook_only is not None:
-                self._count()
                 kid = token_key_id(webhook_only)
                 held = list(key_ids) or [kid]
                 self._check_master_key(conn, org_id, "vapi", kid, held, slug or org_id)
