@@ -76,3 +76,17 @@ class MasterKeyRefused(ReconcilerError):
             active_id=active_id,
             recorded_id=recorded_id,
         )
+
+    @classmethod
+    def wrong_key(cls, org: str | None, key_id: str) -> MasterKeyRefused:
+        """This process's key under the active id is not the one recorded (a wrong key)."""
+        which = "no credential" if org is None else f"no credential of org {org}"
+        return cls(
+            f"{which} is written: RECONCILER_MASTER_KEYS holds another key under the active "
+            f"id {key_id!r} than the one Postgres records (a wrong key)",
+            org=org or "",
+            provider=None,
+            key_id=key_id,
+            active_id=key_id,
+            recorded_id=key_id,
+        )

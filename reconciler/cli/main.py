@@ -325,6 +325,9 @@ def _keys_status(
         refused = MasterKeyRefused.not_active(None, ring.active_id, recorded, ring.ids)
         print(f"error: {refused}", file=sys.stderr)
         failed = True
+    elif record is not None and record["key_check"] not in (None, ring.check_value()):
+        print(f"error: {MasterKeyRefused.wrong_key(None, ring.active_id)}", file=sys.stderr)
+        failed = True
     for row in bad:
         print(f"error: {printable(row.line())}", file=sys.stderr)
     if bad:

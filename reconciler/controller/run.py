@@ -273,12 +273,16 @@ class Controller:
         """One line when this process's active master key is not the one Postgres records
         (`keys rotate`): it may write no credential. One indexed read."""
         record = self.state.master_key()
-        if record is None or record["key_id"] == self.key.active_id:
+        if record is None:
             return None
-        refused = MasterKeyRefused.not_active(
-            None, self.key.active_id, record["key_id"], self.key.ids
-        )
-        return str(refused)
+        if record["key_id"] != self.key.active_id:
+            refused = MasterKeyRefused.not_active(
+                None, self.key.active_id, record["key_id"], self.key.ids
+            )
+            return str(refused)
+        if record["key_check"] not in (None, self.key.check_value()):
+            return str(MasterKeyRefused.wrong_key(None, self.key.active_id))
+        return None
 
     # -- desired state ---------------------------------------------------------------------------
 
@@ -358,6 +362,7 @@ class Controller:
                 retire=ORPHANED,
                 key_id=self.key.active_id,
                 key_ids=self.key.ids,
+                key_check=self.key.check_value(),
             )
             out.append((desired, outcome))
         return out

@@ -69,6 +69,7 @@ class Applier:
         self.vapi = vapi
         self.state = state
         self.key = as_ring(key)
+        self.key_check = self.key.check_value()
         self.fingerprint = fingerprint
         self.guard = guard or WriteGuard()
 
@@ -96,7 +97,13 @@ class Applier:
             case StoreCredential(provider=provider, config=config, fingerprint=fingerprint):
                 sealed = self.key.encrypt(config.reveal(), aad=f"{org_id}:{provider}")
                 self.state.store_credential(
-                    org_id, provider, sealed, fingerprint, key_ids=self.key.ids, slug=org_slug
+                    org_id,
+                    provider,
+                    sealed,
+                    fingerprint,
+                    key_ids=self.key.ids,
+                    slug=org_slug,
+                    key_check=self.key_check,
                 )
             case DeactivateCredential(provider=provider):
                 self.state.deactivate_credential(org_id, provider)
@@ -125,7 +132,12 @@ class Applier:
                     kept = {"webhookSecret": secret.reveal()}
                     webhook_only = self.key.encrypt(kept, aad=f"{org_id}:vapi")
                 self.state.retire_org(
-                    org_id, webhook_only, action.reason, key_ids=self.key.ids, slug=org_slug
+                    org_id,
+                    webhook_only,
+                    action.reason,
+                    key_ids=self.key.ids,
+                    slug=org_slug,
+                    key_check=self.key_check,
                 )
 
     def _masked(self, answer: dict[str, Any]) -> dict[str, Any]:

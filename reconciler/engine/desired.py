@@ -66,6 +66,7 @@ def desired_org(
         adopt_by_name=org.spec.adopt == "byName",
         key_id=ring.active_id,
         key_ids=ring.ids,
+        key_check=ring.check_value(),
     )
 
 

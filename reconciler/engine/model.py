@@ -106,6 +106,7 @@ class DesiredOrg:
     retire: str = ""
     key_id: str = "default"  # the master key id this process encrypts under (its active one)
     key_ids: tuple[str, ...] = ()  # every master key id it holds (empty: `key_id` alone)
+    key_check: str | None = None  # its active key's check value (`KeyRing.check_value`)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class ObservedOrg:
     mapped_elsewhere: frozenset[str] = frozenset()
     # the active master key id Postgres records (`keys rotate`); None: none recorded yet
     master_key_id: str | None = None
+    master_key_check: str | None = None  # and its check value (None: not recorded)
 
 
 def ownership_tag(org_id: str, role: str) -> dict[str, str]:

@@ -68,4 +68,5 @@ def observed_from_rows(
         shared_with=shared,
         mapped_elsewhere=mapped_elsewhere,
         master_key_id=row.get("master_key_id"),
+        master_key_check=row.get("master_key_check"),
     )

@@ -371,7 +371,8 @@ def master_key_refusals(desired: DesiredOrg, observed: ObservedOrg) -> list[str]
     """Why this process may write none of the org's credentials (issue 14: a rotation is never
     undone): a stored credential it would compare or replace is under a master key id it
     lacks (so it cannot tell whether it changed: not "sensitive value changed"), or its
-    active key is not the one `keys rotate` made active (Postgres's record)."""
+    active key is not the one `keys rotate` made active (Postgres's record: its id, and the
+    check value that tells a wrong key under that id)."""
     held = desired.key_ids or (desired.key_id,)
     out = [
         str(MasterKeyRefused.missing(desired.slug, provider, stored.key_id))
@@ -383,6 +384,9 @@ def master_key_refusals(desired: DesiredOrg, observed: ObservedOrg) -> list[str]
     recorded = observed.master_key_id
     if not out and recorded is not None and recorded != desired.key_id:
         out.append(str(MasterKeyRefused.not_active(desired.slug, desired.key_id, recorded, held)))
+    check = observed.master_key_check
+    if not out and check is not None and desired.key_check not in (None, check):
+        out.append(str(MasterKeyRefused.wrong_key(desired.slug, desired.key_id)))
     return out
 
 

@@ -199,6 +199,12 @@ class KeyRing:
         digest = self._key(kid, "fingerprint").fingerprint(config)
         return digest if kid == DEFAULT_KEY_ID else f"{kid}:{digest}"
 
+    def check_value(self) -> str:
+        """A keyed digest of a constant under the active key: Postgres records it with the
+        active key id, so a process with another key under that id (a wrong key) is told
+        apart without decrypting anything. Reveals nothing of the key."""
+        return self.keys[0][1]._subkey(b"master key check").hex()[:32]
+
     def fingerprints(self, config: dict[str, Any]) -> dict[str, str]:
         """Under every key: compared with a stored one made under any of them."""
         return {kid: self.fingerprint_as(kid, config) for kid in self.ids}

@@ -124,8 +124,12 @@ def _make_active(conn: Connection[Any], ring: KeyRing) -> list[str]:
     """Records the ring's first key id as the active one (in the caller's transaction), unless
     a row is under a key id the ring lacks or that id was replaced by an earlier rotation:
     then returns why, one line each, and records nothing."""
-    active = ring.active_id
-    record = conn.execute("SELECT key_id, retired FROM master_key WHERE id FOR UPDATE").fetchone()
+    active, check = ring.active_id, ring.check_value()
+    record = conn.execute(
+        "SELECT key_id, retired, key_check FROM master_key WHERE id FOR UPDATE"
+    ).fetchone()
+    if record is not None and record[0] == active and record[2] not in (None, check):
+        return [str(MasterKeyRefused.wrong_key(None, active))]
     if record is not None and record[0] != active and active in record[1]:
         return [
             f"master key {active!r} was replaced by an earlier `keys rotate`, and a rotation "
@@ -137,6 +141,17 @@ def _make_active(conn: Connection[Any], ring: KeyRing) -> list[str]:
         return [
             str(MasterKeyRefused.missing(slug, provider, kid)) for slug, provider, kid in lacking
         ]
+    sample = conn.execute(  # a wrong key under an id in use: refused before it is recorded
+        "SELECT o.slug, c.org_id::text, c.provider, c.encrypted_config FROM org_credentials c"
+        " JOIN organizations o ON o.id = c.org_id"
+        " WHERE reconciler_token_key_id(c.encrypted_config) = %s LIMIT 1",
+        (active,),
+    ).fetchone()
+    if sample is not None:
+        try:
+            ring.decrypt(sample[3], aad=f"{sample[1]}:{sample[2]}")
+        except (CredentialDecryptError, ValueError):
+            return [Unopened(sample[0], sample[2], active, False).line()]
     by = f"keys rotate ({writer_name()})"
     if record is None:
         in_use = conn.execute(
@@ -146,18 +161,20 @@ def _make_active(conn: Connection[Any], ring: KeyRing) -> list[str]:
         ).fetchall()
         replaced = sorted({kid for (kid,) in in_use} - {active})
         won = conn.execute(
-            "INSERT INTO master_key (key_id, retired, set_by) VALUES (%s, %s, %s)"
-            " ON CONFLICT (id) DO NOTHING RETURNING key_id",
-            (active, replaced, by),
+            "INSERT INTO master_key (key_id, key_check, retired, set_by)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING key_id",
+            (active, check, replaced, by),
         ).fetchone()
         if won is None:
             return ["the active master key was recorded by another process meanwhile: run again"]
     elif record[0] != active:
         conn.execute(
-            "UPDATE master_key SET key_id = %s, set_by = %s, set_at = now(),"
+            "UPDATE master_key SET key_id = %s, key_check = %s, set_by = %s, set_at = now(),"
             " retired = array_append(array_remove(retired, %s), key_id) WHERE id",
-            (active, by, active),
+            (active, check, by, active),
         )
+    elif record[2] is None:  # recorded by the migration, without a check value: now it has one
+        conn.execute("UPDATE master_key SET key_check = %s WHERE id", (check,))
     return []
 
 
@@ -183,10 +200,14 @@ def rotate(
     while True:
         try:
             with state.pool.connection() as conn, conn.transaction():
-                pinned = conn.execute("SELECT key_id FROM master_key WHERE id FOR SHARE").fetchone()
+                pinned = conn.execute(
+                    "SELECT key_id, key_check FROM master_key WHERE id FOR SHARE"
+                ).fetchone()
                 if pinned is None or pinned[0] != active:  # another rotation took over
                     recorded = pinned[0] if pinned else "?"
                     raise MasterKeyRefused.not_active(None, active, recorded, list(ring.ids))
+                if pinned[1] not in (None, ring.check_value()):
+                    raise MasterKeyRefused.wrong_key(None, active)
                 rows = conn.execute(
                     "SELECT id::text, org_id::text, provider, encrypted_config,"
                     " previous_encrypted_config FROM org_credentials"

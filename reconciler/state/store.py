@@ -32,6 +32,7 @@ _OBSERVE_SQL = """
 SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
   o.webhook_forward_url AS forward_url,
   (SELECT k.key_id FROM master_key k WHERE k.id) AS master_key_id,
+  (SELECT k.key_check FROM master_key k WHERE k.id) AS master_key_check,
   COALESCE((SELECT json_agg(json_build_object(
       'provider', c.provider, 'fingerprint', c.fingerprint, 'is_active', c.is_active,
       'key_id', reconciler_token_key_id(c.encrypted_config)))
@@ -187,10 +188,11 @@ resolves webhooks: the late end-of-call reports of its last calls."""
 
 
 _STORE_CREDENTIAL_SQL = f"""
-WITH pin AS (SELECT key_id FROM master_key WHERE id FOR SHARE)
+WITH pin AS (SELECT key_id, key_check FROM master_key WHERE id FOR SHARE)
 INSERT INTO org_credentials (org_id, provider, encrypted_config, fingerprint)
 SELECT %(org)s::uuid, %(provider)s::text, %(sealed)s::text, %(fp)s::text
 FROM pin WHERE pin.key_id = %(kid)s
+  AND (pin.key_check IS NULL OR %(check)s::text IS NULL OR pin.key_check = %(check)s::text)
 ON CONFLICT (org_id, provider) DO UPDATE SET
   previous_encrypted_config = CASE WHEN org_credentials.provider = 'vapi'
     AND org_credentials.is_active
@@ -344,7 +346,7 @@ class StateReader:
         `set_at`), or None while none is (one indexed read)."""
         with self._read() as cur:
             return cur.execute(
-                "SELECT key_id, retired, set_by, set_at FROM master_key WHERE id"
+                "SELECT key_id, key_check, retired, set_by, set_at FROM master_key WHERE id"
             ).fetchone()
 
     def ping(self) -> None:
@@ -469,6 +471,7 @@ class StateWriter(StateReader):
         *,
         key_ids: Sequence[str] = (),
         slug: str = "",
+        key_check: str | None = None,
     ) -> None:
         """A changed Vapi credential keeps the one it replaced (webhook secret rotation): the
         resolver accepts both until the org's assistants all carry the new one. Rotated again
@@ -478,7 +481,8 @@ class StateWriter(StateReader):
         Written only when `encrypted`'s key id is the active one Postgres records (held FOR
         SHARE in the same statement, so a concurrent `keys rotate` is either waited for or
         waits), and the row it replaces is under one of `key_ids` (the ids this process holds;
-        default: `encrypted`'s own); else `MasterKeyRefused`, and nothing is written. The
+        default: `encrypted`'s own), and `key_check` (`KeyRing.check_value()`: None, not
+        compared) is the recorded one; else `MasterKeyRefused`, and nothing is written. The
         steady state costs no extra statement; a refusal or the first write of a database
         with no active key recorded costs a few."""
         kid = token_key_id(encrypted)
@@ -490,11 +494,12 @@ class StateWriter(StateReader):
             "fp": fingerprint,
             "kid": kid,
             "held": held,
+            "check": key_check,
         }
         with self._tx(1) as conn:
             if conn.execute(_STORE_CREDENTIAL_SQL, params).fetchone() is not None:
                 return
-            self._check_master_key(conn, org_id, provider, kid, held, slug or org_id)
+            self._check_master_key(conn, org_id, provider, kid, held, slug or org_id, key_check)
             self._count()
             if conn.execute(_STORE_CREDENTIAL_SQL, params).fetchone() is None:
                 raise StateError(
@@ -510,6 +515,7 @@ class StateWriter(StateReader):
         kid: str,
         held: list[str],
         org: str,
+        key_check: str | None = None,
     ) -> None:
         """In the writer's transaction: raises `MasterKeyRefused` unless a credential sealed
         under `kid` may be written for the org (its row, if `provider`, under a held key id;
@@ -525,7 +531,7 @@ class StateWriter(StateReader):
             ).fetchone()
             if row is not None and row[0] not in held:
                 raise MasterKeyRefused.missing(org, provider, row[0])
-        recorded = self._recorded_for_share(conn)
+        recorded, check = self._recorded_for_share(conn)
         if recorded is None:
             lacking = self._exec(
                 conn,
@@ -538,17 +544,22 @@ class StateWriter(StateReader):
                 raise MasterKeyRefused.missing(lacking[0], lacking[1], lacking[2])
             self._exec(
                 conn,
-                "INSERT INTO master_key (key_id, set_by) VALUES (%s, %s)"
+                "INSERT INTO master_key (key_id, key_check, set_by) VALUES (%s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING",
-                (kid, f"first credential write ({writer_name()})"),
+                (kid, key_check, f"first credential write ({writer_name()})"),
             )
-            recorded = self._recorded_for_share(conn)
+            recorded, check = self._recorded_for_share(conn)
         if recorded != kid:
             raise MasterKeyRefused.not_active(org, kid, recorded or "?", held)
+        if check is not None and key_check is not None and check != key_check:
+            raise MasterKeyRefused.wrong_key(org, kid)
 
-    def _recorded_for_share(self, conn: Connection[Any]) -> str | None:
-        row = self._exec(conn, "SELECT key_id FROM master_key WHERE id FOR SHARE").fetchone()
-        return str(row[0]) if row else None
+    def _recorded_for_share(self, conn: Connection[Any]) -> tuple[str | None, str | None]:
+        """The recorded active key id and its check value, held FOR SHARE."""
+        row = self._exec(
+            conn, "SELECT key_id, key_check FROM master_key WHERE id FOR SHARE"
+        ).fetchone()
+        return (str(row[0]), row[1]) if row else (None, None)
 
     def _exec(self, conn: Connection[Any], query: str, params: Any = None) -> Any:
         """One counted statement on the caller's connection."""
@@ -677,6 +688,7 @@ class StateWriter(StateReader):
         *,
         key_ids: Sequence[str] = (),
         slug: str = "",
+        key_check: str | None = None,
     ) -> None:
         """The org's row and history stay; its slug is freed; every credential is deactivated,
         the Vapi one replaced by `webhook_only` (its webhook secret alone, sealed), usable to
@@ -686,7 +698,7 @@ class StateWriter(StateReader):
             if webhook_only is not None:
                 kid = token_key_id(webhook_only)
                 held = list(key_ids) or [kid]
-                self._check_master_key(conn, org_id, "vapi", kid, held, slug or org_id)
+                self._check_master_key(conn, org_id, "vapi", kid, held, slug or org_id, key_check)
             conn.execute(
                 "UPDATE assistant_org_mapping SET inactive_at = now()"
                 " WHERE org_id = %s AND inactive_at IS NULL",

@@ -390,3 +390,44 @@ def test_rotate_refuses_while_a_row_is_under_a_key_it_lacks_and_never_goes_back(
     back = cli("keys", "rotate")
     assert back.code == 1 and "master key 'k2' was replaced by an earlier" in back.err
     assert recorded(state) == "k3" and key_ids(state) == ["k3", "k3"]
+
+
+def test_a_wrong_key_under_the_active_id_writes_nothing(
+    cli: Any,
+    specs: SpecDir,
+    state: StateWriter,
+    emulator: str,
+    rotated: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same id, other key bytes (a mistyped secret): its fingerprints differ from every stored
+    one, so without the recorded check value it would re-encrypt every credential under a key
+    no other process has. It is refused like an old key, and plan says so."""
+    before, vapi_writes = rows(state), writes(emulator)
+    wrong = MasterKey.generate()
+    ring_env(monkeypatch, ("k2", wrong))
+    says = (
+        "no credential of org acme is written: RECONCILER_MASTER_KEYS holds another key under "
+        "the active id 'k2' than the one Postgres records (a wrong key)"
+    )
+    plan = cli("plan", str(specs.root))
+    assert plan.code == 1 and says in plan.out and "sensitive value" not in plan.out, plan.out
+    apply = cli("apply", str(specs.root))
+    assert apply.code == 1 and says in apply.out
+    rotate = cli("keys", "rotate")
+    assert rotate.code == 1 and "a wrong key" in rotate.err and "nothing re-encrypted" in rotate.out
+    status = cli("keys", "status")
+    assert status.code == 1 and "(a wrong key)" in status.err
+    assert rows(state) == before and writes(emulator) == vapi_writes
+
+    ring = KeyRing.single(wrong, "k2")
+    org_id = str(rotated["doc"]["metadata"]["id"])
+    sealed = ring.encrypt({"apiKey": "re-x"}, aad=f"{org_id}:resend")
+    with pytest.raises(MasterKeyRefused, match="a wrong key"):
+        state.store_credential(
+            org_id, "resend", sealed, "fp", key_ids=ring.ids, key_check=ring.check_value()
+        )
+    with http_client(emulator, timeout_s=5) as http:
+        controller = Controller(state, http, ring, concurrency=2, retry=FAST_RETRY)
+        assert "(a wrong key)" in (controller.master_key_refusal() or "")
+    assert rows(state) == before

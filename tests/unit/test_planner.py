@@ -408,6 +408,12 @@ def test_an_active_key_that_is_not_the_recorded_one_blocks_the_org() -> None:
         "'k2' (recorded in Postgres), which RECONCILER_MASTER_KEYS lacks"
     )
     assert plan_org(replace(d, key_id="k2"), observed).blocked == ()  # the recorded key: fine
+    checked = replace(observed, master_key_check="c-right")
+    assert plan_org(replace(d, key_id="k2", key_check="c-right"), checked).blocked == ()
+    assert plan_org(replace(d, key_id="k2", key_check="c-wrong"), checked).blocked == (
+        "no credential of org acme is written: RECONCILER_MASTER_KEYS holds another key under "
+        "the active id 'k2' than the one Postgres records (a wrong key)",
+    )
     assert plan_org(d, replace(observed, master_key_id=None)).blocked == ()  # none recorded
 
 

@@ -5,9 +5,13 @@
 -- every credential write checks this row in its own statement, holding it FOR SHARE, so a
 -- concurrent `keys rotate` (which updates it) waits for the write or the write sees the new id.
 -- `retired`: the ids earlier rotations replaced; `keys rotate` never makes one active again.
+-- `key_check`: a keyed digest of a constant under the active key (reveals nothing of it), so a
+-- process holding another key under the active id (a wrong key) is refused too; NULL until a
+-- `keys rotate` (which first opens a row under the id) or the first write of an empty database.
 CREATE TABLE master_key (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),
     key_id text NOT NULL,
+    key_check text,
     retired text[] NOT NULL DEFAULT '{}',
     set_by text NOT NULL,
     set_at timestamptz NOT NULL DEFAULT now()
