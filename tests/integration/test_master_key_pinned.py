@@ -431,3 +431,52 @@ def test_a_wrong_key_under_the_active_id_writes_nothing(
         controller = Controller(state, http, ring, concurrency=2, retry=FAST_RETRY)
         assert "(a wrong key)" in (controller.master_key_refusal() or "")
     assert rows(state) == before
+
+
+def test_rotate_records_a_check_value_only_for_a_key_that_opens_the_rows(
+    cli: Any, state: StateWriter, rotated: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after migration 0008 pinned an existing database: the id, no check value yet."""
+    with state.pool.connection() as conn:
+        conn.execute("UPDATE master_key SET key_check = NULL")
+    before = rows(state)
+    ring_env(monkeypatch, ("k2", MasterKey.generate()))
+    wrong = cli("keys", "rotate")
+    assert wrong.code == 1 and "does not open under master key 'k2'" in wrong.err
+    record = state.master_key()
+    assert record is not None and record["key_check"] is None and rows(state) == before
+
+    ring_env(monkeypatch, ("k2", rotated["k2"]))
+    right = cli("keys", "rotate")
+    assert right.code == 0, right.err
+    record = state.master_key()
+    expected = KeyRing.single(rotated["k2"], "k2").check_value()
+    assert record is not None and record["key_check"] == expected
+
+
+def _migration_pin(state: StateWriter) -> None:
+    """The statement of migration 0008 that pins a database already holding credentials."""
+    from importlib import resources
+
+    sql = (resources.files("reconciler.state") / "migrations" / "0008_master_key.sql").read_text()
+    statement = sql[sql.rindex("INSERT INTO master_key") :]
+    with state.pool.connection() as conn:
+        conn.execute("DELETE FROM master_key")
+        conn.execute(statement.encode())
+
+
+def test_migration_0008_pins_a_database_whose_rows_use_one_key_id(state: StateWriter) -> None:
+    ka, kb = KeyRing.single(MasterKey.generate(), "ka"), KeyRing.single(MasterKey.generate(), "kb")
+    acme, beta = _org(state, "acme"), _org(state, "beta")
+    state.store_credential(acme, "resend", ka.encrypt({}, aad=f"{acme}:resend"), "fp")
+    _migration_pin(state)
+    record = state.master_key()
+    assert record is not None and (record["key_id"], record["key_check"]) == ("ka", None)
+    with state.pool.connection() as conn:  # mid-rotation: two ids in use
+        conn.execute(
+            "INSERT INTO org_credentials (org_id, provider, encrypted_config, fingerprint)"
+            " VALUES (%s, 'resend', %s, 'fp')",
+            (beta, kb.encrypt({}, aad=f"{beta}:resend")),
+        )
+    _migration_pin(state)
+    assert state.master_key() is None
