@@ -480,3 +480,35 @@ def test_migration_0008_pins_a_database_whose_rows_use_one_key_id(state: StateWr
         )
     _migration_pin(state)
     assert state.master_key() is None
+
+
+def test_a_write_racing_keys_rotate_waits_for_it_then_is_refused(
+    state: StateWriter, pool: Any, rotated: dict[str, Any]
+) -> None:
+    """`keys rotate` has recorded k3 and not committed yet when a k2 process writes: its
+    statement waits on the record (FOR SHARE), then sees k3 and writes nothing."""
+    before = rows(state)
+    org_id = str(rotated["doc"]["metadata"]["id"])
+    ring = KeyRing.single(rotated["k2"], "k2")
+    sealed = ring.encrypt({"apiKey": "re-acme-9"}, aad=f"{org_id}:resend")
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            state.store_credential(
+                org_id, "resend", sealed, "fp", key_ids=ring.ids, key_check=ring.check_value()
+            )
+        except BaseException as exc:
+            failed.append(exc)
+
+    with pool.connection() as rotation:
+        rotation.execute("BEGIN")
+        rotation.execute("UPDATE master_key SET key_id = 'k3', key_check = NULL")
+        writer = threading.Thread(target=write)
+        writer.start()
+        _wait_for_a_lock_wait(pool)
+        rotation.execute("COMMIT")
+        writer.join(timeout=30)
+    assert not writer.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], MasterKeyRefused), failed
+    assert failed[0].recorded_id == "k3" and rows(state) == before
