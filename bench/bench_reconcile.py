@@ -84,7 +84,7 @@ def measure(
     with pool.connection() as conn:
         conn.execute(
             "TRUNCATE reconcile_runs, assistant_org_mapping, assistants, org_credentials,"
-            " organizations CASCADE"
+            " organizations, master_key CASCADE"  # each measure has a master key of its own
         )
     state = StateWriter(pool)
     loaded = specs(orgs)

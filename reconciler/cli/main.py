@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.cli import audit, importer, verify
-from reconciler.errors import ReconcilerError
+from reconciler.errors import MasterKeyRefused, ReconcilerError
+from reconciler.redact import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from reconciler.controller.run import Options, RunReport
+    from reconciler.secrets.crypto import KeyRing
     from reconciler.spec.loader import LoadResult
+    from reconciler.state.keys import Unopened
+    from reconciler.state.store import StateWriter
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 SCHEMA_PATH = Path("schemas/org.schema.json")
@@ -224,7 +228,6 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     from reconciler.config import load_settings
-    from reconciler.redact import printable
     from reconciler.server.runtime import runtime
 
     with runtime(load_settings(), write=False) as rt:
@@ -286,29 +289,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """`keys status`: rows per master key id; `keys rotate`: every row to the active key."""
+    """`keys status`: the active key id, rows per key id, and every row that does not open
+    (exit 1); `keys rotate`: make the first key active, then every row to it."""
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
-    from reconciler.state.keys import key_status, rotate
+    from reconciler.state.keys import key_status, rotate, unopened
     from reconciler.state.store import StateWriter
 
     with runtime(load_settings(), write=True) as rt:
         state = rt.state
         assert isinstance(state, StateWriter)
         if args.keys_command == "status":
-            counts = key_status(state)
-            if not counts:
-                print("no stored credential yet")
-            for kid, rows in counts.items():
-                mark = "  (active)" if kid == rt.key.active_id else ""
-                held = "" if kid in rt.key.ids else "  NOT in RECONCILER_MASTER_KEYS"
-                print(f"{kid:<32} {rows:>8} row(s){mark}{held}")
-            return EXIT_OK
+            return _keys_status(state, rt.key, key_status(state), unopened(state, rt.key))
 
         def progress(done: Any) -> None:
             print(f"checked {done.checked} row(s), re-encrypted {done.rotated}", file=sys.stderr)
 
         done = rotate(state, rt.key, batch=args.batch, progress=progress)
+    for line in done.refused:
+        print(f"error: {printable(line)}", file=sys.stderr)
+    if done.refused:
+        print(f"nothing re-encrypted: master key {rt.key.active_id} was not made active")
+        return EXIT_ERROR
     for line in done.failed:
         print(f"error: {line}", file=sys.stderr)
     print(
@@ -316,6 +318,41 @@ def cmd_keys(args: argparse.Namespace) -> int:
         + (f"; {len(done.failed)} did not open" if done.failed else "")
     )
     return EXIT_ERROR if done.failed else EXIT_OK
+
+
+def _keys_status(
+    state: StateWriter, ring: KeyRing, counts: dict[str, int], bad: list[Unopened]
+) -> int:
+    """Exit 1 when a row does not open (each named: org, provider, key id) or this process's
+    active key is not the one recorded (it would write no credential)."""
+    record = state.master_key()
+    recorded = record["key_id"] if record else None
+    if record is None:
+        print("active key id: not recorded yet (the first credential write or `keys rotate`)")
+    else:
+        print(
+            f"active key id: {recorded} (set by {printable(record['set_by'])}"
+            f" at {record['set_at']:%Y-%m-%d %H:%M:%S %Z})"
+        )
+    if not counts:
+        print("no stored credential yet")
+    for kid, rows in counts.items():
+        mark = "  (active)" if kid == (recorded or ring.active_id) else ""
+        held = "" if kid in ring.ids else "  NOT in RECONCILER_MASTER_KEYS"
+        print(f"{kid:<32} {rows:>8} row(s){mark}{held}")
+    failed = False
+    if recorded is not None and recorded != ring.active_id:
+        refused = MasterKeyRefused.not_active(None, ring.active_id, recorded, ring.ids)
+        print(f"error: {refused}", file=sys.stderr)
+        failed = True
+    elif record is not None and record["key_check"] not in (None, ring.check_value()):
+        print(f"error: {MasterKeyRefused.wrong_key(None, ring.active_id)}", file=sys.stderr)
+        failed = True
+    for row in bad:
+        print(f"error: {printable(row.line())}", file=sys.stderr)
+    if bad:
+        print(f"error: {len(bad)} row(s) do not open under RECONCILER_MASTER_KEYS", file=sys.stderr)
+    return EXIT_ERROR if failed or bad else EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -625,8 +662,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except ReconcilerError as exc:
-        from reconciler.redact import printable
-
         print(f"error: {printable(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

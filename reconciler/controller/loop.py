@@ -119,6 +119,10 @@ class ReconcileLoop:
         self.status.loaded_once = True
         metrics.SPECS_FAILING.set(len(loaded.failed_files))
         try:
+            refused = self.controller.master_key_refusal()
+            if refused is not None:  # a replica left behind by `keys rotate`: it claims nothing
+                self._failed_run(f"{refused}; this replica claims no org")
+                return None
             report = self._apply(loaded, revision, orphans=root.is_dir())
         except StateError as exc:
             self._failed_run(str(exc))

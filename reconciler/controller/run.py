@@ -48,9 +48,9 @@ from reconciler.engine.runplan import (
     plan_run,
 )
 from reconciler.engine.stamp import OrgStamp, stale, stamp
-from reconciler.errors import ReconcilerError
+from reconciler.errors import MasterKeyRefused, ReconcilerError
 from reconciler.redact import mask_tree, printable
-from reconciler.secrets.crypto import Keys, as_ring
+from reconciler.secrets.crypto import Keys, UnknownKeyId, as_ring
 from reconciler.spec.loader import LoadResult, Problem, SpecFile
 from reconciler.state.store import (
     SECRET_GRACE_S,
@@ -297,6 +297,21 @@ class Controller:
         self.secret_grace_s = secret_grace_s
         self.stopping = threading.Event()  # set: orgs not yet started are skipped
 
+    def master_key_refusal(self) -> str | None:
+        """One line when this process's active master key is not the one Postgres records
+        (`keys rotate`): it may write no credential. One indexed read."""
+        record = self.state.master_key()
+        if record is None:
+            return None
+        if record["key_id"] != self.key.active_id:
+            refused = MasterKeyRefused.not_active(
+                None, self.key.active_id, record["key_id"], self.key.ids
+            )
+            return str(refused)
+        if record["key_check"] not in (None, self.key.check_value()):
+            return str(MasterKeyRefused.wrong_key(None, self.key.active_id))
+        return None
+
     # -- desired state ---------------------------------------------------------------------------
 
     def _facts(
@@ -400,6 +415,10 @@ class Controller:
             token = sealed.get(row.org_id)
             try:
                 config = self.key.decrypt(token, aad=f"{row.org_id}:vapi") if token else None
+            except UnknownKeyId as exc:
+                outcome.error = str(MasterKeyRefused.missing(row.slug, "vapi", exc.key_id))
+                out.append((None, outcome))
+                continue
             except Exception as exc:
                 outcome.error = _message(exc)
                 out.append((None, outcome))
@@ -415,6 +434,9 @@ class Controller:
                 assistants={},
                 vapi_api_key=Sensitive(api_key) if isinstance(api_key, str) else None,
                 retire=ORPHANED,
+                key_id=self.key.active_id,
+                key_ids=self.key.ids,
+                key_check=self.key.check_value(),
             )
             out.append((desired, outcome))
         return out

@@ -35,9 +35,15 @@ from reconciler.credentials.models import (
     build,
 )
 from reconciler.credentials.queries import WAIT_S, AuditRow, CredentialQueries, one_line
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, MasterKeyRefused
 from reconciler.metrics import CREDENTIAL_AUDIT_ROWS, CREDENTIAL_CACHE, CREDENTIAL_CACHE_EVICTIONS
-from reconciler.secrets.crypto import CredentialDecryptError, KeyRing, Keys, as_ring
+from reconciler.secrets.crypto import (
+    CredentialDecryptError,
+    KeyRing,
+    Keys,
+    UnknownKeyId,
+    as_ring,
+)
 
 if TYPE_CHECKING:
     from reconciler.config import Settings
@@ -366,6 +372,10 @@ class CredentialStore:
             return Loaded(_ABSENT, token, org_id, negative=True)
         try:
             config = self._keys.decrypt(sealed, aad=f"{org_id}:{provider}")
+        except UnknownKeyId as exc:  # e.g. a process left behind by `keys rotate`
+            raise CredentialUnavailable(
+                str(MasterKeyRefused.missing(org_id, provider, exc.key_id))
+            ) from None
         except (CredentialDecryptError, ValueError):
             raise CredentialUnavailable(
                 f"stored {provider} credential of org {org_id} does not decrypt under the "

@@ -69,6 +69,7 @@ class Applier:
         self.vapi = vapi
         self.state = state
         self.key = as_ring(key)
+        self.key_check = self.key.check_value()
         self.fingerprint = fingerprint
         self.guard = guard or WriteGuard()
 
@@ -89,13 +90,21 @@ class Applier:
         return self.vapi
 
     def _run(self, action: Action) -> None:
-        org_id = self.plan.org_id
+        org_id, org_slug = self.plan.org_id, self.plan.slug
         match action:
             case UpsertOrg(slug=slug, name=name, forward_url=forward_url):
                 self.state.upsert_org(org_id, slug, name, forward_url)
             case StoreCredential(provider=provider, config=config, fingerprint=fingerprint):
                 sealed = self.key.encrypt(config.reveal(), aad=f"{org_id}:{provider}")
-                self.state.store_credential(org_id, provider, sealed, fingerprint)
+                self.state.store_credential(
+                    org_id,
+                    provider,
+                    sealed,
+                    fingerprint,
+                    key_ids=self.key.ids,
+                    slug=org_slug,
+                    key_check=self.key_check,
+                )
             case DeactivateCredential(provider=provider):
                 self.state.deactivate_credential(org_id, provider)
             case CreateAssistant():
@@ -122,7 +131,14 @@ class Applier:
                 if secret is not None:
                     kept = {"webhookSecret": secret.reveal()}
                     webhook_only = self.key.encrypt(kept, aad=f"{org_id}:vapi")
-                self.state.retire_org(org_id, webhook_only, action.reason)
+                self.state.retire_org(
+                    org_id,
+                    webhook_only,
+                    action.reason,
+                    key_ids=self.key.ids,
+                    slug=org_slug,
+                    key_check=self.key_check,
+                )
 
     def _masked(self, answer: dict[str, Any]) -> dict[str, Any]:
         return masked_live(strip_server_owned(answer), self.fingerprint)

@@ -64,6 +64,9 @@ def desired_org(
         source=source,
         forward_url=org.spec.webhook.forward_url if org.spec.webhook else None,
         adopt_by_name=org.spec.adopt == "byName",
+        key_id=ring.active_id,
+        key_ids=ring.ids,
+        key_check=ring.check_value(),
     )
 
 

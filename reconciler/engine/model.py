@@ -104,6 +104,9 @@ class DesiredOrg:
     # set: the org is to be retired (its spec is gone, or `org retire`), and says why; its
     # credentials are then the stored ones (the Vapi key lists the account to clean)
     retire: str = ""
+    key_id: str = "default"  # the master key id this process encrypts under (its active one)
+    key_ids: tuple[str, ...] = ()  # every master key id it holds (empty: `key_id` alone)
+    key_check: str | None = None  # its active key's check value (`KeyRing.check_value`)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class StoredCredential:
     provider: str
     fingerprint: str
     is_active: bool
+    key_id: str | None = None  # the master key id its ciphertext names (None: not known)
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,9 @@ class ObservedOrg:
     shared_with: dict[str, str] = field(default_factory=dict)
     # ids of assistants in this account that Postgres maps to another org: never strays
     mapped_elsewhere: frozenset[str] = frozenset()
+    # the active master key id Postgres records (`keys rotate`); None: none recorded yet
+    master_key_id: str | None = None
+    master_key_check: str | None = None  # and its check value (None: not recorded)
 
 
 def ownership_tag(org_id: str, role: str) -> dict[str, str]:

@@ -43,7 +43,9 @@ def observed_from_rows(
     return ObservedOrg(
         org=StoredOrg(row["slug"], row["name"], row.get("vapi_account_id"), row.get("forward_url")),
         credentials={
-            c["provider"]: StoredCredential(c["provider"], c["fingerprint"], c["is_active"])
+            c["provider"]: StoredCredential(
+                c["provider"], c["fingerprint"], c["is_active"], c.get("key_id")
+            )
             for c in row["credentials"]
         },
         assistants={
@@ -65,4 +67,6 @@ def observed_from_rows(
         live=masked,
         shared_with=shared,
         mapped_elsewhere=mapped_elsewhere,
+        master_key_id=row.get("master_key_id"),
+        master_key_check=row.get("master_key_check"),
     )

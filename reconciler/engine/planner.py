@@ -44,6 +44,7 @@ from reconciler.engine.model import (
     leaf_key_ids,
     tag_of,
 )
+from reconciler.errors import MasterKeyRefused
 from reconciler.spec.models import ROLES
 
 CREATE_GRACE_S = 60.0
@@ -62,6 +63,9 @@ def plan_org(
     account (a slow commit) before the planner creates again. `adopt_by_name`: adopt untagged
     assistants named like desired ones (also `spec.adopt: byName`). `accept_account_change`:
     the org's key may now reach another Vapi account than the one recorded."""
+    refused = master_key_refusals(desired, observed)
+    if refused:  # before anything: no write of this org, not even its row
+        return OrgPlan(desired.org_id, desired.slug, (), blocked=tuple(refused))
     if desired.retire:
         return plan_retire(desired, observed, prune=prune)
     actions: list[Action] = []
@@ -361,6 +365,29 @@ def _plan_org_row(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:
     return [
         UpsertOrg("update", desired.slug, desired.name, changes, forward_url=desired.forward_url)
     ]
+
+
+def master_key_refusals(desired: DesiredOrg, observed: ObservedOrg) -> list[str]:
+    """Why this process may write none of the org's credentials (issue 14: a rotation is never
+    undone): a stored credential it would compare or replace is under a master key id it
+    lacks (so it cannot tell whether it changed: not "sensitive value changed"), or its
+    active key is not the one `keys rotate` made active (Postgres's record: its id, and the
+    check value that tells a wrong key under that id)."""
+    held = desired.key_ids or (desired.key_id,)
+    out = [
+        str(MasterKeyRefused.missing(desired.slug, provider, stored.key_id))
+        for provider, stored in sorted(observed.credentials.items())
+        if provider in desired.credentials
+        and stored.key_id is not None
+        and stored.key_id not in held
+    ]
+    recorded = observed.master_key_id
+    if not out and recorded is not None and recorded != desired.key_id:
+        out.append(str(MasterKeyRefused.not_active(desired.slug, desired.key_id, recorded, held)))
+    check = observed.master_key_check
+    if not out and check is not None and desired.key_check not in (None, check):
+        out.append(str(MasterKeyRefused.wrong_key(desired.slug, desired.key_id)))
+    return out
 
 
 def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:

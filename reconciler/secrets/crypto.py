@@ -33,6 +33,14 @@ class CredentialDecryptError(ReconcilerError):
     """A stored credential does not open under this master key (wrong key or tampered row)."""
 
 
+class UnknownKeyId(CredentialDecryptError):
+    """A stored credential names a key id the ring does not hold (`key_id`)."""
+
+    def __init__(self, message: str, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
 @dataclass(frozen=True)
 class MasterKey:
     """32 bytes; repr never shows them."""
@@ -161,9 +169,10 @@ class KeyRing:
         for have, key in self.keys:
             if have == kid:
                 return key
-        raise CredentialDecryptError(
+        raise UnknownKeyId(
             f"stored credential {aad} is encrypted under key id {kid!r}, which "
-            "RECONCILER_MASTER_KEYS does not hold"
+            "RECONCILER_MASTER_KEYS does not hold",
+            kid,
         )
 
     def encrypt(self, config: dict[str, Any], *, aad: str) -> str:
@@ -189,6 +198,12 @@ class KeyRing:
     def fingerprint_as(self, kid: str, config: dict[str, Any]) -> str:
         digest = self._key(kid, "fingerprint").fingerprint(config)
         return digest if kid == DEFAULT_KEY_ID else f"{kid}:{digest}"
+
+    def check_value(self) -> str:
+        """A keyed digest of a constant under the active key: Postgres records it with the
+        active key id, so a process with another key under that id (a wrong key) is told
+        apart without decrypting anything. Reveals nothing of the key."""
+        return self.keys[0][1]._subkey(b"master key check").hex()[:32]
 
     def fingerprints(self, config: dict[str, Any]) -> dict[str, str]:
         """Under every key: compared with a stored one made under any of them."""

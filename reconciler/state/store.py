@@ -8,10 +8,12 @@ a clear reason instead of an internal error.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +24,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from reconciler.errors import ReconcilerError
+from reconciler.errors import MasterKeyRefused, ReconcilerError
 from reconciler.redact import printable
+from reconciler.secrets.crypto import token_key_id
 
 _OBSERVE_SQL = """
 SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
   o.webhook_forward_url AS forward_url,
+  (SELECT k.key_id FROM master_key k WHERE k.id) AS master_key_id,
+  (SELECT k.key_check FROM master_key k WHERE k.id) AS master_key_check,
   COALESCE((SELECT json_agg(json_build_object(
-      'provider', c.provider, 'fingerprint', c.fingerprint, 'is_active', c.is_active))
+      'provider', c.provider, 'fingerprint', c.fingerprint, 'is_active', c.is_active,
+      'key_id', reconciler_token_key_id(c.encrypted_config)))
     FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
   COALESCE((SELECT json_agg(json_build_object(
       'role', a.role, 'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status,
@@ -217,6 +223,45 @@ MAPPING_RETENTION_S = 30 * 86400
 resolves webhooks: the late end-of-call reports of its last calls."""
 
 
+_STORE_CREDENTIAL_SQL = f"""
+WITH pin AS (SELECT key_id, key_check FROM master_key WHERE id FOR SHARE)
+INSERT INTO org_credentials (org_id, provider, encrypted_config, fingerprint)
+SELECT %(org)s::uuid, %(provider)s::text, %(sealed)s::text, %(fp)s::text
+FROM pin WHERE pin.key_id = %(kid)s
+  AND (pin.key_check IS NULL OR %(check)s::text IS NULL OR pin.key_check = %(check)s::text)
+ON CONFLICT (org_id, provider) DO UPDATE SET
+  previous_encrypted_config = CASE WHEN org_credentials.provider = 'vapi'
+    AND org_credentials.is_active
+    AND org_credentials.fingerprint <> EXCLUDED.fingerprint
+    THEN CASE WHEN org_credentials.previous_valid_until IS NULL
+      AND org_credentials.previous_encrypted_config IS NOT NULL
+      THEN array_to_string((string_to_array(
+        org_credentials.previous_encrypted_config || ' '
+        || org_credentials.encrypted_config, ' '))[greatest(1, cardinality(
+        string_to_array(org_credentials.previous_encrypted_config, ' '))
+        + 2 - {PREVIOUS_KEPT}):], ' ')
+      ELSE org_credentials.encrypted_config END
+    ELSE org_credentials.previous_encrypted_config END,
+  previous_valid_until = CASE WHEN org_credentials.provider = 'vapi'
+    AND org_credentials.is_active
+    AND org_credentials.fingerprint <> EXCLUDED.fingerprint
+    THEN NULL ELSE org_credentials.previous_valid_until END,
+  encrypted_config = EXCLUDED.encrypted_config,
+  fingerprint = EXCLUDED.fingerprint, is_active = true,
+  webhook_only_until = NULL,
+  last_verified_at = NULL, verification_error = NULL, updated_at = now()
+WHERE reconciler_token_key_id(org_credentials.encrypted_config) = ANY(%(held)s)
+RETURNING 1
+"""
+"""A credential upsert guarded by the active master key (`master_key`, held FOR SHARE) and by
+the key id of the row it replaces: no row returned, nothing written."""
+
+
+def writer_name() -> str:
+    """Who set the active key: host and process, for `keys status`."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
 class StateReader:
     def __init__(
         self,
@@ -350,6 +395,14 @@ class StateReader:
             ).fetchone()
         return row["org_id"] if row else None
 
+    def master_key(self) -> dict[str, Any] | None:
+        """The active master key id Postgres records (`key_id`, `retired`, `set_by`,
+        `set_at`), or None while none is (one indexed read)."""
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT key_id, key_check, retired, set_by, set_at FROM master_key WHERE id"
+            ).fetchone()
+
     def ping(self) -> None:
         """Raises `StateError` unless the database answers (for /readyz)."""
         with self._read() as cur:
@@ -466,38 +519,108 @@ class StateWriter(StateReader):
             )
 
     def store_credential(
-        self, org_id: str, provider: str, encrypted: str, fingerprint: str
+        self,
+        org_id: str,
+        provider: str,
+        encrypted: str,
+        fingerprint: str,
+        *,
+        key_ids: Sequence[str] = (),
+        slug: str = "",
+        key_check: str | None = None,
     ) -> None:
         """A changed Vapi credential keeps the one it replaced (webhook secret rotation): the
         resolver accepts both until the org's assistants all carry the new one. Rotated again
         before that, the ones still in flight are kept too (the last `PREVIOUS_KEPT`,
-        space-separated tokens): some assistants may carry any of them."""
+        space-separated tokens): some assistants may carry any of them.
+
+        Written only when `encrypted`'s key id is the active one Postgres records (held FOR
+        SHARE in the same statement, so a concurrent `keys rotate` is either waited for or
+        waits), and the row it replaces is under one of `key_ids` (the ids this process holds;
+        default: `encrypted`'s own), and `key_check` (`KeyRing.check_value()`: None, not
+        compared) is the recorded one; else `MasterKeyRefused`, and nothing is written. The
+        steady state costs no extra statement; a refusal or the first write of a database
+        with no active key recorded costs a few."""
+        kid = token_key_id(encrypted)
+        held = list(key_ids) or [kid]
+        params = {
+            "org": org_id,
+            "provider": provider,
+            "sealed": encrypted,
+            "fp": fingerprint,
+            "kid": kid,
+            "held": held,
+            "check": key_check,
+        }
         with self._tx(1) as conn:
-            conn.execute(
-                "INSERT INTO org_credentials (org_id, provider, encrypted_config, fingerprint)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (org_id, provider) DO UPDATE SET"
-                " previous_encrypted_config = CASE WHEN org_credentials.provider = 'vapi'"
-                "   AND org_credentials.is_active"
-                "   AND org_credentials.fingerprint <> EXCLUDED.fingerprint"
-                "   THEN CASE WHEN org_credentials.previous_valid_until IS NULL"
-                "     AND org_credentials.previous_encrypted_config IS NOT NULL"
-                "     THEN array_to_string((string_to_array("
-                "       org_credentials.previous_encrypted_config || ' '"
-                "       || org_credentials.encrypted_config, ' '))[greatest(1, cardinality("
-                "       string_to_array(org_credentials.previous_encrypted_config, ' '))"
-                f"       + 2 - {PREVIOUS_KEPT}):], ' ')"
-                "     ELSE org_credentials.encrypted_config END"
-                "   ELSE org_credentials.previous_encrypted_config END,"
-                " previous_valid_until = CASE WHEN org_credentials.provider = 'vapi'"
-                "   AND org_credentials.is_active"
-                "   AND org_credentials.fingerprint <> EXCLUDED.fingerprint"
-                "   THEN NULL ELSE org_credentials.previous_valid_until END,"
-                " encrypted_config = EXCLUDED.encrypted_config,"
-                " fingerprint = EXCLUDED.fingerprint, is_active = true,"
-                " webhook_only_until = NULL,"
-                " last_verified_at = NULL, verification_error = NULL, updated_at = now()",
-                (org_id, provider, encrypted, fingerprint),
+            if conn.execute(_STORE_CREDENTIAL_SQL, params).fetchone() is not None:
+                return
+            self._check_master_key(conn, org_id, provider, kid, held, slug or org_id, key_check)
+            self._count()
+            if conn.execute(_STORE_CREDENTIAL_SQL, params).fetchone() is None:
+                raise StateError(
+                    f"credential {provider} of org {slug or org_id} was not written: "
+                    "the active master key changed meanwhile; the next run tries again"
+                )
+
+    def _check_master_key(
+        self,
+        conn: Connection[Any],
+        org_id: str,
+        provider: str | None,
+        kid: str,
+        held: list[str],
+        org: str,
+        key_check: str | None = None,
+    ) -> None:
+        """In the writer's transaction: raises `MasterKeyRefused` unless a credential sealed
+        under `kid` may be written for the org (its row, if `provider`, under a held key id;
+        `kid` the active one). With no active key recorded yet, records `kid`, conditionally
+        (two first writers with different keys: one wins, the other is refused), provided
+        this process holds every key id the stored rows use."""
+        if provider is not None:
+            row = self._exec(
+                conn,
+                "SELECT reconciler_token_key_id(encrypted_config) FROM org_credentials"
+                " WHERE org_id = %s AND provider = %s",
+                (org_id, provider),
+            ).fetchone()
+            if row is not None and row[0] not in held:
+                raise MasterKeyRefused.missing(org, provider, row[0])
+        recorded, check = self._recorded_for_share(conn)
+        if recorded is None:
+            lacking = self._exec(
+                conn,
+                "SELECT o.slug, c.provider, reconciler_token_key_id(c.encrypted_config)"
+                " FROM org_credentials c JOIN organizations o ON o.id = c.org_id"
+                " WHERE reconciler_token_key_id(c.encrypted_config) <> ALL(%s) LIMIT 1",
+                (held,),
+            ).fetchone()
+            if lacking is not None:
+                raise MasterKeyRefused.missing(lacking[0], lacking[1], lacking[2])
+            self._exec(
+                conn,
+                "INSERT INTO master_key (key_id, key_check, set_by) VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING",
+                (kid, key_check, f"first credential write ({writer_name()})"),
             )
+            recorded, check = self._recorded_for_share(conn)
+        if recorded != kid:
+            raise MasterKeyRefused.not_active(org, kid, recorded or "?", held)
+        if check is not None and key_check is not None and check != key_check:
+            raise MasterKeyRefused.wrong_key(org, kid)
+
+    def _recorded_for_share(self, conn: Connection[Any]) -> tuple[str | None, str | None]:
+        """The recorded active key id and its check value, held FOR SHARE."""
+        row = self._exec(
+            conn, "SELECT key_id, key_check FROM master_key WHERE id FOR SHARE"
+        ).fetchone()
+        return (str(row[0]), row[1]) if row else (None, None)
+
+    def _exec(self, conn: Connection[Any], query: str, params: Any = None) -> Any:
+        """One counted statement on the caller's connection."""
+        self._count()
+        return conn.execute(query, params)
 
     def deactivate_credential(self, org_id: str, provider: str) -> None:
         with self._tx(1) as conn:
@@ -613,11 +736,25 @@ class StateWriter(StateReader):
             conn.execute("DELETE FROM assistants WHERE org_id = %s", (org_id,))
             conn.execute("UPDATE organizations SET vapi_account_id = NULL WHERE id = %s", (org_id,))
 
-    def retire_org(self, org_id: str, webhook_only: str | None, reason: str) -> None:
+    def retire_org(
+        self,
+        org_id: str,
+        webhook_only: str | None,
+        reason: str,
+        *,
+        key_ids: Sequence[str] = (),
+        slug: str = "",
+        key_check: str | None = None,
+    ) -> None:
         """The org's row and history stay; its slug is freed; every credential is deactivated,
         the Vapi one replaced by `webhook_only` (its webhook secret alone, sealed), usable to
-        verify late webhooks until the retention window ends. One transaction."""
+        verify late webhooks until the retention window ends. One transaction. A sealed
+        `webhook_only` is a credential write: checked as `store_credential` checks it."""
         with self._tx(4) as conn:
+            if webhook_only is not None:
+                kid = token_key_id(webhook_only)
+                held = list(key_ids) or [kid]
+                self._check_master_key(conn, org_id, "vapi", kid, held, slug or org_id, key_check)
             conn.execute(
                 "UPDATE assistant_org_mapping SET inactive_at = now()"
                 " WHERE org_id = %s AND inactive_at IS NULL",

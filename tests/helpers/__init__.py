@@ -54,7 +54,7 @@ VAPI_OPENAPI = FIXTURES / "vapi-openapi-assistant.json"
 # Every table the reconciler writes, for TRUNCATE between tests.
 TABLES = (
     "reconcile_runs, assistant_org_mapping, assistants, org_credentials, organizations,"
-    " org_runs, org_schedule"
+    " org_runs, org_schedule, master_key"
 )
 
 # Retries as the client makes them, without the waits.

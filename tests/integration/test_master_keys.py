@@ -57,11 +57,18 @@ def test_a_rotation_is_never_a_change_in_plan(
 
     new = MasterKey.generate()
     ring_env(monkeypatch, ("k2026", new), ("default", master_key))
+    # both keys, the new one first, before `keys rotate`: 'default' is still the active key, so
+    # nothing is written under 'k2026' yet (a process with the old key alone must read it all)
     plan = cli("plan", str(specs.root), "--detailed-exitcode")
-    assert plan.code == 0, plan.out + plan.err  # both keys: nothing to change
-    assert cli("apply", str(specs.root)).code == 0 and writes(emulator) == before
+    waiting = "the active master key is 'default' (recorded in Postgres), but"
+    assert plan.code == 1 and waiting in plan.out, plan.out + plan.err
+    assert "sensitive value changed" not in plan.out
+    apply = cli("apply", str(specs.root))
+    assert apply.code == 1 and waiting in apply.out and writes(emulator) == before
+    assert kids(state) == ["default"] * 4
     status = cli("keys", "status")
-    assert status.code == 0 and "default" in status.out and "4 row(s)" in status.out
+    assert status.code == 1 and "default" in status.out and "4 row(s)" in status.out
+    assert "lists 'k2026' first" in status.err
 
     rotated = cli("keys", "rotate")
     assert rotated.code == 0, rotated.err
@@ -170,7 +177,8 @@ def test_key_settings_and_unknown_key_ids_are_one_line_errors(
 
     monkeypatch.setenv("RECONCILER_MASTER_KEYS", f"k1:{key}")  # the rows' key is missing
     status = cli("keys", "status")
-    assert status.code == 0 and "NOT in RECONCILER_MASTER_KEYS" in status.out
+    assert status.code == 1 and "NOT in RECONCILER_MASTER_KEYS" in status.out
     rotate = cli("keys", "rotate")
-    assert rotate.code == 1 and "key id 'default'" in rotate.err
+    lacks = "credential vapi of org acme is under master key 'default', which"
+    assert rotate.code == 1 and lacks in rotate.err
     assert kids(state) == ["default"]  # nothing it could not open was touched

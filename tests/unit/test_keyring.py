@@ -68,3 +68,14 @@ def test_either_setting_form() -> None:
     assert KeyRing.from_setting(NEW.to_b64()).ids == ("default",)
     assert KeyRing.from_setting(f"k1:{NEW.to_b64()},default:{OLD.to_b64()}").active_id == "k1"
     assert "raw" not in repr(KeyRing.single(NEW)) and NEW.to_b64() not in repr(KeyRing.single(NEW))
+
+
+def test_the_check_value_tells_keys_apart_and_shows_nothing_of_them() -> None:
+    a, b = MasterKey.generate(), MasterKey.generate()
+    ring = KeyRing((("k2", a), ("k1", b)))
+    assert ring.check_value() == KeyRing.single(a, "k2").check_value()  # the active key's
+    assert ring.check_value() == KeyRing.single(a, "other-id").check_value()  # by bytes only
+    assert ring.check_value() != KeyRing.single(b, "k2").check_value()
+    assert len(ring.check_value()) == 32
+    for key in (a, b):
+        assert key.to_b64() not in ring.check_value() and key.raw.hex() not in ring.check_value()

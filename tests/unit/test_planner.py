@@ -372,6 +372,51 @@ def test_credentials_updated_and_deactivated() -> None:
     )
 
 
+def test_a_credential_under_a_missing_master_key_blocks_the_org_not_a_change() -> None:
+    """Issue 14: the stored fingerprint is under 'k2', which this process lacks: it cannot
+    tell whether the value changed, so the org is blocked with that reason (no action at all,
+    not "sensitive value changed")."""
+    d = replace(desired(credentials={"vapi": "k1:fp", "resend": "k1:fp-re"}), key_id="k1")
+    observed = replace(
+        converged(d),
+        credentials={
+            "vapi": StoredCredential("vapi", "k2:fp", True, "k2"),
+            "resend": StoredCredential("resend", "k1:fp-re", True, "k1"),
+            "openai": StoredCredential("openai", "k2:fp-o", False, "k2"),  # not desired
+        },
+        master_key_id="k2",
+    )
+    plan = plan_org(d, observed, prune=True)
+    assert plan.actions == ()
+    assert plan.blocked == (
+        "credential vapi of org acme is under master key 'k2', which RECONCILER_MASTER_KEYS lacks",
+    )
+
+
+def test_an_active_key_that_is_not_the_recorded_one_blocks_the_org() -> None:
+    d = replace(desired(), key_id="k1", key_ids=("k1", "k2"))
+    observed = replace(converged(d), master_key_id="k2")
+    plan = plan_org(d, observed)
+    assert plan.actions == () and plan.blocked == (
+        "no credential of org acme is written: the active master key is 'k2' (recorded in "
+        "Postgres), but RECONCILER_MASTER_KEYS lists 'k1' first",
+    )
+    retiring = plan_org(replace(d, retire="gone"), observed, prune=True)
+    assert retiring.actions == () and retiring.blocked == plan.blocked
+    lacking = plan_org(replace(d, key_ids=("k1",)), observed)
+    assert lacking.blocked[0].endswith(
+        "'k2' (recorded in Postgres), which RECONCILER_MASTER_KEYS lacks"
+    )
+    assert plan_org(replace(d, key_id="k2"), observed).blocked == ()  # the recorded key: fine
+    checked = replace(observed, master_key_check="c-right")
+    assert plan_org(replace(d, key_id="k2", key_check="c-right"), checked).blocked == ()
+    assert plan_org(replace(d, key_id="k2", key_check="c-wrong"), checked).blocked == (
+        "no credential of org acme is written: RECONCILER_MASTER_KEYS holds another key under "
+        "the active id 'k2' than the one Postgres records (a wrong key)",
+    )
+    assert plan_org(d, replace(observed, master_key_id=None)).blocked == ()  # none recorded
+
+
 def test_org_renamed_updates_org_row() -> None:
     d = desired()
     observed = replace(converged(d), org=StoredOrg(SLUG, "Old name"))
