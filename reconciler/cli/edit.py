@@ -22,11 +22,8 @@ import argparse
 import contextlib
 import os
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -120,6 +117,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def editor_command() -> list[str]:
     """`$EDITOR` split as a shell would (e.g. `code --wait`), else the first of vim, nano, vi."""
+    import shutil
+
     configured = os.environ.get("EDITOR", "").strip()
     if configured:
         try:
@@ -137,6 +136,9 @@ def editor_command() -> list[str]:
 @contextlib.contextmanager
 def private_folder() -> Iterator[Path]:
     """A new folder only this user can enter (0700), removed with everything in it on exit."""
+    import shutil
+    import tempfile
+
     folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=_runtime_dir()))
     try:
         os.chmod(folder, 0o700)
@@ -187,6 +189,8 @@ def run_editor(editor: list[str], path: Path) -> int:
     """Runs the editor on `path` and returns its exit status (negative: killed by a signal).
     SIGINT is the editor's while it runs (a terminal sends Ctrl-C to both); if this process
     is told to stop (SIGTERM, SIGHUP), the editor is stopped before the exception goes on."""
+    import subprocess
+
 
     def ignore(signum: int, frame: FrameType | None) -> None:
         return None
