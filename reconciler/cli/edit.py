@@ -191,7 +191,6 @@ def run_editor(editor: list[str], path: Path) -> int:
     is told to stop (SIGTERM, SIGHUP), the editor is stopped before the exception goes on."""
     import subprocess
 
-
     def ignore(signum: int, frame: FrameType | None) -> None:
         return None
 
