@@ -194,21 +194,22 @@ def run_editor(editor: list[str], path: Path) -> int:
     def ignore(signum: int, frame: FrameType | None) -> None:
         return None
 
-    try:
-        proc = subprocess.Popen([*editor, str(path)])
-    except OSError as exc:
-        raise EditAborted(f"cannot run the editor {editor[0]}: {exc.strerror or exc}") from None
     previous = signal.signal(signal.SIGINT, ignore)  # a handler, not SIG_IGN: not inherited
     try:
-        return proc.wait()
-    except BaseException:
-        proc.terminate()
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
+            proc = subprocess.Popen([*editor, str(path)])
+        except OSError as exc:
+            raise EditAborted(f"cannot run the editor {editor[0]}: {exc.strerror or exc}") from None
+        try:
+            return proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     source.add_argument(
         "--stdin",
         action="store_true",
-        help="read the value from stdin (one trailing newline dropped)",
+        help="read the value from stdin (one trailing newline dropped; at a terminal, a prompt "
+        "that does not echo)",
     )
     p.add_argument("--json", action="store_true", help="the value is JSON (a number, a list...)")
     p.set_defaults(func=cmd_set)
@@ -72,6 +73,17 @@ def read_value(args: argparse.Namespace) -> Any:
         where = f"environment variable {printable(args.from_env, 80)}"
         if raw is None:
             raise SetRefused(f"{where} is not set")
+    elif sys.stdin is None:
+        raise SetRefused("--stdin: there is no stdin")
+    elif sys.stdin.isatty():  # a person at a terminal: a prompt that does not echo
+        import getpass
+
+        where = "the value typed"
+        try:
+            shown = printable(args.path, 200)
+            raw = getpass.getpass(f"value for {shown} (not shown): ", stream=sys.stderr)
+        except EOFError:
+            raw = ""
     else:
         data = sys.stdin.buffer.read(MAX_VALUE_BYTES + 1)
         where = "stdin"

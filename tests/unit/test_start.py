@@ -372,6 +372,9 @@ class _Stdin:
 
         self.buffer = io.BytesIO(data)
 
+    def isatty(self) -> bool:
+        return False
+
 
 def test_set_keeps_comments(
     run: Any, env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
