@@ -173,7 +173,7 @@ def encrypt_bytes(plaintext: bytes, name: Path, env: dict[str, str] | None = Non
         "--output-type",
         "yaml",
         "--filename-override",
-        str(folder / name.name),
+        os.path.realpath(name.absolute()),  # the physical path, folders still to be made kept
     ]
     try:
         code, out, err, overflow = _run(args, plaintext, run_env, MAX_OUTPUT_BYTES, cwd=folder)

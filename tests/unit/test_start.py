@@ -255,6 +255,17 @@ def test_org_new_writes_a_valid_spec_encrypted_by_the_sops_yaml_nearest_to_it(
     assert KEY.encode() in done.stdout
 
 
+def test_org_new_in_a_folder_still_to_be_made_follows_the_rule_for_its_path(
+    run: Any, env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    specs = initialised(run, env)
+    config = env["repo"] / ".sops.yaml"
+    config.write_text(config.read_text().replace(r"^specs/.*\.ya?ml$", r"^specs/prod/[^/]+\.yaml$"))
+    path = new_org(run, specs / "prod", monkeypatch)
+    assert path.parent.is_dir()
+    assert run("validate", str(specs)).code == 0
+
+
 def test_org_new_generates_the_webhook_secret_and_adds_providers(
     run: Any, env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -437,6 +448,9 @@ if step == "fail":
 for old, new in step:
     text = text.replace(old, new)
 path.write_text(text)
+if os.environ.get("EDIT_ALSO_TOUCH"):
+    with open(os.environ["EDIT_ALSO_TOUCH"], "a") as other:
+        other.write("# touched\n")
 """
 
 
@@ -495,6 +509,17 @@ def test_edit_without_change_or_with_a_failing_editor_leaves_the_file(
     one_line_error(run("edit", str(path)), "exited with status 3", "nothing changed")
     assert not Path(seen()[0]["path"]).parent.exists()
     assert path.read_bytes() == written
+
+
+def test_edit_never_overwrites_a_file_changed_while_it_was_edited(
+    run: Any, env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, editor: Any
+) -> None:
+    specs = initialised(run, env)
+    path = new_org(run, specs, monkeypatch)
+    monkeypatch.setenv("EDIT_ALSO_TOUCH", str(path))  # someone else's commit lands meanwhile
+    editor([("name: Acme Dental Reminders", "name: Acme Recalls")])
+    one_line_error(run("edit", str(path)), "changed on disk", "nothing written")
+    assert path.read_bytes().endswith(b"# touched\n")
 
 
 def test_edit_reopens_an_invalid_spec_with_the_problem_on_top(
