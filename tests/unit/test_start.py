@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from reconciler.cli.main import main
-from reconciler.secrets import sops
+from reconciler.secrets import native, sops
 from reconciler.spec import loader
 from tests.helpers import Run, assert_no_traceback, git, sops_rules
 
@@ -563,6 +563,11 @@ def test_the_sops_binary_decrypts_with_the_spec_folders_config(
     assert b"\n    credentials:\n" in plain  # sops's default indent, not the cwd's 8
     Path(".sops.yaml").write_text("creation_rules: [[[\n")
     assert sops.decrypt_bytes(path, path.read_bytes()) == plain
+    # the loader's fallback to the binary (here: a decryption order it leaves to sops) too
+    monkeypatch.setenv("SOPS_DECRYPTION_ORDER", "pgp,age")
+    native.reset_stats()
+    assert loader.load_tree(specs).problems == []
+    assert native.stats().get("fallback:SOPS_DECRYPTION_ORDER") == 1
 
 
 def test_the_readme_encryption_command_works_from_the_repository_root(
