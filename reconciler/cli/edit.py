@@ -113,6 +113,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
         name = signal.Signals(exc.signum).name
         print(f"error: {shown}: interrupted by {name}: nothing changed", file=sys.stderr)
         return 128 + exc.signum
+    except OSError as exc:  # the private folder or its file
+        raise EditAborted(
+            f"{shown}: {exc.strerror or type(exc).__name__} in the temporary folder: "
+            "nothing changed"
+        ) from None
 
 
 def editor_command() -> list[str]:

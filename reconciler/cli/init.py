@@ -71,19 +71,30 @@ class _Plan:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    try:
+        return _carry_out(plan)
+    except OSError as exc:
+        from reconciler.redact import printable
+
+        where = printable(exc.filename) if exc.filename else "a file"
+        raise InitRefused(f"cannot write {where}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _carry_out(plan: _Plan) -> int:
     from reconciler.redact import printable
 
-    plan = _plan(args)
     done: list[str] = []
-    for folder in plan.make_dirs:
-        folder.mkdir(exist_ok=True)
-        done.append(f"created {printable(folder)}/")
-    if plan.new_identity is not None:
+    if plan.new_identity is not None:  # first: the key is what a .sops.yaml must never lack
         count = _append_identity(plan.key_file, plan.new_identity, plan.root)
         done.append(
             f"added a new age identity to {plan.key_shown} (mode 0600; "
             f"{count} identit{'y' if count == 1 else 'ies'} in it now)"
         )
+    for folder in plan.make_dirs:
+        folder.mkdir(exist_ok=True)
+        done.append(f"created {printable(folder)}/")
+    if plan.new_identity is not None:
         _write_sops_config(plan.root / SOPS_CONFIG, plan.recipient)
         done.append(f"wrote {printable(plan.root / SOPS_CONFIG)} (recipient {plan.recipient})")
     elif _tighten(plan.key_file):
@@ -131,6 +142,9 @@ def _plan(args: argparse.Namespace) -> _Plan:
         )
     if key_file.exists() and not key_file.is_file():
         raise InitRefused(f"{shown}: not a regular file")
+    blocking = next((p for p in key_file.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InitRefused(f"{shown}: {printable(blocking)} is not a folder")
     plan = _Plan(root, real_key, shown, found_by_sops)
     plan.make_dirs = [p for p in (root, root / SPECS) if not p.is_dir()]
 
