@@ -602,3 +602,14 @@ def test_the_readme_encryption_command_works_from_the_repository_root(
     assert run("validate", str(nested)).code == 0
     (specs / "hand.yaml.bak").rename(specs / "hand.yaml")
     assert loader.validate_tree(specs / "hand.yaml").problems == []
+
+
+def test_init_refusals_change_nothing(run: Any, env: dict[str, Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    before = snapshot(tmp_path)
+    one_line_error(
+        run("init", str(env["repo"]), "--key-file", str(blocker / "key.txt")), "not a folder"
+    )
+    one_line_error(run("init", str(blocker)), "not a folder")
+    assert snapshot(tmp_path) == before
