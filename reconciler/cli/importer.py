@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from reconciler.config import Settings
 
 ROLES = ("inbound", "outbound")
-STAGE_PREFIX = ".reconciler-import-"
+STAGE_PREFIX = ".reconciler-"  # spec.writer.TEMP_PREFIX: its temporary files
 _PLAIN = object()  # marks a secret-looking leaf kept in plaintext
 _MASKED = object()  # marks a leaf Vapi showed masked
 
@@ -171,17 +171,12 @@ def _org_id_arg(text: str | None) -> str | None:
 
 
 def _require_sops_config(out_dir: Path) -> None:
-    """Fails before any Vapi call when sops will find no `.sops.yaml` (it looks from the
-    output folder upwards), unless SOPS_CONFIG names one."""
-    if os.environ.get("SOPS_CONFIG"):
+    """Fails before any Vapi call when there is no `.sops.yaml` in the output folder or above
+    it (the one sops is given), unless SOPS_CONFIG names one."""
+    from reconciler.secrets.sops import find_config
+
+    if os.environ.get("SOPS_CONFIG") or find_config(out_dir / "x.yaml") is not None:
         return
-    folder = out_dir.absolute()
-    while not folder.exists() and folder != folder.parent:  # a folder still to be created
-        folder = folder.parent
-    folder = folder.resolve()
-    for candidate in (folder, *folder.parents):
-        if (candidate / ".sops.yaml").is_file():
-            return
     raise ImportRefused(
         f"no .sops.yaml in {out_dir} or any folder above it: sops needs one to know whom to "
         "encrypt the credentials to (see specs/examples/.sops.yaml)"
@@ -331,7 +326,7 @@ def spec_document(
     webhook_secret: str,
     assistants: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """The spec (plaintext credentials: it only ever reaches disk in a 0600 staging file)."""
+    """The spec (plaintext credentials: kept in memory, encrypted by sops from stdin)."""
     return {
         "apiVersion": "reconciler/v1",
         "kind": "Organization",
@@ -370,63 +365,18 @@ def check_document(doc: dict[str, Any], picked: dict[str, dict[str, Any]]) -> No
 
 
 def write_encrypted(doc: dict[str, Any], target: Path, *, force: bool) -> None:
-    """Writes `doc` to `target` encrypted, or nothing at all.
+    """Writes `doc` to `target` encrypted, or nothing at all: sops encrypts it from memory
+    (plaintext never touches the disk), the result is checked as `validate` would check it,
+    then put in place atomically (spec.writer)."""
+    from reconciler.spec import writer
 
-    The plaintext goes to a 0600 file in a 0700 staging folder next to `target` (same file
-    system, and not named like a spec, so no concurrent `validate` picks it up); sops encrypts
-    it there by the rule for `target`'s name; the result is checked as `validate` would, then
-    renamed into place. The staging folder is removed whatever happens."""
-    import shutil
-    import tempfile
-
-    import yaml
-
-    from reconciler.secrets.sops import encrypt_file
-
-    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    exists = target.exists() or target.is_symlink()
+    if exists and not force:
+        raise ImportRefused(f"{target} already exists (--force overwrites it)")
+    ciphertext = writer.encrypt_checked(writer.dump(doc), target, doc)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=target.parent))
-    except OSError as exc:
-        raise ImportRefused(f"{target}: cannot write: {exc.strerror or exc}") from None
-    try:
-        staged = stage / target.name
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        encrypt_file(staged, name=target)
-        _check_written(staged, target, doc)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(staged, 0o666 & ~umask)  # ciphertext: readable like any other spec file
-        if not force and (target.exists() or target.is_symlink()):
-            raise ImportRefused(f"{target} already exists (--force overwrites it)")
-        os.replace(staged, target)
-    except OSError as exc:
-        raise ImportRefused(f"{target}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _check_written(staged: Path, target: Path, doc: dict[str, Any]) -> None:
-    """What sops wrote must be `doc` with only its credentials encrypted, and pass the same
-    offline checks as `reconciler validate`."""
-    from reconciler.spec import loader
-
-    written, problems = loader.parse_yaml(target, staged.read_bytes())
-    if written is None:
-        raise ImportRefused(f"{target}: sops wrote a file that does not parse: {problems[0]}")
-
-    def without_credentials(tree: dict[str, Any]) -> dict[str, Any]:
-        spec = {k: v for k, v in tree.get("spec", {}).items() if k != "credentials"}
-        return {**{k: v for k, v in tree.items() if k != "sops"}, "spec": spec}
-
-    if without_credentials(written) != without_credentials(doc):
-        raise ImportRefused(
-            f"{target}: sops changed more than spec.credentials (its .sops.yaml rule should "
-            "have `encrypted_regex: ^credentials$`, as specs/examples/.sops.yaml does)"
-        )
-    _, problems = loader.check_file(staged)
-    if problems:
-        shown = "; ".join(f"{p.field or '(file)'}: {p.message}" for p in problems[:5])
-        raise ImportRefused(f"{target}: the encrypted file does not validate: {shown}")
+        writer.write_atomic(target, ciphertext, replace=exists)
+    except writer.SpecWriteError as exc:
+        if "already exists" in str(exc):
+            raise ImportRefused(f"{target} already exists (--force overwrites it)") from None
+        raise

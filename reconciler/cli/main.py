@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
-from reconciler.cli import audit, importer, verify
+from reconciler.cli import audit, edit, importer, init, orgnew, setvalue, verify
 from reconciler.errors import MasterKeyRefused, ReconcilerError
 from reconciler.redact import printable
 
@@ -591,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _max_deletes(r)
     r.set_defaults(func=cmd_org_retire)
+    orgnew.add_parser(orgsub)
 
     p = sub.add_parser("status", help="conditions, revisions and recent runs of each org")
     p.add_argument("--org", metavar="SLUG", help="only this org, in detail")
@@ -646,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     _path_arg(p, "specs/examples")
     p.set_defaults(func=cmd_demo)
     importer.add_parser(sub)
+    init.add_parser(sub)
+    edit.add_parser(sub)
+    setvalue.add_parser(sub)
     audit.add_parser(sub)
     verify.add_parser(sub)
     return parser

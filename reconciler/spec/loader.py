@@ -266,6 +266,11 @@ def _read_spec(
         os.close(fd)
 
 
+def read_spec(shown: Path, real: Path) -> tuple[bytes | None, list[Problem]]:
+    """At most MAX_SPEC_BYTES of the regular file `real` (shown as `shown` in problems)."""
+    return _read_spec(shown, real, None)
+
+
 # -- YAML --------------------------------------------------------------------------------------
 
 
@@ -585,6 +590,33 @@ def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
         return (None, problems) if data is None else _check_bytes(path, data)
 
     return _contained(path, check)
+
+
+def check_bytes(path: Path, data: bytes) -> tuple[Organization | None, list[Problem]]:
+    """The offline checks of `check_file` on content about to be written to `path`."""
+    return _contained(path, lambda: _check_bytes(path, data))
+
+
+def check_decrypted(path: Path, doc: dict[str, Any]) -> list[Problem]:
+    """The checks `validate` makes of the file `path`, on its decrypted document (before it is
+    encrypted): the schema, and the slug equal to the file name. Never a value."""
+    if "sops" in doc:
+        return [Problem(path, "sops", "sops metadata in a decrypted document: remove it")]
+    try:
+        org = Organization.model_validate(doc)
+    except ValidationError as exc:
+        return _pydantic_problems(path, exc)
+    except (RecursionError, ValueError, OverflowError) as exc:
+        return [Problem(path, "", f"cannot be checked ({type(exc).__name__})")]
+    if org.metadata.slug != path.stem:
+        return [
+            Problem(
+                path,
+                "metadata.slug",
+                f"{org.metadata.slug!r} differs from the file name {path.stem!r}",
+            )
+        ]
+    return []
 
 
 def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Problem]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import importer
-from reconciler.secrets.sops import EncryptionError, encrypt_file
+from reconciler.secrets.sops import EncryptionError, encrypt_bytes
 from tests.helpers import SpecDir
 
 KEY = "sk-import-5f3a9c1e7d"
@@ -44,19 +44,24 @@ def test_an_invalid_value_names_the_assistant_and_field() -> None:
     assert KEY not in str(caught.value)
 
 
-def test_encrypt_file_in_place(specs: SpecDir, tmp_path: Path) -> None:
+def test_encrypt_bytes_from_memory(
+    specs: SpecDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sops reads the plaintext on stdin, by the .sops.yaml nearest to the target's name, from
+    any working directory; the target itself is never written."""
     path = specs.root / "plain.yaml"
-    path.write_text("spec:\n  credentials:\n    vapi: {apiKey: sk-plain-1}\n")
-    encrypt_file(path)
-    assert b"sk-plain-1" not in path.read_bytes()
-    assert b"ENC[AES256_GCM" in path.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    out = encrypt_bytes(b"spec:\n  credentials:\n    vapi: {apiKey: sk-plain-1}\n", path)
+    assert b"sk-plain-1" not in out
+    assert b"ENC[AES256_GCM" in out
+    assert not path.exists()
 
     lonely = tmp_path / "no-config" / "x.yaml"
     lonely.parent.mkdir()
-    lonely.write_text("spec:\n  credentials:\n    vapi: {apiKey: sk-plain-2}\n")
+    monkeypatch.delenv("SOPS_CONFIG", raising=False)
     with pytest.raises(EncryptionError) as caught:
-        encrypt_file(lonely)
+        encrypt_bytes(b"spec:\n  credentials:\n    vapi: {apiKey: sk-plain-2}\n", lonely)
     message = str(caught.value)
     assert message.startswith(f"{lonely}: cannot encrypt: no .sops.yaml")
     assert "\n" not in message and "sk-plain-2" not in message
-    assert lonely.read_text().endswith("sk-plain-2}\n")  # left as it was
+    assert list(lonely.parent.iterdir()) == []
