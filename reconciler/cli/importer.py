@@ -148,15 +148,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _env(variable: str, what: str) -> str:
-    """The value of an environment variable that must hold a secret; never shown."""
-    from reconciler.redact import printable
+    from reconciler.cli.orgnew import env_secret
 
-    value = os.environ.get(variable)
-    if value is None:
-        raise ImportRefused(f"environment variable {printable(variable, 80)} is not set ({what})")
-    if not value.strip():
-        raise ImportRefused(f"environment variable {printable(variable, 80)} is empty ({what})")
-    return value
+    return env_secret(variable, what, ImportRefused)
 
 
 def _org_id_arg(text: str | None) -> str | None:

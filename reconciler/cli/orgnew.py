@@ -173,15 +173,18 @@ def read_credentials(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]
     return credentials, sources
 
 
-def env_secret(variable: str, what: str) -> str:
-    """The value of an environment variable that must hold a secret; never shown."""
+def env_secret(
+    variable: str, what: str, error: type[ReconcilerError] = OrgNewRefused
+) -> str:
+    """The value of an environment variable that must hold a secret; never shown. Shared
+    with `reconciler import`, which refuses with its own `error`."""
     from reconciler.redact import printable
 
     value = os.environ.get(variable)
     if value is None:
-        raise OrgNewRefused(f"environment variable {printable(variable, 80)} is not set ({what})")
+        raise error(f"environment variable {printable(variable, 80)} is not set ({what})")
     if not value.strip():
-        raise OrgNewRefused(f"environment variable {printable(variable, 80)} is empty ({what})")
+        raise error(f"environment variable {printable(variable, 80)} is empty ({what})")
     return value
 
 
