@@ -57,6 +57,7 @@ def test_fingerprints_name_their_key_and_match_across_a_rotation() -> None:
         (f"a b:{NEW.to_b64()}", "key id"),
         (f"k1:{NEW.to_b64()},k1:{OLD.to_b64()}", "twice"),
     ],
+    ids=["empty", "no colon", "bad base64", "short key", "bad id", "twice"],  # no key in ids
 )
 def test_bad_rings_are_named_without_a_key(text: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says) as raised:
