@@ -173,9 +173,7 @@ def read_credentials(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]
     return credentials, sources
 
 
-def env_secret(
-    variable: str, what: str, error: type[ReconcilerError] = OrgNewRefused
-) -> str:
+def env_secret(variable: str, what: str, error: type[ReconcilerError] = OrgNewRefused) -> str:
     """The value of an environment variable that must hold a secret; never shown. Shared
     with `reconciler import`, which refuses with its own `error`."""
     from reconciler.redact import printable
