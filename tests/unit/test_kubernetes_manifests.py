@@ -37,8 +37,8 @@ K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 # environment variables that are not reconciler settings but are read by what it runs
 FOREIGN_ENV = {"SOPS_AGE_KEY_FILE"}
 SECRET_SETTINGS = {"RECONCILER_DATABASE_URL", "RECONCILER_MASTER_KEYS", "RECONCILER_ADMIN_TOKEN"}
-# what `reconciler serve` writes (docs/operations.md): the git checkout under the data dir,
-# temporary files of git and sops
+# what `reconciler serve` may write (docs/operations.md#kubernetes): the git checkout under the
+# data dir, and a /tmp for tools that expect one
 WRITABLE = {"/var/lib/reconciler", "/tmp"}  # noqa: S108 (paths inside the container)
 
 Obj = dict[str, Any]
