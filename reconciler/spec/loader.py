@@ -507,6 +507,14 @@ def _check_encrypted(path: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], l
     return masked, problems
 
 
+def credential_problems(path: Path, doc: dict[str, Any]) -> list[Problem]:
+    """`validate`'s check that every value under `spec.credentials` is SOPS ciphertext (and
+    that the file has SOPS metadata), alone: what the pre-commit hook refuses."""
+    if not isinstance(doc.get("spec"), dict):
+        return []
+    return _check_encrypted(path, doc)[1]
+
+
 def _check_bytes(
     path: Path, data: bytes, docs: dict[Path, dict[str, Any]] | None = None
 ) -> tuple[Organization | None, list[Problem]]:
