@@ -17,9 +17,9 @@ from rich.markup import escape
 from reconciler.cli.render import render_text
 from reconciler.config import Settings
 from reconciler.errors import ConfigError
-from reconciler.secrets.crypto import MasterKey
 from reconciler.providers.runner import Verifier
 from reconciler.providers.verify import Endpoints, http_client
+from reconciler.secrets.crypto import MasterKey
 from reconciler.server.runtime import Runtime, runtime
 from reconciler.spec import loader
 from reconciler.state.db import temporary_embedded
