@@ -159,13 +159,15 @@ def startup_lines(settings: Settings, options: ServeOptions, replica: str) -> li
         api = "status API: off (RECONCILER_ADMIN_TOKEN is not set)"
     if settings.forward_url:
         forward = (
-            f"webhooks: POST /webhooks/vapi, verified, forwarded to {origin(settings.forward_url)}"
+            "webhooks: POST /webhooks/vapi, checked against the org's secret, forwarded to "
+            f"{origin(settings.forward_url)}"
             " (RECONCILER_FORWARD_URL; an org's spec.webhook.forwardUrl wins)"
         )
     else:
         forward = (
-            "webhooks: POST /webhooks/vapi, verified, forwarded only for orgs with "
-            "spec.webhook.forwardUrl (RECONCILER_FORWARD_URL is not set; others are answered 200)"
+            "webhooks: POST /webhooks/vapi, checked against the org's secret, forwarded only for "
+            "orgs with spec.webhook.forwardUrl (RECONCILER_FORWARD_URL is not set; others are "
+            "answered 200)"
         )
     endpoints = Endpoints.from_settings(settings)
     calls = ", ".join(

@@ -5,7 +5,6 @@ documented shape (`reconciler/vapi/stubs.py`)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,7 +45,7 @@ def test_a_provider_url_beside_the_setting_is_refused(
 
 
 @pytest.fixture
-def local_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
+def local_only(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Every TCP connection Python opens (httpx's included) is recorded, and one to a host that
     is not 127.0.0.1 fails the test (Postgres is reached by libpq, not through here)."""
     opened: list[tuple[str, int]] = []
@@ -59,7 +58,7 @@ def local_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(socket, "create_connection", guarded)
-    yield opened
+    return opened
 
 
 def test_verify_against_the_emulator_succeeds_for_every_provider_and_stays_local(

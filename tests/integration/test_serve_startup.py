@@ -15,8 +15,8 @@ from reconciler.secrets.crypto import MasterKey
 from tests.helpers import SpecDir, org_doc
 from tests.helpers.serve import ServeLauncher, assert_clean_log, session_env, wait_until
 
-ADMIN_TOKEN = "admin-TOKEN-4f9c2e"  # noqa: S105 - a canary
-GIT_TOKEN = "ghp_GITTOKEN8d1a"  # noqa: S105 - a canary
+ADMIN_TOKEN = "admin-TOKEN-4f9c2e"  # a canary
+GIT_TOKEN = "ghp_GITTOKEN8d1a"  # a canary
 FORWARD = "https://app.example.com/hooks/PATHTOKEN71?key=QUERYTOKEN93"
 
 
@@ -67,7 +67,8 @@ def test_a_folder_source_says_what_it_does_and_no_secret(
         f"specs: folder {specs.root.absolute()}; reconciling every 1s; --prune: removed "
         "assistants deleted and orphaned orgs retired, at most 5 deletes a run",
         "status API: off (RECONCILER_ADMIN_TOKEN is not set)",
-        "webhooks: POST /webhooks/vapi, verified, forwarded to https://app.example.com "
+        "webhooks: POST /webhooks/vapi, checked against the org's secret, forwarded to "
+        "https://app.example.com "
         "(RECONCILER_FORWARD_URL; an org's spec.webhook.forwardUrl wins)",
         f"credential checks every 6h (local stubs: RECONCILER_PROVIDER_STUBS) call: "
         f"vapi {emulator}, twilio {emulator}/_stubs/twilio, resend {emulator}/_stubs/resend, "
@@ -107,7 +108,9 @@ def test_a_git_source_in_json_masks_its_token_and_says_why_checks_are_off(
     assert "@127.0.0.1:1/acme/specs.git at release, path specs in it" in source
     assert "status API: on at /api/*, authorized by RECONCILER_ADMIN_TOKEN" in messages
     assert any(
-        m.startswith("webhooks: POST /webhooks/vapi, verified, forwarded only for orgs with")
+        m.startswith(
+            "webhooks: POST /webhooks/vapi, checked against the org's secret, forwarded only for orgs with"
+        )
         for m in messages
     )
     checks = next(m for m in messages if m.startswith("credential checks"))
