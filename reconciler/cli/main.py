@@ -199,14 +199,23 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
 
 def cmd_org_retire(args: argparse.Namespace) -> int:
     """Retires one org by slug, as `apply --prune` does when its spec is gone. Refused while a
-    spec for that org is still in the folder: the next apply would bring it back."""
+    spec for that org is still in the folder: the next apply would bring it back. With
+    `--dry-run`, shows what it would do and changes nothing; otherwise it asks on a terminal,
+    and without one it needs `--yes`."""
     from reconciler.cli.render import render_text
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
     from reconciler.spec import loader
 
+    if not args.dry_run and not args.yes and not _interactive():
+        print(
+            f"error: org retire {printable(args.slug, 80)} deletes its assistants and is not "
+            "undone: pass --yes to run it without a terminal (or --dry-run to see what it does)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     settings = load_settings()
-    with runtime(settings, write=True) as rt:
+    with runtime(settings, write=not args.dry_run) as rt:
         org_id = rt.state.live_org_id(args.slug)
         if org_id is None:
             print(f"error: no live org has the slug {args.slug}", file=sys.stderr)
@@ -221,9 +230,36 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
+        if args.dry_run or not args.yes:
+            planned = rt.controller.plan_retire(args.slug, max_deletes=args.max_deletes)
+            if args.dry_run:
+                render_text(planned, _out())
+                print("dry run: nothing was changed", file=sys.stderr)
+                return EXIT_OK if planned.ok else EXIT_ERROR
+            deletes = sum(o.plan.deletes for o in planned.outcomes if o.plan is not None)
+            noun = "assistant" if deletes == 1 else "assistants"
+            question = f"retire org {printable(args.slug, 80)} (deletes {deletes} {noun})?"
+            if not planned.ok:
+                render_text(planned, _out())
+                question = f"{question} (its plan has errors, above)"
+            if not _confirm(question):
+                print("not retired: nothing was changed", file=sys.stderr)
+                return EXIT_ERROR
         report = rt.controller.retire(args.slug, max_deletes=args.max_deletes)
     render_text(report, _out(), verb="Retired")
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _interactive() -> bool:
+    """A person can answer: stdin and stderr (where the question goes) are terminals."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(question: str) -> bool:
+    """`question [y/N]` on stderr, the answer from stdin: only y or yes (any case) is yes."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -590,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--path", default="specs", help="the spec folder, checked not to hold its spec (specs)"
     )
     _max_deletes(r)
+    r.add_argument("--dry-run", action="store_true", help="show what it would do; change nothing")
+    r.add_argument(
+        "--yes", action="store_true", help="do not ask (scripts: needed without a terminal)"
+    )
     r.set_defaults(func=cmd_org_retire)
     orgnew.add_parser(orgsub)
 
