@@ -156,9 +156,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     plan_file = Path(args.path)
     if saved.is_saved_plan(plan_file):
         return _apply_saved(args, plan_file)
+    from reconciler.spec.git import worktree_revision
+
     loaded = _load(args)
+    revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
     with runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=_options(args))
+        report = rt.controller.apply(loaded, options=_options(args), revision=revision)
     render_text(report, _out(), verb="Applied")
     return EXIT_OK if report.ok else EXIT_ERROR
 
@@ -171,6 +174,7 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
     from reconciler.spec import loader
+    from reconciler.spec.git import worktree_revision
 
     flags = [
         f
@@ -192,7 +196,12 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
     plan = saved.read(plan_file)
     loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
     with runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=plan.options, saved=plan.stamps)
+        report = rt.controller.apply(
+            loaded,
+            options=plan.options,
+            saved=plan.stamps,
+            revision=worktree_revision(plan.specs),
+        )
     render_text(report, _out(), verb="Applied")
     return EXIT_OK if report.ok else EXIT_ERROR
 
