@@ -465,7 +465,7 @@ def parse_yaml(path: Path, text: str | bytes) -> tuple[dict[str, Any] | None, li
     if not isinstance(doc, dict):
         return None, [Problem(path, "", "expected a mapping at the top level")]
     problems = _value_problems(path, doc)
-    return (None, problems) if problems else (doc, [])
+    return (None, _locate(problems, text)) if problems else (doc, [])
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -481,9 +481,10 @@ def _field_path(loc: Iterable[int | str]) -> str:
 def _pydantic_problems(path: Path, exc: ValidationError) -> list[Problem]:
     # Only loc, type and msg: pydantic's `input` may be a secret.
     problems = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for n, err in enumerate(exc.errors(include_url=False, include_input=False)):
         message = err["msg"]
-        if err["type"] == "extra_forbidden" and err["loc"]:
+        # only for the lines a file shows (`_capped`): 10,000 unknown keys cost no more
+        if err["type"] == "extra_forbidden" and err["loc"] and n < MAX_PROBLEMS_PER_FILE:
             guess = _did_you_mean(err["loc"])
             if guess is not None:
                 message += f"; did you mean {guess!r}?"
@@ -548,8 +549,10 @@ def _locate(problems: list[Problem], text: str | bytes) -> list[Problem]:
     if root is None:
         return problems
     located = []
-    for problem in problems:
-        mark = _mark_of(root, problem.field) if problem.field else None
+    for n, problem in enumerate(problems):
+        # only the lines a file shows (`_capped`): each lookup scans its mappings' keys
+        shown = n < MAX_PROBLEMS_PER_FILE
+        mark = _mark_of(root, problem.field) if problem.field and shown else None
         if mark is not None:
             problem = replace(problem, line=mark.line + 1, column=mark.column + 1)
         located.append(problem)

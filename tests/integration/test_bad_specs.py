@@ -172,6 +172,14 @@ def expected_prefix(folder: Path, f: dict[str, Any]) -> str:
 
 
 AT = r"(?::\d+:\d+)?"
+# Problems about a field that name no position: the file has no key for it (a top-level field
+# missing, `sops` absent), or the problem is between files (a repeated id or slug).
+UNPLACED = {
+    ("api-version-missing", "apiVersion"),
+    ("plaintext-credentials", "sops"),
+    ("org-id-repeated", "metadata.id"),
+    ("slug-repeated", "metadata.slug"),
+}
 POSITIONED = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): (?P<field>[^ ]+): ")
 
 
@@ -289,6 +297,8 @@ def test_validate_refuses_the_case(
         prefix = expected_prefix(folder, f)
         hits = [line for line in lines if re.match(prefix, line) and f["message"] in line]
         assert hits, f"no line starts {prefix!r} and contains {f['message']!r}: {lines}"
+        if f["field"] is not None and (name, f["field"]) not in UNPLACED:
+            assert all(POSITIONED.match(line) for line in hits), hits  # FILE:LINE:COL
     problems = len(lines)
     assert run.err.splitlines() == [f"{len(paths)} file(s) failed ({problems} problem(s))"]
     if case.get("secret"):
