@@ -168,7 +168,10 @@ def load_settings(**values: Any) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+            f"{_variable(err['loc'])}: {err['msg']}"
+            if err["loc"]
+            else str(err["msg"]).removeprefix("Value error, ")  # a rule across variables
+            for err in exc.errors(include_input=False)
         )
         raise ConfigError(f"invalid environment: {problems}") from None
     except SettingsError:  # a value that the source could not even parse

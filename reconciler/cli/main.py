@@ -421,6 +421,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     host, port = args.listen
     shown = f"[{host}]" if ":" in host else host
     print(f"Vapi emulator on http://{shown}:{port} (latency {args.latency_ms} ms)", file=sys.stderr)
+    print(
+        "provider stubs (Twilio, Resend, ElevenLabs, Google) under /_stubs/: "
+        f"export RECONCILER_PROVIDER_STUBS=http://{shown}:{port} to reach no third party",
+        file=sys.stderr,
+    )
     serve(host, port, latency_ms=args.latency_ms, normalise=args.normalise)
     return EXIT_OK
 
