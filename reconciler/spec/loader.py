@@ -749,7 +749,8 @@ def _validate(
         if outcome is not None:
             checked.append((spec.path, outcome[0]))
             sources[spec.path] = outcome[1]
-    problems += _cross_file_problems(checked)
+    for problem in _cross_file_problems(checked):  # rare: each file parsed again for where
+        problems += _locate([problem], sources[problem.path])
     bad = {p.path for p in problems}
     specs = [SpecFile(p, o, digest(sources[p])) for p, o in checked if p not in bad]
     return LoadResult(specs, problems), sources

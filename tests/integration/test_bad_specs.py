@@ -173,13 +173,8 @@ def expected_prefix(folder: Path, f: dict[str, Any]) -> str:
 
 AT = r"(?::\d+:\d+)?"
 # Problems about a field that name no position: the file has no key for it (a top-level field
-# missing, `sops` absent), or the problem is between files (a repeated id or slug).
-UNPLACED = {
-    ("api-version-missing", "apiVersion"),
-    ("plaintext-credentials", "sops"),
-    ("org-id-repeated", "metadata.id"),
-    ("slug-repeated", "metadata.slug"),
-}
+# missing, `sops` absent).
+UNPLACED = {("api-version-missing", "apiVersion"), ("plaintext-credentials", "sops")}
 POSITIONED = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): (?P<field>[^ ]+): ")
 
 

@@ -4,6 +4,7 @@ documented shape (`reconciler/vapi/stubs.py`)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ ENDPOINT_FIELDS = ("vapi", "twilio", "resend", "elevenlabs", "google_oauth", "go
 
 
 def test_the_setting_points_every_provider_at_the_stubs(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [k for k in __import__("os").environ if k.startswith(("RECONCILER_", "VAPI_"))]:
+    for name in [k for k in os.environ if k.startswith(("RECONCILER_", "VAPI_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("RECONCILER_PROVIDER_STUBS", "http://127.0.0.1:8787/")
     settings = load_settings()

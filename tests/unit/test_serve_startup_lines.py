@@ -4,6 +4,7 @@ tests/integration/test_serve_startup.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,6 @@ from reconciler.server.serve import ServeOptions, startup_lines
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for name in [k for k in os.environ if k.startswith(("RECONCILER_", "VAPI_"))]:
         monkeypatch.delenv(name)
 

@@ -237,7 +237,7 @@ def test_slug_repeated_across_files(specs: SpecDir, capsys: pytest.CaptureFixtur
 
     code, lines, out, _err = run_validate(specs.root, capsys)
     assert code == 1
-    assert f"{second}: metadata.slug: acme is already used by {first}" in lines, out
+    assert f"{second}:5:5: metadata.slug: acme is already used by {first}" in lines, out
 
 
 # -- credentials must be encrypted -------------------------------------------------------------
