@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from reconciler.errors import ConfigError
@@ -111,6 +111,33 @@ class Settings(BaseSettings):
         alias="RECONCILER_GOOGLE_CALENDAR_BASE_URL",
     )
     verify_interval_s: float = Field(default=6 * 3600.0, ge=0, alias="RECONCILER_VERIFY_INTERVAL")
+    # a local trial: every provider (Vapi included) at the emulator's stubs, nothing sent to a
+    # third party (`reconciler vapi-emulator` serves them; see PROVIDER_STUB_PATHS)
+    provider_stubs: str | None = Field(
+        default=None, pattern=_BASE_URL, alias="RECONCILER_PROVIDER_STUBS"
+    )
+
+    @model_validator(mode="after")
+    def _stubs(self) -> Settings:
+        """RECONCILER_PROVIDER_STUBS=URL points every provider's base URL at the stubs under
+        URL. Set together with a provider's own URL it is refused: which one wins would be a
+        guess, and a guess that reaches a third party is what the setting rules out."""
+        if self.provider_stubs is None:
+            return self
+        base = self.provider_stubs.rstrip("/")
+        named = sorted(
+            str(Settings.model_fields[name].alias)
+            for name in PROVIDER_STUB_PATHS
+            if name in self.model_fields_set
+        )
+        if named:
+            raise ValueError(
+                f"RECONCILER_PROVIDER_STUBS points every provider at local stubs; unset "
+                f"{', '.join(named)}"
+            )
+        for name, path in PROVIDER_STUB_PATHS.items():
+            setattr(self, name, base + path)
+        return self
 
     @field_validator("verify_interval_s", mode="before")
     @classmethod
@@ -118,6 +145,17 @@ class Settings(BaseSettings):
         """`6h`, `90m`, `0` (off): the same durations as RECONCILER_MAPPING_RETENTION."""
         return cls._days(value)
 
+
+PROVIDER_STUB_PATHS = {
+    "vapi_base_url": "",
+    "twilio_base_url": "/_stubs/twilio",
+    "resend_base_url": "/_stubs/resend",
+    "elevenlabs_base_url": "/_stubs/elevenlabs",
+    "google_oauth_url": "/_stubs/google/token",
+    "google_calendar_base_url": "/_stubs/google/calendar/v3",
+}
+"""Where `reconciler vapi-emulator` serves each provider, under RECONCILER_PROVIDER_STUBS (the
+emulator serves Vapi itself at its root; `reconciler.vapi.stubs` serves the others)."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -130,7 +168,10 @@ def load_settings(**values: Any) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_variable(err['loc'])}: {err['msg']}" for err in exc.errors(include_input=False)
+            f"{_variable(err['loc'])}: {err['msg']}"
+            if err["loc"]
+            else str(err["msg"]).removeprefix("Value error, ")  # a rule across variables
+            for err in exc.errors(include_input=False)
         )
         raise ConfigError(f"invalid environment: {problems}") from None
     except SettingsError:  # a value that the source could not even parse

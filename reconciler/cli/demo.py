@@ -17,12 +17,30 @@ from rich.markup import escape
 from reconciler.cli.render import render_text
 from reconciler.config import Settings
 from reconciler.errors import ConfigError
+from reconciler.providers.runner import Verifier
+from reconciler.providers.verify import Endpoints, http_client
 from reconciler.secrets.crypto import MasterKey
-from reconciler.server.runtime import runtime
+from reconciler.server.runtime import Runtime, runtime
 from reconciler.spec import loader
 from reconciler.state.db import temporary_embedded
+from reconciler.state.verification import select_credentials
 from reconciler.vapi.emulator import running_emulator
 from reconciler.webhooks.resolver import BadSecret, WebhookResolver
+
+
+def _verify(rt: Runtime, settings: Settings, out: Console) -> bool:
+    """`reconciler verify`, in-process, with every provider at the emulator's stubs."""
+    with http_client() as http:
+        verifier = Verifier(rt.pool, rt.key, Endpoints.from_settings(settings), http)
+        credentials = select_credentials(rt.pool)
+        results, _ = verifier.verify(credentials)
+        verifier.record(results, credentials)
+    width = max((len(r.slug) for r in results), default=0)
+    for r in results:
+        verdict = "ok" if r.ok else f"[red]error  {escape(r.check.reason or '')}[/red]"
+        out.print(f"{escape(r.slug):<{width}}  {r.provider:<15}  {verdict}")
+    out.print(f"verified {len(results)} credential(s), none of them with a third party")
+    return all(r.ok for r in results)
 
 
 def run_demo(path: Path, out: Console) -> int:
@@ -47,10 +65,13 @@ def run_demo(path: Path, out: Console) -> int:
         settings = Settings(
             RECONCILER_DATABASE_URL=SecretStr(database),
             RECONCILER_DATA_DIR=Path(tmp),
-            VAPI_BASE_URL=url,
+            # Vapi and every other provider at the emulator: nothing reaches a third party
+            RECONCILER_PROVIDER_STUBS=url,
             RECONCILER_MASTER_KEY=SecretStr(MasterKey.generate().to_b64()),
         )
-        out.print(f"[dim]embedded Postgres in {tmp}; Vapi emulator at {url}[/dim]")
+        out.print(
+            f"[dim]embedded Postgres in {tmp}; Vapi emulator and provider stubs at {url}[/dim]"
+        )
         loaded = loader.load_tree(path)
 
         with runtime(settings, write=True) as rt:
@@ -83,6 +104,9 @@ def run_demo(path: Path, out: Console) -> int:
                 resolver.resolve({"x-vapi-secret": "forged"}, body)
             except BadSecret as exc:
                 out.print(f"a forged secret is refused: {exc}")
-        ok = applied.ok and not again.has_changes and again.ok
+
+            out.rule("6. verify every stored credential (against the local stubs)")
+            verified = _verify(rt, settings, out)
+        ok = applied.ok and not again.has_changes and again.ok and verified
         out.rule("done" if ok else "[red]demo failed[/red]")
         return 0 if ok else 1

@@ -156,9 +156,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     plan_file = Path(args.path)
     if saved.is_saved_plan(plan_file):
         return _apply_saved(args, plan_file)
+    from reconciler.spec.git import worktree_revision
+
     loaded = _load(args)
+    revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
     with runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=_options(args))
+        report = rt.controller.apply(loaded, options=_options(args), revision=revision)
     render_text(report, _out(), verb="Applied")
     return EXIT_OK if report.ok else EXIT_ERROR
 
@@ -171,6 +174,7 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
     from reconciler.spec import loader
+    from reconciler.spec.git import worktree_revision
 
     flags = [
         f
@@ -192,21 +196,35 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
     plan = saved.read(plan_file)
     loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
     with runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=plan.options, saved=plan.stamps)
+        report = rt.controller.apply(
+            loaded,
+            options=plan.options,
+            saved=plan.stamps,
+            revision=worktree_revision(plan.specs),
+        )
     render_text(report, _out(), verb="Applied")
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
 def cmd_org_retire(args: argparse.Namespace) -> int:
     """Retires one org by slug, as `apply --prune` does when its spec is gone. Refused while a
-    spec for that org is still in the folder: the next apply would bring it back."""
+    spec for that org is still in the folder: the next apply would bring it back. With
+    `--dry-run`, shows what it would do and changes nothing; otherwise it asks on a terminal,
+    and without one it needs `--yes`."""
     from reconciler.cli.render import render_text
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
     from reconciler.spec import loader
 
+    if not args.dry_run and not args.yes and not _interactive():
+        print(
+            f"error: org retire {printable(args.slug, 80)} deletes its assistants and is not "
+            "undone: pass --yes to run it without a terminal (or --dry-run to see what it does)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     settings = load_settings()
-    with runtime(settings, write=True) as rt:
+    with runtime(settings, write=not args.dry_run) as rt:
         org_id = rt.state.live_org_id(args.slug)
         if org_id is None:
             print(f"error: no live org has the slug {args.slug}", file=sys.stderr)
@@ -221,9 +239,36 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_ERROR
+        if args.dry_run or not args.yes:
+            planned = rt.controller.plan_retire(args.slug, max_deletes=args.max_deletes)
+            if args.dry_run:
+                render_text(planned, _out())
+                print("dry run: nothing was changed", file=sys.stderr)
+                return EXIT_OK if planned.ok else EXIT_ERROR
+            deletes = sum(o.plan.deletes for o in planned.outcomes if o.plan is not None)
+            noun = "assistant" if deletes == 1 else "assistants"
+            question = f"retire org {printable(args.slug, 80)} (deletes {deletes} {noun})?"
+            if not planned.ok:
+                render_text(planned, _out())
+                question = f"{question} (its plan has errors, above)"
+            if not _confirm(question):
+                print("not retired: nothing was changed", file=sys.stderr)
+                return EXIT_ERROR
         report = rt.controller.retire(args.slug, max_deletes=args.max_deletes)
     render_text(report, _out(), verb="Retired")
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _interactive() -> bool:
+    """A person can answer: stdin and stderr (where the question goes) are terminals."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(question: str) -> bool:
+    """`question [y/N]` on stderr, the answer from stdin: only y or yes (any case) is yes."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -376,6 +421,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     host, port = args.listen
     shown = f"[{host}]" if ":" in host else host
     print(f"Vapi emulator on http://{shown}:{port} (latency {args.latency_ms} ms)", file=sys.stderr)
+    print(
+        "provider stubs (Twilio, Resend, ElevenLabs, Google) under /_stubs/: "
+        f"export RECONCILER_PROVIDER_STUBS=http://{shown}:{port} to reach no third party",
+        file=sys.stderr,
+    )
     serve(host, port, latency_ms=args.latency_ms, normalise=args.normalise)
     return EXIT_OK
 
@@ -590,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--path", default="specs", help="the spec folder, checked not to hold its spec (specs)"
     )
     _max_deletes(r)
+    r.add_argument("--dry-run", action="store_true", help="show what it would do; change nothing")
+    r.add_argument(
+        "--yes", action="store_true", help="do not ask (scripts: needed without a terminal)"
+    )
     r.set_defaults(func=cmd_org_retire)
     orgnew.add_parser(orgsub)
 

@@ -266,8 +266,17 @@ def report_json(report: RunReport) -> dict[str, Any]:
         warnings += [{"org": o.slug, "message": w} for w in plan.warnings]
         notes += [{"org": o.slug, "message": n} for n in plan.notes]
     warnings += [{"run": "deletes", "message": w} for w in report.warnings]
-    errors = [{"org": o.slug, "message": o.error or ""} for o in report.failed]
-    errors += [{"file": str(p.path), "message": str(p)} for p in report.problems]
+    errors: list[dict[str, Any]] = [
+        {"org": o.slug, "message": o.error or ""} for o in report.failed
+    ]
+    errors += [
+        {
+            "file": str(p.path),
+            **({"line": p.line, "column": p.column} if p.line is not None else {}),
+            "message": str(p),
+        }
+        for p in report.problems
+    ]
     errors += [{"run": "record", "message": n} for n in report.notes]
     skipped = [{"org": o.slug, "message": o.skipped or ""} for o in report.skipped]
     kinds = [c["action"] for c in changes]

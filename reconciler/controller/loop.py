@@ -87,6 +87,7 @@ class ReconcileLoop:
         self._reported: frozenset[tuple[Path, str]] = frozenset()
         self._force = False
         self._scheduler: BackgroundScheduler | None = None
+        self._specs_seen: tuple[int, int, int, str | None] | None = None
 
     # -- one run -------------------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class ReconcileLoop:
             DEFAULT_ENTRIES, 4 * (len(loaded.specs) + len(loaded.problems))
         )
         self.status.loaded_once = True
+        self._say_specs(loaded, revision)
         metrics.SPECS_FAILING.set(len(loaded.failed_files))
         try:
             refused = self.controller.master_key_refusal()
@@ -136,6 +138,19 @@ class ReconcileLoop:
         if report is not None:
             self._count(report)
         return report
+
+    def _say_specs(self, loaded: LoadResult, revision: str | None) -> None:
+        """`specs: N file(s), M org(s)` on the first read, and again whenever a count or the
+        revision changes (not every run: a quiet log for a quiet folder)."""
+        files = len({spec.path for spec in loaded.specs} | loaded.bad_paths)
+        orgs = len({spec.org.metadata.id for spec in loaded.specs})
+        seen = (files, orgs, len(loaded.failed_files), revision)
+        if seen == self._specs_seen:
+            return
+        self._specs_seen = seen
+        failing = f", {len(loaded.failed_files)} failing to load" if loaded.failed_files else ""
+        at = f" at revision {revision[:12]}" if revision else ""
+        log.info("specs: %d file(s), %d org(s)%s%s", files, orgs, failing, at)
 
     def _failed_run(self, reason: str) -> None:
         self.status.last_error = reason

@@ -54,6 +54,7 @@ from reconciler.secrets.crypto import Keys, UnknownKeyId, as_ring
 from reconciler.spec.loader import LoadResult, Problem, SpecFile
 from reconciler.state.store import (
     SECRET_GRACE_S,
+    OrgIndexRow,
     OrgLock,
     OrgStatus,
     StateError,
@@ -398,7 +399,7 @@ class Controller:
         if only is not None:
             out = [item for item in out if item[1].org_id in only]
         # an orphan retired in this run gives its account up: a new org may take it
-        retiring = {k.org_id for k in run.orphans} if run.retire_orphans else set()
+        retiring = {k.org_id for k in run.orphans} if run and run.retire_orphans else set()
         accounts = AccountRegistry(row for row in index if row.org_id not in retiring)
         return out, accounts, run
 
@@ -549,6 +550,27 @@ class Controller:
         options = options or Options(prune=prune)
         started = time.monotonic()
         items, accounts, run = self._desired(loaded, peers, options)
+        return self._plan_items(items, accounts, options, run, loaded, started)
+
+    def plan_retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
+        """What `retire(slug)` would do, read-only (`org retire --dry-run`, and the count its
+        question names): the org's tagged assistants to delete, and its retirement."""
+        index = self.state.org_index()
+        items = self._retiring(index, slug)
+        options = Options(prune=True, orphans=True, max_deletes=max_deletes)
+        return self._plan_items(
+            items, AccountRegistry(index), options, None, LoadResult([], []), time.monotonic()
+        )
+
+    def _plan_items(
+        self,
+        items: list[tuple[DesiredOrg | None, OrgOutcome]],
+        accounts: AccountRegistry,
+        options: Options,
+        run: RunPlan | None,
+        loaded: LoadResult,
+        started: float,
+    ) -> RunReport:
         rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
@@ -559,7 +581,7 @@ class Controller:
 
         # orphans retired in this run go first (`apply`): what they hold is gone by the time
         # the other orgs list their accounts, so they are planned without it
-        retiring = {k.org_id for k in run.orphans} if run.retire_orphans else set()
+        retiring = {k.org_id for k in run.orphans} if run and run.retire_orphans else set()
 
         def decide(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             live = outcome.live
@@ -577,7 +599,7 @@ class Controller:
         self._each(items, look)
         outcomes = self._each(items, decide)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
-        report.failing = [k.slug for k in run.failing]
+        report.failing = [k.slug for k in run.failing] if run else []
         if options.prune:
             bound = bound_deletes(_planned_deletes(outcomes), options.max_deletes)
             if not bound.allowed:
@@ -628,16 +650,9 @@ class Controller:
         if not isinstance(self.state, StateWriter):
             raise TypeError("retire needs a StateWriter")
         index = self.state.org_index()
-        rows = [KnownOrg(row.org_id, row.slug) for row in index if row.slug == slug]
-        if not rows:
-            raise ReconcilerError(f"no live org has the slug {slug}")
         options = Options(prune=True, orphans=True, max_deletes=max_deletes)
         empty = LoadResult([], [])
-        items = self._orphans(rows)
-        items = [
-            (replace(d, retire="retired by `reconciler org retire`") if d else None, o)
-            for d, o in items
-        ]
+        items = self._retiring(index, slug)
         return self._apply_items(
             items,
             AccountRegistry(index),
@@ -648,6 +663,18 @@ class Controller:
             None,
             time.monotonic(),
         )
+
+    def _retiring(
+        self, index: list[OrgIndexRow], slug: str
+    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+        """The org `slug` of `index` as an orphan to retire by name."""
+        rows = [KnownOrg(row.org_id, row.slug) for row in index if row.slug == slug]
+        if not rows:
+            raise ReconcilerError(f"no live org has the slug {slug}")
+        return [
+            (replace(d, retire="retired by `reconciler org retire`") if d else None, o)
+            for d, o in self._orphans(rows)
+        ]
 
     def _apply_items(
         self,

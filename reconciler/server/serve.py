@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -98,13 +99,8 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         app = build_app(ServerParts(rt.state, loop, token, webhooks))
         server = _start_http(app, options.listen)
         _install_signals(stop, loop)
-        log.info(
-            "serving on %s:%d; reconciling %s every %gs as replica %s",
-            *options.listen,
-            shown_url(options.git_url) if options.git_url else options.path,
-            options.interval_s,
-            replica,
-        )
+        for line in startup_lines(settings, options, replica):
+            log.info("%s", line)
         loop.start()
         verifier = _start_verification(settings, rt)
         try:
@@ -133,6 +129,98 @@ def serve(settings: Settings, options: ServeOptions) -> int:
                 os._exit(0)
     log.info("stopped")
     return 0
+
+
+def startup_lines(settings: Settings, options: ServeOptions, replica: str) -> list[str]:
+    """What this process is about to do, for its first log lines: where it listens, where the
+    specs come from and how often they are reconciled, whether the status API is on (and why
+    not), where webhooks are forwarded and which endpoints credential checks call. Never a
+    secret: a git URL's userinfo is masked, the forward URL is shown as scheme and host only,
+    and endpoints without their query. (How many spec files and orgs: logged by the loop on
+    its first read, and whenever that changes.)"""
+    host, port = options.listen
+    shown_host = f"[{host}]" if ":" in host else host
+    if options.git_url:
+        source = (
+            f"git {shown_url(options.git_url)} at {options.git_ref}, "
+            f"path {options.path} in it (checkouts in {settings.data_dir})"
+        )
+    else:
+        source = f"folder {options.path.absolute()}"
+    deletes = (
+        f"--prune: removed assistants deleted and orphaned orgs retired, at most "
+        f"{options.max_deletes} deletes a run"
+        if options.prune
+        else "no --prune: nothing deleted, orphans only reported"
+    )
+    if settings.admin_token is not None:
+        api = "status API: on at /api/*, authorized by RECONCILER_ADMIN_TOKEN"
+    else:
+        api = "status API: off (RECONCILER_ADMIN_TOKEN is not set)"
+    if settings.forward_url:
+        forward = (
+            "webhooks: POST /webhooks/vapi, checked against the org's secret, forwarded to "
+            f"{origin(settings.forward_url)}"
+            " (RECONCILER_FORWARD_URL; an org's spec.webhook.forwardUrl wins)"
+        )
+    else:
+        forward = (
+            "webhooks: POST /webhooks/vapi, checked against the org's secret, forwarded only for "
+            "orgs with spec.webhook.forwardUrl (RECONCILER_FORWARD_URL is not set; others are "
+            "answered 200)"
+        )
+    endpoints = Endpoints.from_settings(settings)
+    calls = ", ".join(
+        f"{name} {without_query(getattr(endpoints, name))}"
+        for name in ("vapi", "twilio", "resend", "elevenlabs", "google_oauth", "google_calendar")
+    )
+    stubs = " (local stubs: RECONCILER_PROVIDER_STUBS)" if settings.provider_stubs else ""
+    if settings.verify_interval_s > 0:
+        checks = (
+            f"credential checks every {_duration(settings.verify_interval_s)}{stubs} call: {calls}"
+        )
+    else:
+        checks = (
+            f"credential checks: off (RECONCILER_VERIFY_INTERVAL=0); reconciling calls vapi "
+            f"and `reconciler verify` calls{stubs}: {calls}"
+        )
+    return [
+        f"serving on {shown_host}:{port} as replica {replica}",
+        f"specs: {source}; reconciling every {_duration(options.interval_s)}; {deletes}",
+        api,
+        forward,
+        checks,
+    ]
+
+
+def _duration(seconds: float) -> str:
+    """`6h`, `90m`, `30s`: as the settings and flags are written."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL: its path, query and userinfo may hold tokens."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparseable URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def without_query(url: str) -> str:
+    """The URL's origin and path: a query may carry a token (an egress proxy's)."""
+    try:
+        path = urllib.parse.urlsplit(url).path
+    except ValueError:
+        return "<unparseable URL>"
+    return origin(url) + path
 
 
 def _start_verification(settings: Settings, rt: Runtime) -> VerifyJob | None:

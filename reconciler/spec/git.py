@@ -116,6 +116,30 @@ class GitSource:
         return self.last
 
 
+DIRTY = "-dirty"
+
+
+def worktree_revision(path: Path) -> str | None:
+    """What `apply PATH` records as its run's revision, as `serve --git-url` records the commit
+    it fetched: the commit of the git work tree holding `path` (`git rev-parse HEAD`), with
+    `-dirty` appended when the spec file or folder differs from it (a change staged or not, or
+    a file git does not track yet; ignored files do not count). None outside a work tree, in
+    one without a commit yet, or when git is not installed or refuses the folder."""
+    where = path if path.is_dir() else path.parent
+    if not where.is_dir():
+        return None
+    try:
+        if run_git("rev-parse", "--is-inside-work-tree", cwd=where) != "true":
+            return None
+        commit = run_git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=where)
+        changed = run_git(
+            "status", "--porcelain", "--untracked-files=all", "--", str(path.resolve()), cwd=where
+        )
+    except GitError:
+        return None
+    return commit + DIRTY if changed else commit
+
+
 def tree_at(path: Path, ref: str, dest: Path) -> Path:
     """The spec file or folder `path` (inside a git work tree) as it is at revision `ref`,
     extracted under `dest`; an empty folder when it did not exist then. Offline: only the

@@ -35,20 +35,22 @@ a message quoting one is always shown on exactly one line without terminal escap
 
 from __future__ import annotations
 
+import difflib
 import errno
 import math
 import os
 import re
 import stat
+import typing
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import DecryptionError
 from reconciler.redact import printable
@@ -80,9 +82,15 @@ class Problem:
     path: Path
     field: str
     message: str
+    # where in the file (1-based), when known: the field's key, or the nearest key above it
+    # that the file has (a missing field points at its parent)
+    line: int | None = None
+    column: int | None = None
 
     def __str__(self) -> str:
         path = printable(self.path)
+        if self.line is not None:
+            path += f":{self.line}:{self.column or 1}"
         message = printable(self.message, _MESSAGE_LIMIT)
         if self.field:
             return f"{path}: {printable(self.field, _FIELD_LIMIT)}: {message}"
@@ -457,7 +465,7 @@ def parse_yaml(path: Path, text: str | bytes) -> tuple[dict[str, Any] | None, li
     if not isinstance(doc, dict):
         return None, [Problem(path, "", "expected a mapping at the top level")]
     problems = _value_problems(path, doc)
-    return (None, problems) if problems else (doc, [])
+    return (None, _locate(problems, text)) if problems else (doc, [])
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -471,11 +479,99 @@ def _field_path(loc: Iterable[int | str]) -> str:
 
 
 def _pydantic_problems(path: Path, exc: ValidationError) -> list[Problem]:
-    # Only loc and msg: pydantic's `input` may be a secret.
-    return [
-        Problem(path, _field_path(err["loc"]) or "(document)", err["msg"])
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
+    # Only loc, type and msg: pydantic's `input` may be a secret.
+    problems = []
+    for n, err in enumerate(exc.errors(include_url=False, include_input=False)):
+        message = err["msg"]
+        # only for the lines a file shows (`_capped`): 10,000 unknown keys cost no more
+        if err["type"] == "extra_forbidden" and err["loc"] and n < MAX_PROBLEMS_PER_FILE:
+            guess = _did_you_mean(err["loc"])
+            if guess is not None:
+                message += f"; did you mean {guess!r}?"
+        problems.append(Problem(path, _field_path(err["loc"]) or "(document)", message))
+    return problems
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str | None:
+    """The known field closest to the unknown one at `loc` (difflib), if one is close: the
+    fields of the model that holds it, by their names in the file (aliases)."""
+    unknown = loc[-1]
+    if not isinstance(unknown, str):
+        return None
+    model: Any = Organization
+    for part in loc[:-1]:
+        field_info = _model_field(model, part)
+        if field_info is None:
+            return None
+        model = _model_of(field_info.annotation)
+        if model is None:
+            return None
+    names = [info.alias or name for name, info in model.model_fields.items()]
+    by_lower = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(unknown.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def _model_field(model: Any, part: int | str) -> Any:
+    for name, info in model.model_fields.items():
+        if part in (name, info.alias):
+            return info
+    return None
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model in `X`, `X | None` or `Annotated[X, ...]`, else None."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _key_marks(text: str | bytes) -> yaml.Node | None:
+    """The YAML node tree of a file, with each node's line and column (None if it does not
+    parse: its problem then already says where)."""
+    try:
+        return yaml.compose(text, Loader=SpecLoader)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+
+
+_FIELD_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _locate(problems: list[Problem], text: str | bytes) -> list[Problem]:
+    """Each problem with the line and column of its field in `text`: the field's key, or
+    the nearest enclosing key the file has (a missing field is pointed at by its parent)."""
+    if not any(p.field and p.line is None for p in problems):
+        return problems
+    root = _key_marks(text)
+    if root is None:
+        return problems
+    located = []
+    for n, problem in enumerate(problems):
+        # only the lines a file shows (`_capped`): each lookup scans its mappings' keys
+        shown = n < MAX_PROBLEMS_PER_FILE
+        mark = _mark_of(root, problem.field) if problem.field and shown else None
+        if mark is not None:
+            problem = replace(problem, line=mark.line + 1, column=mark.column + 1)
+        located.append(problem)
+    return located
+
+
+def _mark_of(root: yaml.Node, field_path: str) -> yaml.Mark | None:
+    """The start of the deepest key on `field_path` (`spec.assistants.inbound.name`,
+    `a[0].b`) found in the tree; parts it does not have are skipped."""
+    node, found = root, None
+    for index, key in _FIELD_PART.findall(field_path):
+        if isinstance(node, yaml.MappingNode) and key:
+            hit = next((kv for kv in node.value if getattr(kv[0], "value", None) == key), None)
+            if hit is not None:
+                found, node = hit[0].start_mark, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
+            node = node.value[int(index)]
+            found = node.start_mark
+    return found
 
 
 def _check_encrypted(path: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
@@ -527,7 +623,7 @@ def _check_bytes(
     try:
         org = Organization.model_validate(masked)
     except ValidationError as exc:
-        return None, problems + _pydantic_problems(path, exc)
+        return None, _locate(problems + _pydantic_problems(path, exc), data)
     if org.metadata.slug != path.stem:
         problems.append(
             Problem(
@@ -536,7 +632,7 @@ def _check_bytes(
                 f"{org.metadata.slug!r} differs from the file name {path.stem!r}",
             )
         )
-    return (org if not problems else None), problems
+    return (org if not problems else None), _locate(problems, data)
 
 
 def _capped(path: Path, problems: list[Problem]) -> list[Problem]:
@@ -661,7 +757,8 @@ def _validate(
         if outcome is not None:
             checked.append((spec.path, outcome[0]))
             sources[spec.path] = outcome[1]
-    problems += _cross_file_problems(checked)
+    for problem in _cross_file_problems(checked):  # rare: each file parsed again for where
+        problems += _locate([problem], sources[problem.path])
     bad = {p.path for p in problems}
     specs = [SpecFile(p, o, digest(sources[p])) for p, o in checked if p not in bad]
     return LoadResult(specs, problems), sources

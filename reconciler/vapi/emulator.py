@@ -38,6 +38,9 @@ what Vapi adds or reorders (a perpetual diff) shows it in tests:
 Numbers are normalised by `js_numbers` in either mode. Nothing is masked: no source says Vapi
 masks a field of an assistant.
 
+Under `/_stubs/` it also answers the credential checks of Twilio, Resend, ElevenLabs and
+Google (`stubs.py`), for `RECONCILER_PROVIDER_STUBS`: a local trial that reaches no third party.
+
 An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST keys`,
 `POST reset`, and `GET/POST/DELETE faults`.
 
@@ -110,6 +113,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from reconciler.vapi.emulator_schema import AssistantValidator, VapiNormaliser
+from reconciler.vapi.stubs import STUB_KEYS, ProviderStubs
 
 INVALID_KEY_MESSAGE = (
     "Invalid Key. Hot tip, you may be using the private key instead of the public key,"
@@ -350,7 +354,9 @@ class Fault:
 class EmulatorState:
     accounts: dict[str, Account] = field(default_factory=dict)  # token -> account (keys share)
     faults: list[Fault] = field(default_factory=list)
-    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTE_KEYS, 0))
+    requests: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((*ROUTE_KEYS, *STUB_KEYS), 0)
+    )
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         """The first registered fault matching the request, used up by one."""
@@ -423,6 +429,10 @@ class Emulator:
             return response
 
         return endpoint
+
+    def count(self, key: str) -> None:
+        """One more request of the route `key` (`/_emulator/stats`)."""
+        self.state.requests[key] = self.state.requests.get(key, 0) + 1
 
     def authenticate(self, request: Request) -> Account | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -650,6 +660,9 @@ def create_app(
         Route("/_emulator/faults", emu.faults, methods=["GET", "POST", "DELETE"]),
         Route("/_emulator/reset", emu.reset, methods=["POST"]),
     ]
+    # the other providers' verification calls (RECONCILER_PROVIDER_STUBS), see `stubs.py`
+    stubs = ProviderStubs(rejected_prefixes, emu.count)
+    routes += stubs.routes()
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     app.state.emulator = emu
     return app

@@ -165,8 +165,29 @@ def place(name: str, folder: Path, outside: Path) -> list[Path]:
 
 
 def expected_prefix(folder: Path, f: dict[str, Any]) -> str:
-    """How the problem line about file `f` starts: `PATH: FIELD: ` or `PATH: `."""
-    return f"{folder / f['name']}: " + (f"{f['field']}: " if f["field"] is not None else "")
+    """How the problem line about file `f` starts, as a regex: `PATH:LINE:COL: FIELD: ` (the
+    position when the file has the field, or a key above it) or `PATH: `."""
+    field = f"{re.escape(f['field'])}: " if f["field"] is not None else ""
+    return f"{re.escape(str(folder / f['name']))}{AT}: {field}"
+
+
+AT = r"(?::\d+:\d+)?"
+# Problems about a field that name no position: the file has no key for it (a top-level field
+# missing, `sops` absent).
+UNPLACED = {("api-version-missing", "apiVersion"), ("plaintext-credentials", "sops")}
+POSITIONED = re.compile(r"^(?P<path>.+?):(?P<line>\d+):(?P<col>\d+): (?P<field>[^ ]+): ")
+
+
+def assert_points_at_its_field(line: str) -> None:
+    """A problem line's `LINE:COL` is in its file where a key of its field path is written
+    (the field's own key, or the nearest above it that the file has)."""
+    found = POSITIONED.match(line)
+    if found is None:
+        return
+    text = Path(found["path"]).read_text(encoding="utf-8").splitlines()
+    at = text[int(found["line"]) - 1][int(found["col"]) - 1 :]
+    keys = re.findall(r"[^.\[\]]+", found["field"])
+    assert any(at.startswith((k, f'"{k}"', f"'{k}'")) for k in keys), (line, at)
 
 
 def timed(fn: Callable[[], Run]) -> tuple[Run, float]:
@@ -262,13 +283,17 @@ def test_validate_refuses_the_case(
     assert lines, run.err
     for line in lines:  # one line per problem, each about a file of this case
         assert line.isprintable(), repr(line)
-        assert any(line.startswith(f"{p}: ") for p in paths), line
+        assert any(re.match(f"{re.escape(str(p))}{AT}: ", line) for p in paths), line
+        assert_points_at_its_field(line)
     for path in paths:
-        assert sum(line.startswith(f"{path}: ") for line in lines) <= MAX_PROBLEMS_PER_FILE + 1
+        at_path = f"{re.escape(str(path))}{AT}: "
+        assert sum(bool(re.match(at_path, line)) for line in lines) <= MAX_PROBLEMS_PER_FILE + 1
     for f in case["files"]:
         prefix = expected_prefix(folder, f)
-        hits = [line for line in lines if line.startswith(prefix) and f["message"] in line]
+        hits = [line for line in lines if re.match(prefix, line) and f["message"] in line]
         assert hits, f"no line starts {prefix!r} and contains {f['message']!r}: {lines}"
+        if f["field"] is not None and (name, f["field"]) not in UNPLACED:
+            assert all(POSITIONED.match(line) for line in hits), hits  # FILE:LINE:COL
     problems = len(lines)
     assert run.err.splitlines() == [f"{len(paths)} file(s) failed ({problems} problem(s))"]
     if case.get("secret"):
@@ -415,6 +440,6 @@ def test_apply_over_every_case_converges_the_good_orgs(
             f"apply's problem lines differ from validate's: missing {missing}, shown {extra}"
         )
         for path in bad_paths:
-            assert any(line.startswith(f"x {path}: ") for line in failed), path
+            assert any(re.match(f"x {re.escape(str(path))}{AT}: ", line) for line in failed), path
         assert f"Failed: {len(bad_paths)} file(s) (" in run.out
         assert "org(s)" not in run.out.split("Failed:", 1)[1]  # no good org failed

@@ -4,6 +4,7 @@ encrypted with the real sops binary."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -150,7 +151,8 @@ def test_plan_with_a_broken_spec_exits_1(cli: Any, specs: SpecDir) -> None:
     assert '+ assistant inbound "acme inbound"' in run.out
     assert '+ assistant inbound "globex inbound"' in run.out
     assert plan_line(2 * CHANGES_PER_ORG) in run.out
-    assert any("broken.yaml: spec.assistants.inbound.name" in ln for ln in run.lines), run.out
+    at = r"broken\.yaml:\d+:\d+: spec\.assistants\.inbound\.name"
+    assert any(re.search(at, ln) for ln in run.lines), run.out
     assert "Failed: 1" in run.out
     assert_no_traceback(run)
 
@@ -214,6 +216,19 @@ def test_plan_json_with_a_broken_spec(cli: Any, specs: SpecDir) -> None:
     assert report["summary"]["create"] == CHANGES_PER_ORG
     assert report["summary"]["errors"] == 1
     assert report["errors"][0]["file"].endswith("broken.yaml")
+    assert "line" not in report["errors"][0]  # a YAML syntax error: the message says where
+
+
+def test_plan_json_names_where_a_field_problem_is(cli: Any, specs: SpecDir) -> None:
+    doc = org_doc("acme")
+    doc["spec"]["assistants"]["inbound"]["firstMesage"] = "Hi"
+    specs.write(doc)
+    run = cli("plan", str(specs.root), "--format", "json")
+    assert run.code == 1
+    (error,) = json.loads(run.out)["errors"]
+    lines = (specs.root / "acme.yaml").read_text().splitlines()
+    assert lines[error["line"] - 1][error["column"] - 1 :].startswith("firstMesage:")
+    assert error["message"].endswith("did you mean 'firstMessage'?")
 
 
 # -- plan never writes -------------------------------------------------------------------------

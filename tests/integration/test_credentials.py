@@ -209,7 +209,7 @@ def test_missing_unknown_inactive_and_retired_are_not_found(
     store.twilio(ACME_ID)
     store.vapi(ACME_ID)
     applied["path"].unlink()
-    retired = run("org", "retire", "acme", "--path", str(specs.root))
+    retired = run("org", "retire", "acme", "--yes", "--path", str(specs.root))
     assert retired.code == 0, retired.out + retired.err
     with pool.connection() as conn:
         row = conn.execute(
@@ -258,7 +258,7 @@ def test_org_for_assistant_resolves_as_the_webhook_resolver_does(
     assert store.org_for_assistant("not valid\n") is None
     # retired: its assistants' mappings go inactive and still resolve within the retention
     applied["path"].unlink()
-    assert run("org", "retire", "acme", "--path", str(specs.root)).code == 0
+    assert run("org", "retire", "acme", "--yes", "--path", str(specs.root)).code == 0
     assert store.org_for_assistant(mapped["inbound"]) == AssistantOrg(ACME_ID, "acme", "inbound")
     with pool.connection() as conn:  # past the retention (30 days by default)
         conn.execute(

@@ -203,12 +203,12 @@ def test_org_retire_by_name(specs: SpecDir, cli: Any, emulator: str, state: Stat
     doc = org_doc("acme")
     path = specs.write(doc)
     assert cli("apply", str(specs.root)).code == 0
-    refused = cli("org", "retire", "acme", "--path", str(specs.root))
+    refused = cli("org", "retire", "acme", "--yes", "--path", str(specs.root))
     assert refused.code == 1 and "still in" in refused.err and deletes(emulator) == 0
-    unknown = cli("org", "retire", "nobody", "--path", str(specs.root))
+    unknown = cli("org", "retire", "nobody", "--yes", "--path", str(specs.root))
     assert unknown.code == 1 and "no live org" in unknown.err
     path.unlink()
-    done = cli("org", "retire", "acme", "--path", str(specs.root))
+    done = cli("org", "retire", "acme", "--yes", "--path", str(specs.root))
     assert done.code == 0, done.out + done.err
     assert deletes(emulator) == 2 and org_row(state, "acme")["status"] == "Retired"
     assert_no_traceback(done)

@@ -104,7 +104,9 @@ def test_an_old_process_writes_no_credential_through_plan_apply_or_rotate(
     assert apply.code == 1 and LACKS.format(p="vapi") in apply.out
     assert rows(state) == before and writes(emulator) == vapi_writes
 
-    retire = cli("org", "retire", "acme", "--path", str(empty))  # reads the stored Vapi key
+    retire = cli(
+        "org", "retire", "acme", "--yes", "--path", str(empty)
+    )  # reads the stored Vapi key
     assert retire.code == 1 and LACKS.format(p="vapi") in retire.out, retire.out + retire.err
     assert rows(state) == before and writes(emulator) == vapi_writes
 
@@ -124,7 +126,7 @@ def test_an_old_process_writes_no_credential_through_plan_apply_or_rotate(
     assert plan.code == 1 and not_first in plan.out and "sensitive value" not in plan.out
     apply = cli("apply", str(specs.root))
     assert apply.code == 1 and not_first in apply.out
-    retire = cli("org", "retire", "acme", "--path", str(empty))
+    retire = cli("org", "retire", "acme", "--yes", "--path", str(empty))
     assert retire.code == 1 and not_first in retire.out, retire.out + retire.err
     rotate = cli("keys", "rotate")
     assert rotate.code == 1 and "a rotation is never undone" in rotate.err

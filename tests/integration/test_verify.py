@@ -619,7 +619,7 @@ def test_retired_orgs_and_inactive_credentials_are_not_verified(
     specs.write(acme)
     (specs.root / "beta.yaml").unlink()
     assert cli("apply", str(specs.root)).code == 0
-    retired = cli("org", "retire", "beta", "--path", str(specs.root))
+    retired = cli("org", "retire", "beta", "--yes", "--path", str(specs.root))
     assert retired.code == 0, retired.out + retired.err
     assert columns(pool)[("acme", "twilio")]["active"] is False
     result = run_verify()

@@ -27,7 +27,8 @@ def run_validate(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, l
 
 def problem_lines(lines: list[str], file_name: str, field: str) -> list[str]:
     """Lines that name `file_name` (as the file) and the exact `field` path."""
-    return [ln for ln in lines if re.search(rf"/{re.escape(file_name)}: {re.escape(field)}: ", ln)]
+    at = rf"/{re.escape(file_name)}(?::\d+:\d+)?: {re.escape(field)}: "
+    return [ln for ln in lines if re.search(at, ln)]
 
 
 def one_problem(problems: list[Problem], file_name: str, field: str) -> Problem:
@@ -236,7 +237,7 @@ def test_slug_repeated_across_files(specs: SpecDir, capsys: pytest.CaptureFixtur
 
     code, lines, out, _err = run_validate(specs.root, capsys)
     assert code == 1
-    assert f"{second}: metadata.slug: acme is already used by {first}" in lines, out
+    assert f"{second}:5:5: metadata.slug: acme is already used by {first}" in lines, out
 
 
 # -- credentials must be encrypted -------------------------------------------------------------
@@ -518,3 +519,53 @@ def test_vapi_secrets_must_fit_in_an_http_header(key: str) -> None:
     assert error["loc"][-1] == "apiKey"
     assert "printable ASCII" in error["msg"]
     assert key.strip() not in str(error)
+
+
+# -- where in the file, and "did you mean" ---------------------------------------------------
+
+POSITIONED_SPEC = """\
+apiVersion: reconciler/v1
+kind: Organization
+metadata:
+  id: 3f1c2d8e-6b0a-4a53-9d2e-1b7c9a0e4f11
+  slug: acme
+  name: Acme
+spec:
+  assistants:
+    inbound:
+      name: Acme
+      firstMesage: Hello
+    outbound:
+      voice: {provider: 11labs}
+      maxDurationSeconds: 5
+  webhok: {}
+"""
+
+
+def test_problems_name_line_and_column_and_suggest_a_close_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text(POSITIONED_SPEC)
+    code, lines, _, err = run_validate(tmp_path, capsys)
+    assert code == 1
+    assert sorted(lines) == sorted(
+        [
+            f"{path}:11:7: spec.assistants.inbound.firstMesage: Extra inputs are not "
+            "permitted; did you mean 'firstMessage'?",
+            # a missing field: where its parent is
+            f"{path}:12:5: spec.assistants.outbound.name: Field required",
+            f"{path}:14:7: spec.assistants.outbound.maxDurationSeconds: Input should be "
+            "greater than or equal to 10",
+            f"{path}:15:3: spec.webhok: Extra inputs are not permitted; did you mean 'webhook'?",
+        ]
+    )
+    assert err.splitlines() == ["1 file(s) failed (4 problem(s))"]
+
+
+def test_no_suggestion_when_nothing_is_close(tmp_path: Path) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text(POSITIONED_SPEC.replace("  webhok: {}\n", "  phoneNumbers: []\n"))
+    (problem,) = [p for p in validate_tree(tmp_path).problems if p.field == "spec.phoneNumbers"]
+    assert problem.message == "Extra inputs are not permitted"
+    assert (problem.line, problem.column) == (15, 3)
