@@ -15,12 +15,14 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
 from reconciler.cli import parsers
 
+TYPE_CHECKING = False  # as typing's, which --help need not import (mypy knows the name)
 if TYPE_CHECKING:
+    from typing import Any
+
     from rich.console import Console
 
     from reconciler.controller.run import Options, RunReport

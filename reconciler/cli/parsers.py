@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # as typing's, which --help need not import (mypy knows the name)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     _Sub = argparse._SubParsersAction[argparse.ArgumentParser]
