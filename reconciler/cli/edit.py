@@ -44,20 +44,6 @@ class _Signalled(BaseException):
         self.signum = signum
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "edit",
-        help="edit an encrypted spec in $EDITOR: checked on save, re-encrypted in place",
-        description="Open the decrypted spec FILE in $EDITOR from a private temporary folder "
-        "(removed on every exit, Ctrl-C included). On save it is checked as `validate` "
-        "checks it (the editor opens again with the problems on top if it is not valid), "
-        "then re-encrypted in place with the .sops.yaml nearest to it. Unchanged content "
-        "leaves the file untouched; an editor that exits non-zero changes nothing.",
-    )
-    p.add_argument("file", help="the spec file")
-    p.set_defaults(func=cmd_edit)
-
-
 def cmd_edit(args: argparse.Namespace) -> int:
     from reconciler.redact import printable
     from reconciler.secrets import sops

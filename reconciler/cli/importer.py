@@ -5,8 +5,7 @@ and a name copied wrong makes the next `apply` create a duplicate. This writes t
 the live assistants with `spec.adopt: byName`, so that `apply` tags them instead of creating
 new ones, and refuses whatever would make that adoption ambiguous or the spec inexact.
 
-Only light modules are imported at start-up (main.py imports this for its parser); the
-command imports the rest when it runs.
+Its parser is in `parsers.py`: this module is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -31,38 +30,6 @@ _MASKED = object()  # marks a leaf Vapi showed masked
 
 class ImportRefused(ReconcilerError):
     """The account cannot be imported as asked; nothing was written."""
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "import",
-        help="write a spec (SOPS-encrypted) from an existing Vapi account",
-        description="Read an existing Vapi account and write DIR/SLUG.yaml for it, with "
-        "`spec.adopt: byName` so that the next apply adopts its assistants instead of "
-        "creating new ones. The file is encrypted in place by sops (the nearest .sops.yaml).",
-    )
-    p.add_argument(
-        "--vapi-key-env",
-        required=True,
-        metavar="VAR",
-        help="environment variable holding the account's Vapi private API key",
-    )
-    p.add_argument("--slug", required=True, help="the org's slug: the file is DIR/SLUG.yaml")
-    p.add_argument("--name", help="the org's display name (default: the slug, title-cased)")
-    p.add_argument(
-        "--out", default="specs", metavar="DIR", help="folder to write to (default specs)"
-    )
-    p.add_argument("--inbound", metavar="ID", help="the assistant to import as inbound")
-    p.add_argument("--outbound", metavar="ID", help="the assistant to import as outbound")
-    p.add_argument(
-        "--webhook-secret-env",
-        metavar="VAR",
-        help="environment variable holding the org's webhook secret (default: the assistants' "
-        "x-vapi-secret header, else a new one)",
-    )
-    p.add_argument("--org-id", metavar="UUID", help="the org's id (default: a new one)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing DIR/SLUG.yaml")
-    p.set_defaults(func=cmd_import)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ encrypting the `credentials` of `specs/**.yaml` to that identity's recipient, an
 lines that keep age keys out of git. A key file inside a git work tree is refused unless
 `--key-file` names it. Run again, it changes nothing and says so.
 
-Only light modules are imported at start-up (main.py imports this for its parser).
+Its parser is in `parsers.py`: this module is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -33,26 +33,6 @@ _IDENTITY = re.compile(r"^AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}
 
 class InitRefused(ReconcilerError):
     """`init` cannot do what it was asked; nothing was changed."""
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "init",
-        help="set up a folder for specs: specs/, an age key, .sops.yaml, .gitignore",
-        description="Make DIR/specs, an age identity where sops and reconciler find it with no "
-        "setting ($SOPS_AGE_KEY_FILE, else sops's keys.txt in your config directory; appended "
-        "to, mode 0600), DIR/.sops.yaml encrypting the credentials of specs/**.yaml to it, and "
-        ".gitignore lines for age keys. Running it again changes nothing.",
-    )
-    p.add_argument("dir", nargs="?", default=".", help="the folder to set up (default .)")
-    p.add_argument(
-        "--key-file",
-        metavar="PATH",
-        help="keep the age identity in PATH instead (allowed inside a git work tree only when "
-        "named here; it is then added to DIR/.gitignore when under DIR); other commands need "
-        "SOPS_AGE_KEY_FILE=PATH",
-    )
-    p.set_defaults(func=cmd_init)
 
 
 @dataclass

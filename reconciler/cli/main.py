@@ -2,27 +2,27 @@
 
 Only argparse and our own light modules are imported here; each command imports what it needs,
 so `--help`, `validate` and `schema` answer without loading the database, HTTP or terminal
-libraries.
+libraries. The commands with a module of their own have their parsers in `parsers.py`, and
+their module is imported only when they run (`parsers.command`); even `logging` waits until
+the arguments are parsed (`--help` and `--version` exit before).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
-from reconciler.cli import audit, edit, importer, init, orgnew, setvalue, verify
-from reconciler.errors import MasterKeyRefused, ReconcilerError
-from reconciler.redact import printable
+from reconciler.cli import parsers
 
+TYPE_CHECKING = False  # as typing's, which --help need not import (mypy knows the name)
 if TYPE_CHECKING:
+    from typing import Any
+
     from rich.console import Console
 
     from reconciler.controller.run import Options, RunReport
@@ -108,6 +108,8 @@ def _offline_diff(args: argparse.Namespace) -> RunReport:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
     from reconciler.cli.render import render_text, report_json
 
     out = getattr(args, "out", None)
@@ -273,6 +275,7 @@ def _confirm(question: str) -> bool:
 
 def cmd_resolve(args: argparse.Namespace) -> int:
     from reconciler.config import load_settings
+    from reconciler.redact import printable
     from reconciler.server.runtime import runtime
 
     with runtime(load_settings(), write=False) as rt:
@@ -315,6 +318,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
     from reconciler.cli.render import render_status
     from reconciler.config import load_settings
     from reconciler.server.runtime import runtime
@@ -337,6 +342,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """`keys status`: the active key id, rows per key id, and every row that does not open
     (exit 1); `keys rotate`: make the first key active, then every row to it."""
     from reconciler.config import load_settings
+    from reconciler.redact import printable
     from reconciler.server.runtime import runtime
     from reconciler.state.keys import key_status, rotate, unopened
     from reconciler.state.store import StateWriter
@@ -370,6 +376,9 @@ def _keys_status(
 ) -> int:
     """Exit 1 when a row does not open (each named: org, provider, key id) or this process's
     active key is not the one recorded (it would write no credential)."""
+    from reconciler.errors import MasterKeyRefused
+    from reconciler.redact import printable
+
     record = state.master_key()
     recorded = record["key_id"] if record else None
     if record is None:
@@ -524,7 +533,7 @@ def _max_deletes(
     p: argparse.ArgumentParser,
     text: str = "delete nothing when the run would delete more than N assistants (default 5)",
 ) -> None:
-    from reconciler.engine.runplan import MAX_DELETES
+    from reconciler.engine.limits import MAX_DELETES
 
     p.add_argument("--max-deletes", type=_count, default=MAX_DELETES, metavar="N", help=text)
 
@@ -645,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="do not ask (scripts: needed without a terminal)"
     )
     r.set_defaults(func=cmd_org_retire)
-    orgnew.add_parser(orgsub)
+    parsers.add_org_new(orgsub)
 
     p = sub.add_parser("status", help="conditions, revisions and recent runs of each org")
     p.add_argument("--org", metavar="SLUG", help="only this org, in detail")
@@ -700,18 +709,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded Postgres + emulator: the whole flow on the examples")
     _path_arg(p, "specs/examples")
     p.set_defaults(func=cmd_demo)
-    importer.add_parser(sub)
-    init.add_parser(sub)
-    edit.add_parser(sub)
-    setvalue.add_parser(sub)
-    audit.add_parser(sub)
-    verify.add_parser(sub)
+    parsers.add_import(sub)
+    parsers.add_init(sub)
+    parsers.add_edit(sub)
+    parsers.add_set(sub)
+    parsers.add_audit(sub)
+    parsers.add_verify(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # `--help` and `--version` exit here: no more imports
+    import logging
+
+    from reconciler.errors import ReconcilerError
+    from reconciler.redact import printable
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
     # psycopg's pool logs each failed reconnect over several lines; our errors say it in one
     psycopg_logger = logging.getLogger("psycopg")
     level = psycopg_logger.level

@@ -5,7 +5,7 @@ stay in memory, and reach sops on stdin: the plaintext never touches the disk, n
 temporary file. The file is encrypted by the `.sops.yaml` nearest to it, whatever the working
 directory, and checked as `validate` checks it before it is put in place.
 
-Only light modules are imported at start-up (main.py imports this for its parser).
+Its parser is in `parsers.py`: this module is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -17,76 +17,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli.parsers import ORG_NEW_FIELDS, ORG_NEW_OPTIONAL_PROVIDERS, org_new_dest
 from reconciler.errors import ReconcilerError
-
-# (provider key, field, flag stem, what it is)
-FIELDS: tuple[tuple[str, str, str, str], ...] = (
-    ("vapi", "apiKey", "vapi-key", "the Vapi private API key"),
-    ("vapi", "webhookSecret", "webhook-secret", "the webhook secret"),
-    ("twilio", "accountSid", "twilio-sid", "the Twilio account SID"),
-    ("twilio", "authToken", "twilio-token", "the Twilio auth token"),
-    ("googleCalendar", "clientId", "google-client-id", "the Google OAuth client id"),
-    ("googleCalendar", "clientSecret", "google-client-secret", "the Google OAuth client secret"),
-    ("googleCalendar", "refreshToken", "google-refresh-token", "the Google refresh token"),
-    ("resend", "apiKey", "resend-key", "the Resend API key"),
-    ("elevenlabs", "apiKey", "elevenlabs-key", "the ElevenLabs API key"),
-)
-OPTIONAL_PROVIDERS = ("twilio", "googleCalendar", "resend", "elevenlabs")
-_PROVIDER_FLAGS = {
-    "twilio": "twilio",
-    "googleCalendar": "google-calendar",
-    "resend": "resend",
-    "elevenlabs": "elevenlabs",
-}
 
 
 class OrgNewRefused(ReconcilerError):
     """`org new` cannot write the spec as asked; nothing was written."""
-
-
-def add_parser(orgsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = orgsub.add_parser(
-        "new",
-        help="write DIR/SLUG.yaml: a new org with both assistants from a template and its "
-        "credentials encrypted at once",
-        description="Write DIR/SLUG.yaml for a new org: a fresh uuid, an inbound and an "
-        "outbound assistant from a starting template, and credentials read from environment "
-        "variables or typed at a hidden prompt, encrypted by sops with the .sops.yaml nearest "
-        "to the file before anything is written. The webhook secret is generated unless given. "
-        "Another provider is added with its flag (--twilio, ...) or any of its --*-env flags.",
-    )
-    p.add_argument("slug", help="the org's slug: the file is DIR/SLUG.yaml")
-    p.add_argument("--name", help="the org's display name (default: the slug, title-cased)")
-    p.add_argument(
-        "--path", default="specs", metavar="DIR", help="folder to write to (default specs)"
-    )
-    p.add_argument(
-        "--server-url",
-        metavar="URL",
-        help="the assistants' server.url, where Vapi sends their webhooks (e.g. "
-        "https://HOST/webhooks/vapi of `reconciler serve`); it then carries the webhook secret",
-    )
-    p.add_argument("--org-id", metavar="UUID", help="the org's id (default: a new one)")
-    for provider, flag in _PROVIDER_FLAGS.items():
-        p.add_argument(
-            f"--{flag}",
-            dest=f"with_{provider}",
-            action="store_true",
-            help=f"add {provider} credentials (each from its --*-env flag, else a prompt)",
-        )
-    for provider, name, stem, what in FIELDS:
-        p.add_argument(
-            f"--{stem}-env",
-            metavar="VAR",
-            dest=_dest(provider, name),
-            help=f"environment variable holding {what}"
-            + (" (default: generated)" if name == "webhookSecret" else ""),
-        )
-    p.set_defaults(func=cmd_org_new)
-
-
-def _dest(provider: str, name: str) -> str:
-    return f"env_{provider}_{name}"
 
 
 def cmd_org_new(args: argparse.Namespace) -> int:
@@ -152,16 +88,16 @@ def read_credentials(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]
 
     wanted = {"vapi"} | {
         provider
-        for provider in OPTIONAL_PROVIDERS
+        for provider in ORG_NEW_OPTIONAL_PROVIDERS
         if getattr(args, f"with_{provider}", False)
-        or any(getattr(args, _dest(p, n)) for p, n, _, _ in FIELDS if p == provider)
+        or any(getattr(args, org_new_dest(p, n)) for p, n, _, _ in ORG_NEW_FIELDS if p == provider)
     }
     credentials: dict[str, dict[str, str]] = {}
     sources: list[str] = []
-    for provider, name, stem, what in FIELDS:
+    for provider, name, stem, what in ORG_NEW_FIELDS:
         if provider not in wanted:
             continue
-        variable = getattr(args, _dest(provider, name))
+        variable = getattr(args, org_new_dest(provider, name))
         if variable:
             value, source = env_secret(variable, what), f"${variable}"
         elif name == "webhookSecret":

@@ -31,28 +31,6 @@ class SetRefused(ReconcilerError):
     """The value was not set; the file is as it was."""
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "set",
-        help="change one value of an encrypted spec (e.g. rotate a credential), for scripts",
-        description="Set the value at PATH (e.g. spec.credentials.vapi.webhookSecret; list "
-        "items as [N]) in the encrypted spec FILE, from an environment variable or stdin, "
-        "never printed; checked as `validate` checks it and re-encrypted in place.",
-    )
-    p.add_argument("file", help="the spec file")
-    p.add_argument("path", metavar="PATH", help="the field, e.g. spec.credentials.vapi.apiKey")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from-env", metavar="VAR", help="the value is in this variable")
-    source.add_argument(
-        "--stdin",
-        action="store_true",
-        help="read the value from stdin (one trailing newline dropped; at a terminal, a prompt "
-        "that does not echo)",
-    )
-    p.add_argument("--json", action="store_true", help="the value is JSON (a number, a list...)")
-    p.set_defaults(func=cmd_set)
-
-
 def parse_path(text: str) -> list[str | int]:
     """`a.b[0].c` as ["a", "b", 0, "c"]; refused when it is not such a path."""
     if not _PATH.fullmatch(text):

@@ -5,8 +5,7 @@ of the org masked), then a summary; exit 0 when all are ok, 1 when any failed (o
 is unknown). What each provider answered is recorded in Postgres (`last_verified_at`, or
 `verification_error` keeping the last success), as `serve` does on its schedule.
 
-Only light modules are imported at start-up (main.py imports this for its parser); the command
-imports the rest when it runs.
+Its parser is in `parsers.py`: this module is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -20,40 +19,6 @@ if TYPE_CHECKING:
     from reconciler.providers.runner import Report
 
 EXIT_OK, EXIT_ERROR = 0, 1
-# the spec's YAML keys are accepted too (`googleCalendar`)
-_ALIASES = {"googleCalendar": "google_calendar", "google-calendar": "google_calendar"}
-
-
-def provider_name(text: str) -> str:
-    from reconciler.providers.verify import PROVIDERS
-
-    name = _ALIASES.get(text, text)
-    if name not in PROVIDERS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a provider (one of {', '.join(PROVIDERS)})"
-        )
-    return name
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "verify",
-        help="check each stored credential against its provider and record the answer",
-        description="Check each org's stored credentials (the active ones, in Postgres) with "
-        "one read-only call per provider (Vapi, Twilio, Resend, ElevenLabs, Google Calendar), "
-        "record last_verified_at or verification_error per (org, provider), and exit 1 if "
-        "any failed.",
-    )
-    p.add_argument("--org", action="append", metavar="SLUG", help="only this org (repeatable)")
-    p.add_argument(
-        "--provider",
-        action="append",
-        type=provider_name,
-        metavar="NAME",
-        help="only this provider: vapi, twilio, google_calendar, resend, elevenlabs (repeatable)",
-    )
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

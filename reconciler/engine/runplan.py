@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-MAX_DELETES = 5
-"""The documented default of `--max-deletes`: a run that prunes with no explicit bound."""
+# the default lives in limits, which `reconciler --help` reads without loading this module
+from reconciler.engine.limits import MAX_DELETES as MAX_DELETES
 
 
 @dataclass(frozen=True)

@@ -265,3 +265,79 @@ def test_light_commands_import_no_database_http_or_terminal_library(argv: list[s
     )
     proc = run_python(code)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+# `--help` loads no library beyond argparse's, and no command's module: each is imported when
+# its command runs (reconciler.cli.parsers.command)
+HELP_NEVER = (
+    *HEAVY,
+    "pydantic",
+    "yaml",
+    "platformdirs",
+    "cryptography",
+    "reconciler.cli.audit",
+    "reconciler.cli.demo",
+    "reconciler.cli.edit",
+    "reconciler.cli.importer",
+    "reconciler.cli.init",
+    "reconciler.cli.orgnew",
+    "reconciler.cli.render",
+    "reconciler.cli.setvalue",
+    "reconciler.cli.verify",
+    "reconciler.config",
+    "reconciler.engine.runplan",
+    "reconciler.redact",
+    "logging",
+    "dataclasses",
+    "datetime",
+    "uuid",
+)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["init", "--help"],
+        ["org", "new", "--help"],
+        ["set", "--help"],
+        ["edit", "--help"],
+        ["import", "--help"],
+        ["audit", "--help"],
+        ["verify", "--help"],
+        ["apply", "--help"],
+    ],
+)
+def test_help_imports_no_command_module(argv: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from reconciler.cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"never = {HELP_NEVER!r}\n"
+        "print(sorted(n for n in never if n in sys.modules))\n"
+    )
+    proc = run_python(code)
+    assert "usage:" in proc.stdout or "reconciler " in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
+def test_a_command_module_is_imported_when_its_command_runs() -> None:
+    from reconciler.cli import audit, importer, init, orgnew, setvalue, verify
+    from reconciler.cli import edit as edit_cli
+    from reconciler.cli.main import build_parser
+
+    parser = build_parser()
+    for argv, func in (
+        (["init"], init.cmd_init),
+        (["org", "new", "acme"], orgnew.cmd_org_new),
+        (["set", "f.yaml", "spec.x", "--stdin"], setvalue.cmd_set),
+        (["edit", "f.yaml"], edit_cli.cmd_edit),
+        (["import", "--vapi-key-env", "K", "--slug", "acme"], importer.cmd_import),
+        (["audit"], audit.cmd_audit),
+        (["verify"], verify.cmd_verify),
+    ):
+        assert parser.parse_args(argv).func.resolve() is func, argv

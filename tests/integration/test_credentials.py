@@ -5,7 +5,6 @@ connection cut), the audit table and `reconciler audit`, and a database outage."
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -19,8 +18,6 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from reconciler.cli import audit as audit_cli
-from reconciler.cli import main as cli_main
 from reconciler.credentials import (
     AssistantOrg,
     CredentialNotFound,
@@ -73,23 +70,10 @@ GLOBEX_ID = str(uuid.uuid4())
 GLOBEX_KEY = f"key-globex-{uuid.uuid4().hex[:8]}"
 
 
-def _parser() -> argparse.ArgumentParser:
-    """main's parser, with `audit` added if main.py does not register it (yet)."""
-    parser = _BUILD_PARSER()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "audit" not in sub.choices:
-        audit_cli.add_parser(sub)
-    return parser
-
-
-_BUILD_PARSER = cli_main.build_parser
-
-
 @pytest.fixture
 def run(cli: Any, pool: ConnectionPool, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The `cli` fixture with `reconciler audit` wired, and an empty audit table (not among the
     tables the `pool` fixture truncates)."""
-    monkeypatch.setattr(cli_main, "build_parser", _parser)
     with pool.connection() as conn:
         conn.execute("TRUNCATE credential_audit")
     return cli

@@ -3,7 +3,6 @@ that the next `apply` adopts, with every refusal one line, exit 1, and no secret
 
 from __future__ import annotations
 
-import argparse
 import os
 import uuid
 from pathlib import Path
@@ -69,23 +68,10 @@ def account(emulator: str) -> dict[str, dict[str, Any]]:
     return {"inbound": inbound, "outbound": outbound, "other": other}
 
 
-def _parser() -> argparse.ArgumentParser:
-    """main's parser, with `import` added if main.py does not register it (yet)."""
-    parser = _BUILD_PARSER()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "import" not in sub.choices:
-        importer.add_parser(sub)
-    return parser
-
-
-_BUILD_PARSER = cli_main.build_parser
-
-
 @pytest.fixture
 def run_import(cli: Any, specs: SpecDir, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`reconciler import ...` through main(), with the key in $ACME_VAPI_KEY and --out the
     spec folder unless given."""
-    monkeypatch.setattr(cli_main, "build_parser", _parser)
     monkeypatch.setenv("ACME_VAPI_KEY", KEY)
 
     def run(*argv: str) -> Any:
@@ -483,19 +469,18 @@ def test_cmd_import_called_directly(
 ) -> None:
     monkeypatch.setenv("VAPI_BASE_URL", emulator)
     monkeypatch.setenv("ACME_VAPI_KEY", KEY)
-    parser = argparse.ArgumentParser()
-    importer.add_parser(parser.add_subparsers())
+    parser = cli_main.build_parser()
     base = ["import", "--vapi-key-env", "ACME_VAPI_KEY", "--slug", SLUG, "--out", str(specs.root)]
 
     args = parser.parse_args([*base, "--inbound", account["inbound"]["id"]])
-    assert args.func is importer.cmd_import
-    assert args.func(args) == 0
+    assert args.func.resolve() is importer.cmd_import  # imported only when import runs
+    assert importer.cmd_import(args) == 0
     assert capsys.readouterr().out.startswith(f"wrote {specs.root / SLUG}.yaml: org {SLUG} (")
     assert loader.validate_tree(specs.root).problems == []
 
     args = parser.parse_args([*base, "--inbound", "nope", "--force"])
     with pytest.raises(importer.ImportRefused, match="--inbound nope: no such assistant"):
-        args.func(args)
+        importer.cmd_import(args)
 
 
 def test_importing_the_module_loads_no_heavy_library() -> None:

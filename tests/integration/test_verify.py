@@ -9,7 +9,6 @@ logs or the `verification_error` column."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -32,8 +31,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from reconciler.cli import main as cli_main
-from reconciler.cli import verify as verify_cli
 from reconciler.providers import verify as verify_module
 from reconciler.providers.job import VerifyJob
 from reconciler.providers.verify import Endpoints
@@ -277,22 +274,9 @@ def cred(doc: dict[str, Any], provider: str, name: str) -> str:
     return value
 
 
-_BUILD_PARSER = cli_main.build_parser
-
-
-def _parser() -> argparse.ArgumentParser:
-    """main's parser, with `verify` added if main.py does not register it (yet)."""
-    parser = _BUILD_PARSER()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "verify" not in sub.choices:
-        verify_cli.add_parser(sub)
-    return parser
-
-
 @pytest.fixture
 def run_verify(cli: Any, stub: Stub, monkeypatch: pytest.MonkeyPatch) -> Any:
     """`reconciler verify ARGS` through main(), with every provider's base URL on the stub."""
-    monkeypatch.setattr(cli_main, "build_parser", _parser)
     for name, value in stub.endpoints_env().items():
         monkeypatch.setenv(name, value)
 

@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from reconciler import metrics
-from reconciler.cli.audit import since
+from reconciler.cli.parsers import since
 from reconciler.credentials import (
     AssistantOrg,
     CredentialNotFound,

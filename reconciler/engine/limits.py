@@ -1,0 +1,7 @@
+"""Defaults that the command line's parser shows: a module of constants only, so that
+`reconciler --help` reads them without loading the engine."""
+
+from __future__ import annotations
+
+MAX_DELETES = 5
+"""The documented default of `--max-deletes`: a run that prunes with no explicit bound."""
