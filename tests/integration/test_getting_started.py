@@ -106,7 +106,7 @@ def test_the_page_has_the_steps_it_promises() -> None:
     script = "\n".join(run)
     for step in (
         "reconciler vapi-emulator",
-        "VAPI_BASE_URL=",
+        "RECONCILER_PROVIDER_STUBS=",
         "reconciler init",
         "reconciler org new acme",
         "reconciler validate",
