@@ -339,14 +339,27 @@ def render_status(views: list[dict[str, Any]], console: Console, *, detail: bool
     if not views:
         console.print("No org in Postgres yet: run `reconciler apply` or `reconciler serve`.")
         return
-    for view in views:
-        revision = view["lastAppliedRevision"] or view["lastAttemptedRevision"]
-        line = f"{view['slug']:<24} {view['status']:<8} {_when(view['lastReconciledAt'])}"
-        if revision:
-            line += f"  rev {str(revision)[:12]}"
-        if view["message"]:
-            line += f"  {view['message']}"
-        console.print(_safe(line))
+    rows = [
+        (
+            printable(view["slug"]),
+            printable(view["status"]),
+            _when(view["lastReconciledAt"]),
+            printable(
+                str(view["lastAppliedRevision"] or view["lastAttemptedRevision"] or "-")[:12]
+            ),
+            printable(view["message"] or ""),
+        )
+        for view in views
+    ]
+    header = ("SLUG", "STATUS", "LAST RECONCILED", "REVISION", "MESSAGE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def columns(cells: tuple[str, ...]) -> str:
+        return "  ".join([*(c.ljust(w) for c, w in zip(cells, widths, strict=False)), cells[4]])
+
+    console.print(escape(columns(header).rstrip()), style="bold")
+    for view, row in zip(views, rows, strict=True):
+        console.print(escape(columns(row).rstrip()))
         if not detail:
             continue
         for c in view["conditions"]:
