@@ -127,7 +127,10 @@ def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> N
             console.print(f"  [cyan]~ skipped: {_safe(outcome.skipped)}[/cyan]")
         for action in plan.actions if plan else ():
             style = _STYLE[action.kind]
-            console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(_title(action))}[/{style}]")
+            title = _title(action)
+            if isinstance(action, CreateAssistant) and action.role in outcome.created:
+                title += f" created: {outcome.created[action.role]}"
+            console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(title)}[/{style}]")
             note = getattr(action, "note", "")
             if note and not isinstance(action, AdoptAssistant | DeleteAssistant):
                 console.print(f"      [dim]({_safe(note)})[/dim]")

@@ -107,6 +107,7 @@ class OrgOutcome:
     stamp: OrgStamp | None = None  # plan only: what its plan was computed from (`plan --out`)
     vapi_error: VapiError | None = None  # the account could not be listed
     deferred: int | None = None  # serve: deletes (or a retirement) left to the run's end
+    created: dict[str, str] = field(default_factory=dict)  # apply: role -> new Vapi assistant id
 
     @property
     def ok(self) -> bool:
@@ -740,11 +741,14 @@ class Controller:
             outcome.stalled = "Blocked"
         budget.take(plan.deletes)  # the live state moved since the count: still bounded
         guard = _Guard(desired, lock, accounts, writer)
+        applier = Applier(plan, writer, state, self.key, self.fingerprint, guard)
         try:
-            Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
+            applier.apply(outcome.done)
         except SharedAccount:
             self._forget_if_new(state, desired, outcome)
             raise
+        finally:
+            outcome.created = applier.created
         if outcome.vapi_error is not None:
             raise outcome.vapi_error
 
