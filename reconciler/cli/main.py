@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__
-from reconciler.cli import audit, edit, importer, init, orgnew, setvalue, verify
+from reconciler.cli import audit, console, edit, importer, init, orgnew, setvalue, verify
 from reconciler.errors import MasterKeyRefused, ReconcilerError
 from reconciler.redact import printable
 
@@ -36,9 +36,7 @@ SCHEMA_PATH = Path("schemas/org.schema.json")
 
 
 def _out() -> Console:
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True, emoji=False)  # ":fire:" in a name stays text
+    return console.make()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -655,6 +653,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE = 141
+"""What a shell reports for a program killed by SIGPIPE (`yes | head -1`): the reader of our
+output went away before the end. SIGPIPE itself stays ignored (Python's default): dying in the
+middle of a write could leave a Vapi create unrecorded, so the command finishes its work and
+only its output stops."""
+
+
+def _stdout_closed() -> bool:
+    """stdout is a pipe whose reader is gone (`| head` exited)."""
+    import select
+
+    if console.STDOUT_CLOSED.is_set():
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (a test's capture), no poll
+        return True
+
+
+def _closed_pipe() -> int:
+    """`reconciler plan | head -1`: no traceback and no "Exception ignored" at exit. What is
+    still buffered for stdout goes to /dev/null from here on."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -664,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     psycopg_logger.setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a reader gone (`| head`) is seen here, not at the interpreter's exit
+        if console.STDOUT_CLOSED.is_set():  # seen by a progress line: the run went on
+            return _closed_pipe()
         return code
     except ReconcilerError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
@@ -671,6 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return _closed_pipe()
         if os.environ.get("RECONCILER_DEBUG"):
             raise
         print(
