@@ -25,6 +25,7 @@ from reconciler.redact import printable
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from reconciler.cli.progress import OrgProgress
     from reconciler.controller.run import Options, RunReport
     from reconciler.secrets.crypto import KeyRing
     from reconciler.spec.loader import LoadResult
@@ -121,8 +122,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         settings = load_settings()
         loaded = _load(args)
         options = _options(args)
-        with runtime(settings, write=False) as rt:
-            report = rt.controller.plan(loaded, options=options)
+        with runtime(settings, write=False) as rt, _progress(args, applied=False) as progress:
+            report = rt.controller.plan(loaded, options=options, progress=progress)
         if out:
             from reconciler.cli import saved
 
@@ -138,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         print(render_markdown(report), end="")
     else:
-        render_text(report, _out())
+        render_text(report, _out(), quiet=args.quiet)
     if not report.ok:
         return EXIT_ERROR
     return EXIT_CHANGES if report.has_changes and args.detailed_exitcode else EXIT_OK
@@ -155,10 +156,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if saved.is_saved_plan(plan_file):
         return _apply_saved(args, plan_file)
     loaded = _load(args)
-    with runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=_options(args))
-    render_text(report, _out(), verb="Applied")
+    with (
+        runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt,
+        _progress(args, applied=True) as progress,
+    ):
+        report = rt.controller.apply(loaded, options=_options(args), progress=progress)
+    render_text(report, _out(), verb="Applied", quiet=args.quiet)
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _progress(args: argparse.Namespace, *, applied: bool) -> OrgProgress:
+    """Each org's result as soon as it is known, and a live line on a terminal
+    (`cli.progress`)."""
+    from reconciler.cli.progress import for_output
+
+    fmt = getattr(args, "format", "text")
+    return for_output(_out(), fmt=fmt, quiet=args.quiet, applied=applied)
 
 
 def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
@@ -189,9 +202,14 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
         return EXIT_ERROR
     plan = saved.read(plan_file)
     loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
-    with runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=plan.options, saved=plan.stamps)
-    render_text(report, _out(), verb="Applied")
+    with (
+        runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt,
+        _progress(args, applied=True) as progress,
+    ):
+        report = rt.controller.apply(
+            loaded, options=plan.options, saved=plan.stamps, progress=progress
+        )
+    render_text(report, _out(), verb="Applied", quiet=args.quiet)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -447,6 +465,12 @@ def _path_arg(p: argparse.ArgumentParser, default: str = "specs") -> None:
 
 def _org_args(p: argparse.ArgumentParser) -> None:
     _path_arg(p)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the summary and problems: no line per org, no progress line",
+    )
     p.add_argument("--org", action="append", metavar="SLUG", help="only this org (repeatable)")
     p.add_argument(
         "--prune",

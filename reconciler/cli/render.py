@@ -119,9 +119,21 @@ def _diff_markup(line: DiffLine) -> str:
     return escape(prefix) + body
 
 
-def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> None:
+def render_text(
+    report: RunReport, console: Console, *, verb: str = "Plan", quiet: bool = False
+) -> None:
+    """The plan (or what was applied), org by org, then the run's problems and the summary.
+    `quiet`: only the summary and the problems (an org's error and warnings, failed files)."""
     for outcome in report.outcomes:
         plan = outcome.plan
+        if quiet:
+            if outcome.error or (plan and plan.warnings):
+                console.print(f"[bold]{_safe(outcome.slug)}[/bold]")
+                for warning in plan.warnings if plan else ():
+                    console.print(f"  [magenta]! {_safe(warning)}[/magenta]")
+                if outcome.error:
+                    console.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
+            continue
         console.print(f"[bold]{_safe(outcome.slug)}[/bold] [dim]({_safe(outcome.org_id)})[/dim]")
         if outcome.skipped:
             console.print(f"  [cyan]~ skipped: {_safe(outcome.skipped)}[/cyan]")
