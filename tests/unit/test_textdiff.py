@@ -149,6 +149,8 @@ def test_markdown_shows_the_diff_in_its_fenced_block() -> None:
     block = re.search(r"\n(`{4,})diff\n(.*?)\n\1\n", markdown, re.S)
     assert block is not None, markdown
     body = block.group(2).splitlines()
-    assert f"+       {CHANGED} Use ``` and `x`." in body  # the mark in the first column: GitHub colours it
+    assert (
+        f"+       {CHANGED} Use ``` and `x`." in body
+    )  # the mark in the first column: GitHub colours it
     assert any(line.startswith("-       Rule 20:") for line in body)
     assert "Rule 5:" not in markdown
