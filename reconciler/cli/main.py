@@ -720,8 +720,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # a reader gone (`| head`) is seen here, not at the interpreter's exit
-        if console.STDOUT_CLOSED.is_set():  # seen by a progress line: the run went on
-            return _closed_pipe()
         return code
     except ReconcilerError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)

@@ -213,3 +213,20 @@ def test_a_terminal_gets_a_live_line_a_pipe_plain_lines(terminal: bool) -> None:
         assert "\x1b" in text and "orgs, 1 failed" in text
     else:
         assert text == "acme: failed: boom\nbeta: no changes\n"
+
+
+def test_a_failing_progress_never_fails_an_org(controller: Controller, specs: SpecDir) -> None:
+    """What the display raises (a closed pipe, a bug) is the display's trouble, not the org's."""
+    for slug in SLUGS:
+        specs.write(org_doc(slug))
+
+    class Broken:
+        def stage(self, name: str, total: int) -> None:
+            pass
+
+        def org_done(self, outcome: OrgOutcome, *, final: bool) -> None:
+            raise BrokenPipeError(32, "gone")
+
+    assert controller.plan(load_tree(specs.root), progress=Broken()).ok
+    report = controller.apply(load_tree(specs.root), progress=Broken())
+    assert report.ok and report.counts()["create"] == 12
