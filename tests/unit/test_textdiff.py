@@ -154,3 +154,24 @@ def test_markdown_shows_the_diff_in_its_fenced_block() -> None:
     )  # the mark in the first column: GitHub colours it
     assert any(line.startswith("-       Rule 20:") for line in body)
     assert "Rule 5:" not in markdown
+
+
+def test_a_long_prompt_is_diffed_in_bounded_time() -> None:
+    """50 KB of repetitive text with five scattered changes (difflib is quadratic on repeated
+    tokens: spaces apart from words took 30 s here)."""
+    import random
+    import time
+
+    rng = random.Random(2)
+    words = [rng.choice([f"w{i}" for i in range(300)]) for _ in range(10_000)]
+    changed = list(words)
+    for k in range(0, len(words), len(words) // 5):
+        changed[k] = "CHANGED"
+    lines_old = "\n".join(" ".join(words[i : i + 40]) for i in range(0, len(words), 40))
+    lines_new = "\n".join(" ".join(changed[i : i + 40]) for i in range(0, len(changed), 40))
+    started = time.monotonic()
+    one = value_diff(" ".join(words), " ".join(changed))
+    many = value_diff(lines_old + "\n\n" * 300, lines_new + "\n\n" * 300)
+    assert time.monotonic() - started < 3
+    assert one is not None and sum(line.plain().count("{+CHANGED+}") for line in one) == 5
+    assert many is not None and sum(line.plain().count("{+CHANGED+}") for line in many) == 5
