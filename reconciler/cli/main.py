@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from reconciler.cli.progress import OrgProgress
     from reconciler.controller.run import Options, RunReport
     from reconciler.secrets.crypto import KeyRing
     from reconciler.spec.loader import LoadResult
@@ -36,9 +37,9 @@ SCHEMA_PATH = Path("schemas/org.schema.json")
 
 
 def _out() -> Console:
-    from rich.console import Console
+    from reconciler.cli import console
 
-    return Console(highlight=False, soft_wrap=True, emoji=False)  # ":fire:" in a name stays text
+    return console.make()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -125,8 +126,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         settings = load_settings()
         loaded = _load(args)
         options = _options(args)
-        with runtime(settings, write=False) as rt:
-            report = rt.controller.plan(loaded, options=options)
+        with runtime(settings, write=False) as rt, _progress(args, applied=False) as progress:
+            report = rt.controller.plan(loaded, options=options, progress=progress)
         if out:
             from reconciler.cli import saved
 
@@ -142,7 +143,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         print(render_markdown(report), end="")
     else:
-        render_text(report, _out())
+        render_text(report, _out(), quiet=args.quiet)
     if not report.ok:
         return EXIT_ERROR
     return EXIT_CHANGES if report.has_changes and args.detailed_exitcode else EXIT_OK
@@ -162,10 +163,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
-    with runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt:
-        report = rt.controller.apply(loaded, options=_options(args), revision=revision)
-    render_text(report, _out(), verb="Applied")
+    with (
+        runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt,
+        _progress(args, applied=True) as progress,
+    ):
+        report = rt.controller.apply(
+            loaded, options=_options(args), revision=revision, progress=progress
+        )
+    render_text(report, _out(), verb="Applied", quiet=args.quiet)
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _progress(args: argparse.Namespace, *, applied: bool) -> OrgProgress:
+    """Each org's result as soon as it is known, and a live line on a terminal
+    (`cli.progress`)."""
+    from reconciler.cli.progress import for_output
+
+    fmt = getattr(args, "format", "text")
+    return for_output(_out(), fmt=fmt, quiet=args.quiet, applied=applied)
 
 
 def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
@@ -197,14 +212,18 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
         return EXIT_ERROR
     plan = saved.read(plan_file)
     loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
-    with runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt:
+    with (
+        runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt,
+        _progress(args, applied=True) as progress,
+    ):
         report = rt.controller.apply(
             loaded,
             options=plan.options,
             saved=plan.stamps,
             revision=worktree_revision(plan.specs),
+            progress=progress,
         )
-    render_text(report, _out(), verb="Applied")
+    render_text(report, _out(), verb="Applied", quiet=args.quiet)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -215,6 +234,7 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
     and without one it needs `--yes`."""
     from reconciler.cli.render import render_text
     from reconciler.config import load_settings
+    from reconciler.redact import printable
     from reconciler.server.runtime import runtime
     from reconciler.spec import loader
 
@@ -508,6 +528,12 @@ def _path_arg(p: argparse.ArgumentParser, default: str = "specs") -> None:
 
 def _org_args(p: argparse.ArgumentParser) -> None:
     _path_arg(p)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the summary and problems: no line per org, no progress line",
+    )
     p.add_argument("--org", action="append", metavar="SLUG", help="only this org (repeatable)")
     p.add_argument(
         "--prune",
@@ -718,6 +744,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CLOSED_PIPE = 141
+"""What a shell reports for a program killed by SIGPIPE (`yes | head -1`): the reader of our
+output went away before the end. SIGPIPE itself stays ignored (Python's default): dying in the
+middle of a write could leave a Vapi create unrecorded, so the command finishes its work and
+only its output stops."""
+
+
+def _stdout_closed() -> bool:
+    """stdout is a pipe whose reader is gone (`| head` exited)."""
+    import select
+
+    from reconciler.cli import console
+
+    if console.STDOUT_CLOSED.is_set():
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (a test's capture), no poll
+        return True
+
+
+def _closed_pipe() -> int:
+    """`reconciler plan | head -1`: no traceback and no "Exception ignored" at exit. What is
+    still buffered for stdout goes to /dev/null from here on."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # `--help` and `--version` exit here: no more imports
     import logging
@@ -732,6 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     psycopg_logger.setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a reader gone (`| head`) is seen here, not at the interpreter's exit
         return code
     except ReconcilerError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
@@ -739,6 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return _closed_pipe()
         if os.environ.get("RECONCILER_DEBUG"):
             raise
         print(

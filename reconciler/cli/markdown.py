@@ -1,9 +1,10 @@
 """`plan --format markdown`: a plan as a pull-request comment.
 
 A summary table (orgs with something to do or a problem; the rest counted in one line), then
-one collapsible `<details>` section per such org with its changes in a `diff` block. Secrets
+one collapsible `<details>` section per such org with its changes in a `diff` block (a long
+text changed, such as a system prompt, as a diff of its lines or words: `cli.textdiff`). Secrets
 are never shown (the plan holds them masked already). Every string from a spec or a server is
-made one printable line and escaped for where it lands: table cells (`|`, HTML), summaries
+made printable and escaped for where it lands: table cells (`|`, HTML), summaries
 (HTML), code blocks (a fence longer than any backtick run inside). The comment is cut, with a
 note saying so, before GitHub's 65,536-character limit.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 import html
 import re
 
-from reconciler.cli.render import _change_text, _changes, _title, lifecycle_lines, unknown_count
+from reconciler.cli.render import _changes, _title, change_view, lifecycle_lines, unknown_count
+from reconciler.cli.textdiff import DiffLine
 from reconciler.controller.run import OrgOutcome, RunReport
 from reconciler.redact import printable
 
@@ -35,6 +37,13 @@ def _fence(lines: list[str]) -> str:
     return "\n".join([f"{fence}diff", *lines, fence])
 
 
+def _diff_line(line: DiffLine) -> str:
+    text = line.plain()
+    if line.kind in " -+~":
+        return f"{line.kind}       {text[2:]}"
+    return f"        {text}"
+
+
 def _counts(outcome: OrgOutcome) -> dict[str, int]:
     counts = dict.fromkeys(_KINDS, 0)
     for action in outcome.plan.actions if outcome.plan else ():
@@ -53,7 +62,10 @@ def _section(outcome: OrgOutcome) -> str:
     for action in outcome.plan.actions if outcome.plan else ():
         lines.append(f"{_SYMBOL[action.kind]} {printable(_title(action))}")
         for ch in _changes(action):
-            lines.append(f"    {printable(ch.path)}: {printable(_change_text(action.kind, ch))}")
+            head, diff = change_view(action.kind, ch)
+            lines.append(f"    {printable(ch.path)}: {printable(head)}")
+            # the diff's own mark in the first column, where GitHub colours `-` and `+` lines
+            lines += [_diff_line(line) for line in diff]
     for role in outcome.plan.unchanged if outcome.plan else ():
         lines.append(f"  assistant {role} unchanged")
     lines += [printable(line) for line in lifecycle_lines(outcome.plan)]

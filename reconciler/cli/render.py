@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from reconciler.cli.textdiff import DiffLine, one_line, summary, value_diff
 from reconciler.controller.run import RunReport
 from reconciler.engine.actions import (
     Action,
@@ -28,7 +29,7 @@ from reconciler.redact import SENSITIVE, printable
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-", "adopt": "<="}
 _STYLE = {"create": "green", "update": "yellow", "delete": "red", "adopt": "cyan"}
-_MAX_VALUE = 80
+_DIFF_STYLE = {"-": "red", "+": "green", "~": "yellow", "…": "dim", " ": ""}
 
 
 def _safe(text: object) -> str:
@@ -37,10 +38,7 @@ def _safe(text: object) -> str:
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, str) and v.startswith(SENSITIVE[:-1]):
-        return v
-    text = json.dumps(v, ensure_ascii=False, default=str)
-    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
+    return one_line(v)  # whole: a long text is shown as a diff instead (`change_view`)
 
 
 def _title(action: Action) -> str:
@@ -91,20 +89,68 @@ def _change_text(kind: str, ch: FieldChange) -> str:
     return f"{text} (drift)" if ch.drift and not ch.sensitive else text
 
 
-def render_text(report: RunReport, console: Console, *, verb: str = "Plan") -> None:
+def change_view(kind: str, ch: FieldChange) -> tuple[str, list[DiffLine]]:
+    """A field's change: one line (`"old" -> "new"`), or a head line and the lines of a diff
+    for a long text or value. A sensitive change is never diffed (its values are masks)."""
+    old = None if kind == "create" else ch.old
+    lines = None if ch.sensitive else value_diff(old, ch.new)
+    if lines is None:
+        return _change_text(kind, ch), []
+    head = summary(old, ch.new)
+    return (f"{head} (drift)" if ch.drift else head), lines
+
+
+def _diff_markup(line: DiffLine) -> str:
+    """A diff line for rich: each piece escaped, removed words red, added ones green, the
+    `[-...-]` / `{+...+}` marks kept (they carry the meaning without colour)."""
+    style = _DIFF_STYLE[line.kind]
+    marks = {"-": ("[-", "-]", "red"), "+": ("{+", "+}", "green")}
+    parts = []
+    for mark, text in line.parts:
+        if mark:
+            start, end, colour = marks[mark]
+            parts.append(f"[{colour}]{escape(start + text + end)}[/{colour}]")
+        else:
+            parts.append(escape(text))
+    body = "".join(parts)
+    prefix = f"{line.kind} " if line.kind in " -+~" else ""
+    if style and line.kind != "~":
+        return f"[{style}]{escape(prefix)}{body}[/{style}]"
+    return escape(prefix) + body
+
+
+def render_text(
+    report: RunReport, console: Console, *, verb: str = "Plan", quiet: bool = False
+) -> None:
+    """The plan (or what was applied), org by org, then the run's problems and the summary.
+    `quiet`: only the summary and the problems (an org's error and warnings, failed files)."""
     for outcome in report.outcomes:
         plan = outcome.plan
+        if quiet:
+            if outcome.error or (plan and plan.warnings):
+                console.print(f"[bold]{_safe(outcome.slug)}[/bold]")
+                for warning in plan.warnings if plan else ():
+                    console.print(f"  [magenta]! {_safe(warning)}[/magenta]")
+                if outcome.error:
+                    console.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
+            continue
         console.print(f"[bold]{_safe(outcome.slug)}[/bold] [dim]({_safe(outcome.org_id)})[/dim]")
         if outcome.skipped:
             console.print(f"  [cyan]~ skipped: {_safe(outcome.skipped)}[/cyan]")
         for action in plan.actions if plan else ():
             style = _STYLE[action.kind]
-            console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(_title(action))}[/{style}]")
+            title = _title(action)
+            if isinstance(action, CreateAssistant) and action.role in outcome.created:
+                title += f" created: {outcome.created[action.role]}"
+            console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(title)}[/{style}]")
             note = getattr(action, "note", "")
             if note and not isinstance(action, AdoptAssistant | DeleteAssistant):
                 console.print(f"      [dim]({_safe(note)})[/dim]")
             for ch in _changes(action):
-                console.print(f"      {_safe(ch.path)}: {_safe(_change_text(action.kind, ch))}")
+                head, lines = change_view(action.kind, ch)
+                console.print(f"      {_safe(ch.path)}: {_safe(head)}")
+                for diff_line in lines:
+                    console.print(f"        {_diff_markup(diff_line)}")
         for role in plan.unchanged if plan else ():
             console.print(f"  [dim]= assistant {role} unchanged[/dim]")
         for line in lifecycle_lines(plan):
@@ -317,14 +363,27 @@ def render_status(views: list[dict[str, Any]], console: Console, *, detail: bool
     if not views:
         console.print("No org in Postgres yet: run `reconciler apply` or `reconciler serve`.")
         return
-    for view in views:
-        revision = view["lastAppliedRevision"] or view["lastAttemptedRevision"]
-        line = f"{view['slug']:<24} {view['status']:<8} {_when(view['lastReconciledAt'])}"
-        if revision:
-            line += f"  rev {str(revision)[:12]}"
-        if view["message"]:
-            line += f"  {view['message']}"
-        console.print(_safe(line))
+    rows = [
+        (
+            printable(view["slug"]),
+            printable(view["status"]),
+            _when(view["lastReconciledAt"]),
+            printable(
+                str(view["lastAppliedRevision"] or view["lastAttemptedRevision"] or "-")[:12]
+            ),
+            printable(view["message"] or ""),
+        )
+        for view in views
+    ]
+    header = ("SLUG", "STATUS", "LAST RECONCILED", "REVISION", "MESSAGE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def columns(cells: tuple[str, ...]) -> str:
+        return "  ".join([*(c.ljust(w) for c, w in zip(cells, widths, strict=False)), cells[4]])
+
+    console.print(escape(columns(header).rstrip()), style="bold")
+    for view, row in zip(views, rows, strict=True):
+        console.print(escape(columns(row).rstrip()))
         if not detail:
             continue
         for c in view["conditions"]:

@@ -297,14 +297,15 @@ class ReconcileLoop:
             log.warning("%s", problem, extra=run)
         for note in report.notes:
             log.warning("%s", note, extra=run)
-        counts = {k: v for k, v in report.counts().items() if v}
+        verbs = {"create": "created", "update": "updated", "delete": "deleted", "adopt": "adopted"}
+        counts = "".join(f", {verbs[k]} {v}" for k, v in report.counts().items() if v)
         log.info(
             "run %s: %d org(s), %d failed, %d file(s) failing%s",
             report.run_id,
             len(report.outcomes),
             len(report.failed),
             len(report.failed_files),
-            f", {counts}" if counts else "",
+            counts,
             extra=run,
         )
 

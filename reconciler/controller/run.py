@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -86,6 +86,33 @@ class Options:
 _Client = TypeVar("_Client", VapiReader, VapiWriter)
 
 
+class Progress(Protocol):
+    """Told of a run as it goes (the CLI prints each org's result as soon as it is known).
+    Called from the worker threads: an implementation serialises its own output. What it
+    raises is logged and never fails an org."""
+
+    def stage(self, name: str, total: int) -> None:
+        """A stage over `total` orgs begins: "listing" and "planning" (plan), "applying"."""
+
+    def org_done(self, outcome: OrgOutcome, *, final: bool) -> None:
+        """An org is through the stage; `final`: its outcome is its result in this run (the
+        checks across orgs at the end of an apply may still fail it: two orgs found sharing
+        one Vapi account)."""
+
+
+class _Interim:
+    """apply --prune counts the run's deletes with a plan first: its orgs are not results."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def stage(self, name: str, total: int) -> None:
+        self.progress.stage(f"counting deletes ({name})", total)
+
+    def org_done(self, outcome: OrgOutcome, *, final: bool) -> None:
+        self.progress.org_done(outcome, final=False)
+
+
 def pool_size(concurrency: int) -> int:
     """Postgres connections a controller needs: each org in flight holds its lock's connection
     and needs one more for its reads and writes; two spare for the run's own statements."""
@@ -108,6 +135,7 @@ class OrgOutcome:
     stamp: OrgStamp | None = None  # plan only: what its plan was computed from (`plan --out`)
     vapi_error: VapiError | None = None  # the account could not be listed
     deferred: int | None = None  # serve: deletes (or a retirement) left to the run's end
+    created: dict[str, str] = field(default_factory=dict)  # apply: role -> new Vapi assistant id
 
     @property
     def ok(self) -> bool:
@@ -448,22 +476,30 @@ class Controller:
         self,
         items: list[tuple[DesiredOrg | None, OrgOutcome]],
         work: Callable[[DesiredOrg, OrgOutcome], None],
+        progress: Progress | None = None,
+        *,
+        final: bool = False,
     ) -> list[OrgOutcome]:
         def guarded(item: tuple[DesiredOrg | None, OrgOutcome]) -> OrgOutcome:
             desired, outcome = item
             if desired is None or outcome.error is not None:
-                return outcome
-            if self.stopping.is_set():  # shutting down: no new org is started
+                pass
+            elif self.stopping.is_set():  # shutting down: no new org is started
                 outcome.skipped = STOPPING
-                return outcome
-            try:
-                work(desired, outcome)
-            except Exception as exc:  # one org's failure never stops the others
-                outcome.error = _message(exc)
-                if isinstance(exc, SharedAccount):
-                    outcome.stalled = "SharedAccount"
-                if not isinstance(exc, ReconcilerError):
-                    log.error("org %s: unexpected %s", outcome.slug, type(exc).__name__)
+            else:
+                try:
+                    work(desired, outcome)
+                except Exception as exc:  # one org's failure never stops the others
+                    outcome.error = _message(exc)
+                    if isinstance(exc, SharedAccount):
+                        outcome.stalled = "SharedAccount"
+                    if not isinstance(exc, ReconcilerError):
+                        log.error("org %s: unexpected %s", outcome.slug, type(exc).__name__)
+            if progress is not None:
+                try:
+                    progress.org_done(outcome, final=final)
+                except Exception as exc:  # the display's trouble is never the org's
+                    log.debug("progress: %s", type(exc).__name__)
             return outcome
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -544,13 +580,15 @@ class Controller:
         prune: bool = False,
         options: Options | None = None,
         peers: LoadResult | None = None,
+        progress: Progress | None = None,
     ) -> RunReport:
         """Read-only: Postgres reads and Vapi GETs, through reader objects only. Every account
-        is listed first, so two orgs on one account are both caught whatever the order."""
+        is listed first, so two orgs on one account are both caught whatever the order; then
+        each org's plan is known, and `progress` told, as soon as it is made."""
         options = options or Options(prune=prune)
         started = time.monotonic()
         items, accounts, run = self._desired(loaded, peers, options)
-        return self._plan_items(items, accounts, options, run, loaded, started)
+        return self._plan_items(items, accounts, options, run, loaded, started, progress)
 
     def plan_retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
         """What `retire(slug)` would do, read-only (`org retire --dry-run`, and the count its
@@ -570,8 +608,11 @@ class Controller:
         run: RunPlan | None,
         loaded: LoadResult,
         started: float,
+        progress: Progress | None = None,
     ) -> RunReport:
         rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
+        if progress is not None:
+            progress.stage("listing", len(items))
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             asked = accounts.mark()
@@ -596,8 +637,10 @@ class Controller:
             elif outcome.plan.blocked:  # apply would fail the org for the same reason
                 outcome.error = "; ".join(outcome.plan.blocked)
 
-        self._each(items, look)
-        outcomes = self._each(items, decide)
+        self._each(items, look, progress, final=False)
+        if progress is not None:
+            progress.stage("planning", len(items))
+        outcomes = self._each(items, decide, progress, final=True)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
         report.failing = [k.slug for k in run.failing] if run else []
         if options.prune:
@@ -619,9 +662,11 @@ class Controller:
         options: Options | None = None,
         saved: dict[str, OrgStamp] | None = None,
         only: frozenset[str] | None = None,
+        progress: Progress | None = None,
     ) -> RunReport:
-        """Converge every org of `loaded`; `revision` (a git commit) is recorded as each org's
-        last attempted revision, and as its last applied one when it converged. With
+        """Converge every org of `loaded` (`progress` told of each as it ends); `revision` (a
+        git commit) is recorded as each org's last attempted revision, and as its last applied
+        one when it converged. With
         `options.prune`, the deletes of the whole run are counted first (a read-only plan):
         more than `max_deletes` and none is made (`serve` counts them at the end of its run
         instead: `defer_deletes`). `saved` (`apply FILE`): the stamps of a saved plan, by org
@@ -632,7 +677,8 @@ class Controller:
         options = options or Options(prune=prune)
         notes: list[str] = []
         if options.prune and not options.defer_deletes:
-            counted = self.plan(loaded, options=options, peers=peers)
+            interim = _Interim(progress) if progress is not None else None
+            counted = self.plan(loaded, options=options, peers=peers, progress=interim)
             bound = bound_deletes(_planned_deletes(counted.outcomes), options.max_deletes)
             if not bound.allowed:
                 notes.append(bound.note)
@@ -640,7 +686,7 @@ class Controller:
         started = time.monotonic()
         items, accounts, run = self._desired(loaded, peers, options, saved, only)
         report = self._apply_items(
-            items, accounts, options, run, loaded, command, revision, started, saved
+            items, accounts, options, run, loaded, command, revision, started, saved, progress
         )
         report.notes[:0] = notes
         return report
@@ -687,6 +733,7 @@ class Controller:
         revision: str | None,
         started: float,
         saved: dict[str, OrgStamp] | None = None,
+        progress: Progress | None = None,
     ) -> RunReport:
         """Orphans first (an org taking a retired org's slug needs it freed), then the rest,
         concurrently; every status in one batch at the end."""
@@ -707,7 +754,10 @@ class Controller:
 
         leaving = [item for item in items if item[0] is not None and item[0].retire]
         staying = [item for item in items if item[0] is None or not item[0].retire]
-        outcomes = self._each(leaving, work) + self._each(staying, work)
+        if progress is not None:
+            progress.stage("applying", len(items))
+        outcomes = self._each(leaving, work, progress, final=True)
+        outcomes += self._each(staying, work, progress, final=True)
         for outcome in outcomes:  # two orgs on one account: both refused, whatever the order
             others = accounts.shared_with(outcome.org_id)
             if outcome.ok and not outcome.skipped and others:
@@ -767,11 +817,14 @@ class Controller:
             outcome.stalled = "Blocked"
         budget.take(plan.deletes)  # the live state moved since the count: still bounded
         guard = _Guard(desired, lock, accounts, writer)
+        applier = Applier(plan, writer, state, self.key, self.fingerprint, guard)
         try:
-            Applier(plan, writer, state, self.key, self.fingerprint, guard).apply(outcome.done)
+            applier.apply(outcome.done)
         except SharedAccount:
             self._forget_if_new(state, desired, outcome)
             raise
+        finally:
+            outcome.created = applier.created
         if outcome.vapi_error is not None:
             raise outcome.vapi_error
 

@@ -72,6 +72,7 @@ class Applier:
         self.key_check = self.key.check_value()
         self.fingerprint = fingerprint
         self.guard = guard or WriteGuard()
+        self.created: dict[str, str] = {}  # role -> the Vapi id of the assistant created
 
     def apply(self, done: list[Action]) -> None:
         """Runs the actions in order, appending each to `done` once it took effect (so a
@@ -181,6 +182,7 @@ class Applier:
                     raise ReconcilerError(f"{role}: {exc}{then}") from None
                 created = found
             self._record(role, created["id"], action.name, action.stored, self._masked(created))
+            self.created[role] = str(created["id"])
             self.guard.answered(created)
 
     def _find_tagged(self, role: str) -> dict[str, Any] | None:

@@ -171,7 +171,15 @@ def test_serve_converges_and_reconciler_status_reports_it(
     detail = run_cli(env, "status", "--org", "acme")
     assert detail.returncode == 0, detail.stderr
     out = detail.stdout
-    assert out.splitlines()[0].startswith("acme ")
+    assert out.splitlines()[0].split() == [
+        "SLUG",
+        "STATUS",
+        "LAST",
+        "RECONCILED",
+        "REVISION",
+        "MESSAGE",
+    ]
+    assert out.splitlines()[1].startswith("acme ")
     assert "beta" not in out
     assert re.search(r"^\s+Ready\s+True\s+(Applied|UpToDate)", out, re.M), out
     assert re.search(r"^\s+Stalled\s+False\s", out, re.M), out
