@@ -53,7 +53,7 @@ def closed_after(sock: socket.socket) -> float:
 def test_a_stalled_head_is_cut(port: int, sent: bytes) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(sent)
-        assert 0.3 < closed_after(sock) < 2.0
+        assert 0.3 < closed_after(sock) < 4.0  # 0.5 s; never closed would hit the 5 s timeout
 
 
 def test_prompt_requests_and_kept_alive_connections_are_left_alone(port: int) -> None:
@@ -65,4 +65,4 @@ def test_prompt_requests_and_kept_alive_connections_are_left_alone(port: int) ->
             answer = sock.recv(1024)
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hi")
         sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")  # a next head that stalls: cut too
-        assert closed_after(sock) < 2.0
+        assert closed_after(sock) < 4.0

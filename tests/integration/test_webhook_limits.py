@@ -177,7 +177,7 @@ def test_one_orgs_hanging_target_costs_other_orgs_nothing(
             refused_in = time.monotonic() - started
         assert (over.status_code, over.json()) == (503, {"error": ORG_BUSY_MESSAGE})
         assert over.headers["retry-after"] == "1"
-        assert refused_in < 1.0  # at once, not after the 5 s deadline
+        assert refused_in < 3.0  # at once, not after the 5 s deadline (slack for a loaded CI)
         others = []
         with httpx.Client(base_url=server, timeout=10) as http:
             for _ in range(20):
@@ -185,7 +185,7 @@ def test_one_orgs_hanging_target_costs_other_orgs_nothing(
                 resp = http.post(PATH, content=globex_req[0], headers=globex_req[1])
                 others.append((resp.status_code, time.monotonic() - started))
         assert [status for status, _ in others] == [200] * 20
-        assert max(took for _, took in others) < 1.0  # not behind acme's hanging forwards
+        assert max(took for _, took in others) < 3.0  # not behind acme's forwards (5 s)
         assert target.hanging == 4  # acme's were still hanging all along
         hung.join(10)  # acme's four end at the 5 s deadline: 504
     gained = counted(before)
@@ -236,10 +236,16 @@ def test_the_deadline_holds_for_many_concurrent_forwards_to_a_silent_target(
         max_in_flight_per_org=1000,
         max_in_flight=1000,
     )
+    request = (body(acme.inbound), {"x-vapi-secret": acme.secret})
     with served(app) as server:
-        results = post_many(server, [(body(acme.inbound), {"x-vapi-secret": acme.secret})] * 200)
+        # one first, so the 200 verify from the cache: this test is about the forward's
+        # deadline (a lookup queued past it is 503, `test_the_deadline_covers_verification_too`)
+        assert [status for status, _ in post_many(server, [request])] == [504]
+        results = post_many(server, [request] * 200)
     assert {status for status, _ in results} == {504}
-    assert max(took for _, took in results) < 2.5  # 1 s, plus a loaded 2-core machine's slack
+    # 1 s, plus the slack of 200 clients on a loaded 2-core machine (2.8 s seen under load);
+    # without a deadline nothing would answer before the clients' own 30 s
+    assert max(took for _, took in results) < 6.0
 
 
 def test_the_deadline_holds_for_a_target_that_trickles_its_answer(
@@ -256,17 +262,17 @@ def test_the_deadline_holds_for_a_target_that_trickles_its_answer(
         resp = http.post(PATH, content=body(acme.inbound), headers={"x-vapi-secret": acme.secret})
         took = time.monotonic() - started
     assert (resp.status_code, resp.json()) == (504, {"error": TIMEOUT_MESSAGE})
-    assert took < 2.5
+    assert took < 8.0  # 1 s deadline; the trickle alone would last 20 s
 
 
 class SlowVerify(WebhookResolver):
-    """A resolver whose lookups (in worker threads) take 2 s: the deadline must cover them."""
+    """A resolver whose lookups (in worker threads) take 4 s: the deadline must cover them."""
 
     def verify_cached(self, webhook: Webhook) -> ResolvedWebhook | None:
         return None
 
     def verify(self, webhook: Webhook) -> ResolvedWebhook:
-        time.sleep(2.0)
+        time.sleep(4.0)
         return super().verify(webhook)
 
 
@@ -281,7 +287,7 @@ def test_the_deadline_covers_verification_too(
         resp = http.post(PATH, content=body(acme.inbound), headers={"x-vapi-secret": acme.secret})
         took = time.monotonic() - started
     assert (resp.status_code, resp.json()) == (503, {"error": "cannot verify this webhook now"})
-    assert took < 1.5
+    assert took < 3.0  # 0.5 s deadline; the lookup alone takes 4 s
 
 
 # --- bounded decompression ---------------------------------------------------------------------
@@ -441,7 +447,7 @@ def test_a_body_that_stalls_halfway_is_408_and_the_connection_closed(
     assert status_of(answer) == 408
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"error": BODY_TIMEOUT_MESSAGE}
     assert b"connection: close" in answer.lower()
-    assert 0.4 < took < 2.0
+    assert 0.4 < took < 4.0  # 0.5 s; without the timeout the socket's own 5 s would raise
     assert counted(before) == {"body_timeout": 1}
 
 
