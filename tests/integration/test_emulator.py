@@ -641,13 +641,13 @@ def test_fault_on_a_concrete_id_and_on_the_pattern(base_url: str, api: httpx.Cli
 
 
 def test_delay_fault(base_url: str, api: httpx.Client) -> None:
-    fault(base_url, method="GET", path="/assistant", mode="delay", delay_ms=300)
+    fault(base_url, method="GET", path="/assistant", mode="delay", delay_ms=1000)
     started = time.monotonic()
     assert api.get("/assistant").status_code == 200
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 1.0
     started = time.monotonic()
     api.get("/assistant")
-    assert time.monotonic() - started < 0.3
+    assert time.monotonic() - started < 0.8  # the fault was used up (margin for a loaded CI)
 
 
 def test_delay_fault_reads_the_body_first(base_url: str, api: httpx.Client) -> None:
@@ -854,10 +854,10 @@ def test_reset_clears_everything(
 
 
 def test_global_latency() -> None:
-    with running_emulator(latency_ms=150) as url, _client(url, "k") as client:
+    with running_emulator(latency_ms=1000) as url, _client(url, "k") as client:
         started = time.monotonic()
         assert client.get("/assistant").status_code == 200
-        assert time.monotonic() - started >= 0.15
+        assert time.monotonic() - started >= 1.0
         started = time.monotonic()
         assert client.get(f"{url}/_emulator/stats").status_code == 200
-        assert time.monotonic() - started < 0.15
+        assert time.monotonic() - started < 0.8  # its own routes are not delayed
