@@ -515,7 +515,8 @@ def test_a_database_outage_serves_cached_reads_and_counts_dropped_audit_rows(
                 started = time.monotonic()
                 for _ in range(20):
                     assert store.twilio(ACME_ID) == tw  # from memory, at once
-                assert time.monotonic() - started < 0.5
+                # from memory: a read that waited on the cut database would take seconds each
+                assert time.monotonic() - started < 2.0
                 # a miss cannot be answered: unavailable, never "not found"
                 with pytest.raises(CredentialUnavailable, match="cannot read the resend"):
                     store.resend(ACME_ID)
