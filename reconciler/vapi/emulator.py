@@ -1,4 +1,5 @@
-"""A local emulator of Vapi's assistant API, for tests, benchmarks and users' CI.
+"""A local emulator of Vapi's API for assistants, phone numbers and tools, for tests,
+benchmarks and users' CI.
 
 It behaves like `https://api.vapi.ai` for `/assistant`: one account per bearer token (isolated:
 foreign ids answer 404; `POST /_emulator/keys` gives an account more tokens), 201 on create, a
@@ -6,6 +7,25 @@ bare JSON array newest first on list (`limit` default 100, max 1000, `createdAt*
 filters), PATCH replacing each named top-level field wholesale (`null` clears it), and
 NestJS-shaped errors. Bodies are validated against the CreateAssistantDTO / UpdateAssistantDTO
 trees of Vapi's OpenAPI document (`assistant_schema.json`, see `emulator_schema.py`).
+
+Phone numbers and tools behave the same way, per account, from the table `KINDS` (a new kind is
+a few lines there): `/phone-number` and `/tool` (create, v1 list, get, PATCH, delete) and
+`/v2/phone-number`, pages of `{"results", "metadata": {"itemsPerPage", "totalItems",
+"currentPage", "totalPages", "hasNextPage", "sortOrder"}}` with `page` (from 1), `limit` (default
+100, max 1000), `search` (partial, case-insensitive, over name, number and SIP URI),
+`sortOrder` (`DESC` default) and the date filters. Their bodies are validated with `jsonschema`
+against the request schemas of Vapi's OpenAPI document (`openapi_kinds.json`, vendored by
+scripts/vendor_openapi.py): the member of the `oneOf` is chosen by `provider` (numbers) or
+`type` (tools), on a PATCH by the stored record's (a PATCH cannot change it), and unknown
+properties are refused as Vapi's NestJS pipes refuse them. The handoff tool is not vendored
+(400). Decisions where no source settles the behaviour, each the stricter case for a client:
+
+- a second import of a number already in the account gives a second record (the document
+  declares no uniqueness; nothing but the client's discipline prevents duplicates);
+- Twilio's `twilioAuthToken` and `twilioApiSecret` are stored but never answered (the document
+  lists them as optional answer fields; a client must not rely on reading a secret back);
+- a `vapi` number created without `sipUri` gets a made-up number `+1<area code or 555><7 digits>`;
+- answers add `status: "active"` to phone numbers; `normalise` applies to assistants only.
 
 Numbers behave as in Node.js, which Vapi (a NestJS service) runs on, so that the reconciler's
 tests see what a real Vapi does to numbers that do not survive a round trip through a double:
@@ -44,6 +64,8 @@ Google (`stubs.py`), for `RECONCILER_PROVIDER_STUBS`: a local trial that reaches
 An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST keys`,
 `POST reset`, and `GET/POST/DELETE faults`.
 
+- `GET stats`: `{"requests": {<"METHOD /route">: count}, "assistants_total",
+  "phone_numbers_total", "tools_total"}` (records in all accounts).
 - `GET accounts`: one entry per account, keyed by the fingerprint (`fingerprint()`) of the first
   token that reached it: `{"orgId", "assistants": <count>, "keys": [<fingerprint of each token>]}`.
 - `POST keys` with `{"token": <a token>, "new_token": <another token>}`: a second private key for
@@ -54,11 +76,13 @@ An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST k
   object, has other properties, or a field is not a non-empty string without surrounding
   whitespace, or starts with a rejected prefix (it could never authenticate); 409 when
   `new_token` already belongs to a different account (accounts are never merged).
-- `POST reset`: forget every account, key, fault and request count.
+- `POST reset`: forget every account (with its records of every kind), key, fault and request
+  count.
 - `GET/POST/DELETE faults`: list, add, clear faults.
 
 A fault is
-`{"method", "path": "/assistant" | "/assistant/{id}" | "/assistant/<id>", "mode": see below,
+`{"method", "path": a route ("/assistant", "/v2/phone-number", "/tool/{id}": any id) or a
+concrete "/tool/<id>", "mode": see below,
 "status": 500, "times": 1 (null: forever), "delay_ms": 0, "retry_after": "0" (default for 429;
 null: no header), "body": <optional JSON to answer instead of the NestJS error>}`; the first
 matching fault applies, and each match uses up one of its `times`. `status` must be a known HTTP
@@ -78,7 +102,8 @@ Every Vapi route reads the whole request body before any waiting (global latency
 `delay_ms`), so a client that times out during a wait never breaks the request half-read, and
 answers to a client that has gone are dropped quietly (no traceback in the log).
 
-The module is standalone: stdlib, starlette and uvicorn (and its own `emulator_schema.py`).
+The module is standalone: stdlib, starlette, uvicorn and jsonschema (and its own
+`emulator_schema.py`).
 
 Run it with `python -m reconciler.vapi.emulator --port 8787`, or in tests with `running_emulator()`.
 """
@@ -903,7 +928,7 @@ def running_emulator(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the Vapi assistant API emulator.")
+    parser = argparse.ArgumentParser(description="Run the Vapi API emulator.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every Vapi request")

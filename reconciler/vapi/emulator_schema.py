@@ -1,4 +1,6 @@
-"""Body validation for the Vapi emulator, driven by `assistant_schema.json`.
+"""Body validation for the Vapi emulator: assistants by `assistant_schema.json` and the
+hand-written `AssistantValidator`; phone numbers and tools by `openapi_kinds.json` and the
+`jsonschema` library (`KindValidator`, at the end).
 
 The data file is extracted from Vapi's OpenAPI document by `scripts/extract_assistant_schema.py`.
 This module walks it generically (`properties`, `required`, `$ref`, `items`, `oneOf` told apart
