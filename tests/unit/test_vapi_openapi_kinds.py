@@ -82,6 +82,13 @@ def test_the_vendored_kinds_extract_is_whole() -> None:
         ),
         ({"async": True}, "/tool/{id}", "patch", "function", []),
         ({"async": True}, "/tool/{id}", "patch", "endCall", ["property async should not exist"]),
+        (
+            {"type": None},
+            "/tool/{id}",
+            "patch",
+            "function",
+            ["type must be one of the following values: function"],
+        ),
     ],
 )
 def test_kind_validator_messages(
