@@ -1,4 +1,5 @@
-"""A local emulator of Vapi's assistant API, for tests, benchmarks and users' CI.
+"""A local emulator of Vapi's API for assistants, phone numbers and tools, for tests,
+benchmarks and users' CI.
 
 It behaves like `https://api.vapi.ai` for `/assistant`: one account per bearer token (isolated:
 foreign ids answer 404; `POST /_emulator/keys` gives an account more tokens), 201 on create, a
@@ -6,6 +7,25 @@ bare JSON array newest first on list (`limit` default 100, max 1000, `createdAt*
 filters), PATCH replacing each named top-level field wholesale (`null` clears it), and
 NestJS-shaped errors. Bodies are validated against the CreateAssistantDTO / UpdateAssistantDTO
 trees of Vapi's OpenAPI document (`assistant_schema.json`, see `emulator_schema.py`).
+
+Phone numbers and tools behave the same way, per account, from the table `KINDS` (a new kind is
+a few lines there): `/phone-number` and `/tool` (create, v1 list, get, PATCH, delete) and
+`/v2/phone-number`, pages of `{"results", "metadata": {"itemsPerPage", "totalItems",
+"currentPage", "totalPages", "hasNextPage", "sortOrder"}}` with `page` (from 1), `limit` (default
+100, max 1000), `search` (partial, case-insensitive, over name, number and SIP URI),
+`sortOrder` (`DESC` default) and the date filters. Their bodies are validated with `jsonschema`
+against the request schemas of Vapi's OpenAPI document (`openapi_kinds.json`, vendored by
+scripts/vendor_openapi.py): the member of the `oneOf` is chosen by `provider` (numbers) or
+`type` (tools), on a PATCH by the stored record's (a PATCH cannot change it), and unknown
+properties are refused as Vapi's NestJS pipes refuse them. The handoff tool is not vendored
+(400). Decisions where no source settles the behaviour, each the stricter case for a client:
+
+- a second import of a number already in the account gives a second record (the document
+  declares no uniqueness; nothing but the client's discipline prevents duplicates);
+- Twilio's `twilioAuthToken` and `twilioApiSecret` are stored but never answered (the document
+  lists them as optional answer fields; a client must not rely on reading a secret back);
+- a `vapi` number created without `sipUri` gets a made-up number `+1<area code or 555><7 digits>`;
+- answers add `status: "active"` to phone numbers; `normalise` applies to assistants only.
 
 Numbers behave as in Node.js, which Vapi (a NestJS service) runs on, so that the reconciler's
 tests see what a real Vapi does to numbers that do not survive a round trip through a double:
@@ -44,6 +64,8 @@ Google (`stubs.py`), for `RECONCILER_PROVIDER_STUBS`: a local trial that reaches
 An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST keys`,
 `POST reset`, and `GET/POST/DELETE faults`.
 
+- `GET stats`: `{"requests": {<"METHOD /route">: count}, "assistants_total",
+  "phone_numbers_total", "tools_total"}` (records in all accounts).
 - `GET accounts`: one entry per account, keyed by the fingerprint (`fingerprint()`) of the first
   token that reached it: `{"orgId", "assistants": <count>, "keys": [<fingerprint of each token>]}`.
 - `POST keys` with `{"token": <a token>, "new_token": <another token>}`: a second private key for
@@ -54,11 +76,13 @@ An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST k
   object, has other properties, or a field is not a non-empty string without surrounding
   whitespace, or starts with a rejected prefix (it could never authenticate); 409 when
   `new_token` already belongs to a different account (accounts are never merged).
-- `POST reset`: forget every account, key, fault and request count.
+- `POST reset`: forget every account (with its records of every kind), key, fault and request
+  count.
 - `GET/POST/DELETE faults`: list, add, clear faults.
 
 A fault is
-`{"method", "path": "/assistant" | "/assistant/{id}" | "/assistant/<id>", "mode": see below,
+`{"method", "path": a route ("/assistant", "/v2/phone-number", "/tool/{id}": any id) or a
+concrete "/tool/<id>", "mode": see below,
 "status": 500, "times": 1 (null: forever), "delay_ms": 0, "retry_after": "0" (default for 429;
 null: no header), "body": <optional JSON to answer instead of the NestJS error>}`; the first
 matching fault applies, and each match uses up one of its `times`. `status` must be a known HTTP
@@ -78,7 +102,8 @@ Every Vapi route reads the whole request body before any waiting (global latency
 `delay_ms`), so a client that times out during a wait never breaks the request half-read, and
 answers to a client that has gone are dropped quietly (no traceback in the log).
 
-The module is standalone: stdlib, starlette and uvicorn (and its own `emulator_schema.py`).
+The module is standalone: stdlib, starlette, uvicorn and jsonschema (and its own
+`emulator_schema.py`).
 
 Run it with `python -m reconciler.vapi.emulator --port 8787`, or in tests with `running_emulator()`.
 """
@@ -89,17 +114,19 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import http
 import json
 import math
 import operator
+import random
 import socket
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
@@ -112,20 +139,66 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from reconciler.vapi.emulator_schema import AssistantValidator, VapiNormaliser
+from reconciler.vapi.emulator_schema import AssistantValidator, KindValidator, VapiNormaliser
 from reconciler.vapi.stubs import STUB_KEYS, ProviderStubs
 
 INVALID_KEY_MESSAGE = (
     "Invalid Key. Hot tip, you may be using the private key instead of the public key,"
     " or vice versa."
 )
-ROUTE_KEYS = (
-    "GET /assistant",
-    "POST /assistant",
-    "GET /assistant/{id}",
-    "PATCH /assistant/{id}",
-    "DELETE /assistant/{id}",
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of Vapi resource the emulator serves: its routes are `GET/POST path` (the list is
+    a bare array newest first, `limit` and `createdAt*`/`updatedAt*` filters) and
+    `GET/PATCH/DELETE path/{id}`, plus `GET paged_path` when set (`{results, metadata}` pages
+    with `page`, `limit`, `search`, `sortOrder`). Bodies are checked by the assistant validator
+    (`/assistant`) or against the kind's request schemas in `openapi_kinds.json`. `secret_fields`
+    are stored but never answered; `added` are fields Vapi's answers carry that no body sets."""
+
+    name: str  # "assistants": the key of its count in stats ("assistants_total")
+    path: str
+    noun: str  # "Couldn't find <noun> <id>."
+    paged_path: str | None = None
+    search_fields: tuple[str, ...] = ()
+    secret_fields: tuple[str, ...] = ()
+    added: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def item_path(self) -> str:
+        return f"{self.path}/{{id}}"
+
+    @property
+    def route_keys(self) -> tuple[str, ...]:
+        paged = (f"GET {self.paged_path}",) if self.paged_path else ()
+        item = self.item_path
+        return (
+            f"GET {self.path}",
+            f"POST {self.path}",
+            *paged,
+            *(f"{m} {item}" for m in ("GET", "PATCH", "DELETE")),
+        )
+
+
+ASSISTANTS = Kind("assistants", "/assistant", "assistant")
+PHONE_NUMBERS = Kind(
+    "phone_numbers",
+    "/phone-number",
+    "phone number",
+    paged_path="/v2/phone-number",
+    # "search phone numbers by name, number, or SIP URI (partial match, case-insensitive)"
+    search_fields=("name", "number", "sipUri"),
+    # Twilio's token and API secret: what a client sent cannot be read back (see the docstring)
+    secret_fields=("twilioAuthToken", "twilioApiSecret"),
+    added=(("status", "active"),),
 )
+TOOLS = Kind("tools", "/tool", "tool")
+KINDS = (ASSISTANTS, PHONE_NUMBERS, TOOLS)
+ROUTE_KEYS = tuple(key for kind in KINDS for key in kind.route_keys)
+PAGED_SORT_ORDERS = ("ASC", "DESC")
+PAGED_SORT_BY = ("createdAt", "duration", "cost")  # as the document lists; all sort by createdAt
+SEARCH_MAX_LENGTH = 100
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 1000
 COMPARISONS = {"Gt": operator.gt, "Lt": operator.lt, "Ge": operator.ge, "Le": operator.le}
@@ -188,6 +261,12 @@ def _is_error_status(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_item_path(path: str, collection: str) -> bool:
+    """True for `<collection>/<one segment>`, e.g. "/tool/abc" of "/tool"."""
+    rest = path.removeprefix(collection + "/")
+    return rest != path and bool(rest) and "/" not in rest
 
 
 def _is_int(value: object) -> bool:
@@ -275,8 +354,15 @@ def fingerprint(token: str) -> str:
 class Account:
     keys: list[str]  # fingerprints of the tokens that reach it, the first one names it
     org_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    assistants: dict[str, Json] = field(default_factory=dict)  # id -> assistant, creation order
+    # kind name -> id -> record, in creation order
+    records: dict[str, dict[str, Json]] = field(
+        default_factory=lambda: {kind.name: {} for kind in KINDS}
+    )
     last_created: datetime | None = None
+
+    @property
+    def assistants(self) -> dict[str, Json]:
+        return self.records[ASSISTANTS.name]
 
     @property
     def fingerprint(self) -> str:
@@ -286,7 +372,7 @@ class Account:
 @dataclass
 class Fault:
     method: str
-    path: str  # "/assistant", "/assistant/{id}" or a concrete "/assistant/<id>"
+    path: str  # a route: "/tool", "/tool/{id}" (any id) or a concrete "/tool/<id>"
     mode: str
     status: int | None = 500  # None (late_commit only): answer the handler's own response
     times: int | None = 1  # None: every matching request, forever
@@ -297,8 +383,8 @@ class Fault:
     def matches(self, method: str, path: str) -> bool:
         if self.method != method:
             return False
-        if self.path == "/assistant/{id}":
-            return path.startswith("/assistant/")
+        if self.path.endswith("/{id}"):
+            return _is_item_path(path, self.path.removesuffix("/{id}"))
         return self.path == path
 
     def response(self, response_class: type[JSONResponse] = JSONResponse) -> Response:
@@ -324,9 +410,11 @@ class Fault:
         status = data.get("status", None if mode == "late_commit" else 500)
         times, delay_ms = data.get("times", 1), data.get("delay_ms", 0)
         if f"{method} {path}" not in ROUTE_KEYS and not (
-            method in ("GET", "PATCH", "DELETE") and path.startswith("/assistant/")
+            method in ("GET", "PATCH", "DELETE")
+            and any(_is_item_path(path, kind.path) for kind in KINDS)
         ):
-            errors.append(f"no route {method} {path}; use /assistant or /assistant/{{id}}")
+            routes = ", ".join(p for k in KINDS for p in (k.path, k.item_path, k.paged_path) if p)
+            errors.append(f"no route {method} {path}; use one of {routes}")
         if mode not in FAULT_MODES:
             errors.append(f"mode must be one of the following values: {', '.join(FAULT_MODES)}")
         if not (_is_error_status(status) or (mode == "late_commit" and status is None)):
@@ -348,6 +436,99 @@ class Fault:
             retry_after=None if retry_after is None else str(retry_after),
             body=data.get("body"),
         )
+
+
+def _free_number(area_code: Any) -> str:
+    """A number for a free Vapi number (`provider: vapi` without `sipUri`): +1, the desired
+    area code (or 555), seven random digits. Not a real number; unique enough for tests."""
+    area = area_code if isinstance(area_code, str) and area_code.isdigit() else "555"
+    return f"+1{area}{random.randrange(10**7):07d}"  # noqa: S311 (not a secret)
+
+
+@dataclass
+class _ListQuery:
+    """The query of a list route: v1 (`limit`, date filters) or v2 (also `page`, `search`,
+    `sortOrder`, `sortBy`), checked as Vapi's NestJS pipes do (unknown parameters: 400)."""
+
+    errors: list[str] = field(default_factory=list)
+    limit: int = LIST_DEFAULT_LIMIT
+    page: int = 1
+    search: str | None = None
+    sort_order: str = "DESC"
+    bounds: list[tuple[str, Callable[[datetime, datetime], bool], datetime]] = field(
+        default_factory=list
+    )
+
+    @classmethod
+    def parse(cls, items: Sequence[tuple[str, str]], *, paged: bool) -> _ListQuery:
+        query = cls()
+        errors = query.errors
+        for name, value in items:
+            if name == "limit":
+                number = _number(value)
+                if not math.isfinite(number):
+                    errors.append("limit must be a number conforming to the specified constraints")
+                elif number < 0:
+                    errors.append("limit must not be less than 0")
+                elif number > LIST_MAX_LIMIT:
+                    errors.append(f"limit must not be greater than {LIST_MAX_LIMIT}")
+                else:
+                    query.limit = int(number)
+            elif name in DATE_FILTERS:
+                parsed = _parse_iso(value)
+                if parsed is None:
+                    errors.append(f"{name} must be a valid ISO 8601 date string")
+                else:
+                    query.bounds.append((*DATE_FILTERS[name], parsed))
+            elif paged and name == "page":
+                number = _number(value)
+                if not math.isfinite(number):
+                    errors.append("page must be a number conforming to the specified constraints")
+                elif number < 1:
+                    errors.append("page must not be less than 1")
+                else:
+                    query.page = int(number)
+            elif paged and name == "search":
+                if len(value) > SEARCH_MAX_LENGTH:
+                    errors.append(
+                        f"search must be shorter than or equal to {SEARCH_MAX_LENGTH} characters"
+                    )
+                query.search = value
+            elif paged and name == "sortOrder":
+                if value not in PAGED_SORT_ORDERS:
+                    allowed = ", ".join(PAGED_SORT_ORDERS)
+                    errors.append(f"sortOrder must be one of the following values: {allowed}")
+                query.sort_order = value
+            elif paged and name == "sortBy":
+                if value not in PAGED_SORT_BY:
+                    allowed = ", ".join(PAGED_SORT_BY)
+                    errors.append(f"sortBy must be one of the following values: {allowed}")
+            else:
+                errors.append(f"property {name} should not exist")
+        return query
+
+    def select(self, records: Iterable[Json], search_fields: Sequence[str]) -> list[Json]:
+        """The records that match, newest first (oldest first for `sortOrder=ASC`)."""
+        ordered = sorted(
+            records, key=lambda r: str(r["createdAt"]), reverse=self.sort_order == "DESC"
+        )
+        needle = (self.search or "").casefold()
+        return [
+            r
+            for r in ordered
+            if all(compare(datetime.fromisoformat(r[f]), b) for f, compare, b in self.bounds)
+            and (
+                not needle
+                or any(needle in str(r.get(f, "")).casefold() for f in search_fields if f in r)
+            )
+        ]
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
 
 
 @dataclass
@@ -396,6 +577,7 @@ class Emulator:
         self.loads: Callable[[bytes], Any] = js_loads if js_numbers else json.loads
         self.state = EmulatorState()
         self.validator = AssistantValidator.load()
+        self.kind_validator = KindValidator.load()  # phone numbers and tools
         # None: store bodies as sent (see the module docstring for what normalising does)
         self.normaliser = VapiNormaliser(self.validator) if normalise else None
 
@@ -460,105 +642,142 @@ class Emulator:
             return _bad_request(["request body must be a JSON object"])
         return body
 
-    # -- /assistant --------------------------------------------------------------------------
+    # -- the kinds: /assistant, /phone-number (and /v2/phone-number), /tool --------------------
 
-    async def create_assistant(self, request: Request, account: Account) -> Response:
+    def answer(self, kind: Kind, record: Json) -> Json:
+        """`record` as the API shows it: without the kind's secret fields."""
+        if not kind.secret_fields:
+            return record
+        return {k: v for k, v in record.items() if k not in kind.secret_fields}
+
+    def check(self, kind: Kind, body: Json, method: str, stored: Json | None = None) -> list[str]:
+        """What is wrong with `body` as a create (`stored` None) or a PATCH of `stored`."""
+        if kind is ASSISTANTS:
+            return self.validator.validate(body, "create" if method == "post" else "update")
+        path = kind.path if method == "post" else kind.item_path
+        prop, _ = self.kind_validator.discriminator(path, method)
+        return self.kind_validator.validate(
+            body, path, method, None if stored is None else stored.get(prop)
+        )
+
+    async def create(self, kind: Kind, request: Request, account: Account) -> Response:
         body = await self.read_object(request)
         if isinstance(body, Response):
             return body
-        if errors := self.validator.validate(body, "create"):
+        if errors := self.check(kind, body, "post"):
             return _bad_request(errors)
         created = account.last_created = _stamp_after(account.last_created)  # strictly increasing
-        assistant_id = str(uuid.uuid4())
+        record_id = str(uuid.uuid4())
         stamp = _iso(created)
-        if self.normaliser is None:
-            assistant = {k: v for k, v in body.items() if v is not None}
+        if kind is ASSISTANTS and self.normaliser is not None:
+            record = self.normaliser.created(body)
         else:
-            assistant = self.normaliser.created(body)
-        assistant.update(id=assistant_id, orgId=account.org_id, createdAt=stamp, updatedAt=stamp)
-        if self.normaliser is not None:
-            assistant = self.normaliser.answer(assistant)
-        account.assistants[assistant_id] = assistant
-        return self.json_response(assistant, status_code=201)
+            record = {k: v for k, v in body.items() if v is not None}
+        if kind is PHONE_NUMBERS and record.get("provider") == "vapi" and "sipUri" not in record:
+            record.setdefault("number", _free_number(record.get("numberDesiredAreaCode")))
+        record.update(id=record_id, orgId=account.org_id, createdAt=stamp, updatedAt=stamp)
+        for key, value in kind.added:
+            record.setdefault(key, value)
+        if kind is ASSISTANTS and self.normaliser is not None:
+            record = self.normaliser.answer(record)
+        account.records[kind.name][record_id] = record
+        return self.json_response(self.answer(kind, record), status_code=201)
 
-    async def list_assistants(self, request: Request, account: Account) -> Response:
-        errors: list[str] = []
-        limit = LIST_DEFAULT_LIMIT
-        bounds: list[tuple[str, Callable[[datetime, datetime], bool], datetime]] = []
-        for name, value in request.query_params.multi_items():
-            if name == "limit":
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = math.nan
-                if not math.isfinite(number):
-                    errors.append("limit must be a number conforming to the specified constraints")
-                elif number < 0:
-                    errors.append("limit must not be less than 0")
-                elif number > LIST_MAX_LIMIT:
-                    errors.append(f"limit must not be greater than {LIST_MAX_LIMIT}")
-                else:
-                    limit = int(number)
-            elif name in DATE_FILTERS:
-                parsed = _parse_iso(value)
-                if parsed is None:
-                    errors.append(f"{name} must be a valid ISO 8601 date string")
-                else:
-                    bounds.append((*DATE_FILTERS[name], parsed))
-            else:
-                errors.append(f"property {name} should not exist")
-        if errors:
-            return _bad_request(errors)
-        newest_first = sorted(
-            account.assistants.values(), key=lambda a: str(a["createdAt"]), reverse=True
+    async def list_all(self, kind: Kind, request: Request, account: Account) -> Response:
+        """The v1 list: a bare array, newest first (`limit`, date filters)."""
+        query = _ListQuery.parse(request.query_params.multi_items(), paged=False)
+        if query.errors:
+            return _bad_request(query.errors)
+        matching = query.select(account.records[kind.name].values(), ())
+        return self.json_response([self.answer(kind, r) for r in matching[: query.limit]])
+
+    async def list_paged(self, kind: Kind, request: Request, account: Account) -> Response:
+        """The v2 list: `{results, metadata}` pages (`page`, `limit`, `search`, `sortOrder`)."""
+        query = _ListQuery.parse(request.query_params.multi_items(), paged=True)
+        if query.errors:
+            return _bad_request(query.errors)
+        matching = query.select(account.records[kind.name].values(), kind.search_fields)
+        start = (query.page - 1) * query.limit
+        results = matching[start : start + query.limit]
+        total = len(matching)
+        pages = math.ceil(total / query.limit) if query.limit else 0
+        metadata = {
+            "itemsPerPage": query.limit,
+            "totalItems": total,
+            "currentPage": query.page,
+            "totalPages": pages,
+            "hasNextPage": query.page < pages,
+            "sortOrder": query.sort_order,
+        }
+        return self.json_response(
+            {"results": [self.answer(kind, r) for r in results], "metadata": metadata}
         )
-        matching = [
-            a
-            for a in newest_first
-            if all(compare(datetime.fromisoformat(a[f]), bound) for f, compare, bound in bounds)
-        ]
-        return self.json_response(matching[:limit])
 
     @staticmethod
-    def _not_found(assistant_id: str) -> JSONResponse:
-        return _error(404, f"Couldn't find assistant {assistant_id}.")
+    def _not_found(kind: Kind, record_id: str) -> JSONResponse:
+        return _error(404, f"Couldn't find {kind.noun} {record_id}.")
 
-    async def get_assistant(self, request: Request, account: Account) -> Response:
-        assistant_id = request.path_params["id"]
-        assistant = account.assistants.get(assistant_id)
-        return self._not_found(assistant_id) if assistant is None else self.json_response(assistant)
+    async def get(self, kind: Kind, request: Request, account: Account) -> Response:
+        record_id = request.path_params["id"]
+        record = account.records[kind.name].get(record_id)
+        if record is None:
+            return self._not_found(kind, record_id)
+        return self.json_response(self.answer(kind, record))
 
-    async def update_assistant(self, request: Request, account: Account) -> Response:
+    async def update(self, kind: Kind, request: Request, account: Account) -> Response:
         body = await self.read_object(request)
         if isinstance(body, Response):
             return body
-        if errors := self.validator.validate(body, "update"):  # NestJS pipes run first
+        record_id = request.path_params["id"]
+        record = account.records[kind.name].get(record_id)
+        if kind is ASSISTANTS:  # NestJS pipes run first (a PATCH of a kind needs the record's
+            errors = self.check(kind, body, "patch")  # discriminator to pick its schema)
+            if errors:
+                return _bad_request(errors)
+        if record is None:
+            return self._not_found(kind, record_id)
+        if kind is not ASSISTANTS and (errors := self.check(kind, body, "patch", record)):
             return _bad_request(errors)
-        assistant_id = request.path_params["id"]
-        if (assistant := account.assistants.get(assistant_id)) is None:
-            return self._not_found(assistant_id)
         for key, value in body.items():  # each named top-level field is replaced as a whole
             if value is None:
-                assistant.pop(key, None)
-            elif self.normaliser is None:
-                assistant[key] = value
+                record.pop(key, None)
+            elif kind is ASSISTANTS and self.normaliser is not None:
+                record[key] = self.normaliser.field_value(key, value)
             else:
-                assistant[key] = self.normaliser.field_value(key, value)
-        assistant["updatedAt"] = _iso(_stamp_after(datetime.fromisoformat(assistant["updatedAt"])))
-        if self.normaliser is not None:
-            assistant = account.assistants[assistant_id] = self.normaliser.answer(assistant)
-        return self.json_response(assistant)
+                record[key] = value
+        record["updatedAt"] = _iso(_stamp_after(datetime.fromisoformat(record["updatedAt"])))
+        if kind is ASSISTANTS and self.normaliser is not None:
+            record = account.records[kind.name][record_id] = self.normaliser.answer(record)
+        return self.json_response(self.answer(kind, record))
 
-    async def delete_assistant(self, request: Request, account: Account) -> Response:
-        assistant_id = request.path_params["id"]
-        assistant = account.assistants.pop(assistant_id, None)
-        return self._not_found(assistant_id) if assistant is None else self.json_response(assistant)
+    async def delete(self, kind: Kind, request: Request, account: Account) -> Response:
+        record_id = request.path_params["id"]
+        record = account.records[kind.name].pop(record_id, None)
+        if record is None:
+            return self._not_found(kind, record_id)
+        return self.json_response(self.answer(kind, record))
+
+    def handlers(self, kind: Kind) -> list[tuple[str, str, Handler]]:
+        """The routes of `kind`: (method, path, handler)."""
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", kind.path, functools.partial(self.list_all, kind)),
+            ("POST", kind.path, functools.partial(self.create, kind)),
+            ("GET", kind.item_path, functools.partial(self.get, kind)),
+            ("PATCH", kind.item_path, functools.partial(self.update, kind)),
+            ("DELETE", kind.item_path, functools.partial(self.delete, kind)),
+        ]
+        if kind.paged_path is not None:
+            routes.append(("GET", kind.paged_path, functools.partial(self.list_paged, kind)))
+        return routes
 
     # -- /_emulator (admin, no auth) ---------------------------------------------------------
 
     async def stats(self, request: Request) -> Response:
-        total = sum(len(a.assistants) for a in self.state.unique_accounts())
-        return JSONResponse({"requests": dict(self.state.requests), "assistants_total": total})
+        accounts = self.state.unique_accounts()
+        totals = {
+            f"{kind.name}_total": sum(len(a.records[kind.name]) for a in accounts) for kind in KINDS
+        }
+        return JSONResponse({"requests": dict(self.state.requests), **totals})
 
     async def accounts(self, request: Request) -> Response:
         return JSONResponse(
@@ -642,13 +861,7 @@ def create_app(
     reads and writes the Vapi routes' numbers as Node.js does (False: as Python's json does);
     `normalise` stores assistants with Vapi's defaults and key order (see the module docstring)."""
     emu = Emulator(latency_ms, rejected_prefixes, js_numbers=js_numbers, normalise=normalise)
-    vapi_routes: list[tuple[str, str, Handler]] = [
-        ("GET", "/assistant", emu.list_assistants),
-        ("POST", "/assistant", emu.create_assistant),
-        ("GET", "/assistant/{id}", emu.get_assistant),
-        ("PATCH", "/assistant/{id}", emu.update_assistant),
-        ("DELETE", "/assistant/{id}", emu.delete_assistant),
-    ]
+    vapi_routes = [route for kind in KINDS for route in emu.handlers(kind)]
     routes = [
         Route(path, emu.vapi_route(f"{method} {path}", handler), methods=[method])
         for method, path, handler in vapi_routes
@@ -715,7 +928,7 @@ def running_emulator(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the Vapi assistant API emulator.")
+    parser = argparse.ArgumentParser(description="Run the Vapi API emulator.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--latency-ms", type=int, default=0, help="added to every Vapi request")

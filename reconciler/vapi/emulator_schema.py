@@ -1,4 +1,6 @@
-"""Body validation for the Vapi emulator, driven by `assistant_schema.json`.
+"""Body validation for the Vapi emulator: assistants by `assistant_schema.json` and the
+hand-written `AssistantValidator`; phone numbers and tools by `openapi_kinds.json` and the
+`jsonschema` library (`KindValidator`, at the end).
 
 The data file is extracted from Vapi's OpenAPI document by `scripts/extract_assistant_schema.py`.
 This module walks it generically (`properties`, `required`, `$ref`, `items`, `oneOf` told apart
@@ -12,17 +14,24 @@ provider-discriminated, or a schema beyond the extraction depth).
 answers with it: the server defaults of `SERVER_DEFAULTS` filled in, top-level keys in Vapi's
 order, nested keys in Postgres jsonb order, and the computed `isServerUrlSecretSet` added.
 
-Standalone: stdlib only.
+Standalone: the stdlib, and the `jsonschema` library for phone numbers and tools
+(`KindValidator`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from jsonschema import Draft4Validator
+from jsonschema.exceptions import best_match
+from referencing import Registry
+from referencing.jsonschema import DRAFT4
 
 SCHEMA_PATH = Path(__file__).with_name("assistant_schema.json")
 
@@ -400,3 +409,168 @@ class VapiNormaliser:
         out = {k: jsonb_order(assistant[k]) for k in keys}
         out[COMPUTED_FIELD] = False
         return out
+
+
+# -- phone numbers and tools: Vapi's OpenAPI extract, checked by a JSON Schema validator --------
+
+KINDS_SCHEMA_PATH = Path(__file__).with_name("openapi_kinds.json")
+_KINDS_URI = "urn:vapi-reconciler:openapi-kinds"
+_JSON = "application/json"
+
+
+def _closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that lists its
+    `properties` and says nothing of others: Vapi's NestJS pipes reject unknown properties
+    ("property X should not exist"), which OpenAPI does not say. A `pattern` written as a
+    JavaScript regex literal (`/^[a-z]+$/`, as Vapi's document has them) loses its slashes.
+    Recurses through sub-schemas only (a property named like a keyword is a name)."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: _closed(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = _closed(value)
+        elif key in ("allOf", "anyOf", "oneOf") and isinstance(value, list):
+            out[key] = [_closed(s) for s in value]
+        elif key == "components" and isinstance(value, dict):
+            schemas = value.get("schemas", {})
+            out[key] = {**value, "schemas": {name: _closed(s) for name, s in schemas.items()}}
+        elif key == "paths" and isinstance(value, dict):  # the operations' schemas
+            out[key] = _closed_paths(value)
+        elif key == "pattern" and isinstance(value, str) and len(value) > 1:
+            out[key] = value[1:-1] if value[0] == value[-1] == "/" else value
+        else:
+            out[key] = value
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def _closed_paths(paths: dict[str, Any]) -> dict[str, Any]:
+    """`paths` with each operation's request and answer schemas `_closed`."""
+
+    def media(content: dict[str, Any]) -> dict[str, Any]:
+        return {t: {**m, "schema": _closed(m.get("schema", {}))} for t, m in content.items()}
+
+    out: dict[str, Any] = {}
+    for path, operations in paths.items():
+        out[path] = {}
+        for method, op in operations.items():
+            closed = dict(op)
+            if "requestBody" in op:
+                body = op["requestBody"]
+                closed["requestBody"] = {**body, "content": media(body.get("content", {}))}
+            closed["responses"] = {
+                status: {**r, "content": media(r.get("content", {}))}
+                for status, r in op.get("responses", {}).items()
+            }
+            out[path][method] = closed
+    return out
+
+
+def _without_nulls(value: Any) -> Any:
+    """`value` with each object's null members left out: class-validator's @IsOptional lets
+    null stand for "not given" (a PATCH's null clears the field); a required one is then missing."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _label(parts: Any) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+class KindValidator:
+    """Validates phone-number and tool request bodies against the request schemas of Vapi's
+    OpenAPI document (`openapi_kinds.json`, vendored by scripts/vendor_openapi.py) with the
+    maintained `jsonschema` library, and words the errors as Vapi's NestJS pipes do where that
+    is cheap ("name must be shorter than or equal to 40 characters", "property foo should not
+    exist"); every message starts with the dotted path of the field it is about.
+
+    A body is a `oneOf` chosen by a discriminator (`provider` for phone numbers, `type` for
+    tools): the member is picked by the body's value, or by the stored record's on a PATCH that
+    leaves it out, then the body is checked against that member alone."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self._document = _closed(dict(document))
+        registry: Registry[Any] = Registry().with_resource(
+            _KINDS_URI, DRAFT4.create_resource(self._document)
+        )
+        self._registry = registry
+
+    @classmethod
+    def load(cls, path: Path = KINDS_SCHEMA_PATH) -> KindValidator:
+        return cls(json.loads(path.read_text(encoding="utf-8")))
+
+    def discriminator(self, path: str, method: str) -> tuple[str, dict[str, str]]:
+        """The request body's discriminating property and its values' component names."""
+        schema = self._document["paths"][path][method]["requestBody"]["content"][_JSON]["schema"]
+        found = schema["discriminator"]
+        return found["propertyName"], dict(found["mapping"])
+
+    def validate(
+        self, body: Mapping[str, Any], path: str, method: str, stored: str | None = None
+    ) -> list[str]:
+        """What is wrong with `body` as the request body of `method path` (empty: nothing);
+        `stored` is the discriminator value of the record a PATCH changes."""
+        prop, mapping = self.discriminator(path, method)
+        chosen = body.get(prop, stored)
+        if chosen not in mapping or (stored is not None and chosen != stored):
+            allowed = [stored] if stored is not None else list(mapping)
+            return [f"{prop} must be one of the following values: {', '.join(allowed)}"]
+        validator = Draft4Validator(
+            {"$ref": f"{_KINDS_URI}{mapping[chosen]}"}, registry=self._registry
+        )
+        errors = sorted(
+            validator.iter_errors(_without_nulls(dict(body))),
+            key=lambda e: (list(map(str, e.absolute_path)), e.validator),
+        )
+        return list(dict.fromkeys(m for e in errors for m in self._messages(e)))
+
+    def answer_errors(self, answer: Any, path: str, method: str, status: str = "200") -> list[str]:
+        """What is wrong with `answer` as the `status` answer of `method path` in Vapi's document
+        (closed as the requests are: a field the document does not declare is an error). For
+        tests: the emulator's answers must be what Vapi documents."""
+        pointer = "/".join(
+            p.replace("~", "~0").replace("/", "~1")
+            for p in ("paths", path, method, "responses", status, "content", _JSON, "schema")
+        )
+        ref = f"{_KINDS_URI}#/{urllib.parse.quote(pointer, safe='/~')}"
+        validator = Draft4Validator({"$ref": ref}, registry=self._registry)
+        errors = sorted(validator.iter_errors(answer), key=lambda e: list(map(str, e.path)))
+        return list(dict.fromkeys(m for e in errors for m in self._messages(e)))
+
+    def _messages(self, error: Any) -> list[str]:
+        label = _label(error.absolute_path)
+        prefix = f"{label}." if label else ""
+        kind, value, instance = error.validator, error.validator_value, error.instance
+        if kind == "additionalProperties" and isinstance(instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            return [f"{prefix}property {k} should not exist" for k in instance if k not in allowed]
+        if kind == "required":  # one error per missing property
+            missing = [k for k in value if k not in instance and repr(k) in error.message]
+            return [f"{prefix}{k} should not be null or undefined" for k in missing[:1]]
+        name = label or "body"
+        if kind == "type" and isinstance(value, str) and value in _TYPE_MESSAGES:
+            return [_TYPE_MESSAGES[value].format(name)]
+        if kind == "enum":
+            return [f"{name} must be one of the following values: {', '.join(map(str, value))}"]
+        if kind == "maxLength":
+            return [f"{name} must be shorter than or equal to {value} characters"]
+        if kind == "minLength":
+            return [f"{name} must be longer than or equal to {value} characters"]
+        if kind == "pattern":
+            return [f"{name} must match /{value}/ regular expression"]
+        if kind == "minimum":
+            return [f"{name} must not be less than {_fmt_number(value)}"]
+        if kind == "maximum":
+            return [f"{name} must not be greater than {_fmt_number(value)}"]
+        if kind in ("oneOf", "anyOf") and error.context:
+            return self._messages(best_match(error.context))
+        return [f"{name} does not match its schema ({kind})"]

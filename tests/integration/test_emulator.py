@@ -801,13 +801,21 @@ def test_only_late_commit_may_have_a_null_status(admin: httpx.Client) -> None:
 
 def test_stats_count_every_request(base_url: str, api: httpx.Client, admin: httpx.Client) -> None:
     empty = admin.get("/_emulator/stats").json()
-    assert empty == {"requests": dict.fromkeys(empty["requests"], 0), "assistants_total": 0}
-    assert set(empty["requests"]) == {
-        "GET /assistant",
-        "POST /assistant",
-        "GET /assistant/{id}",
-        "PATCH /assistant/{id}",
-        "DELETE /assistant/{id}",
+    totals = {"assistants_total": 0, "phone_numbers_total": 0, "tools_total": 0}
+    assert empty == {"requests": dict.fromkeys(empty["requests"], 0), **totals}
+    kind_routes = {
+        f"{method} {path}"
+        for collection in ("/assistant", "/phone-number", "/tool")
+        for method, path in (
+            ("GET", collection),
+            ("POST", collection),
+            ("GET", f"{collection}/{{id}}"),
+            ("PATCH", f"{collection}/{{id}}"),
+            ("DELETE", f"{collection}/{{id}}"),
+        )
+    }
+    assert set(empty["requests"]) == kind_routes | {
+        "GET /v2/phone-number",
         "GET /_stubs/twilio",
         "GET /_stubs/resend",
         "GET /_stubs/elevenlabs",
@@ -823,16 +831,24 @@ def test_stats_count_every_request(base_url: str, api: httpx.Client, admin: http
     api.get(f"/assistant/{created['id']}")
     api.patch(f"/assistant/{created['id']}", json={"name": "y"})
     api.delete(f"/assistant/{uuid.uuid4()}")  # 404
+    api.post("/tool", json={"type": "endCall"})
+    api.get("/v2/phone-number")
+    api.get(f"/phone-number/{uuid.uuid4()}")  # 404
+    counted = {
+        "GET /assistant": 2,
+        "POST /assistant": 3,
+        "GET /assistant/{id}": 1,
+        "PATCH /assistant/{id}": 1,
+        "DELETE /assistant/{id}": 1,
+        "POST /tool": 1,
+        "GET /v2/phone-number": 1,
+        "GET /phone-number/{id}": 1,
+    }
     assert admin.get("/_emulator/stats").json() == {
-        "requests": {
-            "GET /assistant": 2,
-            "POST /assistant": 3,
-            "GET /assistant/{id}": 1,
-            "PATCH /assistant/{id}": 1,
-            "DELETE /assistant/{id}": 1,
-            **{key: 0 for key in empty["requests"] if "/_stubs/" in key},
-        },
+        "requests": {**dict.fromkeys(empty["requests"], 0), **counted},
+        **totals,
         "assistants_total": 1,
+        "tools_total": 1,
     }
 
 
@@ -846,7 +862,7 @@ def test_reset_clears_everything(
     assert admin.get("/_emulator/accounts").json() == {}
     assert admin.get("/_emulator/faults").json() == []
     stats = admin.get("/_emulator/stats").json()
-    assert stats["assistants_total"] == 0
+    assert stats["assistants_total"] == stats["phone_numbers_total"] == stats["tools_total"] == 0
     assert set(stats["requests"].values()) == {0}
     assert api.get("/assistant").json() == []
     assert api.get(f"/assistant/{created['id']}").status_code == 404
