@@ -27,6 +27,7 @@ from reconciler.state.store import StateWriter
 from reconciler.vapi.client import http_client
 from reconciler.vapi.emulator import running_emulator
 from tests.helpers import FAST_RETRY, TABLES, Run, SpecDir, reset_emulator
+from tests.helpers.serve import ServeLauncher, session_env
 
 
 @pytest.fixture(scope="session")
@@ -144,3 +145,24 @@ def cli(
         return Run(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def launcher(
+    database_url: str,
+    master_key: MasterKey,
+    emulator: str,
+    age_identity: tuple[Path, str],
+    pool: Any,  # truncates the tables
+    tmp_path: Path,
+) -> Iterator[ServeLauncher]:
+    """Starts real `reconciler serve` processes on the session's database and emulator (each
+    stopped at the end); `test_serve.py` has its own, over its own environment."""
+    env = session_env(
+        database_url, master_key.to_b64(), emulator, age_identity[0], tmp_path / "data"
+    )
+    launcher = ServeLauncher(tmp_path, env)
+    try:
+        yield launcher
+    finally:
+        launcher.close()

@@ -385,3 +385,10 @@ def served(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def emulator_client(base_url: str, token: str | None) -> httpx.Client:
+    """A client of the emulator as one Vapi account (its API key `token`), or its admin routes
+    (`None`: no key)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=10)

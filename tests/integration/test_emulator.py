@@ -17,7 +17,7 @@ from reconciler.vapi.emulator import (
     fingerprint,
     running_emulator,
 )
-from tests.helpers import fault
+from tests.helpers import emulator_client, fault
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UNAUTHORIZED = {"message": INVALID_KEY_MESSAGE, "error": "Unauthorized", "statusCode": 401}
@@ -35,26 +35,21 @@ def base_url(emulator: str) -> str:
     return emulator
 
 
-def _client(base_url: str, token: str | None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=10)
-
-
 @pytest.fixture
 def api(base_url: str) -> Iterator[httpx.Client]:
-    with _client(base_url, "tenant-a-key") as client:
+    with emulator_client(base_url, "tenant-a-key") as client:
         yield client
 
 
 @pytest.fixture
 def other(base_url: str) -> Iterator[httpx.Client]:
-    with _client(base_url, "tenant-b-key") as client:
+    with emulator_client(base_url, "tenant-b-key") as client:
         yield client
 
 
 @pytest.fixture
 def admin(base_url: str) -> Iterator[httpx.Client]:
-    with _client(base_url, None) as client:
+    with emulator_client(base_url, None) as client:
         yield client
 
 
@@ -191,7 +186,7 @@ def test_a_second_key_reaches_the_same_account(
     added = _add_key(admin, "tenant-a-key", "tenant-a-second")
     assert added == {"orgId": first["orgId"], "account": fingerprint("tenant-a-key")}
 
-    with _client(base_url, "tenant-a-second") as second:
+    with emulator_client(base_url, "tenant-a-second") as second:
         assert second.get("/assistant").json() == [first]
         assert second.get(f"/assistant/{first['id']}").json() == first
         via_second = _create(second, name="via second")
@@ -228,7 +223,10 @@ def test_a_second_key_for_a_token_never_used_creates_the_account(
             "keys": [fingerprint("fresh-key"), fingerprint("fresh-second")],
         }
     }
-    with _client(base_url, "fresh-second") as second, _client(base_url, "fresh-key") as first:
+    with (
+        emulator_client(base_url, "fresh-second") as second,
+        emulator_client(base_url, "fresh-key") as first,
+    ):
         created = _create(second, name="x")
         assert created["orgId"] == added["orgId"]
         assert first.get("/assistant").json() == [created]
@@ -257,7 +255,7 @@ def test_second_keys_chain_repeat_and_never_merge_accounts(
         assert "new_token already belongs to account" in response.json()["message"]
     assert fingerprint("never-used") not in admin.get("/_emulator/accounts").json()
     assert [a["id"] for a in other.get("/assistant").json()] == [theirs["id"]]
-    with _client(base_url, "tenant-a-third") as third:
+    with emulator_client(base_url, "tenant-a-third") as third:
         assert [a["id"] for a in third.get("/assistant").json()] == [mine["id"]]
 
 
@@ -298,7 +296,7 @@ def test_reset_forgets_second_keys(base_url: str, api: httpx.Client, admin: http
     _add_key(admin, "tenant-a-key", "tenant-a-second")
     assert admin.post("/_emulator/reset").status_code == 200
     assert admin.get("/_emulator/accounts").json() == {}
-    with _client(base_url, "tenant-a-second") as second:
+    with emulator_client(base_url, "tenant-a-second") as second:
         assert second.get("/assistant").json() == []
         assert second.get(f"/assistant/{created['id']}").status_code == 404
         theirs = _create(second, name="y")
@@ -402,7 +400,7 @@ def test_fault_bodies_are_written_like_javascript(base_url: str, api: httpx.Clie
 
 
 def test_js_numbers_false_keeps_pythons_behaviour() -> None:
-    with running_emulator(js_numbers=False) as url, _client(url, "k") as client:
+    with running_emulator(js_numbers=False) as url, emulator_client(url, "k") as client:
         response = _post_raw(
             client,
             '{"maxDurationSeconds": 600.0, "metadata": {"big": 9007199254740993, "one": 1.0,'
@@ -663,7 +661,7 @@ def test_delay_fault_survives_a_client_timeout_without_a_traceback(
     base_url: str, api: httpx.Client, server_log: list[logging.LogRecord]
 ) -> None:
     fault(base_url, method="POST", path="/assistant", mode="delay", delay_ms=400)
-    with _client(base_url, "tenant-a-key") as impatient, pytest.raises(httpx.ReadTimeout):
+    with emulator_client(base_url, "tenant-a-key") as impatient, pytest.raises(httpx.ReadTimeout):
         impatient.post("/assistant", json={"name": "gave up"}, timeout=0.1)
     time.sleep(0.6)  # past the delay: the emulator has handled (and dropped) the request
     assert _count(api) == 0  # the client left while the request was queued: no work done
@@ -677,7 +675,7 @@ def test_late_commit_commits_after_the_client_timed_out(
     fault(base_url, method="POST", path="/assistant", mode="late_commit", delay_ms=600)
     assert admin.get("/_emulator/faults").json()[0]["status"] is None  # answers normally
     started = time.monotonic()
-    with _client(base_url, "tenant-a-key") as impatient, pytest.raises(httpx.ReadTimeout):
+    with emulator_client(base_url, "tenant-a-key") as impatient, pytest.raises(httpx.ReadTimeout):
         impatient.post("/assistant", json={"name": "late"}, timeout=0.2)
     assert _count(api) == 0  # not committed yet
     time.sleep(max(0.0, started + 0.8 - time.monotonic()))
@@ -870,7 +868,7 @@ def test_reset_clears_everything(
 
 
 def test_global_latency() -> None:
-    with running_emulator(latency_ms=1000) as url, _client(url, "k") as client:
+    with running_emulator(latency_ms=1000) as url, emulator_client(url, "k") as client:
         started = time.monotonic()
         assert client.get("/assistant").status_code == 200
         assert time.monotonic() - started >= 1.0

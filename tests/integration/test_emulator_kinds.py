@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from reconciler.vapi.emulator_schema import KindValidator
-from tests.helpers import add_key, fault
+from tests.helpers import add_key, emulator_client, fault
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TWILIO = {
@@ -43,26 +43,21 @@ def base_url(emulator: str) -> str:
     return emulator
 
 
-def _client(base_url: str, token: str | None) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=10)
-
-
 @pytest.fixture
 def api(base_url: str) -> Iterator[httpx.Client]:
-    with _client(base_url, "kinds-tenant-a") as client:
+    with emulator_client(base_url, "kinds-tenant-a") as client:
         yield client
 
 
 @pytest.fixture
 def other(base_url: str) -> Iterator[httpx.Client]:
-    with _client(base_url, "kinds-tenant-b") as client:
+    with emulator_client(base_url, "kinds-tenant-b") as client:
         yield client
 
 
 @pytest.fixture
 def admin(base_url: str) -> Iterator[httpx.Client]:
-    with _client(base_url, None) as client:
+    with emulator_client(base_url, None) as client:
         yield client
 
 
@@ -444,13 +439,13 @@ def test_accounts_are_isolated_for_every_kind(
     assert _ids(api.get("/v2/phone-number").json()["results"]) == [number["id"]]
 
     add_key(base_url, "kinds-tenant-a", "kinds-tenant-a-second")
-    with _client(base_url, "kinds-tenant-a-second") as second:
+    with emulator_client(base_url, "kinds-tenant-a-second") as second:
         assert second.get(f"/phone-number/{number['id']}").json() == number
         assert _ids(second.get("/tool").json()) == [tool["id"]]
 
 
 def test_a_wrong_key_gets_401_on_every_kind(base_url: str) -> None:
-    with _client(base_url, "invalid-key") as wrong:
+    with emulator_client(base_url, "invalid-key") as wrong:
         for method, path in [
             ("GET", "/phone-number"),
             ("GET", "/v2/phone-number"),

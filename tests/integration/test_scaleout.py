@@ -5,16 +5,11 @@ middle of a run loses no org: the others take its orgs within about one interval
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
 from reconciler.engine.model import tag_of
-from reconciler.secrets.crypto import MasterKey
 from tests.helpers import (
     SpecDir,
     accounts,
@@ -33,31 +28,11 @@ from tests.helpers.serve import (
     orgs_by_slug,
     query,
     schedule,
-    session_env,
     wait_until,
 )
 
 N_ORGS = 100
 INTERVAL_S = 2.0
-
-
-@pytest.fixture
-def launcher(
-    database_url: str,
-    master_key: MasterKey,
-    emulator: str,
-    age_identity: tuple[Path, str],
-    pool: Any,  # truncates the tables
-    tmp_path: Path,
-) -> Iterator[ServeLauncher]:
-    env = session_env(
-        database_url, master_key.to_b64(), emulator, age_identity[0], tmp_path / "data"
-    )
-    launcher = ServeLauncher(tmp_path, env)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 def _all_converged(emulator: str, database_url: str) -> bool:

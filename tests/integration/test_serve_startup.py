@@ -5,38 +5,14 @@ where webhooks are forwarded and which endpoints credential checks call; never a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from reconciler.secrets.crypto import MasterKey
 from tests.helpers import SpecDir, org_doc
-from tests.helpers.serve import ServeLauncher, assert_clean_log, session_env, wait_until
+from tests.helpers.serve import ServeLauncher, assert_clean_log, wait_until
 
 ADMIN_TOKEN = "admin-TOKEN-4f9c2e"  # a canary
 GIT_TOKEN = "ghp_GITTOKEN8d1a"  # a canary
 FORWARD = "https://app.example.com/hooks/PATHTOKEN71?key=QUERYTOKEN93"
-
-
-@pytest.fixture
-def launcher(
-    database_url: str,
-    master_key: MasterKey,
-    emulator: str,
-    age_identity: tuple[Path, str],
-    pool: Any,  # truncates the tables
-    tmp_path: Path,
-) -> Iterator[ServeLauncher]:
-    env = session_env(
-        database_url, master_key.to_b64(), emulator, age_identity[0], tmp_path / "data"
-    )
-    launcher = ServeLauncher(tmp_path, env)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 def test_a_folder_source_says_what_it_does_and_no_secret(
