@@ -240,8 +240,9 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
 
     if not args.dry_run and not args.yes and not _interactive():
         print(
-            f"error: org retire {printable(args.slug, 80)} deletes its assistants and is not "
-            "undone: pass --yes to run it without a terminal (or --dry-run to see what it does)",
+            f"error: org retire {printable(args.slug, 80)} deletes its assistants, numbers and "
+            "tools and is not undone: pass --yes to run it without a terminal (or --dry-run to "
+            "see what it does)",
             file=sys.stderr,
         )
         return EXIT_ERROR
@@ -267,9 +268,7 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
                 render_text(planned, _out())
                 print("dry run: nothing was changed", file=sys.stderr)
                 return EXIT_OK if planned.ok else EXIT_ERROR
-            deletes = sum(o.plan.deletes for o in planned.outcomes if o.plan is not None)
-            noun = "assistant" if deletes == 1 else "assistants"
-            question = f"retire org {printable(args.slug, 80)} (deletes {deletes} {noun})?"
+            question = f"retire org {printable(args.slug, 80)} (deletes {_deleted(planned)})?"
             if not planned.ok:
                 render_text(planned, _out())
                 question = f"{question} (its plan has errors, above)"
@@ -284,6 +283,24 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
 def _interactive() -> bool:
     """A person can answer: stdin and stderr (where the question goes) are terminals."""
     return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _deleted(report: RunReport) -> str:
+    """`2 assistants, 2 phone numbers and 3 tools`: what a plan deletes in Vapi, by kind."""
+    from reconciler.engine.actions import DeleteAssistant, DeleteResource
+
+    counts: dict[str, int] = {"assistant": 0}
+    for outcome in report.outcomes:
+        for action in outcome.plan.actions if outcome.plan is not None else ():
+            if isinstance(action, DeleteAssistant | DeleteResource) and action.vapi_id:
+                label = "phone number" if action.resource == "phoneNumber" else action.resource
+                counts[label] = counts.get(label, 0) + 1
+    parts = [
+        f"{n} {label}{'' if n == 1 else 's'}"
+        for label, n in counts.items()
+        if n or label == "assistant"
+    ]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _confirm(question: str) -> bool:

@@ -12,19 +12,25 @@ from rich.markup import escape
 from reconciler.cli.textdiff import DiffLine, one_line, summary, value_diff
 from reconciler.controller.run import RunReport
 from reconciler.engine.actions import (
+    RESOURCE_ACTIONS,
     Action,
     AdoptAssistant,
+    AdoptResource,
     CreateAssistant,
+    CreateResource,
     DeactivateCredential,
     DeleteAssistant,
+    DeleteResource,
     LeaveAccount,
     OrgPlan,
     RetireOrg,
     StoreCredential,
     UpdateAssistant,
+    UpdateResource,
     UpsertOrg,
 )
 from reconciler.engine.diff import FieldChange
+from reconciler.engine.kinds import BY_NAME
 from reconciler.redact import SENSITIVE, printable
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-", "adopt": "<="}
@@ -57,6 +63,14 @@ def _title(action: Action) -> str:
             return f"assistant {role} ({vid}): adopt, {note}"
         case DeleteAssistant(role=role, vapi_id=vid, note=note):
             return f"assistant {role} ({vid or 'no id'}): {note}"
+        case CreateResource(resource=kind, name=name):
+            return f"{_label(kind)} {name}"
+        case UpdateResource(resource=kind, name=name, vapi_id=vid, adopt=adopt):
+            return f"{_label(kind)} {name} ({vid})" + (" [adopted]" if adopt else "")
+        case AdoptResource(resource=kind, name=name, vapi_id=vid, note=note):
+            return f"{_label(kind)} {name} ({vid}): adopt, {note}"
+        case DeleteResource(resource=kind, name=name, vapi_id=vid, note=note):
+            return f"{_label(kind)} {name} ({vid or 'no id'}): {note}"
         case LeaveAccount(old_account=old, new_account=new):
             return (
                 f"organization: Vapi account {old} -> {new or 'a new, empty one'} "
@@ -67,6 +81,27 @@ def _title(action: Action) -> str:
     raise AssertionError(action)  # pragma: no cover
 
 
+def _label(kind: str) -> str:
+    """How a kind is named in the text plan: `tool`, `phone number`."""
+    found = BY_NAME.get(kind)
+    return found.label if found is not None else kind
+
+
+def unchanged_text(entry: str) -> str:
+    """An entry of `OrgPlan.unchanged`: an assistant's role, or `kind/name`."""
+    kind, sep, name = entry.partition("/")
+    return f"{_label(kind)} {name}" if sep else f"assistant {entry}"
+
+
+def created_id(action: Action, created: dict[str, str]) -> str | None:
+    """The id an applied create got (`OrgOutcome.created`: roles, and `kind/name`)."""
+    if isinstance(action, CreateAssistant):
+        return created.get(action.role)
+    if isinstance(action, CreateResource):
+        return created.get(f"{action.resource}/{action.name}")
+    return None
+
+
 def lifecycle_lines(plan: OrgPlan | None) -> list[str]:
     """An orphan left alone, duplicates and unmanaged assistants: shown, never acted on; and
     what `diff --base` cannot know offline."""
@@ -74,7 +109,10 @@ def lifecycle_lines(plan: OrgPlan | None) -> list[str]:
         return []
     lines = [f"? orphaned: {plan.orphaned}"] if plan.orphaned and not plan.actions else []
     lines += [f"? {u.resource} {u.name}: unknown offline: {u.reason}" for u in plan.unknown]
-    lines += [f"? {f.action} assistant {f.role} ({f.vapi_id}): {f.reason}" for f in plan.findings]
+    lines += [
+        f"? {f.action} {_label(f.resource)} {f.role} ({f.vapi_id}): {f.reason}"
+        for f in plan.findings
+    ]
     return lines
 
 
@@ -140,19 +178,22 @@ def render_text(
         for action in plan.actions if plan else ():
             style = _STYLE[action.kind]
             title = _title(action)
-            if isinstance(action, CreateAssistant) and action.role in outcome.created:
-                title += f" created: {outcome.created[action.role]}"
+            made = created_id(action, outcome.created)
+            if made is not None:
+                title += f" created: {made}"
             console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(title)}[/{style}]")
             note = getattr(action, "note", "")
-            if note and not isinstance(action, AdoptAssistant | DeleteAssistant):
+            if note and not isinstance(
+                action, AdoptAssistant | DeleteAssistant | AdoptResource | DeleteResource
+            ):
                 console.print(f"      [dim]({_safe(note)})[/dim]")
             for ch in _changes(action):
                 head, lines = change_view(action.kind, ch)
                 console.print(f"      {_safe(ch.path)}: {_safe(head)}")
                 for diff_line in lines:
                     console.print(f"        {_diff_markup(diff_line)}")
-        for role in plan.unchanged if plan else ():
-            console.print(f"  [dim]= assistant {role} unchanged[/dim]")
+        for entry in plan.unchanged if plan else ():
+            console.print(f"  [dim]= {_safe(unchanged_text(entry))} unchanged[/dim]")
         for line in lifecycle_lines(plan):
             console.print(f"  [magenta]{_safe(line)}[/magenta]")
         for warning in plan.warnings if plan else ():
@@ -202,9 +243,10 @@ def unknown_count(report: RunReport) -> int:
 
 
 def address(slug: str, action: Action | None = None, *, role: str | None = None) -> str:
-    """`org/<slug>`, `org/<slug>/assistant/<role>` or `org/<slug>/credential/<provider>`."""
+    """`org/<slug>`, `org/<slug>/assistant/<role>`, `org/<slug>/credential/<provider>` or
+    `org/<slug>/<kind>/<name>` (`tool`, `phoneNumber`); `role` may be `kind/name` too."""
     if role is not None:
-        return f"org/{slug}/assistant/{role}"
+        return f"org/{slug}/{role}" if "/" in role else f"org/{slug}/assistant/{role}"
     match action:
         case StoreCredential(provider=p) | DeactivateCredential(provider=p):
             return f"org/{slug}/credential/{p}"
@@ -212,6 +254,13 @@ def address(slug: str, action: Action | None = None, *, role: str | None = None)
             return f"org/{slug}/assistant/{r}"
         case DeleteAssistant(role=r):
             return f"org/{slug}/assistant/{r}"
+        case (
+            CreateResource(resource=k, name=n)
+            | UpdateResource(resource=k, name=n)
+            | AdoptResource(resource=k, name=n)
+            | DeleteResource(resource=k, name=n)
+        ):
+            return f"org/{slug}/{k}/{n}"
     return f"org/{slug}"
 
 
@@ -242,6 +291,7 @@ def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
         "action": action.kind,
         "role": getattr(action, "role", None),
         "provider": getattr(action, "provider", None),
+        "name": action.name if isinstance(action, RESOURCE_ACTIONS) else None,
         "vapi_id": getattr(action, "vapi_id", None),
         "before": before,
         "after": after,
@@ -261,14 +311,17 @@ def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
 
 
 def _other(slug: str, org_id: str, kind: str, addr: str, reason: str | None) -> dict[str, Any]:
+    parts = addr.split("/", 3)  # org, slug, then the resource and its name or role
+    resource = parts[2] if len(parts) == 4 else "organization"
     return {
         "address": addr,
         "org": slug,
         "org_id": org_id,
-        "resource": "assistant" if "/assistant/" in addr else "organization",
+        "resource": resource,
         "action": kind,
-        "role": addr.rsplit("/", 1)[1] if "/assistant/" in addr else None,
+        "role": parts[3] if resource == "assistant" else None,
         "provider": None,
+        "name": parts[3] if resource in BY_NAME else None,
         "vapi_id": None,
         "before": None,
         "after": None,
@@ -298,7 +351,8 @@ def report_json(report: RunReport) -> dict[str, Any]:
             reason = f"orphaned: {plan.orphaned}"
             mine.append(_other(o.slug, o.org_id, "noop", address(o.slug), reason))
         for f in plan.findings:
-            entry = _other(o.slug, o.org_id, f.action, address(o.slug, role=f.role), f.reason)
+            at = f.role if f.resource == "assistant" else f"{f.resource}/{f.role}"
+            entry = _other(o.slug, o.org_id, f.action, address(o.slug, role=at), f.reason)
             mine.append({**entry, "vapi_id": f.vapi_id})
         for u in plan.unknown:
             if u.resource == "credential":

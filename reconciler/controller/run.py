@@ -27,6 +27,7 @@ from reconciler.controller.status import stalled_files
 from reconciler.engine.actions import Action, OrgPlan, RetireOrg, UpsertOrg
 from reconciler.engine.apply import Applier, WriteGuard
 from reconciler.engine.desired import desired_org, leaf_fingerprint
+from reconciler.engine.kinds import KINDS, PHONE_NUMBER, ResourceKind
 from reconciler.engine.model import (
     DesiredCredential,
     DesiredOrg,
@@ -136,6 +137,8 @@ class OrgOutcome:
     vapi_error: VapiError | None = None  # the account could not be listed
     deferred: int | None = None  # serve: deletes (or a retirement) left to the run's end
     created: dict[str, str] = field(default_factory=dict)  # apply: role -> new Vapi assistant id
+    # the account's objects of the other kinds the org uses (raw), until planned, then dropped
+    live_resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -231,6 +234,10 @@ def _shared_message(others: dict[str, str]) -> str:
     )
 
 
+def _flat(by_kind: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [obj for objects in by_kind.values() for obj in objects]
+
+
 class SharedAccount(ReconcilerError):
     """The org's Vapi account turned out, mid-apply, to be reached by another org's key."""
 
@@ -294,7 +301,8 @@ class _DeleteBudget:
         with self._lock:
             if n > self.left:
                 raise ReconcilerError(
-                    f"would delete {n} assistant(s), past what is left of --max-deletes "
+                    f"would delete {n} assistant(s), number(s) or tool(s), past what is left of "
+                    "--max-deletes "
                     f"({self.left}) in this run: nothing done for this org"
                 )
             self.left -= n
@@ -515,7 +523,9 @@ class Controller:
             for value in cred.config.reveal().values()
             if isinstance(value, str)
         ]
-        secrets += _secret_leaves([a.body for a in desired.assistants.values()])
+        bodies = [a.body for a in desired.assistants.values()]
+        bodies += [r.body for objects in desired.resources.values() for r in objects.values()]
+        secrets += _secret_leaves(bodies)
         return kind(self.http, key.reveal(), retry=self.retry, secrets=secrets)
 
     @staticmethod
@@ -530,6 +540,48 @@ class Controller:
         outcome.listed = True
         return outcome.live
 
+    @staticmethod
+    def _kinds_used(desired: DesiredOrg, row: dict[str, Any] | None) -> list[ResourceKind]:
+        """The kinds beyond assistants this org has in its spec or in Postgres: only those
+        are listed (an org with assistants only costs one list call)."""
+        used = set(desired.resources) | {r["kind"] for r in (row or {}).get("resources") or ()}
+        return [kind for kind in KINDS if kind.name in used]
+
+    def _list_kinds(
+        self,
+        reader: VapiReader | None,
+        desired: DesiredOrg,
+        row: dict[str, Any] | None,
+        outcome: OrgOutcome,
+    ) -> None:
+        """Lists the account's objects of each kind the org uses (after its assistants)."""
+        outcome.live_resources = {}
+        if reader is None or not outcome.listed:
+            return
+        for kind in self._kinds_used(desired, row):
+            try:
+                outcome.live_resources[kind.name] = reader.list_objects(kind.path)
+            except VapiError as exc:
+                outcome.vapi_error = exc
+                outcome.live_resources = {}
+                return
+
+    def _held_elsewhere(self, items: Iterable[DesiredOrg]) -> dict[str, dict[tuple[str, str], str]]:
+        """org id -> (kind, name) -> slug of another live org Postgres gives that number to.
+        One query for all the given orgs, none when they have no number."""
+        wanted = {
+            d.org_id: list(d.resources.get(PHONE_NUMBER.name, {})) for d in items if d.resources
+        }
+        names = sorted({n for ns in wanted.values() for n in ns})
+        held = self.state.held_by(PHONE_NUMBER.name, names) if names else {}
+        out: dict[str, dict[tuple[str, str], str]] = {}
+        for org_id, numbers in wanted.items():
+            for name in numbers:
+                owner = held.get(name)
+                if owner is not None and owner[0] != org_id:
+                    out.setdefault(org_id, {})[(PHONE_NUMBER.name, name)] = owner[1]
+        return out
+
     def _foreign_mapped(self, live: list[dict[str, Any]] | None, org_id: str) -> frozenset[str]:
         """Assistants in the account tagged for other orgs that Postgres maps to an org."""
         foreign = [
@@ -543,14 +595,20 @@ class Controller:
         live: list[dict[str, Any]] | None,
         desired: DesiredOrg,
         accounts: AccountRegistry,
+        outcome: OrgOutcome,
+        held: dict[tuple[str, str], str] | None = None,
     ) -> ObservedOrg:
-        return observed_from_rows(
+        observed = observed_from_rows(
             row,
             live,
             self.fingerprint,
             shared_with=accounts.shared_with(desired.org_id),
             mapped_elsewhere=self._foreign_mapped(live, desired.org_id),
+            live_resources=outcome.live_resources if live is not None else None,
+            held_elsewhere=held,
         )
+        outcome.live_resources = {}  # planned from its masked copy: no live secret kept
+        return observed
 
     def _plan(
         self, desired: DesiredOrg, observed: ObservedOrg, options: Options, run: RunPlan | None
@@ -614,11 +672,16 @@ class Controller:
         if progress is not None:
             progress.stage("listing", len(items))
 
+        held = self._held_elsewhere(d for d, o in items if d is not None and o.ok)
+
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             asked = accounts.mark()
-            live = self._list_live(self._client(desired, VapiReader), outcome)
+            reader = self._client(desired, VapiReader)
+            live = self._list_live(reader, outcome)
+            self._list_kinds(reader, desired, rows.get(desired.org_id), outcome)
             if desired.retire != ORPHANED:  # an orphan claims no account (`_desired`)
-                accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
+                seen = account_ids([*(live or ()), *_flat(outcome.live_resources)])
+                accounts.see(desired.org_id, desired.slug, seen, asked_at=asked)
 
         # orphans retired in this run go first (`apply`): what they hold is gone by the time
         # the other orgs list their accounts, so they are planned without it
@@ -628,7 +691,14 @@ class Controller:
             live = outcome.live
             if retiring and live is not None and desired.retire != ORPHANED:
                 live = [a for a in live if (tag := tag_of(a)) is None or tag[0] not in retiring]
-            observed = self._observed(rows.get(desired.org_id), live, desired, accounts)
+            observed = self._observed(
+                rows.get(desired.org_id),
+                live,
+                desired,
+                accounts,
+                outcome,
+                held.get(desired.org_id),
+            )
             outcome.live = None  # planned from its masked copy: no live secret kept past here
             outcome.plan = self._plan(desired, observed, options, run)
             outcome.stamp = stamp(outcome.spec_digest, observed, outcome.plan)
@@ -788,9 +858,12 @@ class Controller:
             writer = None
         asked = accounts.mark()
         live = self._list_live(writer, outcome)
+        self._list_kinds(writer, desired, row, outcome)
         if desired.retire != ORPHANED:  # an orphan claims no account (`_desired`)
-            accounts.see(desired.org_id, desired.slug, account_ids(live), asked_at=asked)
-        observed = self._observed(row, live, desired, accounts)
+            seen = account_ids([*(live or ()), *_flat(outcome.live_resources)])
+            accounts.see(desired.org_id, desired.slug, seen, asked_at=asked)
+        held = self._held_elsewhere([desired]).get(desired.org_id)
+        observed = self._observed(row, live, desired, accounts, outcome, held)
         outcome.live = None  # planned from its masked copy: no live secret kept past here
         plan = self._plan(desired, observed, options, run)
         if options.defer_deletes and options.prune and _deletes_or_retires(plan):

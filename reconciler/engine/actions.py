@@ -14,6 +14,20 @@ Kind = Literal["create", "update", "delete", "adopt"]
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A reference to an object this run creates first: its id is known only after apply.
+    The body holds `known_after_apply(kind, name)` at `path` until the applier fills it in."""
+
+    path: tuple[str | int, ...]
+    kind: str  # "tool", "assistant", ...
+    name: str  # the tool's name, the assistant's role
+
+
+def known_after_apply(kind: str, name: str) -> str:
+    return f"(known after apply: the id of {kind} {name})"
+
+
+@dataclass(frozen=True)
 class UpsertOrg:
     kind: Kind
     slug: str
@@ -21,6 +35,7 @@ class UpsertOrg:
     changes: tuple[FieldChange, ...] = ()
     resource: str = "organization"
     forward_url: str | None = None
+    outbound_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class CreateAssistant:
     note: str = ""
     kind: Kind = "create"
     resource: str = "assistant"
+    pending: tuple[Pending, ...] = ()  # ids of objects created earlier in the run
 
     @property
     def name(self) -> str:
@@ -65,6 +81,7 @@ class UpdateAssistant:
     before: dict[str, Any] = field(default_factory=dict)  # live values it replaces, masked
     kind: Kind = "update"
     resource: str = "assistant"
+    pending: tuple[Pending, ...] = ()  # ids of objects created earlier in the run
 
     @property
     def name(self) -> str:
@@ -96,6 +113,66 @@ class DeleteAssistant:
     stray: bool = False  # tagged for another org: delete in Vapi, no state of ours to forget
     kind: Kind = "delete"
     resource: str = "assistant"
+
+
+@dataclass(frozen=True)
+class CreateResource:
+    """POST an object of a `ResourceKind` (`resource` is the kind's name), after a committed
+    create-pending row; an unknown outcome is resolved by the natural key, never a second
+    POST."""
+
+    resource: str
+    name: str
+    body: dict[str, Any] = field(repr=False)  # sent to Vapi: secrets in clear
+    stored: dict[str, Any] = field(default_factory=dict)  # recorded: secrets fingerprinted
+    changes: tuple[FieldChange, ...] = ()
+    note: str = ""
+    pending: tuple[Pending, ...] = ()
+    kind: Kind = "create"
+
+
+@dataclass(frozen=True)
+class UpdateResource:
+    """PATCH the fields of an object that changed (or, for one removed from the spec, the
+    fields that release it: a number's assistant). `adopt`: it becomes ours in Postgres too."""
+
+    resource: str
+    name: str
+    vapi_id: str
+    patch: dict[str, Any] = field(repr=False)  # sent to Vapi: secrets in clear
+    stored: dict[str, Any] = field(default_factory=dict)  # the whole desired config, masked
+    changes: tuple[FieldChange, ...] = ()
+    adopt: bool = False
+    before: dict[str, Any] = field(default_factory=dict)  # live values it replaces, masked
+    note: str = ""
+    pending: tuple[Pending, ...] = ()
+    kind: Kind = "update"
+
+
+@dataclass(frozen=True)
+class AdoptResource:
+    """Record in Postgres an object that already matches (found by its natural key)."""
+
+    resource: str
+    name: str
+    vapi_id: str
+    note: str = ""
+    stored: dict[str, Any] = field(default_factory=dict)
+    live: dict[str, Any] = field(default_factory=dict)
+    kind: Kind = "adopt"
+
+
+@dataclass(frozen=True)
+class DeleteResource:
+    """DELETE the object `vapi_id` (None: only its state is forgotten). `forget`: its state
+    row and mapping go too (not for a duplicate, which has none)."""
+
+    resource: str
+    name: str
+    vapi_id: str | None
+    note: str = ""
+    forget: bool = True
+    kind: Kind = "delete"
 
 
 @dataclass(frozen=True)
@@ -131,9 +208,14 @@ Action = (
     | UpdateAssistant
     | AdoptAssistant
     | DeleteAssistant
+    | CreateResource
+    | UpdateResource
+    | AdoptResource
+    | DeleteResource
     | LeaveAccount
     | RetireOrg
 )
+RESOURCE_ACTIONS = (CreateResource, UpdateResource, AdoptResource, DeleteResource)
 
 
 @dataclass(frozen=True)
@@ -143,9 +225,10 @@ class Finding:
     (untagged, named like a desired one; adopted only when asked)."""
 
     action: Literal["duplicate", "unmanaged"]
-    role: str
+    role: str  # the assistant's role, or the object's name
     vapi_id: str
     reason: str
+    resource: str = "assistant"
 
 
 @dataclass(frozen=True)
@@ -178,8 +261,10 @@ class OrgPlan:
 
     @property
     def deletes(self) -> int:
-        """Assistants this plan deletes in Vapi (what `--max-deletes` bounds)."""
-        return sum(1 for a in self.actions if isinstance(a, DeleteAssistant) and a.vapi_id)
+        """Objects of every kind this plan deletes in Vapi (what `--max-deletes` bounds)."""
+        return sum(
+            1 for a in self.actions if isinstance(a, DeleteAssistant | DeleteResource) and a.vapi_id
+        )
 
     @property
     def has_changes(self) -> bool:

@@ -9,6 +9,7 @@ at once.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,19 +17,26 @@ from typing import Any
 from reconciler.engine.actions import (
     Action,
     AdoptAssistant,
+    AdoptResource,
     CreateAssistant,
+    CreateResource,
     DeactivateCredential,
     DeleteAssistant,
+    DeleteResource,
     LeaveAccount,
     OrgPlan,
+    Pending,
     RetireOrg,
     StoreCredential,
     UpdateAssistant,
+    UpdateResource,
     UpsertOrg,
 )
 from reconciler.engine.diff import strip_server_owned
+from reconciler.engine.kinds import BY_NAME
 from reconciler.engine.model import Fingerprint, tag_of
-from reconciler.engine.observe import masked_live
+from reconciler.engine.observe import masked_live, masked_object
+from reconciler.engine.resources import strip_owned
 from reconciler.errors import ReconcilerError
 from reconciler.secrets.crypto import Keys, as_ring
 from reconciler.state.store import StateWriter
@@ -72,7 +80,10 @@ class Applier:
         self.key_check = self.key.check_value()
         self.fingerprint = fingerprint
         self.guard = guard or WriteGuard()
-        self.created: dict[str, str] = {}  # role -> the Vapi id of the assistant created
+        # what this run created: an assistant's role, or `kind/name` -> its new Vapi id
+        self.created: dict[str, str] = {}
+        # (kind, name) -> Vapi id of what this run created, for the actions that refer to it
+        self.ids: dict[tuple[str, str], str] = {}
 
     def apply(self, done: list[Action]) -> None:
         """Runs the actions in order, appending each to `done` once it took effect (so a
@@ -94,7 +105,7 @@ class Applier:
         org_id, org_slug = self.plan.org_id, self.plan.slug
         match action:
             case UpsertOrg(slug=slug, name=name, forward_url=forward_url):
-                self.state.upsert_org(org_id, slug, name, forward_url)
+                self.state.upsert_org(org_id, slug, name, forward_url, action.outbound_number)
             case StoreCredential(provider=provider, config=config, fingerprint=fingerprint):
                 sealed = self.key.encrypt(config.reveal(), aad=f"{org_id}:{provider}")
                 self.state.store_credential(
@@ -109,8 +120,10 @@ class Applier:
             case DeactivateCredential(provider=provider):
                 self.state.deactivate_credential(org_id, provider)
             case CreateAssistant():
-                self._create(action)
-            case UpdateAssistant(role=role, vapi_id=vapi_id, patch=patch, stored=stored):
+                self._create(self._filled_create(action))
+            case UpdateAssistant(role=role, vapi_id=vapi_id):
+                patch = self._fill(action.patch, action.pending)
+                stored = self._fill(action.stored, action.pending)
                 answer = self._writer().update_assistant(vapi_id, patch)
                 sent = {
                     key: {"sent": stored.get(key), "before": action.before.get(key)}
@@ -125,6 +138,26 @@ class Applier:
                     self._writer().delete_assistant(vapi_id)
                 if not stray:
                     self.state.forget_assistant(org_id, role, vapi_id)
+            case CreateResource():
+                self._create_resource(action)
+            case UpdateResource(resource=kind, name=name, vapi_id=vapi_id):
+                patch = self._fill(action.patch, action.pending)
+                stored = self._fill(action.stored, action.pending)
+                answer = self._writer().update_object(BY_NAME[kind].path, vapi_id, patch)
+                sent = {
+                    key: {"sent": stored.get(key), "before": action.before.get(key)}
+                    for key, value in patch.items()
+                    if value is not None
+                }
+                applied = self._masked_object(kind, answer)
+                self.state.record_resource(org_id, kind, name, vapi_id, stored, applied, sent)
+            case AdoptResource(resource=kind, name=name, vapi_id=vapi_id, stored=stored):
+                self.state.record_resource(org_id, kind, name, vapi_id, stored, action.live)
+            case DeleteResource(resource=kind, name=name, vapi_id=vapi_id, forget=forget):
+                if vapi_id is not None:
+                    self._writer().delete_object(BY_NAME[kind].path, vapi_id)
+                if forget:
+                    self.state.forget_resource(org_id, kind, name, vapi_id)
             case LeaveAccount():
                 self.state.leave_account(org_id)
             case RetireOrg(webhook_secret=secret):
@@ -140,6 +173,74 @@ class Applier:
                     slug=org_slug,
                     key_check=self.key_check,
                 )
+
+    def _fill(self, value: dict[str, Any], pending: tuple[Pending, ...]) -> dict[str, Any]:
+        """`value` with each reference to an object created earlier in this run replaced by
+        its id (the plan holds a placeholder there). One not created is a bug of the plan's
+        order: refused rather than sent."""
+        if not pending:
+            return value
+        out = copy.deepcopy(value)
+        for ref in pending:
+            made = self.ids.get((ref.kind, ref.name))
+            if made is None:
+                raise ReconcilerError(
+                    f"{ref.kind} {ref.name} was not created before what refers to it: nothing sent"
+                )
+            *parents, last = ref.path
+            node: Any = out
+            for step in parents:
+                node = node[int(step)] if isinstance(node, list) else node.get(step)
+            if node is None:  # not part of this value (a PATCH without that field)
+                continue
+            node[last] = made
+        return out
+
+    def _filled_create(self, action: CreateAssistant) -> CreateAssistant:
+        if not action.pending:
+            return action
+        body = self._fill(action.body, action.pending)
+        stored = self._fill(action.stored, action.pending)
+        return CreateAssistant(action.role, body, stored, action.changes, action.note)
+
+    def _masked_object(self, kind: str, answer: dict[str, Any]) -> dict[str, Any]:
+        return masked_object(kind, strip_owned(answer), self.fingerprint)
+
+    def _create_resource(self, action: CreateResource) -> None:
+        """As `_create`, for any kind: a create-pending row first; an unknown outcome is
+        looked for by the natural key, never POSTed twice in a run."""
+        kind, name, org_id = BY_NAME[action.resource], action.name, self.plan.org_id
+        body = self._fill(action.body, action.pending)
+        stored = self._fill(action.stored, action.pending)
+        key = kind.natural_key(body)
+        where = f"{kind.label} {name}"
+        with self.guard.creating():
+            vapi = self._writer()
+            self.state.begin_create_resource(org_id, kind.name, name, stored)
+            try:
+                created = vapi.create_object(kind.path, kind.label, body)
+            except VapiRejected as exc:
+                self.state.abort_create_resource(org_id, kind.name, name)
+                said = "" if "nothing was created" in str(exc) else "; nothing was created"
+                raise ReconcilerError(f"{where}: {exc}{said}; the next run tries again") from None
+            except VapiAmbiguousWrite as exc:
+                try:
+                    found = [o for o in vapi.list_objects(kind.path) if kind.natural_key(o) == key]
+                except VapiError as look:
+                    raise ReconcilerError(
+                        f"{where}: {exc}; and the account could not be listed to look for it: "
+                        f"{look}"
+                    ) from None
+                if not found or key is None:
+                    then = "" if "next run" in str(exc) else "; the next run looks for it first"
+                    raise ReconcilerError(f"{where}: {exc}{then}") from None
+                created = min(found, key=lambda o: (str(o.get("createdAt", "")), str(o["id"])))
+            vapi_id = str(created["id"])
+            applied = self._masked_object(kind.name, created)
+            self.state.record_resource(org_id, kind.name, name, vapi_id, stored, applied)
+            self.created[f"{kind.name}/{name}"] = vapi_id
+            self.ids[(kind.name, name)] = vapi_id
+            self.guard.answered(created)
 
     def _masked(self, answer: dict[str, Any]) -> dict[str, Any]:
         return masked_live(strip_server_owned(answer), self.fingerprint)
@@ -183,6 +284,7 @@ class Applier:
                 created = found
             self._record(role, created["id"], action.name, action.stored, self._masked(created))
             self.created[role] = str(created["id"])
+            self.ids[("assistant", role)] = str(created["id"])
             self.guard.answered(created)
 
     def _find_tagged(self, role: str) -> dict[str, Any] | None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.engine.kinds import (
+    PHONE_NUMBER,
+    TOOL,
+    number_body,
+    number_key,
+    tool_body,
+    tool_key,
+)
 from reconciler.engine.model import (
     FINGERPRINT_PREFIX,
     DesiredAssistant,
     DesiredCredential,
     DesiredOrg,
+    DesiredResource,
     Fingerprint,
     Sensitive,
     ownership_tag,
@@ -60,6 +69,13 @@ def desired_org(
         name=org.metadata.name,
         credentials=credentials,
         assistants=assistants,
+        resources=desired_resources(org, revealed, fingerprint),
+        tool_refs={
+            role: tuple(spec.tools)
+            for role, spec in org.spec.assistants.by_role().items()
+            if spec.tools
+        },
+        outbound_number=org.spec.outbound.phone_number if org.spec.outbound else None,
         vapi_api_key=Sensitive(vapi["apiKey"]) if vapi else None,
         source=source,
         forward_url=org.spec.webhook.forward_url if org.spec.webhook else None,
@@ -70,6 +86,47 @@ def desired_org(
     )
 
 
+def desired_resources(
+    org: Organization, revealed: dict[str, dict[str, str]], fingerprint: Fingerprint
+) -> dict[str, dict[str, DesiredResource]]:
+    """The spec's tools and phone numbers, by kind and name (kinds it has none of: absent)."""
+    vapi = revealed.get("vapi")
+    secret = vapi["webhookSecret"] if vapi else None
+    out: dict[str, dict[str, DesiredResource]] = {}
+    for name, tool in org.spec.tools.items():
+        body = with_secret_header(tool_body(name, tool.vapi_fields()), secret)
+        key = tool_key(body) or name
+        out.setdefault(TOOL.name, {})[name] = DesiredResource(
+            TOOL.name, name, key, body, TOOL.masked(body, fingerprint)
+        )
+    for number in org.spec.phoneNumbers:
+        fields = number.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body = number_body(fields, revealed.get("twilio"))
+        refs = (("assistantId", "assistant", number.assistant),) if number.assistant else ()
+        out.setdefault(PHONE_NUMBER.name, {})[number.key] = DesiredResource(
+            PHONE_NUMBER.name,
+            number.key,
+            number_key(body) or number.key,
+            body,
+            PHONE_NUMBER.masked(body, fingerprint),
+            refs,
+        )
+    return out
+
+
+def with_secret_header(body: dict[str, Any], webhook_secret: str | None) -> dict[str, Any]:
+    """`body` whose `server` (when it has a url) carries the org's webhook secret as the
+    `x-vapi-secret` header, unless the user set that header: the product's webhook endpoint
+    verifies what Vapi sends there with the org's secret."""
+    server = body.get("server")
+    if isinstance(server, dict) and server.get("url") and webhook_secret:
+        headers = dict(server.get("headers") or {})
+        if not any(h.lower() == WEBHOOK_SECRET_HEADER for h in headers):
+            headers[WEBHOOK_SECRET_HEADER] = webhook_secret
+        return {**body, "server": {**server, "headers": headers}}
+    return body
+
+
 def assistant_body(
     fields: dict[str, Any], org_id: str, role: str, webhook_secret: str | None
 ) -> dict[str, Any]:
@@ -78,10 +135,4 @@ def assistant_body(
     in the spec)."""
     body = dict(fields)
     body["metadata"] = {**(fields.get("metadata") or {}), **ownership_tag(org_id, role)}
-    server = fields.get("server")
-    if isinstance(server, dict) and server.get("url") and webhook_secret:
-        headers = dict(server.get("headers") or {})
-        if not any(h.lower() == WEBHOOK_SECRET_HEADER for h in headers):
-            headers[WEBHOOK_SECRET_HEADER] = webhook_secret
-        body["server"] = {**server, "headers": headers}
-    return body
+    return with_secret_header(body, webhook_secret)

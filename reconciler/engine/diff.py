@@ -127,3 +127,35 @@ def shown_value(value: Any) -> Any:
     if isinstance(value, list):
         return [shown_value(v) for v in value]
     return SENSITIVE if is_secret_leaf(value) else value
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: exact numbers (`1` is `1.0`), booleans apart from numbers."""
+    return contains(a, b) and contains(b, a)
+
+
+def not_kept(
+    key: str, now: Any, wanted: Any, answer: dict[str, Any] | None, last_patch: dict[str, Any]
+) -> bool:
+    """With the spec unchanged since our last write, does the live value lack `wanted` only
+    because Vapi does not keep it? Either the answer to that write already lacked it and the
+    value has not moved since, or our last PATCH sent exactly it and the value is back where
+    that PATCH found it (Vapi normalises it on read): sending it again would change nothing."""
+    if answer is not None and same(now, answer.get(key)) and not contains(answer.get(key), wanted):
+        return True
+    last = last_patch.get(key)
+    return (
+        isinstance(last, dict)
+        and same(last.get("sent"), wanted)
+        # compared where we set something: defaults Vapi adds elsewhere do not matter
+        and same(within(now, wanted), within(last.get("before"), wanted))
+    )
+
+
+def within(value: Any, shape: Any) -> Any:
+    """`value` cut down to the keys `shape` sets (recursively)."""
+    if isinstance(shape, dict) and isinstance(value, dict):
+        return {k: within(value.get(k), v) for k, v in shape.items()}
+    if isinstance(shape, list) and isinstance(value, list) and len(shape) == len(value):
+        return [within(v, s) for v, s in zip(value, shape, strict=True)]
+    return value

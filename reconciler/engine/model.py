@@ -91,6 +91,21 @@ class DesiredAssistant:
 
 
 @dataclass(frozen=True)
+class DesiredResource:
+    """An object of a `ResourceKind` the spec wants. `name` is its key in the state (a tool's
+    name, a number); `key` its natural key in Vapi (`ResourceKind.natural_key`). `refs`: the
+    fields of `body` that name another object of the org, filled in with ids by the planner
+    (or, for objects created in the same run, by the applier)."""
+
+    kind: str
+    name: str
+    key: str
+    body: dict[str, Any] = field(repr=False)  # sent to Vapi: secrets in clear
+    stored: dict[str, Any] = field(default_factory=dict)  # secret leaves as fingerprints
+    refs: tuple[tuple[str, str, str], ...] = ()  # (field, kind, name)
+
+
+@dataclass(frozen=True)
 class DesiredOrg:
     org_id: str
     slug: str
@@ -98,6 +113,11 @@ class DesiredOrg:
     credentials: dict[str, DesiredCredential]
     assistants: dict[str, DesiredAssistant]
     vapi_api_key: Sensitive | None = None
+    # kind name -> name -> object, for the kinds beyond assistants (`engine.kinds`)
+    resources: dict[str, dict[str, DesiredResource]] = field(default_factory=dict)
+    # assistant role -> names of its tools (`tools:`), written into `model.toolIds`
+    tool_refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    outbound_number: str | None = None  # `spec.outbound.phoneNumber`
     source: str = ""
     forward_url: str | None = None
     adopt_by_name: bool = False  # `spec.adopt: byName`
@@ -115,6 +135,7 @@ class StoredOrg:
     name: str
     vapi_account_id: str | None = None
     forward_url: str | None = None
+    outbound_number: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,20 @@ class StoredAssistant:
 
 
 @dataclass(frozen=True)
+class StoredResource:
+    """A `vapi_resources` row: as `StoredAssistant`, for any kind."""
+
+    kind: str
+    name: str
+    vapi_id: str | None
+    status: str  # 'creating' | 'ready'
+    desired_config: dict[str, Any] | None
+    applied_config: dict[str, Any] | None
+    pending_s: float | None = None
+    last_patch: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class MappingRow:
     vapi_assistant_id: str
     role: str
@@ -166,6 +201,12 @@ class ObservedOrg:
     # the active master key id Postgres records (`keys rotate`); None: none recorded yet
     master_key_id: str | None = None
     master_key_check: str | None = None  # and its check value (None: not recorded)
+    # kind name -> name -> row (`vapi_resources`)
+    resources: dict[str, dict[str, StoredResource]] = field(default_factory=dict)
+    # kind name -> the account's objects of that kind, masked; a kind not listed is absent
+    live_resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # (kind, name) -> slug of another org Postgres gives it to (one org per number)
+    held_elsewhere: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def ownership_tag(org_id: str, role: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.engine.kinds import BY_NAME
 from reconciler.engine.model import (
     MASKED_BY_VAPI,
     Fingerprint,
@@ -17,6 +18,7 @@ from reconciler.engine.model import (
     StoredAssistant,
     StoredCredential,
     StoredOrg,
+    StoredResource,
 )
 from reconciler.redact import looks_masked, mask_tree
 
@@ -28,6 +30,31 @@ def masked_live(assistant: dict[str, Any], fingerprint: Fingerprint) -> dict[str
     return masked
 
 
+def masked_object(kind: str, obj: dict[str, Any], fingerprint: Fingerprint) -> dict[str, Any]:
+    """A live object of a `ResourceKind`, masked as its kind declares (and as `masked_live`)."""
+
+    def replace(v: Any) -> Any:
+        return MASKED_BY_VAPI if looks_masked(v) else fingerprint(v)
+
+    return BY_NAME[kind].masked(obj, replace)
+
+
+def stored_resources(rows: list[dict[str, Any]]) -> dict[str, dict[str, StoredResource]]:
+    out: dict[str, dict[str, StoredResource]] = {}
+    for r in rows:
+        out.setdefault(r["kind"], {})[r["name"]] = StoredResource(
+            r["kind"],
+            r["name"],
+            r["vapi_id"],
+            r["status"],
+            r.get("desired_config"),
+            r.get("applied_config"),
+            r["pending_s"] if r["status"] == "creating" else None,
+            r.get("last_patch"),
+        )
+    return out
+
+
 def observed_from_rows(
     row: dict[str, Any] | None,
     live: list[dict[str, Any]] | None,
@@ -35,13 +62,32 @@ def observed_from_rows(
     *,
     shared_with: dict[str, str] | None = None,
     mapped_elsewhere: frozenset[str] = frozenset(),
+    live_resources: dict[str, list[dict[str, Any]]] | None = None,
+    held_elsewhere: dict[tuple[str, str], str] | None = None,
 ) -> ObservedOrg:
     masked = None if live is None else [masked_live(a, fingerprint) for a in live]
     shared = dict(shared_with or {})
+    objects = {
+        kind: [masked_object(kind, o, fingerprint) for o in listed]
+        for kind, listed in (live_resources or {}).items()
+    }
+    elsewhere = dict(held_elsewhere or {})
     if row is None:
-        return ObservedOrg(live=masked, shared_with=shared, mapped_elsewhere=mapped_elsewhere)
+        return ObservedOrg(
+            live=masked,
+            shared_with=shared,
+            mapped_elsewhere=mapped_elsewhere,
+            live_resources=objects,
+            held_elsewhere=elsewhere,
+        )
     return ObservedOrg(
-        org=StoredOrg(row["slug"], row["name"], row.get("vapi_account_id"), row.get("forward_url")),
+        org=StoredOrg(
+            row["slug"],
+            row["name"],
+            row.get("vapi_account_id"),
+            row.get("forward_url"),
+            row.get("outbound_number"),
+        ),
         credentials={
             c["provider"]: StoredCredential(
                 c["provider"], c["fingerprint"], c["is_active"], c.get("key_id")
@@ -69,4 +115,7 @@ def observed_from_rows(
         mapped_elsewhere=mapped_elsewhere,
         master_key_id=row.get("master_key_id"),
         master_key_check=row.get("master_key_check"),
+        resources=stored_resources(row.get("resources") or []),
+        live_resources=objects,
+        held_elsewhere=elsewhere,
     )

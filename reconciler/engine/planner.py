@@ -10,6 +10,7 @@ sending it again on every run would change nothing, so it is reported instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -19,21 +20,27 @@ from reconciler.engine.actions import (
     CreateAssistant,
     DeactivateCredential,
     DeleteAssistant,
+    DeleteResource,
     Finding,
     LeaveAccount,
     OrgPlan,
+    Pending,
     RetireOrg,
     StoreCredential,
     UpdateAssistant,
     UpsertOrg,
+    known_after_apply,
 )
 from reconciler.engine.diff import (
     FieldChange,
     contains,
     field_changes,
+    not_kept,
+    same,
     strip_server_owned,
     unchecked_paths,
 )
+from reconciler.engine.kinds import PHONE_NUMBER, TOOL, ResourceKind
 from reconciler.engine.model import (
     FINGERPRINT_PREFIX,
     DesiredAssistant,
@@ -44,6 +51,7 @@ from reconciler.engine.model import (
     leaf_key_ids,
     tag_of,
 )
+from reconciler.engine.resources import plan_kinds
 from reconciler.errors import MasterKeyRefused
 from reconciler.spec.models import ROLES
 
@@ -118,7 +126,7 @@ def plan_org(
             )
             return result()
         actions.append(LeaveAccount(old, new))
-        observed = replace(observed, assistants={}, mappings={})
+        observed = replace(observed, assistants={}, mappings={}, resources={})
 
     tags = [(a, tag_of(a)) for a in observed.live or []]
     mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
@@ -126,6 +134,23 @@ def plan_org(
     if blocked:
         return result()
     by_name = _untagged_by_name(observed.live or [], desired)
+    # tools first (assistants refer to them), numbers last (they refer to assistants); their
+    # releases and deletes run in the reverse order, after every create and update
+    (tools,) = plan_kinds(
+        desired.resources,
+        observed,
+        {},
+        kinds=(TOOL.name,),
+        prune=prune,
+        create_grace_s=create_grace_s,
+    )
+    actions += tools.actions
+    unchanged += tools.named_unchanged
+    warnings += tools.warnings
+    blocked += tools.blocked
+    notes += tools.notes
+    findings += tools.findings
+    assistant_ids: dict[tuple[str, str], str | None] = {}
 
     for role in ROLES:
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
@@ -153,7 +178,9 @@ def plan_org(
                 continue
             adoptable = namesakes[0]
             by_name[want.name] = []  # one assistant is adopted for one role only
-        kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged, adoptable)
+        want, refs = with_tools(want, desired.tool_refs.get(role, ()), tools.ids)
+        kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged, adoptable, refs)
+        assistant_ids[("assistant", role)] = current_id
         if current_id is None or current_id not in {a["id"] for a in namesakes}:
             findings += [
                 Finding(
@@ -183,8 +210,46 @@ def plan_org(
                     Finding("duplicate", role, i, "a second assistant tagged for this role")
                     for i in ids
                 ]
+    (numbers,) = plan_kinds(
+        desired.resources,
+        observed,
+        assistant_ids,
+        kinds=(PHONE_NUMBER.name,),
+        prune=prune,
+        create_grace_s=create_grace_s,
+    )
+    actions += numbers.actions
+    unchanged += numbers.named_unchanged
+    warnings += numbers.warnings
+    blocked += numbers.blocked
+    notes += numbers.notes
+    findings += numbers.findings
+    actions += numbers.removals
     actions += deletes
+    actions += tools.removals
     return result()
+
+
+def with_tools(
+    want: DesiredAssistant, names: tuple[str, ...], ids: Mapping[str, str | None]
+) -> tuple[DesiredAssistant, tuple[Pending, ...]]:
+    """`want` with the ids of its tools appended to `model.toolIds` (after any written there);
+    a tool created in this run is a placeholder the applier fills in (`Pending`)."""
+    if not names:
+        return want, ()
+    given = list((want.body.get("model") or {}).get("toolIds") or [])
+    pending: list[Pending] = []
+    filled: list[Any] = list(given)
+    for name in names:
+        known = ids.get(name)
+        if known is None:
+            pending.append(Pending(("model", "toolIds", len(filled)), TOOL.name, name))
+            filled.append(known_after_apply(TOOL.name, name))
+        else:
+            filled.append(known)
+    body = {**want.body, "model": {**(want.body.get("model") or {}), "toolIds": filled}}
+    stored = {**want.stored, "model": {**(want.stored.get("model") or {}), "toolIds": filled}}
+    return replace(want, body=body, stored=stored), tuple(pending)
 
 
 def _account_change(desired: DesiredOrg, observed: ObservedOrg) -> tuple[str, str] | None:
@@ -254,7 +319,11 @@ def plan_retire(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool) -> O
         if not any(isinstance(d, DeleteAssistant) and d.role == role for d in deletes)
         and not _live_mapped(observed, role, live_ids)
     ]
+    numbers, tools = (_retire_kind(k, observed, desired.retire) for k in (PHONE_NUMBER, TOOL))
+    objects = sum(1 for a in (*numbers, *tools) if isinstance(a, DeleteResource) and a.vapi_id)
     what = f"deletes its {len(tagged)} tagged assistant(s), " if tagged else ""
+    if objects:
+        what += f"its {objects} phone number(s) and tool(s), "
     orphaned = (
         f"{desired.retire}: `--prune` {what}deactivates its credentials and retires it"
         if not prune
@@ -262,7 +331,10 @@ def plan_retire(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool) -> O
     )
     if not prune:
         return OrgPlan(org, desired.slug, (), orphaned=orphaned)
-    if observed.live is None and desired.vapi_api_key is not None:
+    unlisted = [
+        k for k, rows in observed.resources.items() if rows and k not in observed.live_resources
+    ]
+    if (observed.live is None or unlisted) and desired.vapi_api_key is not None:
         return OrgPlan(
             org,
             desired.slug,
@@ -281,7 +353,21 @@ def plan_retire(desired: DesiredOrg, observed: ObservedOrg, *, prune: bool) -> O
         if c.is_active and p != "vapi"
     ]
     retire = RetireOrg(Sensitive(secret) if secret else None, reason=desired.retire)
-    return OrgPlan(org, desired.slug, (*deletes, *credentials, retire), orphaned=orphaned)
+    # numbers released first (a call must not reach an assistant being deleted), tools last
+    steps = (*numbers, *deletes, *tools, *credentials, retire)
+    return OrgPlan(org, desired.slug, steps, orphaned=orphaned)
+
+
+def _retire_kind(kind: ResourceKind, observed: ObservedOrg, reason: str) -> list[Action]:
+    """The org's objects of `kind` that Postgres knows: deleted when still in the account,
+    their state forgotten either way. Objects it never recorded are not its to delete."""
+    listed = {str(o.get("id")) for o in observed.live_resources.get(kind.name, ())}
+    return [
+        DeleteResource(kind.name, name, row.vapi_id, note=reason)
+        if row.vapi_id and row.vapi_id in listed
+        else DeleteResource(kind.name, name, None, note="forget state")
+        for name, row in sorted(observed.resources.get(kind.name, {}).items())
+    ]
 
 
 def _live_mapped(observed: ObservedOrg, role: str, live_ids: set[str]) -> bool:
@@ -350,20 +436,36 @@ def _created(assistant: dict[str, Any]) -> tuple[str, str]:
 
 def _plan_org_row(desired: DesiredOrg, observed: ObservedOrg) -> list[Action]:
     if observed.org is None:
-        return [UpsertOrg("create", desired.slug, desired.name, forward_url=desired.forward_url)]
+        return [
+            UpsertOrg(
+                "create",
+                desired.slug,
+                desired.name,
+                forward_url=desired.forward_url,
+                outbound_number=desired.outbound_number,
+            )
+        ]
     changes = tuple(
         FieldChange(f, old, new)
         for f, old, new in (
             ("slug", observed.org.slug, desired.slug),
             ("name", observed.org.name, desired.name),
             ("webhook.forwardUrl", observed.org.forward_url, desired.forward_url),
+            ("outbound.phoneNumber", observed.org.outbound_number, desired.outbound_number),
         )
         if old != new
     )
     if not changes:
         return []
     return [
-        UpsertOrg("update", desired.slug, desired.name, changes, forward_url=desired.forward_url)
+        UpsertOrg(
+            "update",
+            desired.slug,
+            desired.name,
+            changes,
+            forward_url=desired.forward_url,
+            outbound_number=desired.outbound_number,
+        )
     ]
 
 
@@ -404,11 +506,6 @@ def _plan_credentials(desired: DesiredOrg, observed: ObservedOrg) -> list[Action
     return out
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equal as JSON values: exact numbers (`1` is `1.0`), booleans apart from numbers."""
-    return contains(a, b) and contains(b, a)
-
-
 class _Kept:
     """One role's actions, with what the planner wants said about it."""
 
@@ -424,6 +521,7 @@ def _plan_assistant(
     observed: ObservedOrg,
     tagged: list[dict[str, Any]],
     adoptable: dict[str, Any] | None = None,
+    pending: tuple[Pending, ...] = (),
 ) -> tuple[_Kept, str | None]:
     role = want.role
     stored = observed.assistants.get(role)
@@ -449,7 +547,12 @@ def _plan_assistant(
         elif stored is not None and stored.status == "creating":
             note = "an earlier create did not finish and left no assistant"
         create = CreateAssistant(
-            role, want.body, want.stored, tuple(field_changes({}, want.stored)), note
+            role,
+            want.body,
+            want.stored,
+            tuple(field_changes({}, want.stored)),
+            note,
+            pending=pending,
         )
         return _Kept([create], [], []), None
 
@@ -476,7 +579,7 @@ def _plan_assistant(
                 for path in unchecked_paths(now, wanted, key)
             ]
             continue
-        if not spec_changed and _not_kept(key, now, wanted, answer, last_patch):
+        if not spec_changed and not_kept(key, now, wanted, answer, last_patch):
             warnings.append(
                 f"{role}: {key}: Vapi does not keep this value (it did not hold it after our "
                 "last write); not sent again until the spec changes"
@@ -500,7 +603,14 @@ def _plan_assistant(
     if patch:
         adopt = mapping is None or mapping.vapi_assistant_id != vapi_id
         update = UpdateAssistant(
-            role, vapi_id, patch, want.stored, tuple(changes), adopt=adopt, before=before
+            role,
+            vapi_id,
+            patch,
+            want.stored,
+            tuple(changes),
+            adopt=adopt,
+            before=before,
+            pending=pending,
         )
         return _Kept([update], warnings, notes), vapi_id
     if not in_sync:
@@ -525,33 +635,6 @@ def _blind(value: Any) -> Any:
         return {k: _blind(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_blind(v) for v in value]
-    return value
-
-
-def _not_kept(
-    key: str, now: Any, wanted: Any, answer: dict[str, Any] | None, last_patch: dict[str, Any]
-) -> bool:
-    """With the spec unchanged since our last write, does the live value lack `wanted` only
-    because Vapi does not keep it? Either the answer to that write already lacked it and the
-    value has not moved since, or our last PATCH sent exactly it and the value is back where
-    that PATCH found it (Vapi normalises it on read): sending it again would change nothing."""
-    if answer is not None and same(now, answer.get(key)) and not contains(answer.get(key), wanted):
-        return True
-    last = last_patch.get(key)
-    return (
-        isinstance(last, dict)
-        and same(last.get("sent"), wanted)
-        # compared where we set something: defaults Vapi adds elsewhere do not matter
-        and same(_within(now, wanted), _within(last.get("before"), wanted))
-    )
-
-
-def _within(value: Any, shape: Any) -> Any:
-    """`value` cut down to the keys `shape` sets (recursively)."""
-    if isinstance(shape, dict) and isinstance(value, dict):
-        return {k: _within(value.get(k), v) for k, v in shape.items()}
-    if isinstance(shape, list) and isinstance(value, list) and len(shape) == len(value):
-        return [_within(v, s) for v, s in zip(value, shape, strict=True)]
     return value
 
 

@@ -229,6 +229,7 @@ def bound_deletes(planned: Mapping[str, int], limit: int) -> DeleteBound:
         total,
         limit,
         False,
-        f"this run would delete {total} assistants, more than --max-deletes {limit}: nothing "
+        f"this run would delete {total} assistants, numbers or tools, more than --max-deletes "
+        f"{limit}: nothing "
         "was deleted or retired; check `plan --prune`, then raise --max-deletes",
     )

@@ -74,8 +74,32 @@ def observed_digest(observed: ObservedOrg) -> str:
     its `creating` status is in)."""
     live = sorted(observed.live or [], key=lambda a: str(a.get("id")))
     assistants = {r: replace(a, pending_s=None) for r, a in observed.assistants.items()}
-    rows = replace(observed, live=None, assistants=assistants)
-    return _digest({"rows": _shown(rows), "live": live, "listed": observed.live is not None})
+    resources = {
+        kind: {name: replace(row, pending_s=None) for name, row in rows.items()}
+        for kind, rows in observed.resources.items()
+    }
+    objects = {
+        kind: sorted(listed, key=lambda o: str(o.get("id")))
+        for kind, listed in observed.live_resources.items()
+    }
+    held = sorted(f"{kind}/{name}={slug}" for (kind, name), slug in observed.held_elsewhere.items())
+    rows = replace(
+        observed,
+        live=None,
+        assistants=assistants,
+        resources=resources,
+        live_resources={},
+        held_elsewhere={},
+    )
+    return _digest(
+        {
+            "rows": _shown(rows),
+            "live": live,
+            "listed": observed.live is not None,
+            "objects": objects,
+            "held": held,
+        }
+    )
 
 
 def plan_digest(plan: OrgPlan) -> str:
@@ -84,7 +108,9 @@ def plan_digest(plan: OrgPlan) -> str:
 
 
 def versions(observed: ObservedOrg) -> dict[str, str]:
-    return {str(a["id"]): str(a.get("updatedAt", "")) for a in observed.live or []}
+    """Vapi id -> updatedAt of every listed object (assistants and the other kinds)."""
+    listed = [*(observed.live or []), *(o for v in observed.live_resources.values() for o in v)]
+    return {str(a["id"]): str(a.get("updatedAt", "")) for a in listed}
 
 
 def stamp(spec_digest: str, observed: ObservedOrg, plan: OrgPlan) -> OrgStamp:
@@ -103,7 +129,7 @@ def stale(saved: OrgStamp, now: OrgStamp) -> str | None:
             for vid in saved.versions.keys() | now.versions.keys()
             if saved.versions.get(vid) != now.versions.get(vid)
         )
-        where = f"assistant(s) {', '.join(moved[:5])} in its Vapi account" if moved else "Postgres"
+        where = f"object(s) {', '.join(moved[:5])} in its Vapi account" if moved else "Postgres"
         return f"its live state changed since the plan was made ({where})"
     if saved.plan_digest != now.plan_digest:
         return "the plan computed now differs from the saved one"

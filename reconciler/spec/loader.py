@@ -738,6 +738,20 @@ def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Probl
                 )
             else:
                 first[value] = path
+    held: dict[str, tuple[Path, int]] = {}  # one org per number: both files are refused
+    for path, org in checked:
+        for i, number in enumerate(org.spec.phoneNumbers):
+            where = f"spec.phoneNumbers[{i}]"
+            if number.key in held and held[number.key][0] != path:
+                other, j = held[number.key]
+                problems.append(Problem(path, where, f"{number.key} is already used by {other}"))
+                problems.append(
+                    Problem(
+                        other, f"spec.phoneNumbers[{j}]", f"{number.key} is also used by {path}"
+                    )
+                )
+            else:
+                held.setdefault(number.key, (path, i))
     return problems
 
 

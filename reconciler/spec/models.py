@@ -20,6 +20,8 @@ API_VERSION = "reconciler/v1"
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 ASSISTANT_NAME_MAX = 40
 ROLES = ("inbound", "outbound")
+# OpenAI's function names: what Vapi's `function.name` accepts.
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # Keys of the assistant's `metadata` that the reconciler owns (its ownership tag).
 RESERVED_METADATA_KEYS = frozenset({"managedBy", "orgId", "role"})
 
@@ -141,6 +143,13 @@ class AssistantSpec(BaseModel):
     serverMessages: list[Any] | None = None
     credentialIds: list[str] | None = None
     credentials: list[Any] | None = None
+    tools: Annotated[
+        list[Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]] | None,
+        Field(
+            description="Names of tools in `spec.tools`: their Vapi ids are written into "
+            "`model.toolIds` (after any ids given there).",
+        ),
+    ] = None
     hooks: list[Any] | None = None
     transportConfigurations: list[Any] | None = None
     modelOutputInMessagesEnabled: bool | None = None
@@ -163,9 +172,18 @@ class AssistantSpec(BaseModel):
             raise ValueError(f"keys {clash} are reserved for the reconciler's ownership tag")
         return value
 
+    @field_validator("tools")
+    @classmethod
+    def _tools_once(cls, value: list[str] | None) -> list[str] | None:
+        repeated = sorted({t for t in value or () if (value or []).count(t) > 1})
+        if repeated:
+            raise ValueError(f"tools {repeated} are listed more than once")
+        return value
+
     def vapi_fields(self) -> dict[str, Any]:
-        """The fields as the user wrote them (unset ones are not sent to Vapi)."""
-        return self.model_dump(exclude_unset=True, mode="json")
+        """The fields as the user wrote them (unset ones are not sent to Vapi), without our
+        own (`tools`: references the engine turns into `model.toolIds`)."""
+        return self.model_dump(exclude_unset=True, exclude={"tools"}, mode="json")
 
 
 class Assistants(_Strict):
@@ -206,9 +224,95 @@ class Webhook(_Camel):
         return value
 
 
+# Server-side fields Vapi adds to every object: never part of a spec.
+SERVER_OWNED_FIELDS = frozenset({"id", "orgId", "createdAt", "updatedAt"})
+
+
+class ToolSpec(BaseModel):
+    """A Vapi tool, camelCase, passed to Vapi as written (`CreateToolDTO`, chosen by `type`).
+
+    Its key in `spec.tools` is its name: a function tool's `function.name` (filled in when
+    absent, refused when different); other types have one tool per type and org (Vapi gives
+    them no name to tell two apart)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9.-]{0,63}$")]
+
+    @model_validator(mode="after")
+    def _no_server_fields(self) -> ToolSpec:
+        given = sorted(SERVER_OWNED_FIELDS & set(self.model_extra or {}))
+        if given:
+            raise ValueError(f"{given} are set by Vapi, not in a spec")
+        return self
+
+    def vapi_fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+NUMBER_PROVIDERS = ("twilio", "vapi", "vonage", "telnyx", "byo-phone-number")
+
+
+class PhoneNumberSpec(_Camel):
+    """A phone number in the org's Vapi account: imported (Twilio with the org's own
+    `credentials.twilio`; Vonage, Telnyx and BYO through a Vapi credential id) or a Vapi SIP
+    number. Its number (or SIP URI) is its key: one org per number."""
+
+    provider: Literal["twilio", "vapi", "vonage", "telnyx", "byo-phone-number"]
+    number: str | None = Field(default=None, pattern=E164_PATTERN)
+    sip_uri: str | None = Field(default=None, pattern=r"^sips?:[^\s@]+@[^\s]+$", max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=ASSISTANT_NAME_MAX)
+    assistant: str | None = Field(
+        default=None,
+        description="The role of the assistant that answers it (`inbound`, `outbound`); none: "
+        "Vapi asks the server URL (`assistant-request`).",
+    )
+    fallback_destination: dict[str, Any] | None = None
+    sms_enabled: bool = Field(
+        default=False,
+        description="Twilio only. False by default, so an import does not take over the "
+        "number's SMS webhook at Twilio.",
+    )
+    credential_id: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @property
+    def key(self) -> str:
+        return self.number or self.sip_uri or ""
+
+    @model_validator(mode="after")
+    def _addressed(self) -> PhoneNumberSpec:
+        if self.provider == "vapi":
+            if self.sip_uri is None or self.number is not None:
+                raise ValueError("a `vapi` number is a SIP number: give `sipUri` (not `number`)")
+        elif self.number is None or self.sip_uri is not None:
+            raise ValueError(f"a `{self.provider}` number needs `number` in E.164 (no `sipUri`)")
+        if self.provider in ("vonage", "telnyx", "byo-phone-number") and not self.credential_id:
+            raise ValueError(f"a `{self.provider}` number needs the Vapi `credentialId` to use")
+        if self.provider in ("twilio", "vapi") and self.credential_id:
+            raise ValueError(f"a `{self.provider}` number takes no `credentialId`")
+        if self.sms_enabled and self.provider != "twilio":
+            raise ValueError("`smsEnabled` is for Twilio numbers only")
+        return self
+
+
+class Outbound(_Camel):
+    phone_number: str = Field(
+        description="The number (or SIP URI) of `spec.phoneNumbers` the outbound assistant "
+        "calls from; its Vapi id is offered to the platform's services.",
+    )
+
+
 class OrgSpecBody(_Strict):
     credentials: Credentials = Field(default_factory=Credentials)
     assistants: Assistants = Field(default_factory=Assistants)
+    tools: dict[Annotated[str, Field(pattern=TOOL_NAME_PATTERN)], ToolSpec] = Field(
+        default_factory=dict,
+        description="Tools created in the org's Vapi account, by name; assistants refer to "
+        "them by that name (`tools: [name]`).",
+    )
+    phoneNumbers: list[PhoneNumberSpec] = Field(default_factory=list)
+    outbound: Outbound | None = None
     webhook: Webhook | None = None
     adopt: Literal["byName"] | None = Field(
         default=None,
@@ -221,6 +325,61 @@ class OrgSpecBody(_Strict):
     def _vapi_needed(self) -> OrgSpecBody:
         if self.assistants.by_role() and self.credentials.vapi is None:
             raise ValueError("credentials.vapi is required when assistants are given")
+        if (self.tools or self.phoneNumbers) and self.credentials.vapi is None:
+            raise ValueError("credentials.vapi is required when tools or phone numbers are given")
+        return self
+
+    @model_validator(mode="after")
+    def _references(self) -> OrgSpecBody:
+        """Every reference names something this file declares (found offline by `validate`)."""
+        for role, assistant in self.assistants.by_role().items():
+            missing = [t for t in assistant.tools or () if t not in self.tools]
+            if missing:
+                raise ValueError(
+                    f"assistants.{role}.tools: {missing} not in spec.tools "
+                    f"(declared: {sorted(self.tools) or 'none'})"
+                )
+            if assistant.tools and not isinstance((assistant.model or {}).get("provider"), str):
+                raise ValueError(
+                    f"assistants.{role}.tools: needs `model` with its `provider` (the tools' "
+                    "ids go into `model.toolIds`)"
+                )
+        by_type: dict[str, str] = {}
+        for name, tool in self.tools.items():
+            function = (tool.model_extra or {}).get("function")
+            if tool.type == "function":
+                given = function.get("name") if isinstance(function, dict) else None
+                if given is not None and given != name:
+                    raise ValueError(
+                        f"tools.{name}: function.name is {given!r}; it must equal the tool's "
+                        "name (or be left out)"
+                    )
+            elif tool.type in by_type:
+                raise ValueError(
+                    f"tools.{name}: a second `{tool.type}` tool (after {by_type[tool.type]}); "
+                    "Vapi gives such tools no name to tell two apart: one per org"
+                )
+            else:
+                by_type[tool.type] = name
+        seen: set[str] = set()
+        for i, number in enumerate(self.phoneNumbers):
+            if number.key in seen:
+                raise ValueError(f"phoneNumbers[{i}]: {number.key} is listed twice")
+            seen.add(number.key)
+            if number.assistant is not None and number.assistant not in self.assistants.by_role():
+                raise ValueError(
+                    f"phoneNumbers[{i}].assistant: {number.assistant!r} is not an assistant "
+                    f"of this org (declared: {sorted(self.assistants.by_role()) or 'none'})"
+                )
+            if number.provider == "twilio" and self.credentials.twilio is None:
+                raise ValueError(
+                    f"phoneNumbers[{i}]: a Twilio number is imported with the org's own "
+                    "credentials.twilio, which this file does not give"
+                )
+        if self.outbound is not None and self.outbound.phone_number not in seen:
+            raise ValueError(
+                f"outbound.phoneNumber: {self.outbound.phone_number} is not in spec.phoneNumbers"
+            )
         return self
 
 

@@ -30,7 +30,7 @@ from reconciler.secrets.crypto import token_key_id
 
 _OBSERVE_SQL = """
 SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
-  o.webhook_forward_url AS forward_url,
+  o.webhook_forward_url AS forward_url, o.outbound_phone_number AS outbound_number,
   (SELECT k.key_id FROM master_key k WHERE k.id) AS master_key_id,
   (SELECT k.key_check FROM master_key k WHERE k.id) AS master_key_check,
   COALESCE((SELECT json_agg(json_build_object(
@@ -47,7 +47,13 @@ SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
       'vapi_assistant_id', m.vapi_assistant_id, 'role', m.assistant_role,
       'name', m.assistant_name))
     FROM assistant_org_mapping m WHERE m.org_id = o.id AND m.inactive_at IS NULL), '[]')
-    AS mappings
+    AS mappings,
+  COALESCE((SELECT json_agg(json_build_object(
+      'kind', r.kind, 'name', r.name, 'vapi_id', r.vapi_id, 'status', r.status,
+      'desired_config', r.desired_config, 'applied_config', r.applied_config,
+      'last_patch', r.last_patch,
+      'pending_s', EXTRACT(EPOCH FROM now() - r.create_started_at)))
+    FROM vapi_resources r WHERE r.org_id = o.id), '[]') AS resources
 FROM organizations o WHERE o.id = ANY(%s::uuid[])
 """
 
@@ -372,6 +378,34 @@ class StateReader:
             ).fetchall()
         return frozenset(r["vapi_assistant_id"] for r in rows)
 
+    def held_by(self, kind: str, names: list[str]) -> dict[str, tuple[str, str]]:
+        """name -> (org id, slug) of the live org whose `kind` object `name` is (one org per
+        number: `validate` checks the files, this the database). One query."""
+        if not names:
+            return {}
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT r.name, r.org_id::text AS org_id, o.slug FROM vapi_resources r"
+                " JOIN organizations o ON o.id = r.org_id"
+                " WHERE r.kind = %s AND r.name = ANY(%s) AND o.retired_at IS NULL",
+                (kind, names),
+            ).fetchall()
+        self._count()
+        return {r["name"]: (r["org_id"], r["slug"]) for r in rows}
+
+    def resolve_resource(self, vapi_id: str) -> dict[str, Any] | None:
+        """The org of a Vapi object of a kind beyond assistants (a phone number's id in
+        `call.phoneNumberId`), as `resolve_assistant` does for assistants."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT m.org_id::text AS org_id, m.kind, m.name, m.inactive_at,"
+                " o.slug FROM resource_org_mapping m JOIN organizations o ON o.id = m.org_id"
+                " WHERE m.vapi_id = %s",
+                (vapi_id,),
+            ).fetchone()
+        self._count()
+        return row
+
     def stored_vapi_credentials(self, org_ids: list[str]) -> dict[str, str]:
         """The sealed Vapi credential of each org that has an active one: what retiring an org
         whose spec is gone uses to reach its account."""
@@ -508,14 +542,23 @@ class StateWriter(StateReader):
         ):
             yield conn
 
-    def upsert_org(self, org_id: str, slug: str, name: str, forward_url: str | None = None) -> None:
+    def upsert_org(
+        self,
+        org_id: str,
+        slug: str,
+        name: str,
+        forward_url: str | None = None,
+        outbound_number: str | None = None,
+    ) -> None:
         with self._tx(1) as conn:
             conn.execute(
-                "INSERT INTO organizations (id, slug, name, webhook_forward_url)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug,"
+                "INSERT INTO organizations (id, slug, name, webhook_forward_url,"
+                " outbound_phone_number) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET slug = EXCLUDED.slug,"
                 " name = EXCLUDED.name, webhook_forward_url = EXCLUDED.webhook_forward_url,"
+                " outbound_phone_number = EXCLUDED.outbound_phone_number,"
                 " retired_at = NULL, updated_at = now()",
-                (org_id, slug, name, forward_url),
+                (org_id, slug, name, forward_url, outbound_number),
             )
 
     def store_credential(
@@ -724,16 +767,116 @@ class StateWriter(StateReader):
                 (org_id, role, vapi_id, vapi_id),
             )
 
+    def begin_create_resource(
+        self, org_id: str, kind: str, name: str, desired: dict[str, Any]
+    ) -> None:
+        """As `begin_create`, for any kind: committed before the POST."""
+        with self._tx(2) as conn:
+            conn.execute(
+                "INSERT INTO vapi_resources (org_id, kind, name, status, desired_config,"
+                " create_started_at) VALUES (%s, %s, %s, 'creating', %s, now())"
+                " ON CONFLICT (org_id, kind, name) DO UPDATE SET"
+                " status = 'creating', vapi_id = NULL, applied_config = NULL, last_patch = NULL,"
+                " desired_config = EXCLUDED.desired_config, create_started_at = now(),"
+                " updated_at = now()",
+                (org_id, kind, name, config_jsonb(desired)),
+            )
+            conn.execute(
+                "UPDATE resource_org_mapping SET inactive_at = now() WHERE org_id = %s"
+                " AND kind = %s AND name = %s AND inactive_at IS NULL",
+                (org_id, kind, name),
+            )
+
+    def abort_create_resource(self, org_id: str, kind: str, name: str) -> None:
+        """Vapi refused the create outright: nothing exists, the next run creates at once."""
+        with self._tx(1) as conn:
+            conn.execute(
+                "DELETE FROM vapi_resources WHERE org_id = %s AND kind = %s AND name = %s"
+                " AND status = 'creating' AND vapi_id IS NULL",
+                (org_id, kind, name),
+            )
+
+    def record_resource(
+        self,
+        org_id: str,
+        kind: str,
+        name: str,
+        vapi_id: str,
+        desired: dict[str, Any],
+        applied: dict[str, Any] | None = None,
+        last_patch: dict[str, Any] | None = None,
+    ) -> None:
+        """State row and mapping row together, in one transaction (as `record_assistant`)."""
+        with self._tx(3) as conn:
+            conn.execute(
+                "INSERT INTO vapi_resources (org_id, kind, name, vapi_id, status,"
+                " desired_config, applied_config, last_patch)"
+                " VALUES (%s, %s, %s, %s, 'ready', %s, %s, %s)"
+                " ON CONFLICT (org_id, kind, name) DO UPDATE SET"
+                " vapi_id = EXCLUDED.vapi_id, status = 'ready',"
+                " desired_config = EXCLUDED.desired_config,"
+                " applied_config = EXCLUDED.applied_config, last_patch = EXCLUDED.last_patch,"
+                " create_started_at = NULL, updated_at = now()",
+                (
+                    org_id,
+                    kind,
+                    name,
+                    vapi_id,
+                    config_jsonb(desired),
+                    config_jsonb(applied or desired),
+                    config_jsonb(last_patch) if last_patch else None,
+                ),
+            )
+            conn.execute(  # the one it replaces stays, inactive, for its late webhooks
+                "UPDATE resource_org_mapping SET inactive_at = now() WHERE org_id = %s"
+                " AND kind = %s AND name = %s AND vapi_id <> %s AND inactive_at IS NULL",
+                (org_id, kind, name, vapi_id),
+            )
+            cur = conn.execute(
+                "INSERT INTO resource_org_mapping (vapi_id, kind, org_id, name)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (vapi_id) DO UPDATE SET name = EXCLUDED.name,"
+                " kind = EXCLUDED.kind, inactive_at = NULL, org_id = EXCLUDED.org_id"
+                " WHERE resource_org_mapping.org_id = EXCLUDED.org_id"
+                "   OR resource_org_mapping.inactive_at IS NOT NULL",
+                (vapi_id, kind, org_id, name),
+            )
+            if cur.rowcount != 1:  # rolls the whole transaction back
+                raise ReconcilerError(
+                    f"{kind} {vapi_id} is already mapped to another org: "
+                    "do two specs share one Vapi account?"
+                )
+
+    def forget_resource(self, org_id: str, kind: str, name: str, vapi_id: str | None) -> None:
+        with self._tx(2) as conn:
+            conn.execute(
+                "DELETE FROM vapi_resources WHERE org_id = %s AND kind = %s AND name = %s"
+                " AND (%s::text IS NULL OR vapi_id IS NULL OR vapi_id = %s)",
+                (org_id, kind, name, vapi_id, vapi_id),
+            )
+            conn.execute(  # kept, inactive, for late webhooks
+                "UPDATE resource_org_mapping SET inactive_at = now() WHERE org_id = %s"
+                " AND kind = %s AND name = %s AND (%s::text IS NULL OR vapi_id = %s)"
+                " AND inactive_at IS NULL",
+                (org_id, kind, name, vapi_id, vapi_id),
+            )
+
     def leave_account(self, org_id: str) -> None:
         """The org's key reaches another Vapi account now: the old account's mappings go
-        inactive (late webhooks still resolve), its assistant state goes."""
-        with self._tx(3) as conn:
+        inactive (late webhooks still resolve), its assistant and object state goes."""
+        with self._tx(5) as conn:
             conn.execute(
                 "UPDATE assistant_org_mapping SET inactive_at = now()"
                 " WHERE org_id = %s AND inactive_at IS NULL",
                 (org_id,),
             )
+            conn.execute(
+                "UPDATE resource_org_mapping SET inactive_at = now()"
+                " WHERE org_id = %s AND inactive_at IS NULL",
+                (org_id,),
+            )
             conn.execute("DELETE FROM assistants WHERE org_id = %s", (org_id,))
+            conn.execute("DELETE FROM vapi_resources WHERE org_id = %s", (org_id,))
             conn.execute("UPDATE organizations SET vapi_account_id = NULL WHERE id = %s", (org_id,))
 
     def retire_org(
@@ -750,7 +893,7 @@ class StateWriter(StateReader):
         the Vapi one replaced by `webhook_only` (its webhook secret alone, sealed), usable to
         verify late webhooks until the retention window ends. One transaction. A sealed
         `webhook_only` is a credential write: checked as `store_credential` checks it."""
-        with self._tx(4) as conn:
+        with self._tx(6) as conn:
             if webhook_only is not None:
                 kid = token_key_id(webhook_only)
                 held = list(key_ids) or [kid]
@@ -760,7 +903,13 @@ class StateWriter(StateReader):
                 " WHERE org_id = %s AND inactive_at IS NULL",
                 (org_id,),
             )
+            conn.execute(
+                "UPDATE resource_org_mapping SET inactive_at = now()"
+                " WHERE org_id = %s AND inactive_at IS NULL",
+                (org_id,),
+            )
             conn.execute("DELETE FROM assistants WHERE org_id = %s", (org_id,))
+            conn.execute("DELETE FROM vapi_resources WHERE org_id = %s", (org_id,))
             conn.execute(
                 "UPDATE org_credentials SET is_active = false, previous_encrypted_config = NULL,"
                 " previous_valid_until = NULL, updated_at = now(),"
@@ -783,10 +932,12 @@ class StateWriter(StateReader):
         webhook secrets. Returns the mappings removed."""
         keep = self.mapping_retention_s
         with self._tx(2) as conn:
-            cur = conn.execute(
-                "DELETE FROM assistant_org_mapping"
-                " WHERE inactive_at < now() - make_interval(secs => %s)",
-                (keep,),
+            cur = conn.execute(  # both mapping tables in one statement
+                "WITH other AS (DELETE FROM resource_org_mapping"
+                "   WHERE inactive_at < now() - make_interval(secs => %(keep)s))"
+                " DELETE FROM assistant_org_mapping"
+                " WHERE inactive_at < now() - make_interval(secs => %(keep)s)",
+                {"keep": keep},
             )
             conn.execute(
                 "DELETE FROM org_credentials WHERE NOT is_active AND webhook_only_until < now()"

@@ -431,17 +431,25 @@ class VapiReader:
         return code, parsed
 
     def _assistant(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """An answer that must be one assistant: an object with a string `id`."""
+        return self._object(method, path, "assistant", **kwargs)
+
+    def _object(self, method: str, path: str, label: str, **kwargs: Any) -> dict[str, Any]:
+        """An answer that must be one object: a JSON object with a string `id`."""
         code, result = self._json(method, path, **kwargs)
         if not isinstance(result, dict) or not isinstance(result.get("id"), str):
             what = printable(f"{method} {path}", 80)
-            raise self._odd(what, method == "POST", code, "no assistant (an object with an id)")
+            raise self._odd(what, method == "POST", code, f"no {label} (an object with an id)")
         return result
 
     # -- the API -------------------------------------------------------------------------------
 
     def list_assistants(self, *, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
-        """Every assistant in the account, whatever order Vapi lists them in.
+        return self.list_objects("/assistant", limit=limit)
+
+    def list_objects(self, path: str, *, limit: int = PAGE_LIMIT) -> list[dict[str, Any]]:
+        """Every object of the collection `path` (`/assistant`, `/tool`, `/phone-number`: each
+        a bare JSON array with `limit` and `createdAt` filters), whatever order Vapi lists
+        them in.
 
         A page shorter than `limit` covers its whole createdAt range. A full page covers only
         part of it; what it left out lies at either end, so both ends are asked again
@@ -456,7 +464,7 @@ class VapiReader:
                 params["createdAtGe"] = low
             if high is not None:
                 params["createdAtLe"] = high
-            _, page = self._json("GET", "/assistant", params=params)
+            _, page = self._json("GET", path, params=params)
             if not isinstance(page, list) or not all(
                 isinstance(a, dict)
                 and isinstance(a.get("id"), str)
@@ -464,7 +472,7 @@ class VapiReader:
                 for a in page
             ):
                 raise VapiError(
-                    "GET /assistant: unexpected response shape "
+                    f"GET {printable(path, 40)}: unexpected response shape "
                     "(not a list of objects with a string id and createdAt)"
                 )
             fresh = [a for a in page if a["id"] not in seen]
@@ -473,7 +481,9 @@ class VapiReader:
             if len(page) < limit:
                 continue
             if not fresh:
-                raise VapiError(f"GET /assistant: at least {limit} assistants share a createdAt")
+                raise VapiError(
+                    f"GET {printable(path, 40)}: at least {limit} objects share a createdAt"
+                )
             oldest = min(a["createdAt"] for a in page)
             newest = max(a["createdAt"] for a in page)
             if oldest != low:
@@ -504,6 +514,24 @@ class VapiWriter(VapiReader):
             what = printable(f"PATCH /assistant/{assistant_id}", 80)
             raise VapiError(f"{what}: unexpected response shape (not an object)")
         return result
+
+    def create_object(self, path: str, label: str, body: dict[str, Any]) -> dict[str, Any]:
+        """As `create_assistant`, for any collection: never retried once sent."""
+        return self._object("POST", path, label, json_body=body)
+
+    def update_object(self, path: str, object_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        _, result = self._json("PATCH", f"{path}/{object_id}", json_body=body)
+        if not isinstance(result, dict):
+            what = printable(f"PATCH {path}/{object_id}", 80)
+            raise VapiError(f"{what}: unexpected response shape (not an object)")
+        return result
+
+    def delete_object(self, path: str, object_id: str) -> None:
+        """Already gone is done (our retried DELETE may have succeeded)."""
+        try:
+            self._request("DELETE", f"{path}/{object_id}")
+        except VapiNotFound:
+            return
 
     def delete_assistant(self, assistant_id: str) -> None:
         # The deleted assistant comes back, but only the status matters: a 2xx did delete.

@@ -444,7 +444,10 @@ def test_serve_bounds_the_deletes_of_the_whole_run_across_batches_and_orphans(
     bounded.trigger()
     report = bounded.run_once()
     assert report is not None and deletes(emulator) == 0, "4 deletes in one run, past 3: none"
-    assert any("would delete 4 assistants, more than --max-deletes 3" in n for n in report.notes)
+    assert any(
+        "would delete 4 assistants, numbers or tools, more than --max-deletes 3" in n
+        for n in report.notes
+    )
     assert org_row(state, "gamma")["retired_at"] is None
     assert org_row(state, "gamma")["status"] == "Orphaned"
     assert [o.slug for o in report.failed] == []  # the rest of each org converged

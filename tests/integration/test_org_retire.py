@@ -55,8 +55,8 @@ def test_without_a_terminal_it_needs_yes(
     assert result.code == 1
     assert result.out == ""
     assert result.err.splitlines() == [
-        "error: org retire acme deletes its assistants and is not undone: pass --yes to run it "
-        "without a terminal (or --dry-run to see what it does)"
+        "error: org retire acme deletes its assistants, numbers and tools and is not undone: "
+        "pass --yes to run it without a terminal (or --dry-run to see what it does)"
     ]
     assert deletes(emulator) == 0 and org_row(state, "acme")["retired_at"] is None
 

@@ -81,7 +81,7 @@ def test_an_org_whose_live_state_moved_is_refused(
     edit_assistant(emulator, key_of(acme), inbound["id"], {"firstMessage": "Dashboard edit"})
     patches = emulator_stats(emulator)["PATCH /assistant/{id}"]
     run = cli("apply", str(out))
-    assert run.code == 1 and f"assistant(s) {inbound['id']}" in run.out
+    assert run.code == 1 and f"object(s) {inbound['id']}" in run.out
     assert emulator_stats(emulator)["PATCH /assistant/{id}"] == patches  # nothing sent
 
 

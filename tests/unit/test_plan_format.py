@@ -13,16 +13,20 @@ from reconciler.controller.run import OrgOutcome, RunReport
 from reconciler.engine.actions import (
     AdoptAssistant,
     CreateAssistant,
+    CreateResource,
     DeactivateCredential,
     DeleteAssistant,
     Finding,
     LeaveAccount,
     OrgPlan,
+    Pending,
     RetireOrg,
     StoreCredential,
     Unknown,
     UpdateAssistant,
+    UpdateResource,
     UpsertOrg,
+    known_after_apply,
 )
 from reconciler.engine.diff import FieldChange
 from reconciler.engine.model import Sensitive
@@ -81,6 +85,23 @@ def sample() -> RunReport:
                 ),
             ),
             AdoptAssistant("outbound", "asst-out", note="found by its ownership tag"),
+            CreateResource(
+                "tool",
+                "book",
+                {"type": "function", "function": {"name": "book"}},
+                changes=(FieldChange("type", None, "function"),),
+            ),
+            UpdateResource(
+                "phoneNumber",
+                "+14155550123",
+                "pn-1",
+                {"assistantId": known_after_apply("assistant", "inbound")},
+                changes=(
+                    FieldChange("assistantId", None, known_after_apply("assistant", "inbound")),
+                    FieldChange("twilioAuthToken", SENSITIVE, SENSITIVE, True),
+                ),
+                pending=(Pending(("assistantId",), "assistant", "inbound"),),
+            ),
         ),
         notes=("outbound: the live value of voice.apiKey is masked by Vapi",),
     )
@@ -88,7 +109,7 @@ def sample() -> RunReport:
         SHARED,
         "shared",
         (),
-        unchanged=("inbound",),
+        unchanged=("inbound", "tool/end_call"),
         blocked=("this Vapi account holds assistants of other orgs",),
     )
     gone = OrgPlan(

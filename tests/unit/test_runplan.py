@@ -107,7 +107,7 @@ def test_the_delete_bound_is_the_runs_and_past_it_none() -> None:
     assert bound_deletes({"a": 2, "b": 3}, 5).allowed
     over = bound_deletes({"a": 2, "b": 3, "orphan": 1}, 5)
     assert not over.allowed and over.total == 6
-    assert "would delete 6 assistants, more than --max-deletes 5" in over.note
+    assert "would delete 6 assistants, numbers or tools, more than --max-deletes 5" in over.note
     assert RunFacts(specs=()).max_deletes == MAX_DELETES == 5  # never unbounded by default
 
 

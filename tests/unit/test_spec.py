@@ -152,11 +152,9 @@ def test_unknown_top_level_field(specs: SpecDir, capsys: pytest.CaptureFixture[s
 
 def test_unknown_field_under_spec(specs: SpecDir, capsys: pytest.CaptureFixture[str]) -> None:
     doc = org_doc("acme")
-    doc["spec"]["phoneNumbers"] = ["+15550100"]
+    doc["spec"]["squads"] = ["+15550100"]
     specs.write(doc)
-    assert_rejected(
-        specs, capsys, "acme.yaml", "spec.phoneNumbers", "Extra inputs are not permitted"
-    )
+    assert_rejected(specs, capsys, "acme.yaml", "spec.squads", "Extra inputs are not permitted")
 
 
 def test_unknown_assistant_role(specs: SpecDir, capsys: pytest.CaptureFixture[str]) -> None:
@@ -565,7 +563,7 @@ def test_problems_name_line_and_column_and_suggest_a_close_field(
 
 def test_no_suggestion_when_nothing_is_close(tmp_path: Path) -> None:
     path = tmp_path / "acme.yaml"
-    path.write_text(POSITIONED_SPEC.replace("  webhok: {}\n", "  phoneNumbers: []\n"))
-    (problem,) = [p for p in validate_tree(tmp_path).problems if p.field == "spec.phoneNumbers"]
+    path.write_text(POSITIONED_SPEC.replace("  webhok: {}\n", "  squads: []\n"))
+    (problem,) = [p for p in validate_tree(tmp_path).problems if p.field == "spec.squads"]
     assert problem.message == "Extra inputs are not permitted"
     assert (problem.line, problem.column) == (15, 3)

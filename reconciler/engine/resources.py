@@ -1,0 +1,361 @@
+"""The planner for the kinds beyond assistants (`engine.kinds`): pure, one kind at a time.
+
+Each function returns a value (`KindPlan`) instead of appending to lists it is handed. The
+rules are the assistants' rules with a natural key in place of the ownership tag: an object
+of the org's own account whose natural key equals a desired one's is that object (adopted,
+never created again); a create whose outcome is unknown blocks another for the grace period;
+an object removed from the spec is released (`ResourceKind.on_removal`) or kept, and deleted
+only with `--prune`; duplicates of a key are reported, and deleted only with `--prune`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from reconciler.engine.actions import (
+    Action,
+    AdoptResource,
+    CreateResource,
+    DeleteResource,
+    Finding,
+    Pending,
+    UpdateResource,
+    known_after_apply,
+)
+from reconciler.engine.diff import (
+    SERVER_OWNED,
+    FieldChange,
+    contains,
+    field_changes,
+    not_kept,
+    same,
+    unchecked_paths,
+)
+from reconciler.engine.kinds import BY_NAME, ResourceKind
+from reconciler.engine.model import DesiredResource, ObservedOrg, StoredResource
+
+# Fields Vapi owns on these kinds, besides those of every object.
+_SERVER_OWNED = SERVER_OWNED | {"status"}
+
+Ids = Mapping[tuple[str, str], "str | None"]
+"""(kind, name) -> the Vapi id of an object of the org; None: created in this run."""
+
+
+@dataclass(frozen=True)
+class KindPlan:
+    """One kind's part of an org's plan. `ids`: each desired object's Vapi id (None: created
+    in this run), for the objects that refer to it."""
+
+    kind: str
+    actions: tuple[Action, ...] = ()  # creates, updates, adopts: in creation order
+    removals: tuple[Action, ...] = ()  # releases and deletes: run after the later kinds'
+    unchanged: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    ids: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def named_unchanged(self) -> list[str]:
+        """Unchanged objects as the org plan lists them (`tool/book`, `phoneNumber/+1...`);
+        assistants are listed by role alone."""
+        return [f"{self.kind}/{name}" for name in self.unchanged]
+
+
+def strip_owned(live: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in live.items() if k not in _SERVER_OWNED}
+
+
+def with_refs(want: DesiredResource, ids: Ids) -> tuple[DesiredResource, tuple[Pending, ...]]:
+    """`want` with its references filled in: a known id, or the placeholder of an object
+    created earlier in the same run (then a `Pending` the applier fills in)."""
+    body, stored = dict(want.body), dict(want.stored)
+    pending: list[Pending] = []
+    for name, kind, target in want.refs:
+        known = ids.get((kind, target))
+        value = known if known is not None else known_after_apply(kind, target)
+        body[name] = stored[name] = value
+        if known is None:
+            pending.append(Pending((name,), kind, target))
+    return replace(want, body=body, stored=stored), tuple(pending)
+
+
+def _created(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return str(obj.get("createdAt", "")), str(obj.get("id", ""))
+
+
+def plan_kind(
+    kind: ResourceKind,
+    desired: Mapping[str, DesiredResource],
+    observed: ObservedOrg,
+    ids: Ids,
+    *,
+    prune: bool,
+    create_grace_s: float,
+) -> KindPlan:
+    """The actions that make the account's objects of `kind` what `desired` says."""
+    rows = observed.resources.get(kind.name, {})
+    live = observed.live_resources.get(kind.name)
+    if live is None:
+        if desired or rows:
+            why = f"{kind.label}s not planned: the Vapi account could not be listed"
+            return KindPlan(kind.name, warnings=(why,))
+        return KindPlan(kind.name)
+    by_id = {str(o["id"]): o for o in live if isinstance(o.get("id"), str)}
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for obj in sorted(by_id.values(), key=_created):
+        key = kind.natural_key(obj)
+        if key is not None:
+            by_key.setdefault(key, []).append(obj)
+
+    actions: list[Action] = []
+    removals: list[Action] = []
+    unchanged: list[str] = []
+    warnings: list[str] = []
+    blocked: list[str] = []
+    notes: list[str] = []
+    findings: list[Finding] = []
+    out_ids: dict[str, str | None] = {}
+    claimed: set[str] = set()
+
+    for name in sorted(desired):
+        want, pending = with_refs(desired[name], ids)
+        where = f"{kind.label} {name}"
+        elsewhere = observed.held_elsewhere.get((kind.name, name))
+        if elsewhere is not None:
+            blocked.append(
+                f"{where}: Postgres gives it to org {elsewhere}; one org per {kind.label} "
+                f"(remove it from that org's spec and apply with --prune there first)"
+            )
+            continue
+        row = rows.get(name)
+        current = by_id.get(row.vapi_id) if row is not None and row.vapi_id else None
+        if current is not None and kind.natural_key(current) != want.key:
+            current = None  # the row points at an object that is not this one any more
+        namesakes = by_key.get(want.key, [])
+        note = ""
+        if current is None and namesakes:
+            current = namesakes[0]
+            note = "found by its natural key"
+        if current is None:
+            if _pending(row, create_grace_s):
+                ago = row.pending_s if row is not None and row.pending_s is not None else 0.0
+                blocked.append(
+                    f"{where}: an earlier create has an unknown outcome ({ago:.0f}s ago); "
+                    f"waiting up to {create_grace_s:.0f}s for it to appear before creating again"
+                )
+                continue
+            if row is not None and row.vapi_id:
+                note = f"{row.vapi_id} is gone from the Vapi account"
+            elif row is not None:
+                note = "an earlier create did not finish and left nothing"
+            changes = tuple(field_changes({}, want.stored))
+            actions.append(
+                CreateResource(kind.name, name, want.body, want.stored, changes, note, pending)
+            )
+            out_ids[name] = None
+            continue
+        vapi_id = str(current["id"])
+        claimed.add(vapi_id)
+        out_ids[name] = vapi_id
+        step, said, heard = _converge(kind, want, pending, row, current, note)
+        warnings += said
+        notes += heard
+        if step is None:
+            unchanged.append(name)
+        else:
+            actions.append(step)
+        for extra in namesakes:
+            if extra["id"] == vapi_id:
+                continue
+            if prune:
+                removals.append(
+                    DeleteResource(kind.name, name, extra["id"], note="duplicate", forget=False)
+                )
+            else:
+                warnings.append(
+                    f"{where}: duplicate {extra['id']} in the account (use --prune to delete)"
+                )
+                findings.append(
+                    Finding(
+                        "duplicate",
+                        name,
+                        extra["id"],
+                        f"a second {kind.label} with the same natural key",
+                        kind.name,
+                    )
+                )
+
+    for name in sorted(set(rows) - set(desired)):
+        row = rows[name]
+        step, said = _removed(kind, row, by_id, claimed, prune)
+        warnings += said
+        if step is not None:
+            removals.append(step)
+    return KindPlan(
+        kind.name,
+        tuple(actions),
+        tuple(removals),
+        tuple(unchanged),
+        tuple(warnings),
+        tuple(blocked),
+        tuple(notes),
+        tuple(findings),
+        out_ids,
+    )
+
+
+def _pending(row: StoredResource | None, grace_s: float) -> bool:
+    return (
+        row is not None
+        and row.status == "creating"
+        and row.pending_s is not None
+        and row.pending_s < grace_s
+    )
+
+
+def _converge(
+    kind: ResourceKind,
+    want: DesiredResource,
+    pending: tuple[Pending, ...],
+    row: StoredResource | None,
+    current: dict[str, Any],
+    note: str,
+) -> tuple[Action | None, list[str], list[str]]:
+    """Update, adopt, or nothing, for an object that exists."""
+    vapi_id = str(current["id"])
+    live = strip_owned(current)
+    ours = row is not None and row.vapi_id == vapi_id and row.status == "ready"
+    asked = row.desired_config if ours and row is not None else None
+    answer = row.applied_config if ours and row is not None else None
+    last_patch = (row.last_patch or {}) if ours and row is not None else {}
+    where = f"{kind.label} {want.name}"
+    patch: dict[str, Any] = {}
+    before: dict[str, Any] = {}
+    changes: list[FieldChange] = []
+    warnings: list[str] = []
+    notes: list[str] = []
+    for key, value in want.body.items():
+        if key in kind.immutable:
+            continue  # part of the natural key: equal by construction
+        wanted, now = want.stored.get(key), live.get(key)
+        if key in kind.write_only:  # Vapi does not return it: compared with what we asked
+            if asked is None or not same(asked.get(key), wanted):
+                patch[key] = value
+                changes += field_changes(None if asked is None else asked.get(key), wanted, key)
+            continue
+        spec_changed = asked is not None and not same(asked.get(key), wanted)
+        if not spec_changed and contains(now, wanted):
+            notes += [
+                f"{where}: {path}: Vapi masks this value on read; its drift cannot be checked"
+                for path in unchecked_paths(now, wanted, key)
+            ]
+            continue
+        if not spec_changed and not_kept(key, now, wanted, answer, last_patch):
+            warnings.append(
+                f"{where}: {key}: Vapi does not keep this value (it did not hold it after our "
+                "last write); not sent again until the spec changes"
+            )
+            continue
+        patch[key] = value
+        before[key] = now
+        changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
+    for key in asked or {}:  # removed from the spec since our last write: clear it
+        if key not in want.body and key not in kind.immutable and live.get(key) is not None:
+            patch[key] = None
+            changes += field_changes(live.get(key), None, key)
+    in_sync = ours and same(asked, want.stored)
+    if patch:
+        return (
+            UpdateResource(
+                kind.name,
+                want.name,
+                vapi_id,
+                patch,
+                want.stored,
+                tuple(changes),
+                adopt=not ours,
+                before=before,
+                note=note,
+                pending=pending,
+            ),
+            warnings,
+            notes,
+        )
+    if not in_sync:
+        adopt = AdoptResource(
+            kind.name, want.name, vapi_id, note or "record in Postgres", want.stored, live
+        )
+        return adopt, warnings, notes
+    return None, warnings, notes
+
+
+def _removed(
+    kind: ResourceKind,
+    row: StoredResource,
+    by_id: Mapping[str, dict[str, Any]],
+    claimed: set[str],
+    prune: bool,
+) -> tuple[Action | None, list[str]]:
+    """A row whose object the spec no longer has."""
+    where = f"{kind.label} {row.name}"
+    vapi_id = row.vapi_id
+    current = by_id.get(vapi_id) if vapi_id else None
+    if current is None or (vapi_id is not None and vapi_id in claimed):
+        # gone from the account, or now another desired object's (renamed): state only
+        return DeleteResource(kind.name, row.name, None, note="forget state"), []
+    assert vapi_id is not None
+    if prune:
+        return DeleteResource(kind.name, row.name, vapi_id, note="removed from the spec"), []
+    kept = f"{where}: removed from the spec, kept {vapi_id} (use --prune to delete it)"
+    release = kind.on_removal
+    if release is None or contains(strip_owned(current), dict(release)):
+        return None, [kept]
+    stored = {**(row.desired_config or {}), **release}
+    live = strip_owned(current)
+    changes = tuple(
+        change
+        for key, value in release.items()
+        for change in field_changes(live.get(key), value, key)
+    )
+    unbind = UpdateResource(
+        kind.name,
+        row.name,
+        vapi_id,
+        dict(release),
+        stored,
+        changes,
+        before={k: live.get(k) for k in release},
+        note="removed from the spec: released (--prune deletes it)",
+    )
+    return unbind, [kept]
+
+
+def plan_kinds(
+    desired: Mapping[str, Mapping[str, DesiredResource]],
+    observed: ObservedOrg,
+    ids: Ids,
+    *,
+    kinds: tuple[str, ...],
+    prune: bool,
+    create_grace_s: float,
+) -> tuple[KindPlan, ...]:
+    """`plan_kind` for each of `kinds` in order; each sees the ids the earlier ones found."""
+    known = dict(ids)
+    out: list[KindPlan] = []
+    for name in kinds:
+        kind = BY_NAME[name]
+        plan = plan_kind(
+            kind,
+            desired.get(name, {}),
+            observed,
+            known,
+            prune=prune,
+            create_grace_s=create_grace_s,
+        )
+        known.update({(name, n): i for n, i in plan.ids.items()})
+        out.append(plan)
+    return tuple(out)
