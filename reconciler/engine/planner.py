@@ -28,9 +28,11 @@ from reconciler.engine.actions import (
     UpsertOrg,
 )
 from reconciler.engine.diff import (
+    WRITE_ONLY,
     FieldChange,
     contains,
     field_changes,
+    shown_value,
     strip_server_owned,
     unchecked_paths,
 )
@@ -466,6 +468,11 @@ def _plan_assistant(
     notes: list[str] = []
     for key, value in want.body.items():
         wanted, now = want.stored.get(key), live.get(key)
+        if key in WRITE_ONLY["assistant"]:
+            if (shown := _write_only_changes(key, asked, wanted, answer, now)) is not None:
+                patch[key], before[key] = value, now
+                changes += shown
+            continue
         # recorded under a master key rotated out since: its fingerprints cannot be compared
         # with today's, so whether the spec changed is judged by the live value alone
         rekeyed = asked is not None and bool(leaf_key_ids(asked.get(key)) - leaf_key_ids(wanted))
@@ -485,10 +492,11 @@ def _plan_assistant(
         patch[key] = value
         before[key] = now
         changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
-    for key in asked or {}:  # removed from the spec since our last write: clear it
-        if key not in want.body and live.get(key) is not None:
+    for key, was in (asked or {}).items():  # removed from the spec since our last write
+        write_only = key in WRITE_ONLY["assistant"]
+        if key not in want.body and (write_only or live.get(key) is not None):
             patch[key] = None
-            changes += field_changes(live.get(key), None, key)
+            changes += field_changes(was if write_only else live.get(key), None, key)
 
     in_sync = (
         mapping is not None
@@ -509,6 +517,24 @@ def _plan_assistant(
         )
         return _Kept([adopt_action], warnings, notes), vapi_id
     return _Kept([], warnings, notes), vapi_id
+
+
+def _write_only_changes(
+    key: str, asked: dict[str, Any] | None, wanted: Any, answer: dict[str, Any] | None, now: Any
+) -> list[FieldChange] | None:
+    """A field Vapi never shows back whole (`diff.WRITE_ONLY`): None when what we asked for at
+    our last write is what we want now, else the changes to show. Never compared with the live
+    value (it lacks the secrets: that would write on every run, or never see a rotation), with
+    one exception: the answer to our last write showed the field and it is gone now (cleared
+    by hand). Nothing asked (adopted, or no state) or asked under a master key rotated out
+    since (fingerprints that cannot be compared): sent once."""
+    old = asked.get(key) if asked is not None else None
+    rekeyed = bool(leaf_key_ids(old) - leaf_key_ids(wanted))
+    if asked is not None and not rekeyed and same(old, wanted):
+        if now is None and answer is not None and answer.get(key) is not None:
+            return field_changes(None, wanted, key, drift=True)
+        return None
+    return field_changes(old, wanted, key) or [FieldChange(key, None, shown_value(wanted))]
 
 
 def _rekeyed_only(asked: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
