@@ -91,14 +91,27 @@ def test_the_orgs_elevenlabs_key_reaches_its_assistants_and_rotates(
         assert result.code == code, result.out + result.err
         return str(result.out)
 
+    def nowhere(*keys: str) -> None:
+        """Never in clear: output, logs, any column of any table."""
+        logged = "\n".join(
+            f"{r.getMessage()} {r.exc_text or ''} {r.__dict__}" for r in caplog.records
+        )
+        dump = database_text(pool)
+        assert "sha256-hmac:" in dump  # fingerprints were stored: the search saw the configs
+        for key in keys:
+            assert key not in dump
+            assert not [p for p in printed if key in p]
+            assert key not in logged
+
     run("apply", root)
     assert stored_credentials(emu) == [[{"provider": "11labs", "apiKey": KEY}]] * 2
+    nowhere(KEY)
     shown = live(url, doc["spec"]["credentials"]["vapi"]["apiKey"])
     assert [a["credentials"] for a in shown] == [[{"provider": "11labs"}]] * 2  # not returned
 
     # converged, although Vapi never shows the key: no write, an empty plan
     before = writes(url)
-    run("plan", root, "--detailed-exitcode")
+    assert "does not keep" not in run("plan", root, "--detailed-exitcode")
     run("apply", root)
     assert writes(url) == before
 
@@ -134,14 +147,7 @@ def test_the_orgs_elevenlabs_key_reaches_its_assistants_and_rotates(
     run("apply", root)
     assert writes(url) == before
 
-    # never in clear: output, logs, any column of any table
-    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.__dict__}" for r in caplog.records)
-    dump = database_text(pool)
-    assert "sha256-hmac:" in dump  # fingerprints were stored: the search saw the configs
-    for key in (KEY, ROTATED):
-        assert not [p for p in printed if key in p]
-        assert key not in logged
-        assert key not in dump
+    nowhere(KEY, ROTATED)
 
 
 def test_an_adopted_assistant_gets_the_key_patched_once(

@@ -135,6 +135,7 @@ def test_converged_org_with_a_key_vapi_does_not_return_plans_nothing() -> None:
     plan = plan_org(d, observed)
     assert plan.actions == ()
     assert set(plan.unchanged) == {"inbound", "outbound"}
+    assert plan.warnings == ()  # not "Vapi does not keep this value": it is write-only
 
 
 def test_a_rotated_key_patches_every_assistant_as_a_sensitive_change() -> None:
