@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from reconciler.engine.diff import WRITE_ONLY
 from reconciler.engine.model import (
     FINGERPRINT_PREFIX,
     DesiredAssistant,
@@ -16,7 +17,7 @@ from reconciler.engine.model import (
 )
 from reconciler.protocol import WEBHOOK_SECRET_HEADER
 from reconciler.redact import mask_tree
-from reconciler.secrets.crypto import DEFAULT_KEY_ID, Keys, as_ring
+from reconciler.secrets.crypto import DEFAULT_KEY_ID, Keys, MasterKey, as_ring
 from reconciler.spec.models import Organization
 
 # The org's provider keys (`spec.credentials`, by Postgres provider name) that its assistants'
@@ -41,8 +42,10 @@ def leaf_fingerprint(key: Keys) -> Fingerprint:
     """Keyed digest of one secret leaf, the same for desired and live values: equal values,
     equal fingerprints (an integral float counts as its integer, as JSON numbers do). Under
     the active master key, named by its id unless that is `default`."""
-    ring = as_ring(key)
-    kid, active = ring.keys[0]
+    return _fingerprint_under(*as_ring(key).keys[0])
+
+
+def _fingerprint_under(kid: str, active: MasterKey) -> Fingerprint:
     prefix = FINGERPRINT_PREFIX if kid == DEFAULT_KEY_ID else f"{FINGERPRINT_PREFIX}{kid}:"
 
     def fingerprint(value: Any) -> str:
@@ -72,7 +75,15 @@ def desired_org(
     assistants = {}
     for role, spec in org.spec.assistants.by_role().items():
         body = assistant_body(spec.vapi_fields(), org_id, role, secret, provider_keys)
-        assistants[role] = DesiredAssistant(role, body, mask_tree(body, fingerprint))
+        # what we last asked for may be recorded under a master key rotated out since
+        write_only = {k: v for k, v in body.items() if k in WRITE_ONLY["assistant"]}
+        under_keys: dict[str, dict[str, Any]] = {
+            kid: mask_tree(write_only, _fingerprint_under(kid, k))
+            for kid, k in ring.keys[1:]
+            if write_only
+        }
+        stored = mask_tree(body, fingerprint)
+        assistants[role] = DesiredAssistant(role, body, stored, write_only_by_key=under_keys)
     return DesiredOrg(
         org_id=org_id,
         slug=org.metadata.slug,

@@ -469,7 +469,8 @@ def _plan_assistant(
     for key, value in want.body.items():
         wanted, now = want.stored.get(key), live.get(key)
         if key in WRITE_ONLY["assistant"]:
-            if (shown := _write_only_changes(key, asked, wanted, answer, now)) is not None:
+            under = {kid: v.get(key) for kid, v in want.write_only_by_key.items()}
+            if (shown := _write_only_changes(key, asked, wanted, answer, now, under)) is not None:
                 patch[key], before[key] = value, now
                 changes += shown
             continue
@@ -520,21 +521,30 @@ def _plan_assistant(
 
 
 def _write_only_changes(
-    key: str, asked: dict[str, Any] | None, wanted: Any, answer: dict[str, Any] | None, now: Any
+    key: str,
+    asked: dict[str, Any] | None,
+    wanted: Any,
+    answer: dict[str, Any] | None,
+    now: Any,
+    under: dict[str, Any],
 ) -> list[FieldChange] | None:
     """A field Vapi never shows back whole (`diff.WRITE_ONLY`): None when what we asked for at
     our last write is what we want now, else the changes to show. Never compared with the live
     value (it lacks the secrets: that would write on every run, or never see a rotation), with
     one exception: the answer to our last write showed the field and it is gone now (cleared
-    by hand). Nothing asked (adopted, or no state) or asked under a master key rotated out
-    since (fingerprints that cannot be compared): sent once."""
+    by hand). Asked under a master key rotated out since: compared with the desired value
+    fingerprinted under that key (`under`, by key id). Nothing asked (adopted, or no state), or
+    under a key this process lacks: sent once."""
     old = asked.get(key) if asked is not None else None
-    rekeyed = bool(leaf_key_ids(old) - leaf_key_ids(wanted))
-    if asked is not None and not rekeyed and same(old, wanted):
+    kids, compared = leaf_key_ids(old), wanted
+    if kids - leaf_key_ids(wanted):  # recorded under another master key
+        compared = under.get(next(iter(kids))) if len(kids) == 1 else None
+    if asked is not None and compared is not None and same(old, compared):
         if now is None and answer is not None and answer.get(key) is not None:
             return field_changes(None, wanted, key, drift=True)
         return None
-    return field_changes(old, wanted, key) or [FieldChange(key, None, shown_value(wanted))]
+    shown = field_changes(old, wanted if compared is None else compared, key)
+    return shown or [FieldChange(key, None, shown_value(wanted))]
 
 
 def _rekeyed_only(asked: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:

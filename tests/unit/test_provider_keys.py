@@ -21,7 +21,7 @@ from reconciler.engine.model import (
 )
 from reconciler.engine.planner import plan_org
 from reconciler.redact import SENSITIVE, mask_tree
-from reconciler.secrets.crypto import MasterKey
+from reconciler.secrets.crypto import KeyRing, MasterKey
 from reconciler.spec.models import Organization
 from reconciler.vapi.emulator import DYNAMIC_CREDENTIAL_SECRETS
 from tests.helpers import org_doc
@@ -224,3 +224,31 @@ def test_an_old_row_without_desired_config_sends_the_key_once() -> None:
 def test_live_copy_helper_masks_the_key() -> None:  # the factories above hide nothing real
     d = with_keys(desired(), KEY)
     assert KEY not in json.dumps(live_copy(d.assistants["inbound"].body, "x"))
+
+
+def test_a_master_key_rotation_alone_is_no_reason_to_send_the_key_again() -> None:
+    """Asked for under a master key rotated out since: compared under that key (the ring
+    still holds it), so only a real change of the provider key is sent."""
+    old, new = MasterKey.generate(), MasterKey.generate()
+    ring = KeyRing((("k2", new), ("default", old)))
+    observed = converged_with(desired_org(organization(KEY), old))
+    same_key = plan_org(desired_org(organization(KEY), ring), observed)
+    assert [a for a in same_key.actions if a.resource == "assistant"] == []
+
+    plan = plan_org(desired_org(organization(ROTATED), ring), observed)
+    updates = [a for a in plan.actions if isinstance(a, UpdateAssistant)]
+    assert len(updates) == 2 and all(set(u.patch) == {"credentials"} for u in updates)
+    assert all(
+        u.changes
+        == (FieldChange("credentials[0].apiKey", SENSITIVE, SENSITIVE_CHANGED, sensitive=True),)
+        for u in updates
+    )
+
+    # a ring without the key it was asked under cannot compare: sent once
+    alone = KeyRing((("k2", new),))
+    updates = [
+        a
+        for a in plan_org(desired_org(organization(KEY), alone), observed).actions
+        if isinstance(a, UpdateAssistant)
+    ]
+    assert len(updates) == 2 and all(set(u.patch) == {"credentials"} for u in updates)
