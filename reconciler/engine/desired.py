@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from reconciler.engine.diff import WRITE_ONLY
 from reconciler.engine.kinds import (
     PHONE_NUMBER,
     TOOL,
@@ -24,16 +26,35 @@ from reconciler.engine.model import (
 )
 from reconciler.protocol import WEBHOOK_SECRET_HEADER
 from reconciler.redact import mask_tree
-from reconciler.secrets.crypto import DEFAULT_KEY_ID, Keys, as_ring
+from reconciler.secrets.crypto import DEFAULT_KEY_ID, Keys, MasterKey, as_ring
 from reconciler.spec.models import Organization
+
+# The org's provider keys (`spec.credentials`, by Postgres provider name) that its assistants'
+# calls use as Vapi's dynamic credentials (`CreateAssistantDTO.credentials`: "Dynamic
+# credentials override existing credentials"), each as the `Create*CredentialDTO` it becomes.
+# ElevenLabs only: `CreateElevenLabsCredentialDTO` takes the org's key as it is. The others have
+# no DTO that maps cleanly: Vapi's Google Calendar ones take no client secret or refresh token
+# (an OAuth authorization id instead; `google` is Gemini's key), Resend has none, and Twilio's
+# (`accountSid`, `authToken`) is the telephony account, which the org's numbers carry, not its
+# assistants' calls. A provider added here reaches every assistant in the same way.
+DYNAMIC_CREDENTIALS: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+    "elevenlabs": lambda config: {"provider": "11labs", "apiKey": config["apiKey"]},
+}
+
+
+def dynamic_credentials(revealed: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The org's provider keys as Vapi dynamic credentials, in `DYNAMIC_CREDENTIALS` order."""
+    return [build(revealed[p]) for p, build in DYNAMIC_CREDENTIALS.items() if p in revealed]
 
 
 def leaf_fingerprint(key: Keys) -> Fingerprint:
     """Keyed digest of one secret leaf, the same for desired and live values: equal values,
     equal fingerprints (an integral float counts as its integer, as JSON numbers do). Under
     the active master key, named by its id unless that is `default`."""
-    ring = as_ring(key)
-    kid, active = ring.keys[0]
+    return _fingerprint_under(*as_ring(key).keys[0])
+
+
+def _fingerprint_under(kid: str, active: MasterKey) -> Fingerprint:
     prefix = FINGERPRINT_PREFIX if kid == DEFAULT_KEY_ID else f"{FINGERPRINT_PREFIX}{kid}:"
 
     def fingerprint(value: Any) -> str:
@@ -59,10 +80,19 @@ def desired_org(
         )
     vapi = revealed.get("vapi")
     secret = vapi["webhookSecret"] if vapi else None
+    provider_keys = dynamic_credentials(revealed)
     assistants = {}
     for role, spec in org.spec.assistants.by_role().items():
-        body = assistant_body(spec.vapi_fields(), org_id, role, secret)
-        assistants[role] = DesiredAssistant(role, body, mask_tree(body, fingerprint))
+        body = assistant_body(spec.vapi_fields(), org_id, role, secret, provider_keys)
+        # what we last asked for may be recorded under a master key rotated out since
+        write_only = {k: v for k, v in body.items() if k in WRITE_ONLY["assistant"]}
+        under_keys: dict[str, dict[str, Any]] = {
+            kid: mask_tree(write_only, _fingerprint_under(kid, k))
+            for kid, k in ring.keys[1:]
+            if write_only
+        }
+        stored = mask_tree(body, fingerprint)
+        assistants[role] = DesiredAssistant(role, body, stored, write_only_by_key=under_keys)
     return DesiredOrg(
         org_id=org_id,
         slug=org.metadata.slug,
@@ -128,11 +158,26 @@ def with_secret_header(body: dict[str, Any], webhook_secret: str | None) -> dict
 
 
 def assistant_body(
-    fields: dict[str, Any], org_id: str, role: str, webhook_secret: str | None
+    fields: dict[str, Any],
+    org_id: str,
+    role: str,
+    webhook_secret: str | None,
+    provider_keys: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The Vapi body: the user's fields, our ownership tag, and the org's webhook secret as the
+    """The Vapi body: the user's fields, our ownership tag, the org's webhook secret as the
     `x-vapi-secret` header of `server` (so webhooks can be verified without a plaintext secret
-    in the spec)."""
+    in the spec), and the org's own provider keys (`provider_keys`, see `dynamic_credentials`)
+    in `credentials`, so its calls run on the tenant's provider accounts.
+
+    Every assistant of the org carries every provider key, whatever its voice: a key is only
+    used where the call needs that provider (the voice, a fallback voice, the transcriber,
+    a tool), and an assistant without it would quietly run on Vapi's own account there. An
+    entry the user wrote in the assistant's `credentials` for the same `provider` wins: ours
+    is not added (the user's entries first, ours after)."""
     body = dict(fields)
+    written = {c.get("provider") for c in fields.get("credentials") or [] if isinstance(c, dict)}
+    ours = [c for c in provider_keys or [] if c["provider"] not in written]
+    if ours:
+        body["credentials"] = [*(fields.get("credentials") or []), *ours]
     body["metadata"] = {**(fields.get("metadata") or {}), **ownership_tag(org_id, role)}
     return with_secret_header(body, webhook_secret)

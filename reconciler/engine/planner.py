@@ -32,11 +32,13 @@ from reconciler.engine.actions import (
     known_after_apply,
 )
 from reconciler.engine.diff import (
+    WRITE_ONLY,
     FieldChange,
     contains,
     field_changes,
     not_kept,
     same,
+    shown_value,
     strip_server_owned,
     unchecked_paths,
 )
@@ -569,6 +571,12 @@ def _plan_assistant(
     notes: list[str] = []
     for key, value in want.body.items():
         wanted, now = want.stored.get(key), live.get(key)
+        if key in WRITE_ONLY["assistant"]:
+            under = {kid: v.get(key) for kid, v in want.write_only_by_key.items()}
+            if (shown := _write_only_changes(key, asked, wanted, answer, now, under)) is not None:
+                patch[key], before[key] = value, now
+                changes += shown
+            continue
         # recorded under a master key rotated out since: its fingerprints cannot be compared
         # with today's, so whether the spec changed is judged by the live value alone
         rekeyed = asked is not None and bool(leaf_key_ids(asked.get(key)) - leaf_key_ids(wanted))
@@ -588,10 +596,11 @@ def _plan_assistant(
         patch[key] = value
         before[key] = now
         changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
-    for key in asked or {}:  # removed from the spec since our last write: clear it
-        if key not in want.body and live.get(key) is not None:
+    for key, was in (asked or {}).items():  # removed from the spec since our last write
+        write_only = key in WRITE_ONLY["assistant"]
+        if key not in want.body and (write_only or live.get(key) is not None):
             patch[key] = None
-            changes += field_changes(live.get(key), None, key)
+            changes += field_changes(was if write_only else live.get(key), None, key)
 
     in_sync = (
         mapping is not None
@@ -619,6 +628,33 @@ def _plan_assistant(
         )
         return _Kept([adopt_action], warnings, notes), vapi_id
     return _Kept([], warnings, notes), vapi_id
+
+
+def _write_only_changes(
+    key: str,
+    asked: dict[str, Any] | None,
+    wanted: Any,
+    answer: dict[str, Any] | None,
+    now: Any,
+    under: dict[str, Any],
+) -> list[FieldChange] | None:
+    """A field Vapi never shows back whole (`diff.WRITE_ONLY`): None when what we asked for at
+    our last write is what we want now, else the changes to show. Never compared with the live
+    value (it lacks the secrets: that would write on every run, or never see a rotation), with
+    one exception: the answer to our last write showed the field and it is gone now (cleared
+    by hand). Asked under a master key rotated out since: compared with the desired value
+    fingerprinted under that key (`under`, by key id). Nothing asked (adopted, or no state), or
+    under a key this process lacks: sent once."""
+    old = asked.get(key) if asked is not None else None
+    kids, compared = leaf_key_ids(old), wanted
+    if kids - leaf_key_ids(wanted):  # recorded under another master key
+        compared = under.get(next(iter(kids))) if len(kids) == 1 else None
+    if asked is not None and compared is not None and same(old, compared):
+        if now is None and answer is not None and answer.get(key) is not None:
+            return field_changes(None, wanted, key, drift=True)
+        return None
+    shown = field_changes(old, wanted if compared is None else compared, key)
+    return shown or [FieldChange(key, None, shown_value(wanted))]
 
 
 def _rekeyed_only(asked: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:

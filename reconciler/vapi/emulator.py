@@ -24,6 +24,10 @@ properties are refused as Vapi's NestJS pipes refuse them. The handoff tool is n
   declares no uniqueness; nothing but the client's discipline prevents duplicates);
 - Twilio's `twilioAuthToken` and `twilioApiSecret` are stored but never answered (the document
   lists them as optional answer fields; a client must not rely on reading a secret back);
+- an assistant's dynamic credentials (`credentials`) are stored whole but answered without their
+  secret values (`DYNAMIC_CREDENTIAL_SECRETS`: the properties of the `Create*CredentialDTO`s
+  that the document describes as "This is not returned in the API."), `provider`, `name` and
+  the rest kept;
 - a `vapi` number created without `sipUri` gets a made-up number `+1<area code or 555><7 digits>`;
 - answers add `status: "active"` to phone numbers; `normalise` applies to assistants only.
 
@@ -163,6 +167,8 @@ class Kind:
     paged_path: str | None = None
     search_fields: tuple[str, ...] = ()
     secret_fields: tuple[str, ...] = ()
+    # list fields whose items are dynamic credentials: answered without their secret values
+    credential_lists: tuple[str, ...] = ()
     added: tuple[tuple[str, Any], ...] = ()
 
     @property
@@ -181,7 +187,20 @@ class Kind:
         )
 
 
-ASSISTANTS = Kind("assistants", "/assistant", "assistant")
+# The `Create*CredentialDTO` properties Vapi's document describes as "This is not returned in
+# the API." (every member of `CreateAssistantDTO.credentials`): stored, never answered.
+DYNAMIC_CREDENTIAL_SECRETS = frozenset(
+    {
+        "apiKey",
+        "apiSecret",
+        "authToken",
+        "awsSecretAccessKey",
+        "ocpApimSubscriptionKey",
+        "openAIKey",
+        "webhookUrl",
+    }
+)
+ASSISTANTS = Kind("assistants", "/assistant", "assistant", credential_lists=("credentials",))
 PHONE_NUMBERS = Kind(
     "phone_numbers",
     "/phone-number",
@@ -645,10 +664,18 @@ class Emulator:
     # -- the kinds: /assistant, /phone-number (and /v2/phone-number), /tool --------------------
 
     def answer(self, kind: Kind, record: Json) -> Json:
-        """`record` as the API shows it: without the kind's secret fields."""
-        if not kind.secret_fields:
-            return record
-        return {k: v for k, v in record.items() if k not in kind.secret_fields}
+        """`record` as the API shows it: without the kind's secret fields, nor the secret
+        values of its dynamic credentials."""
+        out = {k: v for k, v in record.items() if k not in kind.secret_fields}
+        for name in kind.credential_lists:
+            if isinstance(out.get(name), list):
+                out[name] = [
+                    {k: v for k, v in item.items() if k not in DYNAMIC_CREDENTIAL_SECRETS}
+                    if isinstance(item, dict)
+                    else item
+                    for item in out[name]
+                ]
+        return out
 
     def check(self, kind: Kind, body: Json, method: str, stored: Json | None = None) -> list[str]:
         """What is wrong with `body` as a create (`stored` None) or a PATCH of `stored`."""
