@@ -3,6 +3,7 @@ fingerprints (see `engine.model`), so a changed or drifted secret is seen withou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +140,11 @@ def same(a: Any, b: Any) -> bool:
 
 
 def not_kept(
-    key: str, now: Any, wanted: Any, answer: dict[str, Any] | None, last_patch: dict[str, Any]
+    key: str,
+    now: Any,
+    wanted: Any,
+    answer: Mapping[str, Any] | None,
+    last_patch: Mapping[str, Any],
 ) -> bool:
     """With the spec unchanged since our last write, does the live value lack `wanted` only
     because Vapi does not keep it? Either the answer to that write already lacked it and the

@@ -34,14 +34,11 @@ from reconciler.engine.actions import (
 from reconciler.engine.diff import (
     WRITE_ONLY,
     FieldChange,
-    contains,
     field_changes,
-    not_kept,
     same,
-    shown_value,
     strip_server_owned,
-    unchecked_paths,
 )
+from reconciler.engine.fields import compare_fields
 from reconciler.engine.kinds import PHONE_NUMBER, TOOL, ResourceKind
 from reconciler.engine.model import (
     FINGERPRINT_PREFIX,
@@ -53,7 +50,7 @@ from reconciler.engine.model import (
     leaf_key_ids,
     tag_of,
 )
-from reconciler.engine.resources import plan_kinds
+from reconciler.engine.resources import KindPlan, plan_kinds
 from reconciler.errors import MasterKeyRefused
 from reconciler.spec.models import ROLES
 
@@ -96,6 +93,14 @@ def plan_org(
             notes=tuple(notes),
             findings=tuple(findings),
         )
+
+    def take(part: KindPlan) -> None:
+        """What a kind's plan says besides its actions (placed by the caller, in order)."""
+        unchanged.extend(part.named_unchanged)
+        warnings.extend(part.warnings)
+        blocked.extend(part.blocked)
+        notes.extend(part.notes)
+        findings.extend(part.findings)
 
     if observed.shared_with:
         others = ", ".join(f"{slug} ({oid})" for oid, slug in sorted(observed.shared_with.items()))
@@ -147,11 +152,7 @@ def plan_org(
         create_grace_s=create_grace_s,
     )
     actions += tools.actions
-    unchanged += tools.named_unchanged
-    warnings += tools.warnings
-    blocked += tools.blocked
-    notes += tools.notes
-    findings += tools.findings
+    take(tools)
     assistant_ids: dict[tuple[str, str], str | None] = {}
 
     for role in ROLES:
@@ -221,11 +222,7 @@ def plan_org(
         create_grace_s=create_grace_s,
     )
     actions += numbers.actions
-    unchanged += numbers.named_unchanged
-    warnings += numbers.warnings
-    blocked += numbers.blocked
-    notes += numbers.notes
-    findings += numbers.findings
+    take(numbers)
     actions += numbers.removals
     actions += deletes
     actions += tools.removals
@@ -564,44 +561,19 @@ def _plan_assistant(
     asked = stored.asked if ours and stored else None
     answer = stored.applied_config if ours and stored else None
     last_patch = (stored.last_patch or {}) if ours and stored else {}
-    patch: dict[str, Any] = {}
-    before: dict[str, Any] = {}
-    changes: list[FieldChange] = []
-    warnings: list[str] = []
-    notes: list[str] = []
-    for key, value in want.body.items():
-        wanted, now = want.stored.get(key), live.get(key)
-        if key in WRITE_ONLY["assistant"]:
-            under = {kid: v.get(key) for kid, v in want.write_only_by_key.items()}
-            if (shown := _write_only_changes(key, asked, wanted, answer, now, under)) is not None:
-                patch[key], before[key] = value, now
-                changes += shown
-            continue
-        # recorded under a master key rotated out since: its fingerprints cannot be compared
-        # with today's, so whether the spec changed is judged by the live value alone
-        rekeyed = asked is not None and bool(leaf_key_ids(asked.get(key)) - leaf_key_ids(wanted))
-        spec_changed = asked is not None and not rekeyed and not same(asked.get(key), wanted)
-        if not spec_changed and contains(now, wanted):
-            notes += [
-                f"{role}: {path}: Vapi masks this value on read; its drift cannot be checked"
-                for path in unchecked_paths(now, wanted, key)
-            ]
-            continue
-        if not spec_changed and not_kept(key, now, wanted, answer, last_patch):
-            warnings.append(
-                f"{role}: {key}: Vapi does not keep this value (it did not hold it after our "
-                "last write); not sent again until the spec changes"
-            )
-            continue
-        patch[key] = value
-        before[key] = now
-        changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
-    for key, was in (asked or {}).items():  # removed from the spec since our last write
-        write_only = key in WRITE_ONLY["assistant"]
-        if key not in want.body and (write_only or live.get(key) is not None):
-            patch[key] = None
-            changes += field_changes(was if write_only else live.get(key), None, key)
-
+    fields = compare_fields(
+        role,
+        want.body,
+        want.stored,
+        live,
+        asked,
+        answer,
+        last_patch,
+        write_only=WRITE_ONLY["assistant"],
+        under=want.write_only_by_key,
+    )
+    patch, before, changes = fields.patch, fields.before, fields.changes
+    warnings, notes = list(fields.warnings), list(fields.notes)
     in_sync = (
         mapping is not None
         and mapping.vapi_assistant_id == vapi_id
@@ -628,33 +600,6 @@ def _plan_assistant(
         )
         return _Kept([adopt_action], warnings, notes), vapi_id
     return _Kept([], warnings, notes), vapi_id
-
-
-def _write_only_changes(
-    key: str,
-    asked: dict[str, Any] | None,
-    wanted: Any,
-    answer: dict[str, Any] | None,
-    now: Any,
-    under: dict[str, Any],
-) -> list[FieldChange] | None:
-    """A field Vapi never shows back whole (`diff.WRITE_ONLY`): None when what we asked for at
-    our last write is what we want now, else the changes to show. Never compared with the live
-    value (it lacks the secrets: that would write on every run, or never see a rotation), with
-    one exception: the answer to our last write showed the field and it is gone now (cleared
-    by hand). Asked under a master key rotated out since: compared with the desired value
-    fingerprinted under that key (`under`, by key id). Nothing asked (adopted, or no state), or
-    under a key this process lacks: sent once."""
-    old = asked.get(key) if asked is not None else None
-    kids, compared = leaf_key_ids(old), wanted
-    if kids - leaf_key_ids(wanted):  # recorded under another master key
-        compared = under.get(next(iter(kids))) if len(kids) == 1 else None
-    if asked is not None and compared is not None and same(old, compared):
-        if now is None and answer is not None and answer.get(key) is not None:
-            return field_changes(None, wanted, key, drift=True)
-        return None
-    shown = field_changes(old, wanted if compared is None else compared, key)
-    return shown or [FieldChange(key, None, shown_value(wanted))]
 
 
 def _rekeyed_only(asked: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:

@@ -26,13 +26,11 @@ from reconciler.engine.actions import (
 )
 from reconciler.engine.diff import (
     SERVER_OWNED,
-    FieldChange,
     contains,
     field_changes,
-    not_kept,
     same,
-    unchecked_paths,
 )
+from reconciler.engine.fields import compare_fields
 from reconciler.engine.kinds import BY_NAME, ResourceKind
 from reconciler.engine.model import DesiredResource, ObservedOrg, StoredResource
 
@@ -232,41 +230,18 @@ def _converge(
     asked = row.desired_config if ours and row is not None else None
     answer = row.applied_config if ours and row is not None else None
     last_patch = (row.last_patch or {}) if ours and row is not None else {}
-    where = f"{kind.label} {want.name}"
-    patch: dict[str, Any] = {}
-    before: dict[str, Any] = {}
-    changes: list[FieldChange] = []
-    warnings: list[str] = []
-    notes: list[str] = []
-    for key, value in want.body.items():
-        if key in kind.immutable:
-            continue  # part of the natural key: equal by construction
-        wanted, now = want.stored.get(key), live.get(key)
-        if key in kind.write_only:  # Vapi does not return it: compared with what we asked
-            if asked is None or not same(asked.get(key), wanted):
-                patch[key] = value
-                changes += field_changes(None if asked is None else asked.get(key), wanted, key)
-            continue
-        spec_changed = asked is not None and not same(asked.get(key), wanted)
-        if not spec_changed and contains(now, wanted):
-            notes += [
-                f"{where}: {path}: Vapi masks this value on read; its drift cannot be checked"
-                for path in unchecked_paths(now, wanted, key)
-            ]
-            continue
-        if not spec_changed and not_kept(key, now, wanted, answer, last_patch):
-            warnings.append(
-                f"{where}: {key}: Vapi does not keep this value (it did not hold it after our "
-                "last write); not sent again until the spec changes"
-            )
-            continue
-        patch[key] = value
-        before[key] = now
-        changes += field_changes(now, wanted, key, drift=asked is not None and not spec_changed)
-    for key in asked or {}:  # removed from the spec since our last write: clear it
-        if key not in want.body and key not in kind.immutable and live.get(key) is not None:
-            patch[key] = None
-            changes += field_changes(live.get(key), None, key)
+    fields = compare_fields(
+        f"{kind.label} {want.name}",
+        want.body,
+        want.stored,
+        live,
+        asked,
+        answer,
+        last_patch,
+        write_only=kind.write_only,
+        immutable=kind.immutable,
+    )
+    patch, warnings, notes = fields.patch, list(fields.warnings), list(fields.notes)
     in_sync = ours and same(asked, want.stored)
     if patch:
         return (
@@ -276,9 +251,9 @@ def _converge(
                 vapi_id,
                 patch,
                 want.stored,
-                tuple(changes),
+                fields.changes,
                 adopt=not ours,
-                before=before,
+                before=fields.before,
                 note=note,
                 pending=pending,
             ),

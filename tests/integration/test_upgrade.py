@@ -11,6 +11,7 @@ dependencies), on a database of its own and the session's emulator.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -307,6 +308,15 @@ def _upgraded_schema(url: str, before: dict[str, tuple[str, Any]]) -> None:
 
 # -- the tests -------------------------------------------------------------------------------
 
+# what an ElevenLabs key on an assistant looks like in a plan (a dynamic credential)
+CREDENTIALS_FIELDS = {"credentials", "credentials[0].provider", "credentials[0].apiKey"}
+
+
+def _still(assistant: tuple[Any, ...], patched: set[str]) -> tuple[Any, ...]:
+    """An assistant as listed, its updatedAt left out when this release PATCHed it."""
+    vid, name, updated, tag = assistant
+    return (vid, name, None if vid in patched else updated, tag)
+
 
 def test_an_upgrade_from_the_previous_release_plans_and_applies_nothing(
     releases: tuple[Release, Release],
@@ -349,16 +359,37 @@ def test_an_upgrade_from_the_previous_release_plans_and_applies_nothing(
         "elevenlabs",
     }
 
-    # this checkout: migrate (the upgrade step), then a plan with nothing to do
+    # this checkout: migrate (the upgrade step), then a plan whose only changes are what this
+    # release brings on purpose: an org's ElevenLabs key given to each of its assistants (one
+    # `credentials` PATCH each, shown first); nothing created, deleted, orphaned or remapped
     _ok(new("db", "migrate"))
     _upgraded_schema(fresh_database, migrations_before)
-    _ok(new("plan", "--detailed-exitcode", str(specs)))
+    planned = json.loads(_ok(new("plan", "--format", "json", "--detailed-exitcode", str(specs)), 2))
+    changes = [c for c in planned["changes"] if c["action"] != "noop"]
+    assert {(c["org"], c["resource"], c["action"]) for c in changes} == {
+        ("bright-smiles", "assistant", "update"),
+        ("signal-clinic", "assistant", "update"),
+    }, changes
+    assert all({f["path"] for f in c["fields"]} <= CREDENTIALS_FIELDS for c in changes), changes
+    patched = {c["vapi_id"] for c in changes}
     _ok(new("apply", str(specs)))
     _ok(new("plan", "--detailed-exitcode", str(specs)))
 
-    assert _vapi_writes(emulator) == writes_before  # no POST, PATCH or DELETE of anything
+    wrote = _vapi_writes(emulator)
+    assert wrote == {
+        **writes_before,
+        "PATCH /assistant/{id}": writes_before.get("PATCH /assistant/{id}", 0) + len(patched),
+    }  # those PATCHes alone: no POST, no DELETE, nothing else
     vapi_after = _vapi_state(emulator, keys)
     for part, seen in vapi_before.items():
+        if part == "assistants":  # the patched ones moved their updatedAt, nothing else
+            seen = {slug: [_still(a, patched) for a in listed] for slug, listed in seen.items()}
+            now = {
+                slug: [_still(a, patched) for a in listed]
+                for slug, listed in vapi_after[part].items()
+            }
+            assert now == seen, "Vapi assistants changed"
+            continue
         assert vapi_after[part] == seen, f"Vapi {part} changed"
     db_after = _db_state(fresh_database)
     for table, rows in db_before.items():
@@ -420,8 +451,14 @@ def test_a_create_the_previous_release_left_pending_is_adopted_not_repeated(
     _ok(new("apply", str(specs)))
     _ok(new("plan", "--detailed-exitcode", str(specs)))
 
-    assert _vapi_writes(emulator) == writes_before  # no second POST, nothing else written
+    wrote = _vapi_writes(emulator)
+    # no second POST and no DELETE (the only new writes are this release's ElevenLabs-key
+    # PATCHes of other orgs' assistants: see the test above)
+    assert {r: n for r, n in wrote.items() if not r.startswith("PATCH")} == {
+        r: n for r, n in writes_before.items() if not r.startswith("PATCH")
+    }
     assert [a["id"] for a in tagged(emulator, doc)] == [created["id"]]
+    assert created["updatedAt"] == tagged(emulator, doc)[0]["updatedAt"]  # not PATCHed
     after = _db_state(fresh_database)
     [row] = [a for a in after["assistants"] if str(a["org_id"]) == org_id]
     assert (row["role"], row["status"], row["vapi_assistant_id"]) == (
