@@ -221,7 +221,7 @@ class Applier:
                 created = vapi.create_object(kind.path, kind.label, body)
             except VapiRejected as exc:
                 self.state.abort_create_resource(org_id, kind.name, name)
-                said = "" if "nothing was created" in str(exc) else "; nothing was created"
+                said = "" if exc.nothing_created else "; nothing was created"
                 raise ReconcilerError(f"{where}: {exc}{said}; the next run tries again") from None
             except VapiAmbiguousWrite as exc:
                 try:
@@ -232,7 +232,7 @@ class Applier:
                         f"{look}"
                     ) from None
                 if not found or key is None:
-                    then = "" if "next run" in str(exc) else "; the next run looks for it first"
+                    then = "" if exc.says_next_run else "; the next run looks for it first"
                     raise ReconcilerError(f"{where}: {exc}{then}") from None
                 created = min(found, key=lambda o: (str(o.get("createdAt", "")), str(o["id"])))
             vapi_id = str(created["id"])
@@ -267,7 +267,7 @@ class Applier:
                 created = vapi.create_assistant(action.body)
             except VapiRejected as exc:  # a definite refusal: nothing exists, nothing to wait for
                 self.state.abort_create(org_id, role)
-                said = "" if "nothing was created" in str(exc) else "; nothing was created"
+                said = "" if exc.nothing_created else "; nothing was created"
                 raise ReconcilerError(f"{role}: {exc}{said}; the next run tries again") from None
             except VapiAmbiguousWrite as exc:
                 # Never a second POST in this run: a slow backend may still commit the first.
@@ -279,7 +279,7 @@ class Applier:
                         f"{role}: {exc}; and the account could not be listed to look for it: {look}"
                     ) from None
                 if found is None:
-                    then = "" if "next run" in str(exc) else "; the next run looks for it first"
+                    then = "" if exc.says_next_run else "; the next run looks for it first"
                     raise ReconcilerError(f"{role}: {exc}{then}") from None
                 created = found
             self._record(role, created["id"], action.name, action.stored, self._masked(created))

@@ -53,11 +53,23 @@ class VapiError(ReconcilerError):
     """A Vapi call failed; the message names the call and the reason, never the key.
 
     `status` is the HTTP status of Vapi's error answer, or None when there was none (timeout,
-    lost connection, a 2xx answer we could not read)."""
+    lost connection, a 2xx answer we could not read). The facts a caller acts on are typed,
+    never read from the message: `nothing_created` (a create that was definitely refused) and
+    `says_next_run` (the message already tells that the next run looks before creating). A
+    create refused with `nothing_created` says so in its message too."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        nothing_created: bool = False,
+        says_next_run: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.nothing_created = nothing_created
+        self.says_next_run = says_next_run
 
 
 class VapiRejected(VapiError):
@@ -69,8 +81,10 @@ class VapiRejected(VapiError):
 
     status: int
 
-    def __init__(self, message: str, *, status: int, reason: str = "") -> None:
-        super().__init__(message, status=status)
+    def __init__(
+        self, message: str, *, status: int, reason: str = "", nothing_created: bool = False
+    ) -> None:
+        super().__init__(message, status=status, nothing_created=nothing_created)
         self.reason = reason
 
 
@@ -96,7 +110,7 @@ class VapiRateLimited(VapiAmbiguousWrite):
     ambiguous. `retry_after_s` is Vapi's Retry-After in seconds, if it sent a readable one."""
 
     def __init__(self, message: str, *, retry_after_s: float | None) -> None:
-        super().__init__(message, status=429)
+        super().__init__(message, status=429, says_next_run=True)
         self.retry_after_s = retry_after_s
 
 
@@ -318,7 +332,7 @@ class VapiReader:
                 head, cls = f"{what}: not found (404){created}", VapiNotFound
             else:
                 head, cls = f"{what}: Vapi refused it ({code}){created}", VapiRejected
-            return cls(_compose(head, reason), status=code, reason=reason)
+            return cls(_compose(head, reason), status=code, reason=reason, nothing_created=post)
         if post:
             # A 5xx, a 3xx or a 4xx such as 408/409/425 does not say whether the create
             # happened; a duplicate costs more than a list call, so the caller looks first.
@@ -331,7 +345,9 @@ class VapiReader:
         """A 2xx answer we cannot use. For a POST the create probably happened: ambiguous."""
         head = f"{what}: Vapi answered {status} with {what_was_odd}"
         if post:
-            return VapiAmbiguousWrite(_compose(head, tail=f", outcome unknown; {_NEXT_RUN}"))
+            return VapiAmbiguousWrite(
+                _compose(head, tail=f", outcome unknown; {_NEXT_RUN}"), says_next_run=True
+            )
         return VapiError(_compose(head))
 
     # -- the retry loop --------------------------------------------------------------------------
@@ -352,7 +368,10 @@ class VapiReader:
         post = method == "POST"
         what = printable(f"{method} {path}", 80)
         if self._unsendable is not None:  # refused here: nothing was sent
-            raise VapiRejected(f"{what}: {self._unsendable}", status=400)
+            created = ", nothing was created" if post else ""
+            raise VapiRejected(
+                f"{what}: {self._unsendable}{created}", status=400, nothing_created=post
+            )
         self._sent = _secret_leaves(json_body)  # an echo of them in an error is masked too
         policy = self._retry
         waited = 0.0

@@ -1127,3 +1127,35 @@ def test_secrets_sent_in_the_body_are_masked_when_an_error_echoes_them(
         c.vapi.create_assistant(body)
     assert "SENT-SECRET-123" not in str(exc.value)
     assert "(sensitive)" in str(exc.value)
+
+
+# -- the facts a caller acts on are typed, not read from the message ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "created_nothing", "says_next_run"),
+    [
+        (fail(422), True, False),  # a definite refusal of a create
+        (fail(401), True, False),
+        (fail(500), False, False),  # a 5xx: the outcome is unknown
+        (fail(429), False, True),  # rate limited: unknown, and the message says next run
+        (ok({"no": "id"}, 201), False, True),  # an unreadable 2xx: unknown
+    ],
+)
+def test_a_failed_create_carries_typed_facts(
+    make: Callable[..., Client], reply: httpx.Response, created_nothing: bool, says_next_run: bool
+) -> None:
+    c = make(reply)
+    with pytest.raises(VapiError) as raised:
+        c.vapi.create_object("/tool", "tool", {"type": "endCall"})
+    assert raised.value.nothing_created is created_nothing
+    assert raised.value.says_next_run is says_next_run
+    assert ("nothing was created" in str(raised.value)) is created_nothing
+    assert c.sent == 1  # a POST is never sent twice
+
+
+def test_a_refused_patch_created_nothing_to_speak_of(make: Callable[..., Client]) -> None:
+    c = make(fail(422))
+    with pytest.raises(VapiError) as raised:
+        c.vapi.update_object("/tool", "t1", {"async": True})
+    assert raised.value.nothing_created is False  # not a create: the fact does not apply
