@@ -155,7 +155,7 @@ def plan_org(
     take(tools)
     assistant_ids: dict[tuple[str, str], str | None] = {}
 
-    for role in ROLES:
+    for role in _roles(desired, observed, mine):
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
         want = desired.assistants.get(role)
         if want is None:
@@ -227,6 +227,15 @@ def plan_org(
     actions += deletes
     actions += tools.removals
     return result()
+
+
+def _roles(desired: DesiredOrg, observed: ObservedOrg, mine: list[dict[str, Any]]) -> list[str]:
+    """Every assistant role or name to plan: `inbound`, `outbound`, then the others by name,
+    whether the spec, Postgres or a tag in the account knows it (so one removed from the spec
+    is seen, kept or, with --prune, deleted)."""
+    known = set(desired.assistants) | set(observed.assistants) | set(observed.mappings)
+    known |= {tag[1] for a in mine if (tag := tag_of(a)) is not None}
+    return [*ROLES, *sorted(known - set(ROLES))]
 
 
 def with_tools(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -186,12 +187,46 @@ class AssistantSpec(BaseModel):
         return self.model_dump(exclude_unset=True, exclude={"tools"}, mode="json")
 
 
-class Assistants(_Strict):
+ASSISTANT_NAME_PATTERN = r"^[a-z][a-zA-Z0-9-]{0,31}$"
+
+
+class Assistants(BaseModel):
+    """The roles `inbound` and `outbound`, and any more assistants by name (an after-hours
+    line, a second language: `afterHours`, `spanish`), each mapped and resolved like the two."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={"propertyNames": {"pattern": ASSISTANT_NAME_PATTERN}},
+    )
+    __pydantic_extra__: dict[str, AssistantSpec] = Field(init=False)
+
     inbound: AssistantSpec | None = None
     outbound: AssistantSpec | None = None
 
+    @model_validator(mode="after")
+    def _names(self) -> Assistants:
+        names = sorted(self.model_extra or {})
+        bad = [k for k in names if not re.match(ASSISTANT_NAME_PATTERN, k)]
+        if bad:
+            raise ValueError(
+                f"assistant names {bad} must match {ASSISTANT_NAME_PATTERN} (a letter, then "
+                "letters, digits or '-', at most 32)"
+            )
+        for name in names:  # a misspelt role would silently be a third assistant
+            close = difflib.get_close_matches(name.lower(), ROLES, n=1, cutoff=0.75)
+            if close:
+                raise ValueError(
+                    f"assistant {name!r} looks like a misspelt {close[0]!r}; did you mean "
+                    f"{close[0]!r}? (another assistant needs a name not close to a role)"
+                )
+        return self
+
     def by_role(self) -> dict[str, AssistantSpec]:
-        return {role: spec for role in ROLES if (spec := getattr(self, role)) is not None}
+        """Every assistant by its role or name: the two roles first, then the others by name."""
+        named = {role: spec for role in ROLES if (spec := getattr(self, role)) is not None}
+        extra = self.model_extra or {}
+        return {**named, **{name: extra[name] for name in sorted(extra)}}
 
 
 class Webhook(_Camel):

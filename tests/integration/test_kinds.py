@@ -300,3 +300,51 @@ def test_retire_releases_numbers_before_assistants_then_tools(
     assert listed(emulator, doc, "/phone-number") == []
     assert listed(emulator, doc, "/tool") == []
     assert live(emulator, key_of(doc)) == []
+
+
+def test_more_assistants_by_name_are_mapped_bound_and_pruned(
+    specs: SpecDir, controller: Controller, emulator: str, state: StateWriter
+) -> None:
+    doc = tenant("acme")
+    doc["spec"]["assistants"]["afterHours"] = {
+        "name": "Acme after hours",
+        "firstMessage": "We are closed; leave a message.",
+    }
+    doc["spec"]["phoneNumbers"][1]["assistant"] = "afterHours"
+    doc["spec"]["phoneNumbers"][1]["name"] = "Night line"
+    specs.write(doc)
+    apply(controller, specs)
+    by_role = {a["metadata"]["role"]: a for a in live(emulator, key_of(doc))}
+    assert sorted(by_role) == ["afterHours", "inbound", "outbound"]
+    night = next(n for n in listed(emulator, doc, "/phone-number") if n["name"] == "Night line")
+    assert night["assistantId"] == by_role["afterHours"]["id"]
+    mapped = rows(
+        state,
+        "SELECT assistant_role FROM assistant_org_mapping WHERE vapi_assistant_id = %s"
+        " AND inactive_at IS NULL",
+        by_role["afterHours"]["id"],
+    )
+    assert mapped == [("afterHours",)]
+    assert not controller.plan(load_tree(specs.root)).has_changes
+
+    del doc["spec"]["assistants"]["afterHours"]
+    doc["spec"]["phoneNumbers"][1]["assistant"] = "outbound"
+    specs.write(doc)
+    kept = apply(controller, specs)
+    (outcome,) = kept.outcomes
+    assert outcome.plan is not None
+    assert any("afterHours: removed from the spec, kept" in w for w in outcome.plan.warnings)
+    assert len(live(emulator, key_of(doc))) == 3  # kept without --prune
+    apply(controller, specs, prune=True)
+    assert sorted(a["metadata"]["role"] for a in live(emulator, key_of(doc))) == [
+        "inbound",
+        "outbound",
+    ]
+
+
+def test_a_misspelt_role_is_refused_not_taken_for_a_new_assistant(specs: SpecDir) -> None:
+    doc = org_doc("acme")
+    doc["spec"]["assistants"]["inboud"] = doc["spec"]["assistants"].pop("inbound")
+    specs.write(doc)
+    (problem,) = load_tree(specs.root).problems
+    assert "looks like a misspelt 'inbound'" in str(problem)

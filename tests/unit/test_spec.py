@@ -157,13 +157,16 @@ def test_unknown_field_under_spec(specs: SpecDir, capsys: pytest.CaptureFixture[
     assert_rejected(specs, capsys, "acme.yaml", "spec.squads", "Extra inputs are not permitted")
 
 
-def test_unknown_assistant_role(specs: SpecDir, capsys: pytest.CaptureFixture[str]) -> None:
+def test_more_assistants_by_name(specs: SpecDir, capsys: pytest.CaptureFixture[str]) -> None:
+    """Besides the roles, assistants by name; a name must be a plain identifier."""
     doc = org_doc("acme")
     doc["spec"]["assistants"]["sidekick"] = {"name": "Sidekick"}
     specs.write(doc)
-    assert_rejected(
-        specs, capsys, "acme.yaml", "spec.assistants.sidekick", "Extra inputs are not permitted"
-    )
+    (spec,) = load_tree(specs.root).specs
+    assert list(spec.org.spec.assistants.by_role()) == ["inbound", "outbound", "sidekick"]
+    doc["spec"]["assistants"]["Side_kick"] = {"name": "Sidekick"}
+    specs.write(doc)
+    assert_rejected(specs, capsys, "acme.yaml", "spec.assistants", "assistant names ['Side_kick']")
 
 
 def test_unknown_assistant_field(specs: SpecDir, capsys: pytest.CaptureFixture[str]) -> None:
