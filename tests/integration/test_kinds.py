@@ -17,10 +17,14 @@ from tests.helpers import SpecDir, emulator_stats, fault, key_of, live, org_doc
 
 TWILIO = {"accountSid": "AC" + "0" * 32, "authToken": "twilio-token-NEVER-SHOWN"}
 BOOK_URL = "https://hooks.example.com/vapi"
+ELEVENLABS = "el-key-NEVER-SHOWN"
 
 
 def tenant(slug: str, *, numbers: tuple[str, str] = ("+14155550100", "+14155550101")) -> dict:
-    doc = org_doc(slug, extra_credentials={"twilio": dict(TWILIO)})
+    doc = org_doc(
+        slug,
+        extra_credentials={"twilio": dict(TWILIO), "elevenlabs": {"apiKey": ELEVENLABS}},
+    )
     spec = doc["spec"]
     spec["tools"] = {
         "book_appointment": {
@@ -132,7 +136,12 @@ def test_one_apply_brings_a_tenant_live(
     )
     assert {vid for vid, _ in mapped} == {vid for *_, vid, _ in stored}
     dump = " ".join(str(r) for r in rows(state, "SELECT * FROM vapi_resources"))
+    dump += " ".join(str(r) for r in rows(state, "SELECT * FROM assistants"))
     assert TWILIO["authToken"] not in dump and TWILIO["accountSid"] not in dump
+    assert ELEVENLABS not in dump
+    # the org's own ElevenLabs key rides on each of its assistants (Vapi does not show it back)
+    for assistant in assistants.values():
+        assert [c["provider"] for c in assistant["credentials"]] == ["11labs"]
 
     before = emulator_stats(emulator)
     writes_before = kind_writes(emulator)
