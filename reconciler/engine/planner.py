@@ -137,7 +137,8 @@ def plan_org(
 
     tags = [(a, tag_of(a)) for a in observed.live or []]
     mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
-    deletes: list[Action] = _plan_foreign(tags, desired.org_id, observed, prune, blocked)
+    deletes, refused = _plan_foreign(tags, desired.org_id, observed, prune)
+    blocked += refused
     if blocked:
         return result()
     by_name = _untagged_by_name(observed.live or [], desired)
@@ -159,7 +160,9 @@ def plan_org(
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
         want = desired.assistants.get(role)
         if want is None:
-            deletes += _plan_absent_role(role, observed, tagged, prune, warnings)
+            gone, said = _plan_absent_role(role, observed, tagged, prune)
+            deletes += gone
+            warnings += said
             continue
         if _create_outcome_pending(observed, role, tagged, create_grace_s):
             pending = observed.assistants[role].pending_s or 0.0
@@ -390,8 +393,7 @@ def _plan_foreign(
     org_id: str,
     observed: ObservedOrg,
     prune: bool,
-    blocked: list[str],
-) -> list[Action]:
+) -> tuple[list[Action], list[str]]:
     """Assistants tagged for other orgs. Not ours to manage: the account is refused, unless
     `--prune` is given, which deletes them as strays (e.g. one created through a key that was
     set to the wrong account before the reconciler caught it). One that Postgres maps to its
@@ -401,27 +403,26 @@ def _plan_foreign(
         key=lambda item: (item[1][0], item[1][1], item[0]),
     )
     if not foreign:
-        return []
+        return [], []
     owned = [(vid, tag) for vid, tag in foreign if vid in observed.mapped_elsewhere]
     if owned:
         listed = ", ".join(f"{vid} (org {other}, {role})" for vid, (other, role) in owned)
-        blocked.append(
+        return [], [
             f"this Vapi account holds assistants of other orgs: {listed}; refusing to manage "
             "it (one Vapi account per org)"
-        )
-        return []
+        ]
     if not prune:
         listed = ", ".join(f"{vid} (org {other}, {role})" for vid, (other, role) in foreign)
-        blocked.append(
+        return [], [
             f"this Vapi account holds assistants tagged for other orgs: {listed}; "
             "refusing to manage it (one Vapi account per org); if they are strays, "
             "`apply --prune` deletes them"
-        )
-        return []
-    return [
+        ]
+    strays: list[Action] = [
         DeleteAssistant(role, vid, note=f"stray of org {other}", stray=True)
         for vid, (other, role) in foreign
     ]
+    return strays, []
 
 
 def _create_outcome_pending(
@@ -633,8 +634,8 @@ def _plan_absent_role(
     observed: ObservedOrg,
     tagged: list[dict[str, Any]],
     prune: bool,
-    warnings: list[str],
-) -> list[Action]:
+) -> tuple[list[Action], list[str]]:
+    """A role the spec no longer has: its deletes (with --prune), or why it is kept."""
     mapping = observed.mappings.get(role)
     stored = observed.assistants.get(role)
     ids = [a["id"] for a in tagged]
@@ -645,12 +646,10 @@ def _plan_absent_role(
         if known and known not in ids:
             ids.append(known)
     if not ids and stored is None and mapping is None:
-        return []
+        return [], []
     if not prune:
-        warnings.append(
-            f"{role}: removed from the spec, kept {ids or '(state only)'} (use --prune)"
-        )
-        return []
-    return [DeleteAssistant(role, i, note="removed from the spec") for i in ids] or [
-        DeleteAssistant(role, None, note="forget state")
-    ]
+        return [], [f"{role}: removed from the spec, kept {ids or '(state only)'} (use --prune)"]
+    deletes: list[Action] = [
+        DeleteAssistant(role, i, note="removed from the spec") for i in ids
+    ] or [DeleteAssistant(role, None, note="forget state")]
+    return deletes, []
