@@ -109,9 +109,9 @@ class NumberLookup:
         )
         if not 200 <= status < 300:
             text = f"Twilio answered {status} {_message(body, cut, status, known)}"
-            if status == 429 or status >= 500:
-                raise TwilioUnavailable(_line(text, known))
-            raise TwilioRefused(_line(text, known))
+            if 400 <= status < 500 and status != 429:
+                raise TwilioRefused(_line(text, known))
+            raise TwilioUnavailable(_line(text, known))  # 429, 5xx, a redirect: no verdict
         if cut:
             raise TwilioUnavailable(f"Twilio answered {status} with a body over 1 MiB")
         try:
