@@ -106,7 +106,7 @@ class ProviderStubs:
                 "sid": "PN" + hashlib.sha256(number.encode()).hexdigest()[:32],
                 "account_sid": sid,
                 "phone_number": number,
-                "friendly_name": number,
+                "friendly_name": _friendly(number),
                 "status": "in-use",
             }
             for number, owner in sorted(self.numbers.items())
@@ -230,6 +230,14 @@ class ProviderStubs:
             return await handler(request)
 
         return endpoint
+
+
+def _friendly(number: str) -> str:
+    """Twilio's default friendly name of a number: `(415) 555-0100` for a NANP number."""
+    digits = number.removeprefix("+1")
+    if number.startswith("+1") and len(digits) == 10 and digits.isdigit():
+        return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+    return number
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
