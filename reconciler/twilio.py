@@ -19,8 +19,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -95,7 +95,7 @@ class NumberLookup:
 
     http: httpx.Client
     base: str = API
-    clock: Any = time.monotonic
+    clock: Callable[[], float] = time.monotonic
 
     def owned(self, sid: str, token: str, number: str) -> bool:
         """Whether `number` (E.164) is one of the account `sid`'s incoming numbers: one GET,
