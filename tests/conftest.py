@@ -118,7 +118,14 @@ def master_key() -> MasterKey:
 @pytest.fixture
 def controller(state: StateWriter, emulator: str, master_key: MasterKey) -> Iterator[Controller]:
     with http_client(emulator, timeout_s=5) as http:
-        yield Controller(state, http, master_key, concurrency=8, retry=FAST_RETRY)
+        yield Controller(
+            state,
+            http,
+            master_key,
+            concurrency=8,
+            retry=FAST_RETRY,
+            twilio_base_url=f"{emulator}/_stubs/twilio",  # the emulator's Twilio stub
+        )
 
 
 @pytest.fixture

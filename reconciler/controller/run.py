@@ -24,7 +24,7 @@ import httpx
 from reconciler.controller import status
 from reconciler.controller.accounts import AccountRegistry
 from reconciler.controller.status import stalled_files
-from reconciler.engine.actions import Action, OrgPlan, RetireOrg, UpsertOrg
+from reconciler.engine.actions import Action, CreateResource, OrgPlan, RetireOrg, UpsertOrg
 from reconciler.engine.apply import Applier, WriteGuard
 from reconciler.engine.desired import desired_org, leaf_fingerprint
 from reconciler.engine.kinds import KINDS, PHONE_NUMBER, ResourceKind
@@ -50,7 +50,7 @@ from reconciler.engine.runplan import (
 )
 from reconciler.engine.stamp import OrgStamp, stale, stamp
 from reconciler.errors import MasterKeyRefused, ReconcilerError
-from reconciler.redact import mask_tree, printable
+from reconciler.redact import SENSITIVE, mask_tree, printable
 from reconciler.secrets.crypto import Keys, UnknownKeyId, as_ring
 from reconciler.spec.loader import LoadResult, Problem, SpecFile
 from reconciler.state.store import (
@@ -62,6 +62,8 @@ from reconciler.state.store import (
     StateReader,
     StateWriter,
 )
+from reconciler.twilio import API as TWILIO_API
+from reconciler.twilio import NumberLookup, TwilioRefused, TwilioUnavailable
 from reconciler.vapi.client import RetryPolicy, VapiAuthError, VapiError, VapiReader, VapiWriter
 
 log = logging.getLogger(__name__)
@@ -243,15 +245,58 @@ class SharedAccount(ReconcilerError):
 
 
 class _Guard(WriteGuard):
-    """Before each Vapi write: the org's lock still held and its account not shared."""
+    """Before each Vapi write: the org's lock still held and its account not shared; before a
+    Twilio number is imported, that it is a number of the org's Twilio account."""
 
     def __init__(
-        self, org: DesiredOrg, lock: OrgLock, accounts: AccountRegistry, vapi: VapiWriter | None
+        self,
+        org: DesiredOrg,
+        lock: OrgLock,
+        accounts: AccountRegistry,
+        vapi: VapiWriter | None,
+        twilio: NumberLookup | None = None,
     ) -> None:
         self.org = org
         self.lock = lock
         self.accounts = accounts
         self.vapi = vapi
+        self.twilio = twilio
+
+    def vet(self, action: CreateResource) -> None:
+        """A Twilio number is imported only when the org's Twilio account lists it: one read of
+        Twilio (its IncomingPhoneNumbers filtered by the number), before anything is written.
+        The account SID is a credential: never shown."""
+        body = action.body
+        if action.resource != PHONE_NUMBER.name or body.get("provider") != "twilio":
+            return
+        sid, token = body.get("twilioAccountSid"), body.get("twilioAuthToken")
+        number, slug = body.get("number"), self.org.slug
+        if not (isinstance(sid, str) and isinstance(token, str) and isinstance(number, str)):
+            raise ReconcilerError(
+                f"phone number {action.name}: {slug}'s Twilio credentials or the number are "
+                "missing: nothing imported"
+            )
+        if self.twilio is None:
+            raise ReconcilerError(
+                f"phone number {number}: no Twilio endpoint to check that it is a number of "
+                f"{slug}'s Twilio account: nothing imported"
+            )
+        try:
+            owned = self.twilio.owned(sid, token, number)
+        except TwilioUnavailable as exc:
+            raise ReconcilerError(
+                f"phone number {number}: could not check that it is a number of {slug}'s "
+                f"Twilio account ({exc}): nothing imported; the next run tries again"
+            ) from None
+        except TwilioRefused as exc:
+            raise ReconcilerError(
+                f"phone number {number}: {slug}'s Twilio account refused the check that it is "
+                f"one of its numbers ({exc}): nothing imported"
+            ) from None
+        if not owned:
+            raise ReconcilerError(
+                f"{number} is not a number of {slug}'s Twilio account {SENSITIVE}: nothing imported"
+            )
 
     def before_write(self) -> None:
         self.lock.check()
@@ -322,9 +367,12 @@ class Controller:
         create_grace_s: float = CREATE_GRACE_S,
         lock_wait_s: float = 0.0,
         secret_grace_s: float = SECRET_GRACE_S,
+        twilio_base_url: str = TWILIO_API,
     ) -> None:
         self.state = state
         self.http = http
+        # a Twilio number is imported only once its account lists it (`_Guard.vet`)
+        self.twilio = NumberLookup(http, twilio_base_url)
         self.key = as_ring(key)
         self.fingerprint = leaf_fingerprint(self.key)
         self.concurrency = concurrency
@@ -889,7 +937,7 @@ class Controller:
         if plan.blocked:
             outcome.stalled = "Blocked"
         budget.take(plan.deletes)  # the live state moved since the count: still bounded
-        guard = _Guard(desired, lock, accounts, writer)
+        guard = _Guard(desired, lock, accounts, writer, self.twilio)
         applier = Applier(plan, writer, state, self.key, self.fingerprint, guard)
         try:
             applier.apply(outcome.done)

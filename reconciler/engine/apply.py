@@ -4,7 +4,8 @@ Every Vapi write is followed by the Postgres write that records it, with Vapi's 
 applied state; a create is preceded by a committed create-pending row and, when its outcome
 is unknown, resolved by looking for our ownership tag, never by a blind second POST. A create
 that Vapi refused outright (a definite 4xx) clears its pending row, so the next run creates
-at once.
+at once. A create the controller's guard refuses (`WriteGuard.vet`: a Twilio number that is not
+the org's Twilio account's) writes nothing at all.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from reconciler.engine.actions import (
@@ -46,11 +48,17 @@ from reconciler.vapi.client import VapiAmbiguousWrite, VapiError, VapiRejected, 
 class WriteGuard:
     """What the controller checks around the applier's Vapi writes; the default checks nothing.
 
-    `before_write` raises to stop the org before a write (its lock lost, its account found
-    shared); `creating` wraps a create (to serialise first creates into accounts whose identity
-    is not known yet); `answered` learns from a create's answer (which account it landed in)
-    and raises when that account turns out to be another org's too.
+    `vet` raises to refuse a create before anything of it is written (no create-pending row,
+    no POST): an imported Twilio number must be one of the org's Twilio account's, a read the
+    controller makes (the engine makes no I/O of its own). `before_write` raises to stop the
+    org before a write (its lock lost, its account found shared); `creating` wraps a create
+    (to serialise first creates into accounts whose identity is not known yet); `answered`
+    learns from a create's answer (which account it landed in) and raises when that account
+    turns out to be another org's too.
     """
+
+    def vet(self, action: CreateResource) -> None:
+        return None
 
     def before_write(self) -> None:
         return None
@@ -214,6 +222,8 @@ class Applier:
         stored = self._fill(action.stored, action.pending)
         key = kind.natural_key(body)
         where = f"{kind.label} {name}"
+        # refused here, nothing of it is written: no create-pending row, no POST
+        self.guard.vet(replace(action, body=body, stored=stored))
         with self.guard.creating():
             vapi = self._writer()
             self.state.begin_create_resource(org_id, kind.name, name, stored)

@@ -32,19 +32,18 @@ from __future__ import annotations
 import email.utils
 import http.cookiejar
 import json
-import logging
 import random
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import httpx
 
 from reconciler.bounded import ACCEPT_ENCODING, UndecodableAnswer, read_at_most
 from reconciler.redact import printable, redact_text, redact_tree
+from reconciler.twilio import API as TWILIO_API
+from reconciler.twilio import account_url, mask_account_in_logs
 
 if TYPE_CHECKING:
     from reconciler.config import Settings
@@ -94,7 +93,7 @@ class Endpoints:
     """Where each provider is reached: the real APIs by default, local stubs in tests."""
 
     vapi: str = "https://api.vapi.ai"
-    twilio: str = "https://api.twilio.com"
+    twilio: str = TWILIO_API
     resend: str = "https://api.resend.com"
     elevenlabs: str = "https://api.elevenlabs.io"
     google_oauth: str = "https://oauth2.googleapis.com/token"  # the token URL itself
@@ -112,29 +111,10 @@ class Endpoints:
         )
 
 
-class _MaskAccountSids(logging.Filter):
-    """httpx logs each request's URL at INFO (off under the CLI and `serve`, but anyone may
-    turn it on); a Twilio URL carries the account SID, a credential field: shown masked."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(
-                _ACCOUNT_IN_PATH.sub(r"\1(sensitive)", str(a)) if isinstance(a, httpx.URL) else a
-                for a in record.args
-            )
-        return True
-
-
-_ACCOUNT_IN_PATH = re.compile(r"(/Accounts/)[^/?#]+")
-_SID_FILTER = _MaskAccountSids()
-
-
 def http_client(*, max_connections: int = 16) -> httpx.Client:
     """One pooled client for every provider and org: no cookies kept (a cookie of one tenant
     must never ride on another's request), no redirects followed, bounded waits."""
-    httpx_log = logging.getLogger("httpx")
-    if _SID_FILTER not in httpx_log.filters:
-        httpx_log.addFilter(_SID_FILTER)
+    mask_account_in_logs()
     return httpx.Client(
         cookies=http.cookiejar.CookieJar(
             policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
@@ -425,7 +405,7 @@ def check_twilio(caller: Caller, config: dict[str, Any], ep: Endpoints) -> Check
     # Fetch an Account resource, HTTP basic auth AccountSid:AuthToken:
     # https://www.twilio.com/docs/iam/api/account#fetch-an-account-resource
     # (a refusal is error 20003: https://www.twilio.com/docs/api/errors/20003)
-    url = f"{ep.twilio}/2010-04-01/Accounts/{quote(sid, safe='')}.json"
+    url = account_url(ep.twilio, sid)
     answer = caller.call("GET", url, auth=(sid, token))
     caller.expect_success(answer)
     account = caller.json(answer)

@@ -78,6 +78,7 @@ def runtime(
                 concurrency=concurrency,
                 lock_wait_s=lock_wait_s,
                 secret_grace_s=settings.secret_grace_s,
+                twilio_base_url=settings.twilio_base_url,
             )
             yield Runtime(settings, pool, state, key, http, controller, url)
     finally:

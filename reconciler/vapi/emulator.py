@@ -66,7 +66,8 @@ Under `/_stubs/` it also answers the credential checks of Twilio, Resend, Eleven
 Google (`stubs.py`), for `RECONCILER_PROVIDER_STUBS`: a local trial that reaches no third party.
 
 An admin API (no auth) under `/_emulator/`: `GET stats`, `GET accounts`, `POST keys`,
-`POST reset`, and `GET/POST/DELETE faults`.
+`POST reset`, and `GET/POST/DELETE faults`; the Twilio stub's `POST twilio/numbers` and
+`POST twilio/outage` (`stubs.py`).
 
 - `GET stats`: `{"requests": {<"METHOD /route">: count}, "assistants_total",
   "phone_numbers_total", "tools_total"}` (records in all accounts).
@@ -599,6 +600,7 @@ class Emulator:
         self.kind_validator = KindValidator.load()  # phone numbers and tools
         # None: store bodies as sent (see the module docstring for what normalising does)
         self.normaliser = VapiNormaliser(self.validator) if normalise else None
+        self.on_reset: list[Callable[[], None]] = []  # what else `POST /_emulator/reset` clears
 
     # -- the request pipeline shared by every Vapi route -------------------------------------
 
@@ -865,6 +867,8 @@ class Emulator:
 
     async def reset(self, request: Request) -> Response:
         self.state = EmulatorState()
+        for forget in self.on_reset:
+            forget()
         return JSONResponse({"reset": True})
 
 
@@ -902,6 +906,7 @@ def create_app(
     ]
     # the other providers' verification calls (RECONCILER_PROVIDER_STUBS), see `stubs.py`
     stubs = ProviderStubs(rejected_prefixes, emu.count)
+    emu.on_reset.append(stubs.reset)
     routes += stubs.routes()
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     app.state.emulator = emu

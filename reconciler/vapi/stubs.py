@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -38,6 +41,7 @@ from starlette.routing import Route
 PREFIX = "/_stubs"
 STUB_KEYS = (
     "GET /_stubs/twilio",
+    "GET /_stubs/twilio/IncomingPhoneNumbers",
     "GET /_stubs/resend",
     "GET /_stubs/elevenlabs",
     "POST /_stubs/google/token",
@@ -52,6 +56,13 @@ class ProviderStubs:
         self.rejected_prefixes = tuple(rejected_prefixes)
         self.count = count
         self.issued: dict[str, None] = {}  # Google access tokens, in issue order
+        self.numbers: dict[str, str] = {}  # Twilio: E.164 number -> the account SID owning it
+        self.outage: tuple[int, int | None] | None = None  # Twilio listing: (status, times)
+
+    def reset(self) -> None:
+        self.issued.clear()
+        self.numbers.clear()
+        self.outage = None
 
     def accepts(self, value: str | None) -> bool:
         return bool(value) and not str(value).startswith(self.rejected_prefixes)
@@ -70,6 +81,75 @@ class ProviderStubs:
             },
             401,
         )
+
+    async def twilio_numbers(self, request: Request) -> Response:
+        sid = request.path_params["sid"]
+        if self.outage is not None:
+            status, times = self.outage
+            if times is not None:
+                self.outage = (status, times - 1) if times > 1 else None
+            return JSONResponse(
+                {
+                    "code": 20500,
+                    "message": "Internal Server Error",
+                    "more_info": "https://www.twilio.com/docs/errors/20500",
+                    "status": status,
+                },
+                status,
+            )
+        user, token = _basic(request)
+        if not (user == sid and self.accepts(sid) and self.accepts(token)):
+            return await self.twilio(request)  # the same 401
+        wanted = request.query_params.get("PhoneNumber", "")
+        listed = [
+            {
+                "sid": "PN" + hashlib.sha256(number.encode()).hexdigest()[:32],
+                "account_sid": sid,
+                "phone_number": number,
+                "friendly_name": _friendly(number),
+                "status": "in-use",
+            }
+            for number, owner in sorted(self.numbers.items())
+            if owner == sid and wanted in number
+        ]
+        return JSONResponse(
+            {
+                "incoming_phone_numbers": listed,
+                "page": 0,
+                "page_size": 50,
+                "start": 0,
+                "end": max(0, len(listed) - 1),
+                "first_page_uri": str(request.url.path),
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "uri": str(request.url.path),
+            }
+        )
+
+    async def register_number(self, request: Request) -> Response:
+        """`POST /_emulator/twilio/numbers` `{"accountSid", "phoneNumber"}` (admin)."""
+        data = await _json_object(request)
+        sid, number = data.get("accountSid"), data.get("phoneNumber")
+        if not (isinstance(sid, str) and sid and isinstance(number, str) and number):
+            return JSONResponse({"message": "accountSid and phoneNumber are needed"}, 400)
+        self.numbers[number] = sid
+        return JSONResponse({"phoneNumber": number, "registered": True}, 201)
+
+    async def twilio_outage(self, request: Request) -> Response:
+        """`POST /_emulator/twilio/outage` `{"status": 503, "times": 1}` (admin)."""
+        data = await _json_object(request)
+        status, times = data.get("status"), data.get("times", 1)
+        if status is None:
+            self.outage = None
+        elif (
+            not isinstance(status, int)
+            or not 400 <= status <= 599
+            or not (times is None or (isinstance(times, int) and times >= 1))
+        ):
+            return JSONResponse({"message": "status 400..599 (or null), times >= 1 or null"}, 400)
+        else:
+            self.outage = (status, times)
+        return JSONResponse({"status": status, "times": times}, 201)
 
     async def resend(self, request: Request) -> Response:
         if self.accepts(_bearer(request)):
@@ -117,20 +197,30 @@ class ProviderStubs:
     def routes(self) -> list[Route]:
         handlers: list[tuple[str, str, str, Callable[[Request], Awaitable[Response]]]] = [
             ("GET", "/twilio/2010-04-01/Accounts/{sid}.json", STUB_KEYS[0], self.twilio),
-            ("GET", "/resend/domains", STUB_KEYS[1], self.resend),
-            ("GET", "/elevenlabs/v1/user", STUB_KEYS[2], self.elevenlabs),
-            ("POST", "/google/token", STUB_KEYS[3], self.google_token),
+            (
+                "GET",
+                "/twilio/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json",
+                STUB_KEYS[1],
+                self.twilio_numbers,
+            ),
+            ("GET", "/resend/domains", STUB_KEYS[2], self.resend),
+            ("GET", "/elevenlabs/v1/user", STUB_KEYS[3], self.elevenlabs),
+            ("POST", "/google/token", STUB_KEYS[4], self.google_token),
             (
                 "GET",
                 "/google/calendar/v3/users/me/calendarList",
-                STUB_KEYS[4],
+                STUB_KEYS[5],
                 self.google_calendars,
             ),
+        ]
+        admin = [
+            Route("/_emulator/twilio/numbers", self.register_number, methods=["POST"]),
+            Route("/_emulator/twilio/outage", self.twilio_outage, methods=["POST"]),
         ]
         return [
             Route(PREFIX + path, self._counted(key, handler), methods=[method])
             for method, path, key, handler in handlers
-        ]
+        ] + admin
 
     def _counted(
         self, key: str, handler: Callable[[Request], Awaitable[Response]]
@@ -140,6 +230,22 @@ class ProviderStubs:
             return await handler(request)
 
         return endpoint
+
+
+def _friendly(number: str) -> str:
+    """Twilio's default friendly name of a number: `(415) 555-0100` for a NANP number."""
+    digits = number.removeprefix("+1")
+    if number.startswith("+1") and len(digits) == 10 and digits.isdigit():
+        return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+    return number
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.body())
+    except ValueError:  # UnicodeDecodeError included
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _bearer(request: Request) -> str | None:

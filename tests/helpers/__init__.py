@@ -242,6 +242,24 @@ def clear_faults(emulator: str) -> None:
     _http.delete(f"{emulator}/_emulator/faults").raise_for_status()
 
 
+def twilio_number(emulator: str, account_sid: str, number: str) -> None:
+    """Makes `number` one of the Twilio account `account_sid`'s numbers in the emulator's
+    Twilio stub (its IncomingPhoneNumbers listing)."""
+    resp = _http.post(
+        f"{emulator}/_emulator/twilio/numbers",
+        json={"accountSid": account_sid, "phoneNumber": number},
+    )
+    assert resp.status_code == 201, resp.text
+
+
+def twilio_outage(emulator: str, status: int | None, times: int | None = None) -> None:
+    """The Twilio stub's listing answers `status` (`times` times; None: until cleared)."""
+    resp = _http.post(
+        f"{emulator}/_emulator/twilio/outage", json={"status": status, "times": times}
+    )
+    assert resp.status_code == 201, resp.text
+
+
 def reset_emulator(emulator: str) -> None:
     """Forgets every account, assistant, fault and counter of the emulator."""
     _http.post(f"{emulator}/_emulator/reset").raise_for_status()

@@ -815,6 +815,7 @@ def test_stats_count_every_request(base_url: str, api: httpx.Client, admin: http
     assert set(empty["requests"]) == kind_routes | {
         "GET /v2/phone-number",
         "GET /_stubs/twilio",
+        "GET /_stubs/twilio/IncomingPhoneNumbers",
         "GET /_stubs/resend",
         "GET /_stubs/elevenlabs",
         "POST /_stubs/google/token",

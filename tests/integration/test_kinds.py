@@ -9,15 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from reconciler.controller.run import Controller
 from reconciler.spec.loader import load_tree
 from reconciler.state.store import StateWriter
-from tests.helpers import SpecDir, emulator_stats, fault, key_of, live, org_doc
+from tests.helpers import SpecDir, emulator_stats, fault, key_of, live, org_doc, twilio_number
 
 TWILIO = {"accountSid": "AC" + "0" * 32, "authToken": "twilio-token-NEVER-SHOWN"}
 BOOK_URL = "https://hooks.example.com/vapi"
 ELEVENLABS = "el-key-NEVER-SHOWN"
+
+
+@pytest.fixture(autouse=True)
+def twilio_numbers(emulator: str) -> None:
+    """The tenants' numbers are their Twilio account's: it lists them before they are imported."""
+    for number in ("+14155550100", "+14155550101", "+14155550177"):
+        twilio_number(emulator, TWILIO["accountSid"], number)
 
 
 def tenant(slug: str, *, numbers: tuple[str, str] = ("+14155550100", "+14155550101")) -> dict:

@@ -9,12 +9,20 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from reconciler.config import PROVIDER_STUB_PATHS, load_settings
 from reconciler.errors import ConfigError
 from reconciler.providers.verify import Endpoints
-from tests.helpers import SpecDir, assert_no_traceback, emulator_stats
+from tests.helpers import (
+    SpecDir,
+    assert_no_traceback,
+    emulator_stats,
+    reset_emulator,
+    twilio_number,
+)
+from tests.integration.test_kinds import TWILIO, tenant
 from tests.integration.test_verify import PROVIDERS, full_doc
 
 ENDPOINT_FIELDS = ("vapi", "twilio", "resend", "elevenlabs", "google_oauth", "google_calendar")
@@ -101,3 +109,37 @@ def test_verify_against_the_emulator_succeeds_for_every_provider_and_stays_local
     assert stats["GET /_stubs/google/calendar"] == 1  # only acme's refresh gave a token
     port = urlsplit(emulator).port
     assert local_only and {address for address in local_only} == {("127.0.0.1", port)}
+
+
+def test_a_local_trial_checks_twilio_numbers_at_the_stub_and_stays_local(
+    cli: Any,
+    specs: SpecDir,
+    emulator: str,
+    monkeypatch: pytest.MonkeyPatch,
+    local_only: list[tuple[str, int]],
+) -> None:
+    listing = f"{emulator}/_stubs/twilio/2010-04-01/Accounts/{TWILIO['accountSid']}"
+    listing += "/IncomingPhoneNumbers.json"
+    auth = (TWILIO["accountSid"], TWILIO["authToken"])
+    twilio_number(emulator, TWILIO["accountSid"], "+14155550100")
+    shown = httpx.get(listing, params={"PhoneNumber": "+14155550100"}, auth=auth, timeout=5)
+    assert shown.status_code == 200
+    assert [
+        (n["phone_number"], n["friendly_name"], n["account_sid"])
+        for n in shown.json()["incoming_phone_numbers"]
+    ] == [("+14155550100", "(415) 555-0100", TWILIO["accountSid"])]
+    assert httpx.get(listing, auth=(auth[0], "invalid-token"), timeout=5).status_code == 401
+
+    specs.write(tenant("acme"))  # +14155550100 (registered) and +14155550101 (not)
+    monkeypatch.delenv("VAPI_BASE_URL")
+    monkeypatch.setenv("RECONCILER_PROVIDER_STUBS", emulator)
+    applied = cli("apply", str(specs.root))
+    assert applied.code == 1
+    assert "+14155550101 is not a number of acme's Twilio account (sensitive)" in applied.out
+    assert emulator_stats(emulator)["POST /phone-number"] == 1
+    port = urlsplit(emulator).port
+    assert {address for address in local_only} == {("127.0.0.1", port)}
+
+    reset_emulator(emulator)  # forgets the registered numbers too
+    shown = httpx.get(listing, params={"PhoneNumber": "+14155550100"}, auth=auth, timeout=5)
+    assert shown.json()["incoming_phone_numbers"] == []
