@@ -4,8 +4,9 @@ Every Vapi write is followed by the Postgres write that records it, with Vapi's 
 applied state; a create is preceded by a committed create-pending row and, when its outcome
 is unknown, resolved by looking for our ownership tag, never by a blind second POST. A create
 that Vapi refused outright (a definite 4xx) clears its pending row, so the next run creates
-at once. A create the controller's guard refuses (`WriteGuard.vet`: a Twilio number that is not
-the org's Twilio account's) writes nothing at all.
+at once. Every create is vetted by the controller's guard before the org's first write
+(`WriteGuard.vet`: a Twilio number must be one of the org's Twilio account's): one refused,
+and nothing of the org is written in Vapi in that run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 from reconciler.engine.actions import (
@@ -43,6 +43,9 @@ from reconciler.errors import ReconcilerError
 from reconciler.secrets.crypto import Keys, as_ring
 from reconciler.state.store import StateWriter
 from reconciler.vapi.client import VapiAmbiguousWrite, VapiError, VapiRejected, VapiWriter
+
+# Actions that write Postgres only (the org's row, its credentials): they come first in a plan.
+_STATE_ONLY = (UpsertOrg, StoreCredential, DeactivateCredential)
 
 
 class WriteGuard:
@@ -99,7 +102,15 @@ class Applier:
         (not the others). A blocked plan runs nothing at all."""
         if self.plan.blocked:
             raise ReconcilerError("; ".join(self.plan.blocked))
+        vetted = False
         for action in self.plan.actions:
+            if not vetted and not isinstance(action, _STATE_ONLY):
+                # every create vetted before the org's first Vapi write (its row and
+                # credentials, written first, record the failure in its status)
+                for create in self.plan.actions:
+                    if isinstance(create, CreateResource):
+                        self.guard.vet(create)
+                vetted = True
             self._run(action)
             done.append(action)
 
@@ -222,8 +233,6 @@ class Applier:
         stored = self._fill(action.stored, action.pending)
         key = kind.natural_key(body)
         where = f"{kind.label} {name}"
-        # refused here, nothing of it is written: no create-pending row, no POST
-        self.guard.vet(replace(action, body=body, stored=stored))
         with self.guard.creating():
             vapi = self._writer()
             self.state.begin_create_resource(org_id, kind.name, name, stored)

@@ -96,6 +96,10 @@ def test_a_number_of_another_account_is_refused_and_nothing_is_written(
     assert number_rows(state, acme) == []  # no create-pending row left behind
     assert len(number_rows(state, globex)) == 2
     assert twilio_reads(emulator) == 3  # acme stopped at its first number
+    # every create is vetted before the org's first Vapi write: nothing of acme was made in
+    # Vapi (no tool, no assistant), while globex went ahead
+    stats = emulator_stats(emulator)
+    assert (stats["POST /tool"], stats["POST /assistant"]) == (3, 2)  # globex's alone
     status = rows(
         state,
         "SELECT status, status_message FROM organizations WHERE id = %s",
