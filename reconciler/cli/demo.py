@@ -20,7 +20,7 @@ from reconciler.errors import ConfigError
 from reconciler.providers.runner import Verifier
 from reconciler.providers.verify import Endpoints, http_client
 from reconciler.secrets.crypto import MasterKey
-from reconciler.server.runtime import Runtime, runtime
+from reconciler.server.runtime import Reading, runtime
 from reconciler.spec import loader
 from reconciler.state.db import temporary_embedded
 from reconciler.state.verification import select_credentials
@@ -28,7 +28,7 @@ from reconciler.vapi.emulator import running_emulator
 from reconciler.webhooks.resolver import BadSecret, WebhookResolver
 
 
-def _verify(rt: Runtime, settings: Settings, out: Console) -> bool:
+def _verify(rt: Reading, settings: Settings, out: Console) -> bool:
     """`reconciler verify`, in-process, with every provider at the emulator's stubs."""
     with http_client() as http:
         verifier = Verifier(rt.pool, rt.key, Endpoints.from_settings(settings), http)

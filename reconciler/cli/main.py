@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from reconciler.cli.progress import OrgProgress
     from reconciler.controller.run import Options, RunReport
     from reconciler.secrets.crypto import KeyRing
+    from reconciler.server.runtime import Reading
     from reconciler.spec.loader import LoadResult
     from reconciler.state.keys import Unopened
     from reconciler.state.store import StateWriter
@@ -236,7 +237,6 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
     from reconciler.config import load_settings
     from reconciler.redact import printable
     from reconciler.server.runtime import runtime
-    from reconciler.spec import loader
 
     if not args.dry_run and not args.yes and not _interactive():
         print(
@@ -247,27 +247,21 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     settings = load_settings()
-    with runtime(settings, write=not args.dry_run) as rt:
-        org_id = rt.state.live_org_id(args.slug)
-        if org_id is None:
-            print(f"error: no live org has the slug {args.slug}", file=sys.stderr)
-            return EXIT_ERROR
-        path = Path(args.path)
-        if path.exists():
-            specs = loader.validate_tree(path).specs
-            if any(str(spec.org.metadata.id) == org_id for spec in specs):
-                print(
-                    f"error: {args.slug}: its spec is still in {path}; remove it first, or "
-                    "the next apply brings the org back",
-                    file=sys.stderr,
-                )
-                return EXIT_ERROR
-        if args.dry_run or not args.yes:
+    if args.dry_run:  # reads only: a PlanController over a StateReader
+        with runtime(settings, write=False) as reading:
+            refused = _retire_refused(reading, args)
+            if refused is not None:
+                return refused
+            planned = reading.controller.plan_retire(args.slug, max_deletes=args.max_deletes)
+        render_text(planned, _out())
+        print("dry run: nothing was changed", file=sys.stderr)
+        return EXIT_OK if planned.ok else EXIT_ERROR
+    with runtime(settings, write=True) as rt:
+        refused = _retire_refused(rt, args)
+        if refused is not None:
+            return refused
+        if not args.yes:
             planned = rt.controller.plan_retire(args.slug, max_deletes=args.max_deletes)
-            if args.dry_run:
-                render_text(planned, _out())
-                print("dry run: nothing was changed", file=sys.stderr)
-                return EXIT_OK if planned.ok else EXIT_ERROR
             question = f"retire org {printable(args.slug, 80)} (deletes {_deleted(planned)})?"
             if not planned.ok:
                 render_text(planned, _out())
@@ -278,6 +272,27 @@ def cmd_org_retire(args: argparse.Namespace) -> int:
         report = rt.controller.retire(args.slug, max_deletes=args.max_deletes)
     render_text(report, _out(), verb="Retired")
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _retire_refused(rt: Reading, args: argparse.Namespace) -> int | None:
+    """Why `org retire` may not run (no such org; its spec still in the folder), said."""
+    from reconciler.spec import loader
+
+    org_id = rt.state.live_org_id(args.slug)
+    if org_id is None:
+        print(f"error: no live org has the slug {args.slug}", file=sys.stderr)
+        return EXIT_ERROR
+    path = Path(args.path)
+    if path.exists():
+        specs = loader.validate_tree(path).specs
+        if any(str(spec.org.metadata.id) == org_id for spec in specs):
+            print(
+                f"error: {args.slug}: its spec is still in {path}; remove it first, or "
+                "the next apply brings the org back",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+    return None
 
 
 def _interactive() -> bool:
@@ -382,11 +397,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from reconciler.redact import printable
     from reconciler.server.runtime import runtime
     from reconciler.state.keys import key_status, rotate, unopened
-    from reconciler.state.store import StateWriter
 
     with runtime(load_settings(), write=True) as rt:
         state = rt.state
-        assert isinstance(state, StateWriter)
         if args.keys_command == "status":
             return _keys_status(state, rt.key, key_status(state), unopened(state, rt.key))
 

@@ -353,8 +353,10 @@ class _DeleteBudget:
             self.left -= n
 
 
-class Controller:
-    """Holds the long-lived parts (pool, HTTP client, key) and runs plan or apply over specs."""
+class PlanController:
+    """Holds the long-lived parts (pool, HTTP client, key) and plans over specs. It holds a
+    `StateReader` and makes Vapi readers only: `plan` cannot write by construction (the
+    `Controller` below adds `apply`, and needs a `StateWriter` to be made at all)."""
 
     def __init__(
         self,
@@ -706,6 +708,18 @@ class Controller:
             items, AccountRegistry(index), options, None, LoadResult([], []), time.monotonic()
         )
 
+    def _retiring(
+        self, index: list[OrgIndexRow], slug: str
+    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
+        """The org `slug` of `index` as an orphan to retire by name."""
+        rows = [KnownOrg(row.org_id, row.slug) for row in index if row.slug == slug]
+        if not rows:
+            raise ReconcilerError(f"no live org has the slug {slug}")
+        return [
+            (replace(d, retire="retired by `reconciler org retire`") if d else None, o)
+            for d, o in self._orphans(rows)
+        ]
+
     def _plan_items(
         self,
         items: list[tuple[DesiredOrg | None, OrgOutcome]],
@@ -767,7 +781,35 @@ class Controller:
                 report.warnings.append(f"apply would refuse every delete: {bound.note}")
         return report
 
-    # -- apply -------------------------------------------------------------------------------
+
+class Controller(PlanController):
+    """`PlanController` with the writes: `apply` and `retire`, over a `StateWriter`."""
+
+    def __init__(
+        self,
+        state: StateWriter,
+        http: httpx.Client,
+        key: Keys,
+        *,
+        concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        create_grace_s: float = CREATE_GRACE_S,
+        lock_wait_s: float = 0.0,
+        secret_grace_s: float = SECRET_GRACE_S,
+        twilio_base_url: str = TWILIO_API,
+    ) -> None:
+        super().__init__(
+            state,
+            http,
+            key,
+            concurrency=concurrency,
+            retry=retry,
+            create_grace_s=create_grace_s,
+            lock_wait_s=lock_wait_s,
+            secret_grace_s=secret_grace_s,
+            twilio_base_url=twilio_base_url,
+        )
+        self.writer = state
 
     def apply(
         self,
@@ -790,8 +832,6 @@ class Controller:
         instead: `defer_deletes`). `saved` (`apply FILE`): the stamps of a saved plan, by org
         id; an org runs only when its spec, its observed state and so its plan are still what
         the saved plan was made from, and only the orgs in it run."""
-        if not isinstance(self.state, StateWriter):
-            raise TypeError("apply needs a StateWriter")
         options = options or Options(prune=prune)
         notes: list[str] = []
         if options.prune and not options.defer_deletes:
@@ -811,9 +851,7 @@ class Controller:
 
     def retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
         """`reconciler org retire SLUG`: as `apply --prune` does for an org whose spec is gone."""
-        if not isinstance(self.state, StateWriter):
-            raise TypeError("retire needs a StateWriter")
-        index = self.state.org_index()
+        index = self.writer.org_index()
         options = Options(prune=True, orphans=True, max_deletes=max_deletes)
         empty = LoadResult([], [])
         items = self._retiring(index, slug)
@@ -827,18 +865,6 @@ class Controller:
             None,
             time.monotonic(),
         )
-
-    def _retiring(
-        self, index: list[OrgIndexRow], slug: str
-    ) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
-        """The org `slug` of `index` as an orphan to retire by name."""
-        rows = [KnownOrg(row.org_id, row.slug) for row in index if row.slug == slug]
-        if not rows:
-            raise ReconcilerError(f"no live org has the slug {slug}")
-        return [
-            (replace(d, retire="retired by `reconciler org retire`") if d else None, o)
-            for d, o in self._orphans(rows)
-        ]
 
     def _apply_items(
         self,
@@ -855,8 +881,7 @@ class Controller:
     ) -> RunReport:
         """Orphans first (an org taking a retired org's slug needs it freed), then the rest,
         concurrently; every status in one batch at the end."""
-        state = self.state
-        assert isinstance(state, StateWriter)
+        state = self.writer
         run_id = state.start_run(command, len(items))
         budget = _DeleteBudget(options.max_deletes)
 

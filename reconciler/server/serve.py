@@ -38,10 +38,9 @@ from reconciler.providers.verify import Endpoints
 from reconciler.server.app import ServerParts, build_app
 from reconciler.server.heads import HEAD_TIMEOUT_S, head_timeout_protocol
 from reconciler.server.logs import configure_logging
-from reconciler.server.runtime import Runtime, runtime
+from reconciler.server.runtime import Reading, Writing, runtime
 from reconciler.spec.git import GitSource, shown_url
 from reconciler.state.schedule import Backoff
-from reconciler.state.store import StateWriter
 from reconciler.webhooks.http import WebhookEndpoint
 from reconciler.webhooks.resolver import WebhookResolver
 
@@ -91,8 +90,6 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             git=git,
             backoff=Backoff(base_s=options.interval_s, cap_s=settings.backoff_max_s),
         )
-        if not isinstance(rt.state, StateWriter):
-            raise TypeError("serve needs a StateWriter")
         loop = ReconcileLoop(rt.controller, rt.state, config, replica=replica)
         webhooks, resolver = _webhooks(settings, rt, options.listen)
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -223,7 +220,7 @@ def without_query(url: str) -> str:
     return origin(url) + path
 
 
-def _start_verification(settings: Settings, rt: Runtime) -> VerifyJob | None:
+def _start_verification(settings: Settings, rt: Reading) -> VerifyJob | None:
     """Every stored credential checked against its provider about once per
     RECONCILER_VERIFY_INTERVAL, shared by the replicas (0: off)."""
     if settings.verify_interval_s <= 0:
@@ -240,17 +237,16 @@ def _start_verification(settings: Settings, rt: Runtime) -> VerifyJob | None:
 
 
 def _webhooks(
-    settings: Settings, rt: Runtime, listen: tuple[str, int]
+    settings: Settings, rt: Writing, listen: tuple[str, int]
 ) -> tuple[WebhookEndpoint, WebhookResolver]:
     """The webhook endpoint over this process's pool and key; its cache follows NOTIFY from
     every replica (unless RECONCILER_WEBHOOK_LISTEN=false), `last_used_at` is batched. Org
     forward URLs may not reach this server's own listen address, nor what `netpolicy`
     refuses outside RECONCILER_FORWARD_ALLOW_NETWORKS."""
     resolver = WebhookResolver(rt.state, rt.key)
-    if isinstance(rt.state, StateWriter):
-        resolver.start_background(
-            rt.database_url, rt.state.touch_mappings, listen=settings.webhook_listen
-        )
+    resolver.start_background(
+        rt.database_url, rt.state.touch_mappings, listen=settings.webhook_listen
+    )
     policy = ForwardPolicy.from_setting(
         settings.forward_allow_networks, _own_addresses(listen[0]), listen[1]
     )
