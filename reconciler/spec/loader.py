@@ -383,6 +383,29 @@ def _construct_int(loader: SpecLoader, node: yaml.ScalarNode) -> int:
         return loader.construct_yaml_int(node)
     except ValueError:  # over sys.get_int_max_str_digits()
         raise _Refused("integer too long", node.start_mark) from None
+    except IndexError:  # `!!int ""`
+        raise _Refused("not an integer (!!int)", node.start_mark) from None
+
+
+def _construct_float(loader: SpecLoader, node: yaml.ScalarNode) -> float:
+    try:
+        return loader.construct_yaml_float(node)
+    except (ValueError, IndexError):  # `!!float ""`, `!!float x`
+        raise _Refused("not a number (!!float)", node.start_mark) from None
+
+
+def _construct_bool(loader: SpecLoader, node: yaml.ScalarNode) -> bool:
+    try:
+        return loader.construct_yaml_bool(node)
+    except KeyError:  # `!!bool ""`, `!!bool x`
+        raise _Refused("not a boolean (!!bool)", node.start_mark) from None
+
+
+def _construct_pairs_map(loader: SpecLoader, node: yaml.Node) -> Any:
+    """`!!map` on a scalar: PyYAML fails with a ValueError, a spec says where."""
+    if not isinstance(node, yaml.MappingNode):
+        raise _Refused("not a mapping (!!map)", node.start_mark)
+    return _construct_mapping(loader, node)
 
 
 def _construct_text(loader: SpecLoader, node: yaml.ScalarNode) -> str:
@@ -395,8 +418,10 @@ def _refuse(loader: SpecLoader, node: yaml.Node) -> Any:
     raise _Refused(f"YAML type !!{kind} is not allowed in spec files", node.start_mark)
 
 
-SpecLoader.add_constructor(f"{_TAG}map", _construct_mapping)
+SpecLoader.add_constructor(f"{_TAG}map", _construct_pairs_map)
 SpecLoader.add_constructor(f"{_TAG}int", _construct_int)
+SpecLoader.add_constructor(f"{_TAG}float", _construct_float)
+SpecLoader.add_constructor(f"{_TAG}bool", _construct_bool)
 SpecLoader.add_constructor(f"{_TAG}timestamp", _construct_text)
 for _kind in ("binary", "set", "omap", "pairs"):
     SpecLoader.add_constructor(f"{_TAG}{_kind}", _refuse)
