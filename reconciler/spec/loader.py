@@ -35,7 +35,6 @@ a message quoting one is always shown on exactly one line without terminal escap
 
 from __future__ import annotations
 
-import difflib
 import errno
 import math
 import os
@@ -43,7 +42,6 @@ import re
 import stat
 import typing
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -54,7 +52,7 @@ from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import DecryptionError
 from reconciler.redact import printable
-from reconciler.secrets import native, sops
+from reconciler.secrets import sops
 from reconciler.spec.cache import SpecCache, digest
 from reconciler.spec.models import Organization
 
@@ -617,6 +615,8 @@ def _did_you_mean(loc: tuple[int | str, ...]) -> str | None:
             return None
     names = [info.alias or name for name, info in model.model_fields.items()]
     by_lower = {name.lower(): name for name in names}
+    import difflib  # only for a file with an unknown key
+
     close = difflib.get_close_matches(unknown.lower(), list(by_lower), n=1, cutoff=0.6)
     return by_lower[close[0]] if close else None
 
@@ -928,7 +928,7 @@ def _decrypt_one(
 
 def load_tree(
     root: Path,
-    decrypt: Decrypt = native.decrypt_bytes,
+    decrypt: Decrypt | None = None,
     workers: int = 8,
     cache: Cache | None = None,
 ) -> LoadResult:
@@ -937,8 +937,15 @@ def load_tree(
     Files whose credentials do not decrypt are reported like any other broken file, so the
     other orgs still converge. sops decrypts the bytes that were validated, not the path.
     With a `cache`, a file whose bytes were seen before is neither checked nor decrypted
-    again (its earlier outcome, success or failure, is reused).
+    again (its earlier outcome, success or failure, is reused). `decrypt` defaults to
+    `secrets.native` (imported here: `validate` never needs it).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if decrypt is None:
+        from reconciler.secrets import native
+
+        decrypt = native.decrypt_bytes
     docs: dict[Path, dict[str, Any]] = {}
     checked, sources = _validate(root, cache, docs)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
