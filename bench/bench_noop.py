@@ -1,0 +1,316 @@
+"""What a no-op `reconciler apply` costs per org, against the floor of its Vapi calls alone.
+
+N SOPS-encrypted org files (assistants only: two each, no tools or numbers), the emulator in
+its own process at a given latency, a Postgres (embedded unless `--database-url`). After a
+cold apply (which creates the assistants), each no-op apply runs `reconciler apply SPECS`
+in this process (`cli.main.main`, as the command runs it: specs loaded and decrypted, pool
+opened, every org listed, locked, planned; nothing written but the run's record), timed by
+wall clock and by this process's CPU (`time.process_time`: the emulator and Postgres are
+other processes). Counted: Vapi requests (the emulator's `/_emulator/stats`), SQL statements
+(the state store's counter, every store the command opens).
+
+The floor, in the same run: a bare loop of the same list calls (`GET /assistant` with each
+org's key) at the same concurrency with one httpx client, no reconciler work.
+
+Also timed: the same apply as a whole process (`python -m reconciler apply`: interpreter,
+imports, everything; CPU from `getrusage(RUSAGE_CHILDREN)`), and the imports the apply path
+needs (`python -X importtime`).
+
+    python -m bench.bench_noop --orgs 200 1000 --latency-ms 20 [--runs 3] [--profile DIR]
+        [--database-url URL] [--write docs/benchmarks.md]
+
+`--profile DIR` writes a cProfile of one in-process no-op apply per size (`noop-N.pstats`)
+and prints its top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.bench_serve import emulator_process, seed_accounts, stats, write_specs
+from bench.report import table, write_section
+from reconciler.secrets.crypto import MasterKey
+from reconciler.state import store
+from reconciler.state.db import embedded_url
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = 16  # the apply's default (`--concurrency`)
+
+_SQL = [0]
+_count = store.StateReader._count
+
+
+def _counting(self: store.StateReader, n: int = 1) -> None:
+    """Every store's statements, summed over the stores a command opens (bench only)."""
+    _SQL[0] += n
+    _count(self, n)
+
+
+store.StateReader._count = _counting  # type: ignore[method-assign]
+
+
+def apply_in_process(specs: Path) -> None:
+    from reconciler.cli.main import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["apply", str(specs)])
+    assert code == 0, out.getvalue()[-2000:]
+
+
+def floor(url: str, n: int) -> dict[str, float]:
+    """The same list calls alone: one httpx client, CONCURRENCY at a time."""
+    keys = [f"bench-org-{i:04d}" for i in range(n)]
+    with httpx.Client(base_url=url, limits=httpx.Limits(max_connections=CONCURRENCY)) as http:
+
+        def one(key: str) -> None:
+            http.get("/assistant", headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+
+        before, t0, cpu0 = stats(url), time.perf_counter(), time.process_time()
+        with ThreadPoolExecutor(max_workers=CONCURRENCY) as workers:
+            list(workers.map(one, keys))
+        row = {"s": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+    row["vapi"] = sum(stats(url).values()) - sum(before.values())
+    row["sql"] = 0
+    return row
+
+
+def one_in_process(url: str, specs: Path) -> dict[str, float]:
+    before, q0 = stats(url), _SQL[0]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    apply_in_process(specs)
+    row = {"s": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+    after = stats(url)
+    row["vapi"] = sum(after.values()) - sum(before.values())
+    row["writes"] = row["vapi"] - (after.get("GET /assistant", 0) - before.get("GET /assistant", 0))
+    row["sql"] = _SQL[0] - q0
+    return row
+
+
+def one_process(specs: Path) -> dict[str, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "apply", str(specs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"s": seconds, "cpu": cpu}
+
+
+def import_times(specs: Path) -> tuple[float, list[tuple[int, str]]]:
+    """The imports of one whole `reconciler apply` process (`-X importtime`): their total
+    (ms: the top-level imports' cumulative times) and the largest cumulative ones (µs, module
+    indented as nested)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "reconciler", "apply", str(specs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = []
+    for line in done.stderr.splitlines():
+        parts = line.split("|")
+        if line.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2][1:].rstrip()))
+    total = sum(us for us, name in rows if not name.startswith(" ")) / 1000
+    return total, sorted(rows, reverse=True)[:12]
+
+
+def profile(specs: Path, out: Path, n: int) -> str:
+    """cProfile of one in-process no-op apply, every thread (the orgs run in a pool's threads,
+    which a profiler of the main thread alone would miss); times in the threads include their
+    waits (for Vapi, Postgres, locks)."""
+    threads: list[cProfile.Profile] = []
+    lock = threading.Lock()
+
+    def start(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        prof = cProfile.Profile()
+        with lock:
+            threads.append(prof)
+        prof.enable()
+
+    main_prof = cProfile.Profile()
+    threading.setprofile(start)
+    main_prof.enable()
+    try:
+        apply_in_process(specs)
+    finally:
+        main_prof.disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+    stats = pstats.Stats(main_prof, stream=io.StringIO())
+    for prof in threads:
+        prof.create_stats()
+        stats.add(prof)
+    path = out / f"noop-{n}.pstats"
+    stats.dump_stats(path)
+    text = io.StringIO()
+    pstats.Stats(str(path), stream=text).sort_stats("tottime").print_stats(40)
+    pstats.Stats(str(path), stream=text).sort_stats("cumulative").print_stats(60)
+    return text.getvalue()
+
+
+def measure(
+    root: Path, url: str, pg: str, n: int, runs: int, profile_dir: Path | None
+) -> dict[str, Any]:
+    specs = root / f"specs-{n}"
+    specs.mkdir()
+    for i in range(n):
+        name = f"org-{i:04d}.yaml"
+        (specs / name).write_bytes((root / "specs" / name).read_bytes())
+    httpx.post(f"{url}/_emulator/reset").raise_for_status()
+    seed_accounts(url, n)
+    os.environ["RECONCILER_DATABASE_URL"] = pg
+    apply_in_process(specs)  # cold: creates every assistant
+    noop = [one_in_process(url, specs) for _ in range(runs)]
+    floors = [floor(url, n) for _ in range(runs)]
+    whole = [one_process(specs) for _ in range(runs)]
+    imports = import_times(specs)
+    prof = profile(specs, profile_dir, n) if profile_dir is not None else ""
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    return {
+        "n": n,
+        "noop": {k: med(noop, k) for k in noop[0]},
+        "floor": {k: med(floors, k) for k in floors[0]},
+        "whole": {k: med(whole, k) for k in whole[0]},
+        "profile": prof,
+        "imports": imports,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--orgs", type=int, nargs="+", default=[200, 1000])
+    ap.add_argument("--latency-ms", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--database-url")
+    ap.add_argument("--profile", type=Path)
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        home = root / "home"  # no ssh keys or default keys.txt of this machine's user
+        home.mkdir()
+        os.environ["HOME"] = str(home)
+        os.environ["SOPS_AGE_KEY_FILE"] = str(write_specs(root, max(args.orgs)))
+        os.environ["RECONCILER_MASTER_KEY"] = MasterKey.generate().to_b64()
+        os.environ["RECONCILER_DATA_DIR"] = str(root / "data")
+        with emulator_process(args.latency_ms) as url:
+            os.environ["VAPI_BASE_URL"] = url
+            for n in sorted(args.orgs):
+                # a database of its own per size: no orphans of the other size
+                pg = args.database_url or embedded_url(root / f"pg-{n}", cleanup="delete")
+                results.append(measure(root, url, pg, n, args.runs, args.profile))
+                if args.database_url:
+                    _truncate(args.database_url)
+    cells = []
+    for r in results:
+        n, noop, fl, whole = r["n"], r["noop"], r["floor"], r["whole"]
+        cells.append(
+            [
+                str(n),
+                f"{noop['s']:.2f}",
+                f"{noop['cpu']:.2f}",
+                f"{noop['cpu'] / n * 1000:.2f}",
+                f"{noop['vapi'] / n:.2f}",
+                f"{int(noop['writes'])}",
+                f"{noop['sql'] / n:.2f}",
+                f"{fl['s']:.2f}",
+                f"{fl['cpu'] / n * 1000:.2f}",
+                f"{noop['s'] / fl['s']:.2f}x",
+                f"{noop['cpu'] / fl['cpu']:.2f}x",
+                f"{whole['s']:.2f}",
+                f"{whole['cpu'] / n * 1000:.2f}",
+            ]
+        )
+    body = table(
+        [
+            "orgs",
+            "no-op apply s",
+            "cpu s",
+            "cpu ms / org",
+            "vapi / org",
+            "vapi writes",
+            "sql / org",
+            "floor s",
+            "floor cpu ms / org",
+            "wall / floor",
+            "cpu / floor",
+            "whole process s",
+            "whole process cpu ms / org",
+        ],
+        cells,
+    )
+    body += (
+        f"\n\nMedians of {args.runs} no-op applies per size, in this process (`cli.main.main`, "
+        "imports already done), and of the floor: the same list calls alone, "
+        f"{CONCURRENCY} at a time with one httpx client, same run. Emulator latency "
+        f"{args.latency_ms} ms, in its own process; CPU is the reconciler process's only. "
+        "The whole-process columns run `python -m reconciler apply` (interpreter start and "
+        "imports included).\n"
+    )
+    total, top = results[-1]["imports"]
+    body += (
+        f"\nImports of one whole `reconciler apply` process (`python -X importtime -m "
+        f"reconciler apply SPECS`): {total:.0f} ms in all; the largest (cumulative, nested "
+        "ones indented):\n\n"
+        + table(["module", "cumulative ms"], [[f"`{m}`", f"{us / 1000:.1f}"] for us, m in top])
+        + "\n"
+    )
+    print(body)
+    for r in results:
+        if r["profile"]:
+            print(f"--- profile, {r['n']} orgs ---\n{r['profile']}")
+    if args.write:
+        write_section(
+            args.write,
+            "bench_noop",
+            "No-op apply: CPU per org against the floor of its list calls",
+            "python -m bench.bench_noop --orgs "
+            + " ".join(str(n) for n in args.orgs)
+            + f" --latency-ms {args.latency_ms} --runs {args.runs}",
+            body,
+        )
+
+
+def _truncate(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE reconcile_runs, assistant_org_mapping, assistants, org_credentials,"
+            " organizations, org_runs, org_schedule, master_key CASCADE"
+        )
+
+
+if __name__ == "__main__":
+    main()

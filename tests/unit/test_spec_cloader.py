@@ -1,0 +1,461 @@
+"""The spec loader reads with libyaml (`_CSpecLoader`) when it can: it must give exactly what
+the pure-Python `SpecLoader` gives, document for document (types included) and problem for
+problem, over a corpus of real, broken and hostile spec files and generated texts. Hostile
+inputs must be refused by the libyaml path itself, not only by the fallback."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.spec import loader
+from reconciler.spec.loader import MAX_DEPTH, parse_yaml
+from tests.helpers import FIXTURES, ROOT
+
+C_LOADER = loader._C_LOADER
+pytestmark = pytest.mark.skipif(C_LOADER is None, reason="PyYAML built without libyaml")
+
+HEAD = "apiVersion: reconciler/v1\nkind: Organization\nmetadata:\n  slug: x\n"
+
+# Hostile or odd texts, each parsed both ways (the libyaml path must refuse the hostile ones).
+HOSTILE: dict[str, str] = {
+    "alias bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9)
+    ),
+    "alias to a scalar": "a: &x 1\nb: *x\n",
+    "undefined alias": "a: *nowhere\n",
+    "merge key": "base: &b {x: 1}\nother:\n  <<: *b\n",
+    "merge key without alias": "other:\n  <<: {x: 1}\n",
+    "duplicate key": "a: 1\nb: 2\na: 3\n",
+    "duplicate nested key": "a:\n  b: 1\n  b: 1\n",
+    "duplicate key, one quoted": "a: 1\n'a': 2\n",
+    f"{MAX_DEPTH + 1} levels of lists": "a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+    f"{MAX_DEPTH + 1} levels of maps": "a: " + "{b: " * (MAX_DEPTH + 1) + "}" * (MAX_DEPTH + 1),
+    "200,000 open brackets": "a: " + "[" * 200_000,
+    "deep block maps": "".join(" " * i + f"k{i}:\n" for i in range(MAX_DEPTH + 2)) + "  v\n",
+    "int key": "1: a\n",
+    "bool key": "true: a\n",
+    "null key": "~: a\n",
+    "date key": "2024-01-01: a\n",
+    "list key": "? [a]\n: b\n",
+    "binary": "a: !!binary aGVsbG8=\n",
+    "set": "a: !!set {x, y}\n",
+    "omap": "a: !!omap [x: 1]\n",
+    "python tag": "a: !!python/object:os.system ls\n",
+    "unknown tag": "a: !vapi x\n",
+    "integer too long": "a: " + "9" * 5000 + "\n",
+    "two documents": "a: 1\n---\nb: 2\n",
+    "control character": "a: x\x1by\n",
+    "nul": "a: x\x00y\n",
+    "tab indentation": "a:\n\tb: 1\n",
+    "unclosed quote": "a: 'x\n",
+    "YAML 1.3 directive": "%YAML 1.3\n---\na: 1\n",
+    "YAML 2.0 directive": "%YAML 2.0\n---\na: 1\n",
+    "bad escape": 'a: "\\q"\n',
+    "surrogate escape": 'a: "\\ud800"\n',
+    "BOM inside": "a: 1\n\ufeffb: 2\n",
+    "NEL": "a: x\x85y\n",
+    "line separator": "a: x\u2028 y\n",
+    "non-finite": "a: .inf\nb: -.Inf\nc: .nan\nd: 1e400\n",
+    "scalar document": "just text\n",
+    "list document": "- a\n- b\n",
+    "empty": "",
+    "comments only": "# nothing\n",
+    "long simple key": "a" * 1100 + ": 1\n",
+    "empty scalar tagged !": "a: !\nb: ! ''\nc: [! 1]\n",
+    "tag before a comma": "a: [!, 1]\n",
+    "tag before a bracket": "a: [!!str]\n",
+    "block scalar header and comment": "a: |#\nb: >-#\n  x\n",
+    "document tagged !": "!",
+    "tab after a value": "a: b\t\n",
+    "tab as a separator": "a:\tb\n",
+    "tab in a flow list": "a: [1,\t2]\n",
+    "tab in a quoted value": 'a: "x\ty"\n',
+}
+
+NUMBERS = [
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "1e-06",
+    "1e+100",
+    "1.5e3",
+    "1E3",
+    "1.0e+3",
+    "1e3.5",
+    "0x10",
+    "0X10",
+    "0o17",
+    "017",
+    "010",
+    "0b101",
+    "08",
+    "09",
+    "1_000",
+    "0x_1f",
+    "+12",
+    "-0",
+    "1:20",
+    "190:20:30",
+    "-1:30",
+    ".5",
+    "5.",
+    "1.",
+    "-.5",
+    "+.5",
+    ".inf",
+    "-.inf",
+    ".INF",
+    ".NaN",
+    ".nan",
+    "inf",
+    "nan",
+    "1,000",
+    "0.1e1",
+    "1__0",
+    "0.",
+    "-0.0",
+    "12e",
+    "e12",
+    "yes",
+    "no",
+    "Yes",
+    "NO",
+    "on",
+    "off",
+    "ON",
+    "y",
+    "n",
+    "true",
+    "False",
+    "TRUE",
+    "null",
+    "Null",
+    "~",
+    "",
+    "2024-01-01",
+    "2024-01-01T10:00:00Z",
+    "2024-1-1",
+    "12:30",
+    "=",
+    "<<",
+    "'010'",
+    '"0x10"',
+    "!!str 010",
+    "!!int '12'",
+    "!!float '1'",
+    "!!bool yes",
+    "!!null ''",
+]
+
+
+def _typed(value: Any) -> Any:
+    """`value` with its types spelled out: 1, 1.0 and True are three different documents."""
+    if isinstance(value, dict):
+        return ("dict", [(_typed(k), _typed(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    if isinstance(value, float):
+        return ("float", "nan" if math.isnan(value) else repr(value))
+    return (type(value).__name__, value)
+
+
+def _outcome(load: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "doc", _typed(load(text))
+    except yaml.YAMLError as exc:
+        return "refused", type(exc).__name__
+    except Exception as exc:
+        return "failed", type(exc).__name__
+
+
+def _c_path(text: str) -> tuple[str, Any]:
+    """What the libyaml path makes of `text`, when `parse_yaml` lets it read `text` at all."""
+    if loader._PYTHON_ONLY.search(text):
+        return "routed to SpecLoader", None
+    return _outcome(_c_only, text)
+
+
+def _python_only(text: str) -> Any:
+    return yaml.load(text, Loader=loader.SpecLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _c_only(text: str) -> Any:
+    return yaml.load(text, Loader=C_LOADER)  # noqa: S506 - the safe constructors
+
+
+def _parse_python_only(monkeypatch: pytest.MonkeyPatch, text: str) -> Any:
+    with monkeypatch.context() as m:
+        m.setattr(loader, "_C_LOADER", None)
+        return parse_yaml(Path("x.yaml"), text)
+
+
+def _parsed(result: tuple[Any, list[loader.Problem]]) -> tuple[Any, list[str]]:
+    doc, problems = result
+    return (None if doc is None else _typed(doc)), [str(p) for p in problems]
+
+
+def _corpus() -> Iterator[tuple[str, str]]:
+    files = sorted(
+        p
+        for base in (ROOT / "specs", ROOT / "examples", FIXTURES, ROOT / "deploy")
+        for p in base.rglob("*")
+        if p.suffix in (".yaml", ".yml") and p.is_file()
+    )
+    for path in files:
+        data = path.read_bytes()
+        if len(data) <= loader.MAX_SPEC_BYTES:
+            try:
+                yield str(path.relative_to(ROOT)), data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+    yield from HOSTILE.items()
+    for n in NUMBERS:
+        yield f"number {n!r}", f"{HEAD}v: {n}\nl: [{n}]\nm: {{k: {n}}}\n"
+        yield f"key {n!r}", f"{HEAD}{n or 'x'}: v\n"
+    yield "crlf", HEAD.replace("\n", "\r\n") + "v: 'a\r\n  b'\r\n"
+    yield "folded and literal", f"{HEAD}a: >\n  x\n  y\n\n  z\nb: |-\n  p\n   q\n"
+    yield "escapes", f'{HEAD}a: "\\t\\u00e9\\x41\\/\\N\\_\\L\\P\\e\\0"\n'
+    yield "anchor without alias", f"{HEAD}a: &x 1\nb: &y [2]\n"
+    yield f"{MAX_DEPTH} levels", f"{HEAD}a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+
+
+CORPUS = list(_corpus())
+
+
+def test_the_corpus_has_the_real_specs_and_the_hostile_files() -> None:
+    names = [name for name, _ in CORPUS]
+    assert any(n.startswith("specs/examples/") for n in names)
+    assert sum(n.startswith("tests/fixtures/hostile/") for n in names) >= 30
+    assert sum(n.startswith("tests/fixtures/bad/") for n in names) >= 80
+
+
+@pytest.mark.parametrize(("name", "text"), CORPUS, ids=[n for n, _ in CORPUS])
+def test_libyaml_reads_what_spec_loader_reads_or_refuses(name: str, text: str) -> None:
+    """Where the libyaml path gives a document, it is SpecLoader's document, types included:
+    it may refuse more (SpecLoader then decides), never accept what SpecLoader refuses."""
+    c = _c_path(text)
+    if c[0] == "doc":
+        assert c == _outcome(_python_only, text), name
+
+
+@pytest.mark.parametrize(("name", "text"), CORPUS, ids=[n for n, _ in CORPUS])
+def test_parse_yaml_gives_what_the_python_loader_gives(
+    name: str, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Document and problems (words, FILE:LINE:COL, "did you mean") the same either way."""
+    assert _parsed(parse_yaml(Path("x.yaml"), text)) == _parsed(
+        _parse_python_only(monkeypatch, text)
+    ), name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alias bomb",
+        "alias to a scalar",
+        "merge key",
+        "merge key without alias",
+        "duplicate key",
+        "duplicate nested key",
+        "duplicate key, one quoted",
+        f"{MAX_DEPTH + 1} levels of lists",
+        f"{MAX_DEPTH + 1} levels of maps",
+        "200,000 open brackets",
+        "deep block maps",
+        "int key",
+        "bool key",
+        "date key",
+        "list key",
+        "binary",
+        "set",
+        "python tag",
+        "integer too long",
+        "two documents",
+    ],
+)
+def test_the_libyaml_path_refuses_hostile_input_itself(name: str) -> None:
+    """Not left to the fallback: the alias, depth, key and type rules run on the libyaml path."""
+    with pytest.raises(yaml.YAMLError):
+        _c_only(HOSTILE[name])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tab after a value",
+        "tab as a separator",
+        "tab in a flow list",
+        "BOM inside",
+        "tag before a comma",
+        "block scalar header and comment",
+    ],
+)
+def test_texts_where_the_scanners_differ_are_read_by_spec_loader(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libyaml reads these where SpecLoader refuses them (or reads them otherwise): they
+    never reach the libyaml path, and keep SpecLoader's verdict."""
+    text = HOSTILE[name]
+    assert _outcome(_c_only, text) != _outcome(_python_only, text)
+    assert _c_path(text)[0] == "routed to SpecLoader"
+    doc, problems = parse_yaml(Path("x.yaml"), text)
+    if name != "BOM inside":
+        assert doc is None and problems  # PyYAML refuses a tab there
+    assert _parsed((doc, problems)) == _parsed(_parse_python_only(monkeypatch, text))
+
+
+def test_hostile_input_costs_little_on_the_libyaml_path() -> None:
+    import time
+
+    for name in ("alias bomb", "200,000 open brackets", f"{MAX_DEPTH + 1} levels of maps"):
+        t0 = time.process_time()
+        with pytest.raises(yaml.YAMLError):
+            _c_only(HOSTILE[name])
+        assert time.process_time() - t0 < 0.5, name
+
+
+def test_real_specs_are_read_by_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path is the one taken: with SpecLoader out of reach, real specs still load."""
+
+    class Unreachable(loader.SpecLoader):
+        def __init__(self, stream: str | bytes) -> None:
+            raise AssertionError("the pure-Python loader was used")
+
+    monkeypatch.setattr(loader, "SpecLoader", Unreachable)
+    specs = [
+        (n, t)
+        for n, t in CORPUS
+        if n.startswith("specs/examples/") and loader.is_spec_name(Path(n).name)
+    ]
+    assert len(specs) >= 3
+    for name, text in specs:
+        doc, problems = parse_yaml(Path(name), text)
+        assert doc is not None and not problems, name
+        assert doc["kind"] == "Organization"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("v: 1e-06", 1e-06),
+        ("v: 1e+100", 1e100),
+        ("v: 1e400", "1e400"),  # past a double: text, as yaml.v3 keeps it
+        ("v: 0x10", 16),
+        ("v: 010", 8),  # YAML 1.1 octal, as PyYAML reads it
+        ("v: 0o17", "0o17"),
+        ("v: yes", True),
+        ("v: 'yes'", "yes"),
+        ("yes: v", "v"),  # a YAML 1.1 boolean key stays the text written
+        ("v: 2024-01-01", "2024-01-01"),
+        ("v: 1_000", 1000),
+    ],
+)
+def test_numbers_and_booleans_as_the_project_reads_them(text: str, expected: Any) -> None:
+    for load in (_c_only, _python_only):
+        doc = load(text)
+        got = doc.get("v", doc.get("yes"))
+        assert _typed(got) == _typed(expected), (load.__name__, text)
+
+
+_ATOMS = st.sampled_from(
+    [
+        "a",
+        "b",
+        "k",
+        ":",
+        ": ",
+        " ",
+        "  ",
+        "\n",
+        "\n  ",
+        "- ",
+        "-",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "&x ",
+        "*x",
+        "<<",
+        "? ",
+        "#",
+        "'",
+        '"',
+        "\\",
+        "|",
+        ">",
+        "!!str ",
+        "!!int ",
+        "!",
+        "%",
+        "---",
+        "...",
+        "1",
+        "0x1f",
+        "1e3",
+        "010",
+        ".inf",
+        "yes",
+        "~",
+        "null",
+        "\t",
+        "\r\n",
+        "2024-01-01",
+        "!x ",
+        "!!binary ",
+        "&",
+        "*",
+        "@",
+        "`",
+        "%YAML 1.1\n",
+        "%TAG !e! tag:x,2000:\n",
+        "!e!y ",
+        "|2\n",
+        ">+\n",
+        "|-\n  ",
+        "\\t",
+        "\\u00e9",
+        "\\x4",
+        "\\N",
+        ".5",
+        "1_0",
+        "0o7",
+        "+1",
+        "-.inf",
+        "\u3000",
+        "\x00",
+        "\x7f",
+        "\U0001f600",
+        "é",
+        "\u00a0",
+        "\ufeff",
+        "\x85",
+    ]
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("SPEC_CLOADER_EXAMPLES", "400")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(_ATOMS, max_size=40).map("".join))
+def test_generated_texts_read_the_same_either_way(text: str) -> None:
+    c = _c_path(text)
+    if c[0] == "doc":
+        assert c == _outcome(_python_only, text)
+    with pytest.MonkeyPatch.context() as m:
+        both = _parsed(parse_yaml(Path("x.yaml"), text))
+        m.setattr(loader, "_C_LOADER", None)
+        assert both == _parsed(parse_yaml(Path("x.yaml"), text))
