@@ -6,6 +6,7 @@ stored configs, the CLI's output) masks with the same rules.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -56,7 +57,15 @@ def _secret_word(word: str) -> bool:
 
 
 def is_sensitive_key(key: object) -> bool:
-    words = [form for word in key_words(str(key)) for form in _forms(word)]
+    """Whether a JSON key names a secret. Keys repeat across every org's configs on every
+    run, so the verdict is cached by the key's text (bounded: an attacker's endless new keys
+    only evict)."""
+    return _sensitive_text(key if isinstance(key, str) else str(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sensitive_text(key: str) -> bool:
+    words = [form for word in key_words(key) for form in _forms(word)]
     if "token" in words and _QUANTITY_WORDS.intersection(words):
         words = [w for w in words if w not in ("token", "tokens")]
     return any(_secret_word(word) for word in words)
