@@ -101,7 +101,8 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     # tmp_path_factory's base folder is per xdist worker: no two processes share this folder
     target = tmp_path_factory.mktemp("previous-release")
-    archive = _git("archive", "--format=tar", PREVIOUS_RELEASE, "reconciler")
+    # its package, and the example specs as it shipped them (what it reconciled)
+    archive = _git("archive", "--format=tar", PREVIOUS_RELEASE, "reconciler", "specs/examples")
     assert archive.returncode == 0, archive.stderr.decode(errors="replace")
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     assert (target / "reconciler" / "cli" / "main.py").is_file()
@@ -184,12 +185,13 @@ def releases(
 # -- the specs: the examples and one org with every other credential and a forward URL --------
 
 
-def _spec_folder(tmp_path: Path) -> Path:
+def _spec_folder(tmp_path: Path, previous_release: Path) -> Path:
     """The three example orgs (inbound and outbound assistants; Vapi, Twilio and Google
     Calendar credentials) and `signal-clinic` (Resend and ElevenLabs credentials, a webhook
     forward URL, `adopt: byName`), all encrypted to the demo age key."""
     root = tmp_path / "specs"
-    shutil.copytree(EXAMPLES, root, ignore=shutil.ignore_patterns("*.agekey"))
+    shipped = previous_release / "specs" / "examples"  # as the previous release had them
+    shutil.copytree(shipped, root, ignore=shutil.ignore_patterns("*.agekey"))
     doc = org_doc(
         "signal-clinic",
         extra_credentials={
@@ -329,7 +331,7 @@ def test_an_upgrade_from_the_previous_release_plans_and_applies_nothing(
     `db migrate`, `plan --detailed-exitcode`, `apply` and `plan` again by this checkout: both
     plans exit 0, no Vapi write, and every row the previous release wrote is as it was."""
     old, new = releases
-    specs = _spec_folder(tmp_path)
+    specs = _spec_folder(tmp_path, old.code_root)
     # a fifth org, retired by the previous release: its mapping rows stay, inactive
     gone = SpecDir(specs, DEMO_RECIPIENT).write(org_doc("gone-clinic"))
 
@@ -404,7 +406,7 @@ def test_a_create_the_previous_release_left_pending_is_adopted_not_repeated(
     created the assistant, then answered 500): the upgraded reconciler adopts that tagged
     assistant; it creates no second one."""
     old, new = releases
-    specs = _spec_folder(tmp_path)
+    specs = _spec_folder(tmp_path, old.code_root)
     _ok(old("apply", str(specs)))
     doc = org_doc(
         "late-clinic", assistants={"inbound": {"name": "Late inbound", "firstMessage": "Hi"}}
