@@ -406,6 +406,28 @@ class StateReader:
         self._count()
         return row
 
+    def resolve_number(self, vapi_phone_number_id: str) -> dict[str, Any] | None:
+        """As `resolve_assistant`, for a webhook that names no assistant but a phone number
+        (`call.phoneNumberId` of an `assistant-request`): the org whose number this is, by
+        `resource_org_mapping` (kind `phoneNumber` only), with the org's Vapi credential. A
+        released or replaced number's mapping resolves for `mapping_retention_s` after it went
+        inactive, as an assistant's does. `role` is ''."""
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT m.org_id::text AS org_id, o.slug, '' AS role,"
+                " c.encrypted_config, c.previous_encrypted_config,"
+                " EXTRACT(EPOCH FROM c.previous_valid_until - now())::float8"
+                "   AS previous_left_s,"
+                " o.webhook_forward_url AS forward_url"
+                " FROM resource_org_mapping m JOIN organizations o ON o.id = m.org_id"
+                " LEFT JOIN org_credentials c"
+                "   ON c.org_id = m.org_id AND c.provider = 'vapi'"
+                "   AND (c.is_active OR c.webhook_only_until > now())"
+                " WHERE m.vapi_id = %s AND m.kind = 'phoneNumber' AND (m.inactive_at IS NULL"
+                "   OR m.inactive_at > now() - make_interval(secs => %s))",
+                (vapi_phone_number_id, self.mapping_retention_s),
+            ).fetchone()
+
     def stored_vapi_credentials(self, org_ids: list[str]) -> dict[str, str]:
         """The sealed Vapi credential of each org that has an active one: what retiring an org
         whose spec is gone uses to reach its account."""
@@ -1031,15 +1053,18 @@ class StateWriter(StateReader):
         return ids
 
     def touch_mappings(self, vapi_assistant_ids: list[str]) -> None:
-        """`last_used_at` of the mappings that resolved webhooks, in one statement (batched by
-        the resolver, off the request path; it announces nothing)."""
+        """`last_used_at` of the mappings (assistants', and phone numbers' in
+        `resource_org_mapping`) that resolved webhooks, in one statement (batched by the
+        resolver, off the request path; it announces nothing)."""
         if not vapi_assistant_ids:
             return
         with self._tx(1) as conn:
-            conn.execute(
-                "UPDATE assistant_org_mapping SET last_used_at = now()"
-                " WHERE vapi_assistant_id = ANY(%s)",
-                (sorted(set(vapi_assistant_ids)),),
+            conn.execute(  # a phone number's id (number-routed webhooks) too: one statement
+                "WITH numbers AS (UPDATE resource_org_mapping SET last_used_at = now()"
+                "   WHERE vapi_id = ANY(%(ids)s))"
+                " UPDATE assistant_org_mapping SET last_used_at = now()"
+                " WHERE vapi_assistant_id = ANY(%(ids)s)",
+                {"ids": sorted(set(vapi_assistant_ids))},
             )
 
     def start_run(self, command: str, orgs_total: int) -> int:
