@@ -99,6 +99,14 @@ SELECT o.id::text AS id, o.slug, o.name, o.status, o.status_message AS message, 
       'active', c.is_active, 'last_verified_at', c.last_verified_at,
       'verification_error', c.verification_error) ORDER BY c.provider)
     FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
+  COALESCE((SELECT json_agg(json_build_object('kind', v.kind, 'name', v.name,
+      'vapi_id', v.vapi_id, 'status', v.status,
+      'provider', v.desired_config->>'provider', 'type', v.desired_config->>'type')
+      ORDER BY v.kind, v.name)
+    FROM vapi_resources v WHERE v.org_id = o.id), '[]') AS resources,
+  o.outbound_phone_number AS outbound_number,
+  (SELECT v.vapi_id FROM vapi_resources v WHERE v.org_id = o.id AND v.kind = 'phoneNumber'
+    AND v.name = o.outbound_phone_number) AS outbound_number_id,
   COALESCE((SELECT json_agg(json_build_object('at', r.at, 'outcome', r.outcome,
       'revision', r.revision, 'changes', r.changes, 'message', r.message) ORDER BY r.id DESC)
     FROM (SELECT * FROM org_runs WHERE org_id = o.id ORDER BY id DESC LIMIT %(runs)s) r),
@@ -465,8 +473,9 @@ class StateReader:
             cur.execute("SELECT 1")
 
     def org_statuses(self, slug: str | None = None) -> list[dict[str, Any]]:
-        """Conditions, revisions, assistants, credentials (never a value) and the last runs of
-        every org (or of one), in one query: for `reconciler status` and the status API."""
+        """Conditions, revisions, assistants, tools and phone numbers (with the outbound
+        number's Vapi id), credentials (never a value) and the last runs of every org (or of
+        one), in one query: for `reconciler status` and the status API."""
         if slug is not None and not holdable(slug):
             return []  # no org has a slug Postgres cannot even hold
         with self._read() as cur:
