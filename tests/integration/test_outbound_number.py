@@ -72,6 +72,15 @@ def test_the_status_view_lists_tools_numbers_and_the_outbound_id(state: StateWri
         },
     ]
     assert view["outbound"] == {"phoneNumber": NUMBER, "phoneNumberId": "pn-vapi-1"}
+    # both numbers in Vapi, the outbound one the other: its own id, not the first number's
+    state.record_resource(org_id, "phoneNumber", OTHER, "pn-vapi-2", {"provider": "byo"})
+    state.upsert_org(org_id, "acme", "Acme", None, OTHER)
+    (view,) = [org_view(r) for r in state.org_statuses("acme")]
+    assert view["outbound"] == {"phoneNumber": OTHER, "phoneNumberId": "pn-vapi-2"}
+    # declared, not in Vapi yet: no id
+    state.forget_resource(org_id, "phoneNumber", OTHER, "pn-vapi-2")
+    (view,) = [org_view(r) for r in state.org_statuses("acme")]
+    assert view["outbound"] == {"phoneNumber": OTHER, "phoneNumberId": None}
 
 
 def test_the_status_api_serves_them(state: StateWriter) -> None:
