@@ -1,6 +1,7 @@
 """Which org does an incoming Vapi webhook belong to, and is it authentic?
 
-Resolution goes through `assistant_org_mapping` (cached in memory); verification checks the
+Resolution goes through `assistant_org_mapping`, else `resource_org_mapping` (a phone number's
+id), else the org's Vapi account (cached in memory); verification checks the
 `x-vapi-secret` header (compared in constant time) and/or an HMAC signature (`x-signature`,
 hex HMAC-SHA256 of `"{x-timestamp}.{body}"`) against that org's webhook secret, and while a
 secret is being rotated also against the one it replaced (of the same org only). The cache
@@ -21,14 +22,18 @@ failures (database, credential) are never cached, so a repaired one works at onc
     a BOM), not JSON, or nested deeper than the parser can go (its RecursionError);
   - a top level that is not an object (array, number, string, null), or no `message` object;
   - a `message.call` that is present but not an object (a list, ...);
-  - no assistant id: `message.call.assistantId`, else (when absent or null there) the
-    `message.assistantId` that transcript events carry, else `message.call.orgId` (the Vapi
-    account: an `assistant-request` for a phone number without an assistant resolves to the
-    one org last seen in that account, and is verified the same way). An `assistantId`
+  - no org-deciding id: `message.call.assistantId`, else (when absent or null there) the
+    `message.assistantId` that transcript events carry, else `message.call.phoneNumberId`
+    (else `message.phoneNumber.id`; both given and different: malformed): a call to a number
+    with no assistant (an `assistant-request`) resolves through `resource_org_mapping`, kind
+    `phoneNumber`, as an assistant does (inactive rows within the retention too), else
+    `message.call.orgId` (the Vapi account: the one org last seen in it), which is also tried
+    when no org owns the number. Whichever way, verified the same way. An `assistantId`
     beside `message` (at the root) is not read: no Vapi message carries one;
-  - an assistant id that is not a string of 1..128 visible ASCII characters: a number, "",
-    a NUL or any other control or non-ASCII character, a space, a megabyte. Vapi's ids are
-    UUIDs, so no such id can be mapped, and Postgres text cannot even hold a NUL;
+  - an id (assistant, phone number, account) that is not a string of 1..128 visible ASCII
+    characters: a number, "", a NUL or any other control or non-ASCII character, a space, a
+    megabyte. Vapi's ids are UUIDs, so no such id can be mapped, and Postgres text cannot
+    even hold a NUL;
   - headers that are not a mapping; `x-vapi-secret`, `x-signature` or `x-timestamp` given
     more than once (names differing only in case), or with a value that is neither str nor
     bytes.
