@@ -412,8 +412,8 @@ def _when(value: Any) -> str:
 
 
 def render_status(views: list[dict[str, Any]], console: Console, *, detail: bool) -> None:
-    """`reconciler status`: one line per org; with `--org`, its conditions, assistants,
-    credentials and last runs."""
+    """`reconciler status`: one line per org; with `--org`, its conditions, assistants, tools,
+    phone numbers (and the outbound one), credentials and last runs."""
     if not views:
         console.print("No org in Postgres yet: run `reconciler apply` or `reconciler serve`.")
         return
@@ -454,6 +454,20 @@ def render_status(views: list[dict[str, Any]], console: Console, *, detail: bool
         for a in view["assistants"]:
             console.print(
                 _safe(f"  assistant {a['role']}: {a['vapiAssistantId'] or '-'} ({a['status']})")
+            )
+        for t in view["tools"]:
+            console.print(_safe(f"  tool {t['name']}: {t['vapiToolId'] or '-'} ({t['status']})"))
+        for n in view["phoneNumbers"]:
+            console.print(
+                _safe(
+                    f"  phone number {n['number']} ({n['provider'] or '-'}): "
+                    f"{n['vapiPhoneNumberId'] or '-'} ({n['status']})"
+                )
+            )
+        if view["outbound"] is not None:
+            out = view["outbound"]
+            console.print(
+                _safe(f"  outbound from {out['phoneNumber']}: {out['phoneNumberId'] or '-'}")
             )
         for provider, cred in view["credentials"].items():
             state = "configured" if cred["configured"] else "inactive"

@@ -9,6 +9,7 @@ reconciler stored them from its spec, decrypted on demand, cached, audited.
     store.google_calendar(org_id)      # .client_id, .client_secret, .refresh_token
     store.resend(org_id); store.elevenlabs(org_id)   # .api_key
     store.org_for_assistant(assistant_id)  # AssistantOrg(.org_id, .slug, .role) or None
+    store.outbound_number(org_id)      # OutboundNumber(.phone_number, .phone_number_id) or None
     store.stats()                      # hits, misses, evictions, audit rows ...
     store.close()                      # flushes the audit
 
@@ -25,6 +26,7 @@ from reconciler.credentials.models import (
     CredentialUnavailable,
     ElevenLabsCredentials,
     GoogleCalendarCredentials,
+    OutboundNumber,
     ResendCredentials,
     TwilioCredentials,
     VapiCredentials,
@@ -40,6 +42,7 @@ __all__ = [
     "Credentials",
     "ElevenLabsCredentials",
     "GoogleCalendarCredentials",
+    "OutboundNumber",
     "ResendCredentials",
     "TwilioCredentials",
     "VapiCredentials",

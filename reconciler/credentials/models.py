@@ -80,6 +80,18 @@ class AssistantOrg:
     role: str
 
 
+@dataclass(frozen=True, slots=True)
+class OutboundNumber:
+    """The number an org's outbound assistant calls from (`spec.outbound.phoneNumber`, no
+    secret in it): `phone_number` as the spec gives it (E.164 or a SIP URI) and
+    `phone_number_id`, its Vapi id, what Vapi's `POST /call` takes as `phoneNumberId`; None
+    until `apply` has made or imported the number in Vapi."""
+
+    org_id: str
+    phone_number: str
+    phone_number_id: str | None
+
+
 Credentials = (
     VapiCredentials
     | TwilioCredentials

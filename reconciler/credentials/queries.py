@@ -111,6 +111,21 @@ class CredentialQueries(StateReader):
             ).fetchall()
         return {r["vapi_assistant_id"]: (r["org_id"], r["slug"], r["assistant_role"]) for r in rows}
 
+    def load_outbound(self, org_id: str) -> tuple[str, str | None] | None:
+        """The live org's outbound number (`spec.outbound.phoneNumber`) and its Vapi id (None
+        until the number exists in Vapi); None when the org declares none (or is unknown or
+        retired). One indexed query."""
+        with self._cursor() as cur:
+            row = cur.execute(
+                "SELECT o.outbound_phone_number AS number, v.vapi_id FROM organizations o"
+                " LEFT JOIN vapi_resources v ON v.org_id = o.id AND v.kind = 'phoneNumber'"
+                "   AND v.name = o.outbound_phone_number"
+                " WHERE o.id = %s AND o.retired_at IS NULL"
+                "   AND o.outbound_phone_number IS NOT NULL",
+                (org_id,),
+            ).fetchone()
+        return None if row is None else (row["number"], row["vapi_id"])
+
     @contextmanager
     def _write(self, timeout_s: float | None) -> Iterator[Connection[Any]]:
         self._count()

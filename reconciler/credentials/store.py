@@ -29,6 +29,7 @@ from reconciler.credentials.models import (
     CredentialUnavailable,
     ElevenLabsCredentials,
     GoogleCalendarCredentials,
+    OutboundNumber,
     ResendCredentials,
     TwilioCredentials,
     VapiCredentials,
@@ -84,6 +85,8 @@ class Backend(Protocol):
     ) -> dict[tuple[str, str], tuple[str, bool] | None]: ...
 
     def load_assistants(self, assistant_ids: Sequence[str]) -> dict[str, tuple[str, str, str]]: ...
+
+    def load_outbound(self, org_id: str) -> tuple[str, str | None] | None: ...
 
     def write_audit(
         self, rows: Sequence[AuditRow], caller: str, *, timeout_s: float | None = None
@@ -409,6 +412,26 @@ class CredentialStore:
         if found is None:
             return Loaded(None, None, None, negative=True)
         return Loaded(AssistantOrg(*found), found, found[0])
+
+    def outbound_number(self, org_id: str | uuid.UUID) -> OutboundNumber | None:
+        """The number the org's outbound assistant calls from (`spec.outbound.phoneNumber`):
+        `.phone_number` and `.phone_number_id`, its Vapi id (None until `apply` has made or
+        imported it), so a service places calls (`POST /call` with `phoneNumberId`) without
+        a Vapi lookup of its own. None when the org declares no outbound number, is retired or
+        unknown. Not cached (one indexed query: a number bought or moved counts at once) and
+        not audited (it reads no secret); `CredentialUnavailable` when Postgres cannot answer."""
+        if self._closed:
+            raise CredentialUnavailable("the credential store is closed")
+        canonical = canonical_org_id(org_id)
+        if canonical is None:  # no org can have this id: not a query
+            return None
+        try:
+            found = self._backend.load_outbound(canonical)
+        except Exception as exc:  # the database (StateError), a timeout
+            raise CredentialUnavailable(
+                f"cannot read the outbound number of org {canonical}: {one_line(exc)}"
+            ) from None
+        return None if found is None else OutboundNumber(canonical, *found)
 
     # --- keeping the cache true (called by the listener and the checker) ------------------------
 

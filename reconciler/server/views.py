@@ -12,7 +12,10 @@ def _iso(value: Any) -> Any:
 
 
 def org_view(row: dict[str, Any]) -> dict[str, Any]:
-    """The public shape of one org's status (API and `reconciler status --format json`)."""
+    """The public shape of one org's status (API and `reconciler status --format json`).
+    `outbound` is null without `spec.outbound`; its `phoneNumberId` is null until the number
+    exists in Vapi (the outbound service places calls from that id)."""
+    resources = row["resources"]
     return {
         "id": row["id"],
         "slug": row["slug"],
@@ -30,6 +33,31 @@ def org_view(row: dict[str, Any]) -> dict[str, Any]:
             {"role": a["role"], "vapiAssistantId": a["vapi_assistant_id"], "status": a["status"]}
             for a in row["assistants"]
         ],
+        "phoneNumbers": [
+            {
+                "number": r["name"],
+                "provider": r["provider"],
+                "vapiPhoneNumberId": r["vapi_id"],
+                "status": r["status"],
+            }
+            for r in resources
+            if r["kind"] == "phoneNumber"
+        ],
+        "tools": [
+            {
+                "name": r["name"],
+                "type": r["type"],
+                "vapiToolId": r["vapi_id"],
+                "status": r["status"],
+            }
+            for r in resources
+            if r["kind"] == "tool"
+        ],
+        "outbound": (
+            None
+            if row["outbound_number"] is None
+            else {"phoneNumber": row["outbound_number"], "phoneNumberId": row["outbound_number_id"]}
+        ),
         "credentials": {
             c["provider"]: {
                 "configured": bool(c["active"]),

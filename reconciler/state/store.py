@@ -99,6 +99,14 @@ SELECT o.id::text AS id, o.slug, o.name, o.status, o.status_message AS message, 
       'active', c.is_active, 'last_verified_at', c.last_verified_at,
       'verification_error', c.verification_error) ORDER BY c.provider)
     FROM org_credentials c WHERE c.org_id = o.id), '[]') AS credentials,
+  COALESCE((SELECT json_agg(json_build_object('kind', v.kind, 'name', v.name,
+      'vapi_id', v.vapi_id, 'status', v.status,
+      'provider', v.desired_config->>'provider', 'type', v.desired_config->>'type')
+      ORDER BY v.kind, v.name)
+    FROM vapi_resources v WHERE v.org_id = o.id), '[]') AS resources,
+  o.outbound_phone_number AS outbound_number,
+  (SELECT v.vapi_id FROM vapi_resources v WHERE v.org_id = o.id AND v.kind = 'phoneNumber'
+    AND v.name = o.outbound_phone_number) AS outbound_number_id,
   COALESCE((SELECT json_agg(json_build_object('at', r.at, 'outcome', r.outcome,
       'revision', r.revision, 'changes', r.changes, 'message', r.message) ORDER BY r.id DESC)
     FROM (SELECT * FROM org_runs WHERE org_id = o.id ORDER BY id DESC LIMIT %(runs)s) r),
@@ -406,6 +414,28 @@ class StateReader:
         self._count()
         return row
 
+    def resolve_number(self, vapi_phone_number_id: str) -> dict[str, Any] | None:
+        """As `resolve_assistant`, for a webhook that names no assistant but a phone number
+        (`call.phoneNumberId` of an `assistant-request`): the org whose number this is, by
+        `resource_org_mapping` (kind `phoneNumber` only), with the org's Vapi credential. A
+        released or replaced number's mapping resolves for `mapping_retention_s` after it went
+        inactive, as an assistant's does. `role` is ''."""
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT m.org_id::text AS org_id, o.slug, '' AS role,"
+                " c.encrypted_config, c.previous_encrypted_config,"
+                " EXTRACT(EPOCH FROM c.previous_valid_until - now())::float8"
+                "   AS previous_left_s,"
+                " o.webhook_forward_url AS forward_url"
+                " FROM resource_org_mapping m JOIN organizations o ON o.id = m.org_id"
+                " LEFT JOIN org_credentials c"
+                "   ON c.org_id = m.org_id AND c.provider = 'vapi'"
+                "   AND (c.is_active OR c.webhook_only_until > now())"
+                " WHERE m.vapi_id = %s AND m.kind = 'phoneNumber' AND (m.inactive_at IS NULL"
+                "   OR m.inactive_at > now() - make_interval(secs => %s))",
+                (vapi_phone_number_id, self.mapping_retention_s),
+            ).fetchone()
+
     def stored_vapi_credentials(self, org_ids: list[str]) -> dict[str, str]:
         """The sealed Vapi credential of each org that has an active one: what retiring an org
         whose spec is gone uses to reach its account."""
@@ -443,8 +473,9 @@ class StateReader:
             cur.execute("SELECT 1")
 
     def org_statuses(self, slug: str | None = None) -> list[dict[str, Any]]:
-        """Conditions, revisions, assistants, credentials (never a value) and the last runs of
-        every org (or of one), in one query: for `reconciler status` and the status API."""
+        """Conditions, revisions, assistants, tools and phone numbers (with the outbound
+        number's Vapi id), credentials (never a value) and the last runs of every org (or of
+        one), in one query: for `reconciler status` and the status API."""
         if slug is not None and not holdable(slug):
             return []  # no org has a slug Postgres cannot even hold
         with self._read() as cur:
@@ -1031,15 +1062,18 @@ class StateWriter(StateReader):
         return ids
 
     def touch_mappings(self, vapi_assistant_ids: list[str]) -> None:
-        """`last_used_at` of the mappings that resolved webhooks, in one statement (batched by
-        the resolver, off the request path; it announces nothing)."""
+        """`last_used_at` of the mappings (assistants', and phone numbers' in
+        `resource_org_mapping`) that resolved webhooks, in one statement (batched by the
+        resolver, off the request path; it announces nothing)."""
         if not vapi_assistant_ids:
             return
         with self._tx(1) as conn:
-            conn.execute(
-                "UPDATE assistant_org_mapping SET last_used_at = now()"
-                " WHERE vapi_assistant_id = ANY(%s)",
-                (sorted(set(vapi_assistant_ids)),),
+            conn.execute(  # a phone number's id (number-routed webhooks) too: one statement
+                "WITH numbers AS (UPDATE resource_org_mapping SET last_used_at = now()"
+                "   WHERE vapi_id = ANY(%(ids)s))"
+                " UPDATE assistant_org_mapping SET last_used_at = now()"
+                " WHERE vapi_assistant_id = ANY(%(ids)s)",
+                {"ids": sorted(set(vapi_assistant_ids))},
             )
 
     def start_run(self, command: str, orgs_total: int) -> int:

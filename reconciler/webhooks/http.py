@@ -85,6 +85,8 @@ ORG_ID_HEADER = "x-reconciler-org-id"
 ORG_SLUG_HEADER = "x-reconciler-org-slug"
 ROLE_HEADER = "x-reconciler-assistant-role"
 ASSISTANT_ID_HEADER = "x-reconciler-assistant-id"
+PHONE_NUMBER_ID_HEADER = "x-reconciler-phone-number-id"
+"""Sent instead of the assistant headers when the org was found by `call.phoneNumberId`."""
 
 UNKNOWN_MESSAGE = "this assistant belongs to no known org"
 UNREACHABLE_MESSAGE = "the forward target could not be reached"
@@ -419,6 +421,8 @@ class WebhookEndpoint:
         if resolved.assistant_id:  # absent when resolved by the Vapi account (no assistant)
             headers[ROLE_HEADER] = resolved.role
             headers[ASSISTANT_ID_HEADER] = resolved.assistant_id
+        elif resolved.phone_number_id:  # an `assistant-request` routed by its number
+            headers[PHONE_NUMBER_ID_HEADER] = resolved.phone_number_id
         if content_type is not None:
             headers["content-type"] = content_type.decode("latin-1")
         try:

@@ -1,6 +1,7 @@
 """Which org does an incoming Vapi webhook belong to, and is it authentic?
 
-Resolution goes through `assistant_org_mapping` (cached in memory); verification checks the
+Resolution goes through `assistant_org_mapping`, else `resource_org_mapping` (a phone number's
+id), else the org's Vapi account (cached in memory); verification checks the
 `x-vapi-secret` header (compared in constant time) and/or an HMAC signature (`x-signature`,
 hex HMAC-SHA256 of `"{x-timestamp}.{body}"`) against that org's webhook secret, and while a
 secret is being rotated also against the one it replaced (of the same org only). The cache
@@ -21,14 +22,18 @@ failures (database, credential) are never cached, so a repaired one works at onc
     a BOM), not JSON, or nested deeper than the parser can go (its RecursionError);
   - a top level that is not an object (array, number, string, null), or no `message` object;
   - a `message.call` that is present but not an object (a list, ...);
-  - no assistant id: `message.call.assistantId`, else (when absent or null there) the
-    `message.assistantId` that transcript events carry, else `message.call.orgId` (the Vapi
-    account: an `assistant-request` for a phone number without an assistant resolves to the
-    one org last seen in that account, and is verified the same way). An `assistantId`
+  - no org-deciding id: `message.call.assistantId`, else (when absent or null there) the
+    `message.assistantId` that transcript events carry, else `message.call.phoneNumberId`
+    (else `message.phoneNumber.id`; both given and different: malformed): a call to a number
+    with no assistant (an `assistant-request`) resolves through `resource_org_mapping`, kind
+    `phoneNumber`, as an assistant does (inactive rows within the retention too), else
+    `message.call.orgId` (the Vapi account: the one org last seen in it), which is also tried
+    when no org owns the number. Whichever way, verified the same way. An `assistantId`
     beside `message` (at the root) is not read: no Vapi message carries one;
-  - an assistant id that is not a string of 1..128 visible ASCII characters: a number, "",
-    a NUL or any other control or non-ASCII character, a space, a megabyte. Vapi's ids are
-    UUIDs, so no such id can be mapped, and Postgres text cannot even hold a NUL;
+  - an id (assistant, phone number, account) that is not a string of 1..128 visible ASCII
+    characters: a number, "", a NUL or any other control or non-ASCII character, a space, a
+    megabyte. Vapi's ids are UUIDs, so no such id can be mapped, and Postgres text cannot
+    even hold a NUL;
   - headers that are not a mapping; `x-vapi-secret`, `x-signature` or `x-timestamp` given
     more than once (names differing only in case), or with a value that is neither str nor
     bytes.
@@ -172,6 +177,8 @@ class ResolvedWebhook:
     message_type: str | None
     forward_url: str | None = field(default=None, repr=False)
     """The org's own `spec.webhook.forwardUrl`, if any (it may hold a token: not in repr)."""
+    phone_number_id: str = ""
+    """The Vapi phone-number id the org was found by (no assistant id in the body), else ''."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,9 @@ class Webhook:
     secret_digest: bytes | None = field(repr=False)
     signature: bytes | None = field(repr=False)  # as sent, lower-cased, prefix dropped
     timestamp: bytes | None
+    fallback: str | None = None
+    """The Vapi account's lookup key, tried when `assistant_id` is a phone number's that no
+    org owns (a number the reconciler does not manage, in an org's own account)."""
 
 
 class _Key:
@@ -240,6 +250,10 @@ class _Flight:
 ACCOUNT_KEY = "account "
 """Prefix of the lookup key of a webhook resolved by its Vapi account (`message.call.orgId`):
 a space, which no assistant id may hold, so the two can never be confused."""
+NUMBER_KEY = "number "
+"""Prefix of the lookup key of a webhook resolved by its phone number
+(`message.call.phoneNumberId`), for the same reason. A NOTIFY names the bare id: `invalidate`
+drops both forms."""
 
 
 ORG_KEYS: Final = frozenset(
@@ -252,6 +266,7 @@ ORG_KEYS: Final = frozenset(
         "orgId",
         "phoneNumberId",
         "phoneNumber",
+        "id",  # `message.phoneNumber.id`
         "squadId",
         "squad",
         "workflowId",
@@ -282,8 +297,22 @@ def _one_meaning(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def assistant_id_of(body: bytes) -> tuple[str, str | None]:
-    """The assistant id and message type of a webhook body; `MalformedWebhook` otherwise
-    (`BodyTooLarge` beyond `MAX_BODY_BYTES`, before parsing)."""
+    """The lookup key (an assistant id, else `NUMBER_KEY` + a phone-number id, else
+    `ACCOUNT_KEY` + a Vapi account id) and message type of a webhook body; `MalformedWebhook`
+    otherwise (`BodyTooLarge` beyond `MAX_BODY_BYTES`, before parsing)."""
+    key, _fallback, kind = lookup_keys(body)
+    return key, kind
+
+
+def _usable_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _ASSISTANT_ID.fullmatch(value):
+        raise MalformedWebhook(f"the {what} is not 1..{MAX_ASSISTANT_ID} visible ASCII characters")
+    return value
+
+
+def lookup_keys(body: bytes) -> tuple[str, str | None, str | None]:
+    """The lookup key, the key to try when it is a phone number no org owns (the account's,
+    or None), and the message type of a webhook body (see `assistant_id_of`)."""
     if not isinstance(body, bytes | bytearray | memoryview):
         raise MalformedWebhook("body is not bytes")
     if memoryview(body).nbytes > MAX_BODY_BYTES:
@@ -302,24 +331,33 @@ def assistant_id_of(body: bytes) -> tuple[str, str | None]:
     call = message.get("call")
     if call is not None and not isinstance(call, dict):
         raise MalformedWebhook("message.call is not an object")
+    kind = message.get("type")
+    kind = kind if isinstance(kind, str) else None
     assistant_id = call.get("assistantId") if call is not None else None
     if assistant_id is None:
         assistant_id = message.get("assistantId")  # transcript events carry it at top level
-    if assistant_id is None and call is not None:
-        # no assistant (an `assistant-request` of a phone number without one): the Vapi
-        # account, which is one org's (BYOC)
-        account = call.get("orgId")
-        if isinstance(account, str) and _ASSISTANT_ID.fullmatch(account):
-            kind = message.get("type")
-            return ACCOUNT_KEY + account, kind if isinstance(kind, str) else None
-    if assistant_id is None:
-        raise MalformedWebhook("no message.call.assistantId (nor message.call.orgId) in the body")
-    if not isinstance(assistant_id, str) or not _ASSISTANT_ID.fullmatch(assistant_id):
-        raise MalformedWebhook(
-            f"the assistant id is not 1..{MAX_ASSISTANT_ID} visible ASCII characters"
-        )
-    kind = message.get("type")
-    return assistant_id, kind if isinstance(kind, str) else None
+    if assistant_id is not None:
+        return _usable_id(assistant_id, "assistant id"), None, kind
+    # no assistant (an `assistant-request` of a phone number without one): the phone number,
+    # which is one org's (`resource_org_mapping`), else the Vapi account, one org's (BYOC)
+    number = call.get("phoneNumberId") if call is not None else None
+    phone = message.get("phoneNumber")
+    listed = phone.get("id") if isinstance(phone, dict) else None
+    if number is None:
+        number = listed
+    elif listed is not None and listed != number:  # two answers: which one a reader takes varies
+        raise MalformedWebhook("message.phoneNumber.id differs from message.call.phoneNumberId")
+    account = call.get("orgId") if call is not None else None
+    if account is not None:
+        account = ACCOUNT_KEY + _usable_id(account, "Vapi account id (call.orgId)")
+    if number is not None:
+        return NUMBER_KEY + _usable_id(number, "phone number id"), account, kind
+    if account is not None:
+        return account, None, kind
+    raise MalformedWebhook(
+        "no message.call.assistantId (nor message.call.phoneNumberId, message.call.orgId)"
+        " in the body"
+    )
 
 
 def _auth_headers(headers: Headers) -> dict[str, bytes]:
@@ -363,7 +401,7 @@ def asgi_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
 def parse_webhook(headers: Headers, body: bytes) -> Webhook:
     """The assistant id, type and credentials of a webhook, checked for form only (no
     query); `MalformedWebhook` or `BodyTooLarge` otherwise."""
-    assistant_id, kind = assistant_id_of(body)
+    assistant_id, fallback, kind = lookup_keys(body)
     auth = _auth_headers(headers)
     secret = auth.get(SECRET_HEADER)
     signature = auth.get(SIGNATURE_HEADER)
@@ -378,6 +416,7 @@ def parse_webhook(headers: Headers, body: bytes) -> Webhook:
         hashlib.sha256(secret).digest() if secret is not None else None,
         signature,
         auth.get(TIMESTAMP_HEADER),
+        fallback,
     )
 
 
@@ -492,9 +531,10 @@ class WebhookResolver:
             if assistant_id is None:
                 self._cache.clear()
                 self._negative.clear()
-            else:
-                self._cache.pop(assistant_id, None)
-                self._negative.pop(assistant_id, None)
+            else:  # a NOTIFY names a phone number's id bare, as an assistant's
+                for key in (assistant_id, NUMBER_KEY + assistant_id):
+                    self._cache.pop(key, None)
+                    self._negative.pop(key, None)
 
     def invalidate_org(self, org_id: str) -> None:
         """Forgets every id of the org (its credential, slug or forward URL changed) and every
@@ -588,6 +628,8 @@ class WebhookResolver:
         try:
             if assistant_id.startswith(ACCOUNT_KEY):
                 row = self._state.resolve_account(assistant_id.removeprefix(ACCOUNT_KEY))
+            elif assistant_id.startswith(NUMBER_KEY):
+                row = self._state.resolve_number(assistant_id.removeprefix(NUMBER_KEY))
             else:
                 row = self._state.resolve_assistant(assistant_id)
         except (psycopg.Error, ReconcilerError) as exc:  # pool closed, connection lost, ...
@@ -660,22 +702,33 @@ class WebhookResolver:
 
     def verify(self, webhook: Webhook) -> ResolvedWebhook:
         """`resolve` for a parsed webhook."""
-        entry = self._cached(webhook.assistant_id)
+        key = webhook.assistant_id
+        entry = self._cached(key)
         if entry is None:
-            entry = self._load(webhook.assistant_id)
-        return self._check(webhook, entry)
+            entry = self._load(key)
+        if entry is _UNKNOWN and webhook.fallback is not None:  # a number no org owns
+            key = webhook.fallback
+            entry = self._cached(key)
+            if entry is None:
+                entry = self._load(key)
+        return self._check(webhook, key, entry)
 
     def verify_cached(self, webhook: Webhook) -> ResolvedWebhook | None:
         """`resolve_cached` for a parsed webhook: every check runs on a cached entry too."""
-        entry = self._cached(webhook.assistant_id)
-        return None if entry is None else self._check(webhook, entry)
+        key = webhook.assistant_id
+        entry = self._cached(key)
+        if entry is _UNKNOWN and webhook.fallback is not None:
+            key = webhook.fallback
+            entry = self._cached(key)
+        return None if entry is None else self._check(webhook, key, entry)
 
-    def _check(self, webhook: Webhook, entry: _Entry) -> ResolvedWebhook:
+    def _check(self, webhook: Webhook, lookup: str, entry: _Entry) -> ResolvedWebhook:
         if entry is _UNKNOWN:
-            what = "assistant"
-            if webhook.assistant_id.startswith(ACCOUNT_KEY):
-                what = "Vapi account"
-            shown = webhook.assistant_id.removeprefix(ACCOUNT_KEY)
+            what, shown = "assistant", lookup
+            if lookup.startswith(ACCOUNT_KEY):
+                what, shown = "Vapi account", lookup.removeprefix(ACCOUNT_KEY)
+            elif lookup.startswith(NUMBER_KEY):
+                what, shown = "phone number", lookup.removeprefix(NUMBER_KEY)
             raise UnknownAssistant(
                 f"{what} {printable(shown, ECHOED_ID_CHARS)} belongs to no known org"
             )
@@ -691,17 +744,19 @@ class WebhookResolver:
                 raise BadSecret(f"bad or missing {SECRET_HEADER}", entry.slug)
         if webhook.signature is not None:
             _check_signature(webhook, entry)
-        by_account = webhook.assistant_id.startswith(ACCOUNT_KEY)
-        if not by_account:
+        by_account = lookup.startswith(ACCOUNT_KEY)
+        number = lookup.removeprefix(NUMBER_KEY) if lookup.startswith(NUMBER_KEY) else ""
+        if not by_account:  # an assistant's or a number's mapping: its `last_used_at`
             with self._lock:
-                self._used.add(webhook.assistant_id)
+                self._used.add(number or lookup)
         return ResolvedWebhook(
             entry.org_id,
             entry.slug,
-            "" if by_account else webhook.assistant_id,
+            "" if by_account or number else lookup,
             entry.role,
             webhook.message_type,
             entry.forward_url,
+            number,
         )
 
 

@@ -55,9 +55,12 @@ def test_assistant_request_resolves_by_the_vapi_account(
         resolver.resolve({}, request_for(account["acme"]))
     with pytest.raises(UnknownAssistant, match="Vapi account"):
         resolver.resolve({"x-vapi-secret": "acme-secret"}, request_for("not-an-account"))
-    for bad in (None, 42, "", "has space"):
+    for bad in (42, "", "has space"):
         with pytest.raises(MalformedWebhook):
             resolver.resolve({"x-vapi-secret": "acme-secret"}, request_for(bad))
+    # no account (null is absent): the phone number decides alone, and no org owns `pn-1`
+    with pytest.raises(UnknownAssistant, match="phone number"):
+        resolver.resolve({"x-vapi-secret": "acme-secret"}, request_for(None))
 
 
 def test_an_assistant_id_can_never_pass_for_an_account(
