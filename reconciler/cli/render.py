@@ -108,7 +108,7 @@ def lifecycle_lines(plan: OrgPlan | None) -> list[str]:
     if plan is None:
         return []
     lines = [f"? orphaned: {plan.orphaned}"] if plan.orphaned and not plan.actions else []
-    lines += [f"? {u.resource} {u.name}: unknown offline: {u.reason}" for u in plan.unknown]
+    lines += [f"? {_label(u.resource)} {u.name}: unknown offline: {u.reason}" for u in plan.unknown]
     lines += [
         f"? {f.action} {_label(f.resource)} {f.role} ({f.vapi_id}): {f.reason}"
         for f in plan.findings
@@ -360,7 +360,8 @@ def report_json(report: RunReport) -> dict[str, Any]:
                 entry = {**_other(o.slug, o.org_id, u.action, where, u.reason)}
                 mine.append({**entry, "resource": "credential", "provider": u.name})
             else:
-                where = address(o.slug, role=u.name)
+                at = f"{u.resource}/{u.name}" if u.resource in BY_NAME else u.name
+                where = address(o.slug, role=at)
                 mine.append(_other(o.slug, o.org_id, u.action, where, u.reason))
         changes += [{**entry, "orphaned": bool(plan.orphaned)} for entry in mine]
         warnings += [{"org": o.slug, "message": w} for w in plan.warnings]
