@@ -58,7 +58,7 @@ def _title(action: Action) -> str:
         case CreateAssistant(role=role):
             return f"assistant {role} {json.dumps(action.name, ensure_ascii=False)}"
         case UpdateAssistant(role=role, vapi_id=vid, adopt=adopt):
-            return f"assistant {role} ({vid})" + (" [adopted]" if adopt else "")
+            return f"assistant {role}{_id(vid)}" + (" [adopted]" if adopt else "")
         case AdoptAssistant(role=role, vapi_id=vid, note=note):
             return f"assistant {role} ({vid}): adopt, {note}"
         case DeleteAssistant(role=role, vapi_id=vid, note=note):
@@ -66,9 +66,9 @@ def _title(action: Action) -> str:
         case CreateResource(resource=kind, name=name):
             return f"{_label(kind)} {name}"
         case UpdateResource(resource=kind, name=name, vapi_id=vid, adopt=adopt):
-            return f"{_label(kind)} {name} ({vid})" + (" [adopted]" if adopt else "")
+            return f"{_label(kind)} {name}{_id(vid)}" + (" [adopted]" if adopt else "")
         case AdoptResource(resource=kind, name=name, vapi_id=vid, note=note):
-            return f"{_label(kind)} {name} ({vid}): adopt, {note}"
+            return f"{_label(kind)} {name}{_id(vid)}: adopt, {note}"
         case DeleteResource(resource=kind, name=name, vapi_id=vid, note=note):
             return f"{_label(kind)} {name} ({vid or 'no id'}): {note}"
         case LeaveAccount(old_account=old, new_account=new):
@@ -79,6 +79,11 @@ def _title(action: Action) -> str:
         case RetireOrg(reason=reason):
             return f"organization: retire ({reason}; credentials deactivated, history kept)"
     raise AssertionError(action)  # pragma: no cover
+
+
+def _id(vapi_id: str) -> str:
+    """` (asst_…)`; nothing where the id is not known (`diff --base`, offline)."""
+    return f" ({vapi_id})" if vapi_id else ""
 
 
 def _label(kind: str) -> str:
