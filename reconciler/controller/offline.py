@@ -13,14 +13,27 @@ options, and where it cannot know, it says so instead of guessing (docs/plan-for
   same value. A file encrypted anew (`sops rotate`, or decrypted and encrypted again) has a new
   data key, and every ciphertext changes whether its value did or not: such a credential is
   `unknown` (counted apart), not an update.
-- A new webhook secret is also a change of every assistant that carries it (`server.url` set,
-  no `x-vapi-secret` of its own), as `plan` sends it to Vapi as that header.
-- Deletes follow `--prune` as `plan` does: without it a role removed from a spec is kept (a
-  warning) and an org whose spec is gone is reported as orphaned, with nothing deleted; with
-  it, the role's assistant, and the orphan's assistants, other credentials and org row, go.
+- A new webhook secret is also a change of every assistant and tool that carries it
+  (`server.url` set, no `x-vapi-secret` of its own), as `plan` sends it to Vapi as that
+  header; new Twilio credentials a change of every Twilio number (`twilioAccountSid`,
+  `twilioAuthToken`). A file encrypted anew makes those `unknown` too.
+- Tools and phone numbers are planned as `plan` plans them against the base applied: each
+  object of the base is in the account under its natural key (a tool's type and function
+  name, a number's provider and number), so a natural key stands for the Vapi id offline
+  cannot know. An assistant's `model.toolIds` changes when the keys of its `tools` change
+  (shown as `tools`, by name); a number's `assistantId` when its `assistant` role does (shown
+  as `assistant`, by role). A tool renamed under the same key is the same object: adopted
+  under its new name, the old name's state forgotten. `spec.outbound.phoneNumber` is a field
+  of the org row (`outbound.phoneNumber`).
+- Deletes follow `--prune` as `plan` does: without it a role or a tool removed from a spec is
+  kept (a warning), a number too, released (an `update`: `assistant` -> null) when it was
+  bound, and an org whose spec is gone is reported as orphaned, with nothing deleted; with
+  it, the role's assistant, the tool or the number, and the orphan's numbers, assistants,
+  tools, other credentials and org row, go.
 - A new assistant of an org that adopts by name (`spec.adopt: byName`, `--adopt-by-name`) is
   `unknown`: whether the account has an untagged namesake to adopt instead of creating one is
-  known only to `plan`.
+  known only to `plan`. A new tool or number is a `create`: an object of that natural key made
+  in the account outside git (which `plan` adopts instead) is drift, seen only by `plan`.
 
 The result is a `RunReport` of typed actions, so it prints with the same renderers and exit
 codes as `plan`.
