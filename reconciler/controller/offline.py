@@ -16,7 +16,10 @@ options, and where it cannot know, it says so instead of guessing (docs/plan-for
 - A new webhook secret is also a change of every assistant and tool that carries it
   (`server.url` set, no `x-vapi-secret` of its own), as `plan` sends it to Vapi as that
   header; new Twilio credentials a change of every Twilio number (`twilioAccountSid`,
-  `twilioAuthToken`). A file encrypted anew makes those `unknown` too.
+  `twilioAuthToken`); an ElevenLabs key added, changed or removed a change of every
+  assistant that carries it (`credentials`: the Vapi dynamic credentials of
+  `engine.desired.DYNAMIC_CREDENTIALS`, unless the assistant names that provider itself). A
+  file encrypted anew makes those `unknown` too.
 - Tools and phone numbers are planned as `plan` plans them against the base applied: each
   object of the base is in the account under its natural key (a tool's type and function
   name, a number's provider and number), so a natural key stands for the Vapi id offline
@@ -45,6 +48,7 @@ import hashlib
 import hmac
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +72,7 @@ from reconciler.engine.actions import (
     UpdateResource,
     UpsertOrg,
 )
+from reconciler.engine.desired import DYNAMIC_CREDENTIALS
 from reconciler.engine.diff import SENSITIVE_CHANGED, FieldChange, field_changes, shown_value
 from reconciler.engine.kinds import (
     PHONE_NUMBER,
@@ -99,6 +104,10 @@ HEADER_UNKNOWN = (
 ADOPT_UNKNOWN = (
     "created, or adopted if its Vapi account has an untagged assistant of that name "
     "(adoption by name): known only with the account (`plan`)"
+)
+PROVIDER_KEY_UNKNOWN = (
+    "carries the org's {} key (a Vapi dynamic credential), which may have changed (the file "
+    "was encrypted anew): known only with the key (`plan`)"
 )
 KEY_CHANGED = (
     "its Vapi API key changed: `plan` checks that it still reaches the same Vapi account "
@@ -402,6 +411,22 @@ def _secret_header_change() -> FieldChange:
     return _sensitive_change(HEADER_PATH)
 
 
+def _provider_keys(spec: AssistantSpec, providers: set[str]) -> set[str]:
+    """The org's provider keys `plan` gives this assistant as Vapi dynamic credentials
+    (`engine.desired.assistant_body`): those of `providers` (the org's credentials) whose Vapi
+    provider the assistant's own `credentials` do not name."""
+    written = {
+        c.get("provider")
+        for c in spec.vapi_fields().get("credentials") or []
+        if isinstance(c, dict)
+    }
+    return {
+        p
+        for p, build in DYNAMIC_CREDENTIALS.items()
+        if p in providers and build(defaultdict(str))["provider"] not in written
+    }
+
+
 def _tool_list(spec: AssistantSpec, tools: dict[str, _Object]) -> list[str]:
     """The natural keys of an assistant's tools, in order: the same keys, the same objects,
     so the same `model.toolIds` (a tool is adopted by its key, never created again)."""
@@ -417,9 +442,13 @@ def _assistant_actions(
     header: Verdict,
     adopt_by_name: bool,
     tools: tuple[dict[str, _Object], dict[str, _Object]] = ({}, {}),
+    providers: tuple[set[str], set[str]] = (set(), set()),
+    verdicts: dict[str, dict[str, Verdict]] | None = None,
 ) -> tuple[list[Action], list[str], list[Unknown], list[str]]:
     """Actions, unchanged roles, unknowns and warnings of one org's assistants. `tools`: the
-    org's tools at the base and at the head, for each assistant's `tools` list."""
+    org's tools at the base and at the head, for each assistant's `tools` list; `providers`:
+    the providers of the org's credentials at the base and at the head, and `verdicts` the
+    verdict on each of their values, for the provider keys its assistants carry."""
     before = old.spec.assistants.by_role() if old else {}
     after = new.spec.assistants.by_role() if new else {}
     actions: list[Action] = []
@@ -456,10 +485,17 @@ def _assistant_actions(
             header_known = carries and carries_webhook_secret(before[role])
             if header_known and header == "changed":
                 fields.append(_secret_header_change())
+            why = [HEADER_UNKNOWN] if header_known and header == "unknown" else []
+            had = _provider_keys(before[role], providers[0])
+            has = _provider_keys(after[role], providers[1])
+            kept = {p: _verdict((verdicts or {}).get(p, {})) for p in sorted(had & has)}
+            if had != has or "changed" in kept.values():
+                fields.append(_sensitive_change("credentials"))
+            why += [PROVIDER_KEY_UNKNOWN.format(p) for p, v in kept.items() if v == "unknown"]
             if fields:
                 actions.append(UpdateAssistant(role, "", {}, now, tuple(fields)))
-            elif header_known and header == "unknown":
-                unknown.append(Unknown("assistant", role, HEADER_UNKNOWN))
+            elif why:
+                unknown.append(Unknown("assistant", role, "; ".join(why)))
             else:
                 unchanged.append(role)
     return actions, unchanged, unknown, warnings
@@ -641,6 +677,8 @@ def offline_diff(
             header=vapi.get("webhookSecret", "same"),
             adopt_by_name=adopt_by_name,
             tools=(was_tools, now_tools),
+            providers=(set(_credentials(was_doc)), set(_credentials(now_doc))),
+            verdicts=verdicts,
         )
         # in `plan`'s order: tools, assistants, numbers (by references), then the numbers'
         # releases and deletes, the assistants' deletes, the tools' deletes

@@ -246,7 +246,7 @@ def telco_doc() -> dict[str, Any]:
             "inbound": {"name": "telco inbound", "model": model, "tools": ["book", "end_call"]},
             "outbound": {"name": "telco outbound", "model": model, "tools": ["end_call"]},
         },
-        extra_credentials={"twilio": dict(TWILIO)},
+        extra_credentials={"twilio": dict(TWILIO), "elevenlabs": {"apiKey": "sk-11-telco"}},
     )
     doc["spec"]["tools"] = {
         "book": {  # its server carries the org's webhook secret, as `x-vapi-secret`
@@ -323,6 +323,21 @@ def _reencrypt_telco(f: Fleet, specs: SpecDir) -> None:
     )
 
 
+def _add_elevenlabs(f: Fleet, specs: SpecDir) -> None:
+    """A provider key every assistant of the org carries (a Vapi dynamic credential)."""
+    where = ["spec", "credentials", "elevenlabs"]
+    sops_set(f.path("bravo"), where, {"apiKey": f"sk-11-{uuid.uuid4().hex[:6]}"})
+
+
+def _rotate_elevenlabs(f: Fleet, specs: SpecDir) -> None:
+    where = ["spec", "credentials", "elevenlabs", "apiKey"]
+    sops_set(f.path("telco"), where, f"sk-11-{uuid.uuid4().hex[:6]}")
+
+
+def _remove_elevenlabs(f: Fleet, specs: SpecDir) -> None:
+    sops_unset(f.path("telco"), ["spec", "credentials", "elevenlabs"])
+
+
 def _remove_telco(f: Fleet, specs: SpecDir) -> None:
     f.path("telco").unlink()
 
@@ -364,6 +379,9 @@ TABLE: list[Any] = [
     ("twilio credentials rotated", _rotate_twilio, (), set()),
     ("webhook secret of a tool's server rotated", _telco_webhook_secret, (), set()),
     ("org with tools and numbers removed --prune", _remove_telco, ("--prune",), set()),
+    ("elevenlabs key added", _add_elevenlabs, (), set()),
+    ("elevenlabs key rotated", _rotate_elevenlabs, (), set()),
+    ("elevenlabs key removed", _remove_elevenlabs, (), set()),
     (
         "tools and numbers re-encrypted, unchanged",
         _reencrypt_telco,
@@ -371,6 +389,9 @@ TABLE: list[Any] = [
         {
             "org/telco/credential/vapi",
             "org/telco/credential/twilio",
+            "org/telco/credential/elevenlabs",
+            "org/telco/assistant/inbound",  # they carry the ElevenLabs key
+            "org/telco/assistant/outbound",
             "org/telco/tool/book",
             f"org/telco/phoneNumber/{MAIN}",
             f"org/telco/phoneNumber/{SECOND}",
