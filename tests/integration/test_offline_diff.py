@@ -281,6 +281,16 @@ def _remove_tool(f: Fleet, specs: SpecDir) -> None:
     sops_unset(f.path("telco"), ["spec", "tools", "transfer"])
 
 
+def _rename_tool(f: Fleet, specs: SpecDir) -> None:
+    """end_call is now hang_up: the same endCall tool (its natural key), so the same id in
+    each assistant's `model.toolIds`."""
+    path = f.path("telco")
+    sops_unset(path, ["spec", "tools", "end_call"])
+    sops_set(path, ["spec", "tools", "hang_up"], {"type": "endCall"})
+    sops_set(path, ["spec", "assistants", "inbound", "tools", 1], "hang_up")
+    sops_set(path, ["spec", "assistants", "outbound", "tools", 0], "hang_up")
+
+
 def _add_number(f: Fleet, specs: SpecDir) -> None:
     added = {"provider": "twilio", "number": "+14155550102", "assistant": "outbound"}
     sops_set(f.path("telco"), ["spec", "phoneNumbers", 2], added)
@@ -370,6 +380,7 @@ TABLE: list[Any] = [
     ("tool changed", _change_tool, (), set()),
     ("tool removed", _remove_tool, (), set()),
     ("tool removed --prune", _remove_tool, ("--prune",), set()),
+    ("tool renamed, same natural key", _rename_tool, (), set()),
     ("number added", _add_number, (), set()),
     ("number rebound to the other assistant", _rebind_number, (), set()),
     ("number removed (released)", _remove_number, (), set()),
