@@ -58,7 +58,7 @@ def _title(action: Action) -> str:
         case CreateAssistant(role=role):
             return f"assistant {role} {json.dumps(action.name, ensure_ascii=False)}"
         case UpdateAssistant(role=role, vapi_id=vid, adopt=adopt):
-            return f"assistant {role} ({vid})" + (" [adopted]" if adopt else "")
+            return f"assistant {role}{_id(vid)}" + (" [adopted]" if adopt else "")
         case AdoptAssistant(role=role, vapi_id=vid, note=note):
             return f"assistant {role} ({vid}): adopt, {note}"
         case DeleteAssistant(role=role, vapi_id=vid, note=note):
@@ -66,9 +66,9 @@ def _title(action: Action) -> str:
         case CreateResource(resource=kind, name=name):
             return f"{_label(kind)} {name}"
         case UpdateResource(resource=kind, name=name, vapi_id=vid, adopt=adopt):
-            return f"{_label(kind)} {name} ({vid})" + (" [adopted]" if adopt else "")
+            return f"{_label(kind)} {name}{_id(vid)}" + (" [adopted]" if adopt else "")
         case AdoptResource(resource=kind, name=name, vapi_id=vid, note=note):
-            return f"{_label(kind)} {name} ({vid}): adopt, {note}"
+            return f"{_label(kind)} {name}{_id(vid)}: adopt, {note}"
         case DeleteResource(resource=kind, name=name, vapi_id=vid, note=note):
             return f"{_label(kind)} {name} ({vid or 'no id'}): {note}"
         case LeaveAccount(old_account=old, new_account=new):
@@ -79,6 +79,11 @@ def _title(action: Action) -> str:
         case RetireOrg(reason=reason):
             return f"organization: retire ({reason}; credentials deactivated, history kept)"
     raise AssertionError(action)  # pragma: no cover
+
+
+def _id(vapi_id: str) -> str:
+    """` (asst_…)`; nothing where the id is not known (`diff --base`, offline)."""
+    return f" ({vapi_id})" if vapi_id else ""
 
 
 def _label(kind: str) -> str:
@@ -108,7 +113,7 @@ def lifecycle_lines(plan: OrgPlan | None) -> list[str]:
     if plan is None:
         return []
     lines = [f"? orphaned: {plan.orphaned}"] if plan.orphaned and not plan.actions else []
-    lines += [f"? {u.resource} {u.name}: unknown offline: {u.reason}" for u in plan.unknown]
+    lines += [f"? {_label(u.resource)} {u.name}: unknown offline: {u.reason}" for u in plan.unknown]
     lines += [
         f"? {f.action} {_label(f.resource)} {f.role} ({f.vapi_id}): {f.reason}"
         for f in plan.findings
@@ -360,7 +365,8 @@ def report_json(report: RunReport) -> dict[str, Any]:
                 entry = {**_other(o.slug, o.org_id, u.action, where, u.reason)}
                 mine.append({**entry, "resource": "credential", "provider": u.name})
             else:
-                where = address(o.slug, role=u.name)
+                at = f"{u.resource}/{u.name}" if u.resource in BY_NAME else u.name
+                where = address(o.slug, role=at)
                 mine.append(_other(o.slug, o.org_id, u.action, where, u.reason))
         changes += [{**entry, "orphaned": bool(plan.orphaned)} for entry in mine]
         warnings += [{"org": o.slug, "message": w} for w in plan.warnings]

@@ -231,14 +231,17 @@ class Finding:
     resource: str = "assistant"
 
 
+UnknownResource = Literal["credential", "assistant", "tool", "phoneNumber"]
+
+
 @dataclass(frozen=True)
 class Unknown:
     """What `diff --base` cannot know without the key or the account (a credential encrypted
     anew, an assistant that may be adopted instead of created): shown with why, counted as
     `unknown`, never as a create, update or delete. `plan` never has one."""
 
-    resource: Literal["credential", "assistant"]
-    name: str  # the provider or the role
+    resource: UnknownResource
+    name: str  # the provider, the role, or the tool's name or the number
     reason: str
     action: Literal["unknown"] = "unknown"
 

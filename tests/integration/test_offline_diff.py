@@ -128,10 +128,15 @@ def test_specs_absent_at_base_are_all_new(repo: Path, specs: SpecDir) -> None:
 KINDS = ("create", "update", "delete", "adopt")
 
 
-def sops_set(path: Path, keys: list[str], value: Any) -> None:
+def _where(keys: list[str | int]) -> str:
+    """sops's path: `["spec"]["phoneNumbers"][0]` (an int is a list index)."""
+    return "".join(f"[{k}]" if isinstance(k, int) else f'["{k}"]' for k in keys)
+
+
+def sops_set(path: Path, keys: list[str | int], value: Any) -> None:
     """`sops set`, as a user edits an encrypted spec: like `sops edit` and `sops unset`, it
     keeps the data key and the ciphertext of every value it does not touch."""
-    where = "".join(f'["{k}"]' for k in keys)
+    where = _where(keys)
     subprocess.run(
         [sops_binary(), "set", str(path), where, json.dumps(value)],
         check=True,
@@ -140,8 +145,8 @@ def sops_set(path: Path, keys: list[str], value: Any) -> None:
     )
 
 
-def sops_unset(path: Path, keys: list[str]) -> None:
-    where = "".join(f'["{k}"]' for k in keys)
+def sops_unset(path: Path, keys: list[str | int]) -> None:
+    where = _where(keys)
     subprocess.run(
         [sops_binary(), "unset", str(path), where], check=True, capture_output=True, cwd=path.parent
     )
@@ -227,6 +232,126 @@ def _rotate_api_key(f: Fleet, specs: SpecDir) -> None:
     sops_set(f.path("acme"), ["spec", "credentials", "vapi", "apiKey"], new_key)
 
 
+# -- telco: an org with tools and phone numbers ----------------------------------------------
+
+TWILIO = {"accountSid": "AC" + "0" * 32, "authToken": "twilio-token-NEVER-SHOWN"}
+MAIN, SECOND = "+14155550100", "+14155550101"
+
+
+def telco_doc() -> dict[str, Any]:
+    model = {"provider": "openai", "model": "gpt-4o"}
+    doc = org_doc(
+        "telco",
+        assistants={
+            "inbound": {"name": "telco inbound", "model": model, "tools": ["book", "end_call"]},
+            "outbound": {"name": "telco outbound", "model": model, "tools": ["end_call"]},
+        },
+        extra_credentials={"twilio": dict(TWILIO), "elevenlabs": {"apiKey": "sk-11-telco"}},
+    )
+    doc["spec"]["tools"] = {
+        "book": {  # its server carries the org's webhook secret, as `x-vapi-secret`
+            "type": "function",
+            "function": {"description": "Book an appointment"},
+            "server": {"url": "https://hooks.example.com/book"},
+        },
+        "end_call": {"type": "endCall"},
+        "transfer": {  # referred to by no assistant
+            "type": "transferCall",
+            "destinations": [{"type": "number", "number": "+14155550199"}],
+        },
+    }
+    doc["spec"]["phoneNumbers"] = [
+        {"provider": "twilio", "number": MAIN, "name": "Main line", "assistant": "inbound"},
+        {"provider": "twilio", "number": SECOND, "assistant": "outbound"},
+    ]
+    doc["spec"]["outbound"] = {"phoneNumber": SECOND}
+    return doc
+
+
+def _add_tool(f: Fleet, specs: SpecDir) -> None:
+    sops_set(f.path("telco"), ["spec", "tools", "voicemail"], {"type": "voicemail"})
+
+
+def _change_tool(f: Fleet, specs: SpecDir) -> None:
+    where = ["spec", "tools", "book", "function", "description"]
+    sops_set(f.path("telco"), where, "Book a visit")
+
+
+def _remove_tool(f: Fleet, specs: SpecDir) -> None:
+    sops_unset(f.path("telco"), ["spec", "tools", "transfer"])
+
+
+def _rename_tool(f: Fleet, specs: SpecDir) -> None:
+    """end_call is now hang_up: the same endCall tool (its natural key), so the same id in
+    each assistant's `model.toolIds`."""
+    path = f.path("telco")
+    sops_unset(path, ["spec", "tools", "end_call"])
+    sops_set(path, ["spec", "tools", "hang_up"], {"type": "endCall"})
+    sops_set(path, ["spec", "assistants", "inbound", "tools", 1], "hang_up")
+    sops_set(path, ["spec", "assistants", "outbound", "tools", 0], "hang_up")
+
+
+def _add_number(f: Fleet, specs: SpecDir) -> None:
+    added = {"provider": "twilio", "number": "+14155550102", "assistant": "outbound"}
+    sops_set(f.path("telco"), ["spec", "phoneNumbers", 2], added)
+
+
+def _rebind_number(f: Fleet, specs: SpecDir) -> None:
+    """The main line now reaches the outbound assistant."""
+    sops_set(f.path("telco"), ["spec", "phoneNumbers", 0, "assistant"], "outbound")
+
+
+def _remove_number(f: Fleet, specs: SpecDir) -> None:
+    """The main line (bound to the inbound assistant) leaves the spec."""
+    sops_unset(f.path("telco"), ["spec", "phoneNumbers", 0])
+
+
+def _assistant_tools(f: Fleet, specs: SpecDir) -> None:
+    sops_set(f.path("telco"), ["spec", "assistants", "outbound", "tools", 1], "transfer")
+
+
+def _outbound_number(f: Fleet, specs: SpecDir) -> None:
+    sops_set(f.path("telco"), ["spec", "outbound", "phoneNumber"], MAIN)
+
+
+def _rotate_twilio(f: Fleet, specs: SpecDir) -> None:
+    where = ["spec", "credentials", "twilio", "authToken"]
+    sops_set(f.path("telco"), where, f"twilio-token-{uuid.uuid4().hex[:6]}")
+
+
+def _telco_webhook_secret(f: Fleet, specs: SpecDir) -> None:
+    where = ["spec", "credentials", "vapi", "webhookSecret"]
+    sops_set(f.path("telco"), where, "whsec-telco-new")
+
+
+def _reencrypt_telco(f: Fleet, specs: SpecDir) -> None:
+    subprocess.run(
+        [sops_binary(), "rotate", "-i", str(f.path("telco"))],
+        check=True,
+        capture_output=True,
+        cwd=f.root,
+    )
+
+
+def _add_elevenlabs(f: Fleet, specs: SpecDir) -> None:
+    """A provider key every assistant of the org carries (a Vapi dynamic credential)."""
+    where = ["spec", "credentials", "elevenlabs"]
+    sops_set(f.path("bravo"), where, {"apiKey": f"sk-11-{uuid.uuid4().hex[:6]}"})
+
+
+def _rotate_elevenlabs(f: Fleet, specs: SpecDir) -> None:
+    where = ["spec", "credentials", "elevenlabs", "apiKey"]
+    sops_set(f.path("telco"), where, f"sk-11-{uuid.uuid4().hex[:6]}")
+
+
+def _remove_elevenlabs(f: Fleet, specs: SpecDir) -> None:
+    sops_unset(f.path("telco"), ["spec", "credentials", "elevenlabs"])
+
+
+def _remove_telco(f: Fleet, specs: SpecDir) -> None:
+    f.path("telco").unlink()
+
+
 # (name, change, flags, addresses offline may not know)
 TABLE: list[Any] = [
     ("add org", _add_org, (), set()),
@@ -250,6 +375,38 @@ TABLE: list[Any] = [
         _reencrypt,
         (),
         {"org/acme/credential/vapi", "org/acme/assistant/inbound"},
+    ),
+    ("tool added", _add_tool, (), set()),
+    ("tool changed", _change_tool, (), set()),
+    ("tool removed", _remove_tool, (), set()),
+    ("tool removed --prune", _remove_tool, ("--prune",), set()),
+    ("tool renamed, same natural key", _rename_tool, (), set()),
+    ("number added", _add_number, (), set()),
+    ("number rebound to the other assistant", _rebind_number, (), set()),
+    ("number removed (released)", _remove_number, (), set()),
+    ("number removed --prune", _remove_number, ("--prune",), set()),
+    ("assistant tools list changed", _assistant_tools, (), set()),
+    ("outbound number changed", _outbound_number, (), set()),
+    ("twilio credentials rotated", _rotate_twilio, (), set()),
+    ("webhook secret of a tool's server rotated", _telco_webhook_secret, (), set()),
+    ("org with tools and numbers removed --prune", _remove_telco, ("--prune",), set()),
+    ("elevenlabs key added", _add_elevenlabs, (), set()),
+    ("elevenlabs key rotated", _rotate_elevenlabs, (), set()),
+    ("elevenlabs key removed", _remove_elevenlabs, (), set()),
+    (
+        "tools and numbers re-encrypted, unchanged",
+        _reencrypt_telco,
+        (),
+        {
+            "org/telco/credential/vapi",
+            "org/telco/credential/twilio",
+            "org/telco/credential/elevenlabs",
+            "org/telco/assistant/inbound",  # they carry the ElevenLabs key
+            "org/telco/assistant/outbound",
+            "org/telco/tool/book",
+            f"org/telco/phoneNumber/{MAIN}",
+            f"org/telco/phoneNumber/{SECOND}",
+        },
     ),
 ]
 
@@ -291,9 +448,9 @@ def test_diff_base_counts_equal_plan_against_a_converged_state(
             }
         },
     )
-    bravo = org_doc("bravo")
-    fleet = Fleet(specs.root, emulator, {"acme": acme, "bravo": bravo})
-    for doc in (acme, bravo):
+    bravo, telco = org_doc("bravo"), telco_doc()
+    fleet = Fleet(specs.root, emulator, {"acme": acme, "bravo": bravo, "telco": telco})
+    for doc in (acme, bravo, telco):
         specs.write(doc)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
