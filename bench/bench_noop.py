@@ -74,13 +74,19 @@ def apply_in_process(specs: Path) -> None:
     assert code == 0, out.getvalue()[-2000:]
 
 
-def floor(url: str, n: int) -> dict[str, float]:
-    """The same list calls alone: one httpx client, CONCURRENCY at a time."""
+LISTS = ("/assistant",)
+EVERY_KIND = ("/assistant", "/tool", "/phone-number")
+
+
+def floor(url: str, n: int, lists: tuple[str, ...] = LISTS) -> dict[str, float]:
+    """The same list calls alone (each org's, one after the other, as the reconciler makes
+    them): one httpx client, CONCURRENCY orgs at a time."""
     keys = [f"bench-org-{i:04d}" for i in range(n)]
     with httpx.Client(base_url=url, limits=httpx.Limits(max_connections=CONCURRENCY)) as http:
 
         def one(key: str) -> None:
-            http.get("/assistant", headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+            for path in lists:
+                http.get(path, headers={"Authorization": f"Bearer {key}"}).raise_for_status()
 
         before, t0, cpu0 = stats(url), time.perf_counter(), time.process_time()
         with ThreadPoolExecutor(max_workers=CONCURRENCY) as workers:
@@ -98,7 +104,8 @@ def one_in_process(url: str, specs: Path) -> dict[str, float]:
     row = {"s": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
     after = stats(url)
     row["vapi"] = sum(after.values()) - sum(before.values())
-    row["writes"] = row["vapi"] - (after.get("GET /assistant", 0) - before.get("GET /assistant", 0))
+    lists = sum(after.get(f"GET {path}", 0) - before.get(f"GET {path}", 0) for path in EVERY_KIND)
+    row["writes"] = row["vapi"] - lists
     row["sql"] = _SQL[0] - q0
     return row
 
@@ -174,19 +181,27 @@ def profile(specs: Path, out: Path, n: int) -> str:
 
 
 def measure(
-    root: Path, url: str, pg: str, n: int, runs: int, profile_dir: Path | None
+    root: Path,
+    url: str,
+    pg: str,
+    n: int,
+    runs: int,
+    profile_dir: Path | None,
+    *,
+    kinds: bool = False,
 ) -> dict[str, Any]:
-    specs = root / f"specs-{n}"
+    source = "specs-kinds" if kinds else "specs"
+    specs = root / f"{source}-{n}"
     specs.mkdir()
     for i in range(n):
         name = f"org-{i:04d}.yaml"
-        (specs / name).write_bytes((root / "specs" / name).read_bytes())
+        (specs / name).write_bytes((root / source / name).read_bytes())
     httpx.post(f"{url}/_emulator/reset").raise_for_status()
     seed_accounts(url, n)
     os.environ["RECONCILER_DATABASE_URL"] = pg
     apply_in_process(specs)  # cold: creates every assistant
     noop = [one_in_process(url, specs) for _ in range(runs)]
-    floors = [floor(url, n) for _ in range(runs)]
+    floors = [floor(url, n, EVERY_KIND if kinds else LISTS) for _ in range(runs)]
     whole = [one_process(specs) for _ in range(runs)]
     imports = import_times(specs)
     prof = profile(specs, profile_dir, n) if profile_dir is not None else ""
@@ -196,6 +211,7 @@ def measure(
 
     return {
         "n": n,
+        "kinds": "every kind" if kinds else "assistants only",
         "noop": {k: med(noop, k) for k in noop[0]},
         "floor": {k: med(floors, k) for k in floors[0]},
         "whole": {k: med(whole, k) for k in whole[0]},
@@ -212,6 +228,11 @@ def main() -> None:
     ap.add_argument("--database-url")
     ap.add_argument("--profile", type=Path)
     ap.add_argument("--write", type=Path)
+    ap.add_argument(
+        "--kinds",
+        action="store_true",
+        help="also orgs with every kind (two tools, a SIP number), measured in the same run",
+    )
     args = ap.parse_args()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -221,22 +242,28 @@ def main() -> None:
         home = root / "home"  # no ssh keys or default keys.txt of this machine's user
         home.mkdir()
         os.environ["HOME"] = str(home)
-        os.environ["SOPS_AGE_KEY_FILE"] = str(write_specs(root, max(args.orgs)))
+        key_file = write_specs(root, max(args.orgs))
+        os.environ["SOPS_AGE_KEY_FILE"] = str(key_file)
+        if args.kinds:
+            write_specs(root, max(args.orgs), kinds=True, folder="specs-kinds", key_file=key_file)
         os.environ["RECONCILER_MASTER_KEY"] = MasterKey.generate().to_b64()
         os.environ["RECONCILER_DATA_DIR"] = str(root / "data")
         with emulator_process(args.latency_ms) as url:
             os.environ["VAPI_BASE_URL"] = url
-            for n in sorted(args.orgs):
-                # a database of its own per size: no orphans of the other size
-                pg = args.database_url or embedded_url(root / f"pg-{n}", cleanup="delete")
-                results.append(measure(root, url, pg, n, args.runs, args.profile))
-                if args.database_url:
-                    _truncate(args.database_url)
+            for kinds in (False, True) if args.kinds else (False,):
+                for n in sorted(args.orgs):
+                    # a database of its own per size: no orphans of the other size
+                    tag = f"pg-{n}-kinds" if kinds else f"pg-{n}"
+                    pg = args.database_url or embedded_url(root / tag, cleanup="delete")
+                    results.append(measure(root, url, pg, n, args.runs, args.profile, kinds=kinds))
+                    if args.database_url:
+                        _truncate(args.database_url)
     cells = []
     for r in results:
         n, noop, fl, whole = r["n"], r["noop"], r["floor"], r["whole"]
         cells.append(
             [
+                r["kinds"],
                 str(n),
                 f"{noop['s']:.2f}",
                 f"{noop['cpu']:.2f}",
@@ -254,6 +281,7 @@ def main() -> None:
         )
     body = table(
         [
+            "orgs have",
             "orgs",
             "no-op apply s",
             "cpu s",
@@ -297,7 +325,8 @@ def main() -> None:
             "No-op apply: CPU per org against the floor of its list calls",
             "python -m bench.bench_noop --orgs "
             + " ".join(str(n) for n in args.orgs)
-            + f" --latency-ms {args.latency_ms} --runs {args.runs}",
+            + f" --latency-ms {args.latency_ms} --runs {args.runs}"
+            + (" --kinds" if args.kinds else ""),
             body,
         )
 

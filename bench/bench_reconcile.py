@@ -50,6 +50,30 @@ def bench_doc(slug: str) -> dict[str, Any]:
     }
 
 
+def with_kinds(doc: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with every kind besides assistants: two tools its inbound assistant uses and a
+    SIP number answered by it (no Twilio: nothing outside the emulator)."""
+    slug = doc["metadata"]["slug"]
+    spec = doc["spec"]
+    spec["tools"] = {
+        "book": {
+            "type": "function",
+            "function": {
+                "description": "Book",
+                "parameters": {"type": "object", "properties": {}},
+            },
+            "server": {"url": "https://hooks.example.com/vapi"},
+        },
+        "end_call": {"type": "endCall"},
+    }
+    spec["assistants"]["inbound"]["model"] = {"provider": "openai", "model": "gpt-4o"}
+    spec["assistants"]["inbound"]["tools"] = ["book", "end_call"]
+    spec["phoneNumbers"] = [
+        {"provider": "vapi", "sipUri": f"sip:{slug}@sip.vapi.ai", "assistant": "inbound"}
+    ]
+    return doc
+
+
 def specs(n: int) -> LoadResult:
     out = []
     for i in range(n):

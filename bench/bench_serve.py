@@ -29,7 +29,7 @@ import httpx
 import pyrage
 import yaml
 
-from bench.bench_reconcile import bench_doc
+from bench.bench_reconcile import bench_doc, with_kinds
 from bench.report import table, write_section
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.controller.run import Controller, pool_size
@@ -41,12 +41,18 @@ from reconciler.state.store import StateWriter
 from reconciler.vapi.client import http_client
 
 
-def write_specs(root: Path, n: int) -> Path:
-    """N encrypted specs (sops, one age key), written in parallel; returns the key file."""
-    identity = pyrage.x25519.Identity.generate()
-    key_file = root / "bench.agekey"
-    key_file.write_text(str(identity) + "\n")
-    specs = root / "specs"
+def write_specs(
+    root: Path, n: int, *, kinds: bool = False, folder: str = "specs", key_file: Path | None = None
+) -> Path:
+    """N encrypted specs (sops, one age key), written in parallel; returns the key file.
+    `kinds`: each org has tools and a phone number too (`bench_reconcile.with_kinds`)."""
+    if key_file is None:
+        identity = pyrage.x25519.Identity.generate()
+        key_file = root / "bench.agekey"
+        key_file.write_text(str(identity) + "\n")
+    else:
+        identity = pyrage.x25519.Identity.from_str(key_file.read_text().strip())
+    specs = root / folder
     specs.mkdir()
     (specs / ".sops.yaml").write_text(
         "creation_rules:\n  - path_regex: \\.yaml$\n    encrypted_regex: ^credentials$\n"
@@ -55,7 +61,7 @@ def write_specs(root: Path, n: int) -> Path:
 
     def one(i: int) -> None:
         slug = f"org-{i:04d}"
-        doc = bench_doc(slug)
+        doc = with_kinds(bench_doc(slug)) if kinds else bench_doc(slug)
         path = specs / f"{slug}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         subprocess.run(

@@ -616,12 +616,22 @@ class PlanController:
                 outcome.live_resources = {}
                 return
 
-    def _held_elsewhere(self, items: Iterable[DesiredOrg]) -> dict[str, dict[tuple[str, str], str]]:
+    def _held_elsewhere(
+        self, items: Iterable[DesiredOrg], rows: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[tuple[str, str], str]]:
         """org id -> (kind, name) -> slug of another live org Postgres gives that number to.
-        One query for all the given orgs, none when they have no number."""
-        wanted = {
-            d.org_id: list(d.resources.get(PHONE_NUMBER.name, {})) for d in items if d.resources
-        }
+        Only numbers an org does not hold yet are asked about (one it holds is no other org's:
+        a unique index), so a converged run asks nothing; else one query for all the orgs."""
+        wanted: dict[str, list[str]] = {}
+        for d in items:
+            own = {
+                r["name"]
+                for r in (rows.get(d.org_id) or {}).get("resources") or ()
+                if r["kind"] == PHONE_NUMBER.name
+            }
+            new = [n for n in d.resources.get(PHONE_NUMBER.name, {}) if n not in own]
+            if new:
+                wanted[d.org_id] = new
         names = sorted({n for ns in wanted.values() for n in ns})
         held = self.state.held_by(PHONE_NUMBER.name, names) if names else {}
         out: dict[str, dict[tuple[str, str], str]] = {}
@@ -734,7 +744,7 @@ class PlanController:
         if progress is not None:
             progress.stage("listing", len(items))
 
-        held = self._held_elsewhere(d for d, o in items if d is not None and o.ok)
+        held = self._held_elsewhere((d for d, o in items if d is not None and o.ok), rows)
 
         def look(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             asked = accounts.mark()
@@ -935,7 +945,9 @@ class Controller(PlanController):
         if desired.retire != ORPHANED:  # an orphan claims no account (`_desired`)
             seen = account_ids([*(live or ()), *_flat(outcome.live_resources)])
             accounts.see(desired.org_id, desired.slug, seen, asked_at=asked)
-        held = self._held_elsewhere([desired]).get(desired.org_id)
+        held = self._held_elsewhere([desired], {desired.org_id: row} if row else {}).get(
+            desired.org_id
+        )
         observed = self._observed(row, live, desired, accounts, outcome, held)
         outcome.live = None  # planned from its masked copy: no live secret kept past here
         plan = self._plan(desired, observed, options, run)
