@@ -215,6 +215,7 @@ def assistant_fields(
     Dropped: what Vapi owns, top-level nulls, our ownership tag, and `x-vapi-secret` (the
     reconciler sets it from the org's webhook secret). A field the spec does not accept, or
     a value Vapi shows masked (the spec would hold the mask), is refused."""
+    from reconciler.engine.desired import DYNAMIC_VAPI_PROVIDERS
     from reconciler.engine.diff import strip_server_owned
     from reconciler.protocol import WEBHOOK_SECRET_HEADER
     from reconciler.redact import looks_masked, mask_tree
@@ -228,6 +229,17 @@ def assistant_fields(
             f"{where}: field(s) {', '.join(unknown)} cannot be expressed in the spec "
             "(not fields it accepts)"
         )
+    live_credentials = fields.get("credentials")
+    if isinstance(live_credentials, list):  # the org's own keys: the reconciler adds them
+        others = [
+            c
+            for c in live_credentials
+            if not (isinstance(c, dict) and c.get("provider") in DYNAMIC_VAPI_PROVIDERS)
+        ]
+        if others:
+            fields["credentials"] = others
+        else:
+            del fields["credentials"]
     metadata = fields.get("metadata")
     if isinstance(metadata, dict):
         kept = {k: v for k, v in metadata.items() if k not in RESERVED_METADATA_KEYS}

@@ -40,6 +40,9 @@ from reconciler.spec.models import Organization
 DYNAMIC_CREDENTIALS: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "elevenlabs": lambda config: {"provider": "11labs", "apiKey": config["apiKey"]},
 }
+# the Vapi `provider` of each entry above: what `import` leaves out of an assistant's
+# `credentials` (Vapi shows them without their key; the reconciler adds the org's own)
+DYNAMIC_VAPI_PROVIDERS = frozenset({"11labs"})
 
 
 def dynamic_credentials(revealed: dict[str, dict[str, str]]) -> list[dict[str, Any]]:

@@ -31,6 +31,20 @@ def test_a_field_the_spec_cannot_express_is_refused() -> None:
     )
 
 
+def test_the_orgs_own_provider_keys_are_left_to_the_reconciler() -> None:
+    """Vapi shows an assistant's ElevenLabs dynamic credential without its key: imported as
+    is, it would override the org's key with nothing. It is left out (the reconciler adds the
+    org's own); a credential of another provider is kept."""
+    live = {
+        "id": "a1", "orgId": "o", "createdAt": "t", "updatedAt": "t", "name": "Bot",
+        "credentials": [{"provider": "11labs"}, {"provider": "cartesia", "name": "c"}],
+    }  # fmt: skip
+    fields, _, _ = importer.assistant_fields(live, "inbound")
+    assert fields["credentials"] == [{"provider": "cartesia", "name": "c"}]
+    only = {**live, "credentials": [{"provider": "11labs"}]}
+    assert "credentials" not in importer.assistant_fields(only, "inbound")[0]
+
+
 def test_an_invalid_value_names_the_assistant_and_field() -> None:
     picked = {"outbound": {"id": "a2", "name": "x" * 41}}
     doc = importer.spec_document(
