@@ -132,7 +132,14 @@ def plan_kind(
         row = rows.get(name)
         current = by_id.get(row.vapi_id) if row is not None and row.vapi_id else None
         if current is not None and kind.natural_key(current) != want.key:
-            current = None  # the row points at an object that is not this one any more
+            # its key changed (a number's provider, a tool's type): a new object would leave
+            # the old one in the account, recorded nowhere
+            blocked.append(
+                f"{where}: its {', '.join(sorted(kind.immutable))} changed, which Vapi cannot "
+                f"update: remove it from the spec and apply with --prune (deleting "
+                f"{current['id']}), then add it back"
+            )
+            continue
         namesakes = by_key.get(want.key, [])
         note = ""
         if current is None and namesakes:
