@@ -141,6 +141,7 @@ def cli(
     monkeypatch.setenv("RECONCILER_DATABASE_URL", database_url)
     monkeypatch.setenv("RECONCILER_MASTER_KEY", master_key.to_b64())
     monkeypatch.setenv("VAPI_BASE_URL", emulator)
+    monkeypatch.setenv("RECONCILER_TWILIO_BASE_URL", f"{emulator}/_stubs/twilio")
     monkeypatch.setenv("RECONCILER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RECONCILER_CONCURRENCY", "4")
     monkeypatch.delenv("RECONCILER_DEBUG", raising=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -214,6 +213,8 @@ class Assistants(BaseModel):
                 "letters, digits or '-', at most 32)"
             )
         for name in names:  # a misspelt role would silently be a third assistant
+            import difflib  # here: `validate` of files without other names never loads it
+
             close = difflib.get_close_matches(name.lower(), ROLES, n=1, cutoff=0.75)
             if close:
                 raise ValueError(

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 
 from reconciler.secrets.sops import sops_binary
-from tests.helpers import SpecDir, add_key, create_assistant, git, key_of, org_doc
+from tests.helpers import (
+    SpecDir,
+    add_key,
+    create_assistant,
+    git,
+    key_of,
+    org_doc,
+    twilio_number,
+)
 from tests.helpers.serve import base_env, run_cli
 
 
@@ -236,6 +244,13 @@ def _rotate_api_key(f: Fleet, specs: SpecDir) -> None:
 
 TWILIO = {"accountSid": "AC" + "0" * 32, "authToken": "twilio-token-NEVER-SHOWN"}
 MAIN, SECOND = "+14155550100", "+14155550101"
+
+
+@pytest.fixture(autouse=True)
+def telco_numbers(emulator: str) -> None:
+    """telco's numbers are its Twilio account's (the emulator's Twilio stub lists them)."""
+    for number in (MAIN, SECOND, "+14155550102"):
+        twilio_number(emulator, TWILIO["accountSid"], number)
 
 
 def telco_doc() -> dict[str, Any]:
