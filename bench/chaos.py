@@ -2,27 +2,30 @@
 
 Every org has all three kinds: tools (a function tool `lookup` with a server URL, an
 `endCall`), assistants referring to them (`tools:`), and Twilio numbers bound to assistants
-(`credentials.twilio`). Each round makes random spec changes (orgs and roles added or removed,
-assistant fields edited, webhook secrets rotated, tools edited, removed and added back,
-assistants' tool lists changed, numbers rebound, unbound, removed and added back), injects
-random Vapi faults into the emulator (error, error_after_commit, late_commit, delay, 429 on
-POST/PATCH/DELETE/GET of /assistant, /tool and /phone-number), runs one to three
-`reconciler apply` processes at once and SIGKILLs some of them at random moments. After every
-round, no account may hold a duplicate of any kind (two assistants tagged for one (org, role),
-two tools of one type + function.name, two records of one number), and every stored
-credential must decrypt. At the end the faults are cleared, in-flight late commits allowed to
-land, and clean `apply --prune` runs until the plan is empty; then each account must hold
-exactly its desired objects of every kind, none of them unrecorded in Postgres (no orphan),
-the active mapping rows of every kind must equal the accounts (one per (org, kind, name)),
-each assistant's `model.toolIds` must be its tools' ids and each number's `assistantId` its
-assistant's id, and every credential decrypt to its spec's.
+(`credentials.twilio`); half the new orgs' accounts already hold one of their tools or numbers,
+made by hand (only its natural key makes it the org's). Each round makes random spec changes
+(orgs and roles added or removed, assistant fields edited, webhook secrets rotated, tools
+edited, removed and added back, assistants' tool lists changed, numbers rebound, unbound,
+removed and added back), injects random Vapi faults into the emulator (error,
+error_after_commit, late_commit, delay, 429 on POST/PATCH/DELETE/GET of /assistant, /tool and
+/phone-number; one not used up stays armed for the next round), runs one to three `reconciler
+apply` processes at once and SIGKILLs some of them at a random moment or after a random number
+of Vapi requests (mid-apply). After every round, no account may hold a duplicate of any kind
+(two assistants tagged for one (org, role), two tools of one type + function.name, two records
+of one number), and every stored credential must decrypt. At the end the faults are cleared,
+in-flight late commits allowed to land, and clean `apply --prune` runs until the plan is empty;
+then each account must hold exactly its desired objects of every kind, none of them unrecorded
+in Postgres (no orphan), the active mapping rows of every kind must equal the accounts (one per
+(org, kind, name)), each assistant's `model.toolIds` must be its tools' ids and each number's
+`assistantId` its assistant's id, and every credential decrypt to its spec's.
 
     python -m bench.chaos --rounds 25 --seed 1 [--database-url postgresql://postgres@host/db]
 
 `--database-url` names a server (default: $RECONCILER_TEST_DATABASE_URL, else an embedded
 Postgres in a temporary directory); a fresh database is created on it and dropped at the end.
 The actions depend only on the seed (a round's on the seed and the round), so a violation is
-replayed with the `--rounds R --seed S` it prints; only the moment a kill lands varies. The
+replayed with the `--rounds R --seed S` it prints; only the moment a kill lands (and so which
+request a fault answers) varies. The
 last line is `rounds=N faults=F kills=K violations=V seed=S`; the exit code is 1 on any
 violation.
 """
@@ -75,6 +78,7 @@ SETTLE_S = DELAY_MS[1] / 1000 + 2.0  # after it, no delayed request is still to 
 PROCESS_DEADLINE_S = 120.0  # an apply still running after this is a violation (hung)
 FINAL_APPLIES = 3
 KILL_AFTER_REQUESTS = 24  # a kill by count lands after 1 to this many Vapi requests
+HANDMADE_SHARE = 0.5  # of the new orgs, whose account already holds one of their objects
 FAULT_ROUNDS = 2  # a fault not used up in its round is armed again for the next one
 COLLECTIONS = ("/assistant", "/tool", "/phone-number")  # the kinds, by their Vapi path
 PATHS = {"POST": "{}", "GET": "{}", "PATCH": "{}/{{id}}", "DELETE": "{}/{{id}}"}
@@ -845,6 +849,7 @@ class Result:
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fault_kinds: Counter[str] = field(default_factory=Counter)
+    handmade: int = 0  # tools and numbers put in an account before the org's first apply
     # `<kind> <METHOD> <collection>` -> faults injected (the seed's), requests they answered
     fault_routes: Counter[str] = field(default_factory=Counter)
     fault_hits: Counter[str] = field(default_factory=Counter)
@@ -884,6 +889,7 @@ class Chaos:
         self.env = self.apply_env()
         self.written: dict[int, tuple[str, bytes]] = {}  # org index -> (yaml, encrypted bytes)
         self.armed: list[tuple[int, dict[str, Any]]] = []  # (round injected, fault) not used up
+        self.introduced: set[int] = set()  # orgs whose accounts were seen by a round
         self.spec_dirs: list[Path] = []
         rng = random.Random(f"chaos:{seed}:0")
         for _ in range(START_ORGS):
@@ -978,6 +984,36 @@ class Chaos:
                 self.result.fault_hits[fault_label(fault)] += fault["times"]
         self.armed = kept
 
+    def handmade(self, n: int) -> list[str]:
+        """An org's account may already hold one of its tools or numbers, made by hand before
+        its first apply: Postgres knows nothing of it, only its natural key makes it the org's
+        (adopted, never created a second time). Drawn from its own generator, per org."""
+        made = []
+        for org in self.world.current():
+            if org.index in self.introduced:
+                continue
+            self.introduced.add(org.index)
+            rng = random.Random(f"chaos:{self.world.seed}:{n}:handmade:{org.index}")
+            if rng.random() >= HANDMADE_SHARE:
+                continue
+            choices = [("tool", name) for name in sorted(org.tools)]
+            choices += [("phoneNumber", number) for number in sorted(org.numbers)]
+            kind, name = rng.choice(choices)
+            if kind == "tool":
+                body = dict(org.tools[name])
+                if body["type"] == "function":
+                    body["function"] = {**body["function"], "name": name}
+            else:
+                body = {"provider": "twilio", "number": name}
+                body.update(twilioAccountSid=TWILIO["accountSid"], twilioAuthToken="by-hand")
+            resp = self.http.post(
+                RESOURCE_PATHS[kind], json=body, headers={"Authorization": f"Bearer {org.api_key}"}
+            )
+            resp.raise_for_status()
+            made.append(f"{org.slug}.{kind}:{name}")
+            self.result.handmade += 1
+        return made
+
     def vapi_requests(self) -> int:
         """The Vapi requests the emulator has had (its admin and stub routes not counted)."""
         stats = self.http.get("/_emulator/stats")
@@ -992,6 +1028,7 @@ class Chaos:
         changes = change_specs(self.world, rng)
         spec_dir = self.write_specs(n)
         older = self.spec_dirs[-2] if len(self.spec_dirs) > 1 else None
+        made = self.handmade(n)
         faults = self.inject(n, rng)
         slugs = [o.slug for o in self.world.current()]
         launches = plan_launches(rng, spec_dir, older, slugs)
@@ -1006,7 +1043,9 @@ class Chaos:
         self.result.rounds = n
         self.say(
             f"round {n}/{total} {time.monotonic() - started:4.1f}s"
-            f" | specs {' '.join(changes) or '-'} | faults {', '.join(faults) or '-'}"
+            f" | specs {' '.join(changes) or '-'}"
+            f"{' | by hand ' + ' '.join(made) if made else ''}"
+            f" | faults {', '.join(faults) or '-'}"
             f" | apply {' '.join(self.outcome(r) for r in ran)}"
             f" | {'ok' if not problems else f'{len(problems)} VIOLATION(S)'}"
         )
