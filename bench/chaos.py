@@ -1,20 +1,31 @@
 """Chaos: a search for counterexamples to the no-duplicate promise.
 
-Each round makes random spec changes (orgs and roles added or removed, assistant fields
-edited, webhook secrets rotated), injects random Vapi faults into the emulator, runs one to
-three `reconciler apply` processes at once and SIGKILLs some of them at random moments. After
-every round, no account may hold two assistants tagged for one (org, role), and every stored
-credential must decrypt. At the end the faults are cleared, in-flight late commits allowed to
-land, and clean `apply --prune` runs until the plan is empty; then each account must hold
-exactly its desired assistants, every tagged one tracked, the (active) mapping rows must equal
-the accounts, and every credential decrypt to its spec's.
+Every org has all three kinds: tools (a function tool `lookup` with a server URL, an
+`endCall`), assistants referring to them (`tools:`), and Twilio numbers bound to assistants
+(`credentials.twilio`); half the new orgs' accounts already hold one of their tools or numbers,
+made by hand (only its natural key makes it the org's). Each round makes random spec changes
+(orgs and roles added or removed, assistant fields edited, webhook secrets rotated, tools
+edited, removed and added back, assistants' tool lists changed, numbers rebound, unbound,
+removed and added back), injects random Vapi faults into the emulator (error,
+error_after_commit, late_commit, delay, 429 on POST/PATCH/DELETE/GET of /assistant, /tool and
+/phone-number; one not used up stays armed for the next round), runs one to three `reconciler
+apply` processes at once and SIGKILLs some of them at a random moment or after a random number
+of Vapi requests (mid-apply). After every round, no account may hold a duplicate of any kind
+(two assistants tagged for one (org, role), two tools of one type + function.name, two records
+of one number), and every stored credential must decrypt. At the end the faults are cleared,
+in-flight late commits allowed to land, and clean `apply --prune` runs until the plan is empty;
+then each account must hold exactly its desired objects of every kind, none of them unrecorded
+in Postgres (no orphan), the active mapping rows of every kind must equal the accounts (one per
+(org, kind, name)), each assistant's `model.toolIds` must be its tools' ids and each number's
+`assistantId` its assistant's id, and every credential decrypt to its spec's.
 
     python -m bench.chaos --rounds 25 --seed 1 [--database-url postgresql://postgres@host/db]
 
 `--database-url` names a server (default: $RECONCILER_TEST_DATABASE_URL, else an embedded
 Postgres in a temporary directory); a fresh database is created on it and dropped at the end.
 The actions depend only on the seed (a round's on the seed and the round), so a violation is
-replayed with the `--rounds R --seed S` it prints; only the moment a kill lands varies. The
+replayed with the `--rounds R --seed S` it prints; only the moment a kill lands (and so which
+request a fault answers) varies. The
 last line is `rounds=N faults=F kills=K violations=V seed=S`; the exit code is 1 on any
 violation.
 """
@@ -66,13 +77,13 @@ DELAY_MS = (1200, 2500)
 SETTLE_S = DELAY_MS[1] / 1000 + 2.0  # after it, no delayed request is still to land
 PROCESS_DEADLINE_S = 120.0  # an apply still running after this is a violation (hung)
 FINAL_APPLIES = 3
-PATHS = {
-    "POST": "/assistant",
-    "GET": "/assistant",
-    "PATCH": "/assistant/{id}",
-    "DELETE": "/assistant/{id}",
-}
+KILL_AFTER_REQUESTS = 24  # a kill by count lands after 1 to this many Vapi requests
+HANDMADE_SHARE = 0.5  # of the new orgs, whose account already holds one of their objects
+FAULT_ROUNDS = 4  # a fault not used up in its round is armed again for the next one
+COLLECTIONS = ("/assistant", "/tool", "/phone-number")  # the kinds, by their Vapi path
+PATHS = {"POST": "{}", "GET": "{}", "PATCH": "{}/{{id}}", "DELETE": "{}/{{id}}"}
 WRITES = ("POST", "PATCH", "DELETE")
+TWILIO = {"accountSid": "AC" + "c" * 32, "authToken": "chaos-twilio-token"}
 FAULT_KINDS = ("error", "error_after_commit", "late_commit", "delay", "429")
 Say = Callable[[str], None]
 
@@ -92,21 +103,36 @@ class Org:
     org_id: str
     api_key: str
     secret: str
-    assistants: dict[str, dict[str, Any]]
+    assistants: dict[str, dict[str, Any]]  # role -> fields, `tools: [name]` among them
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec.tools
+    numbers: dict[str, str | None] = field(default_factory=dict)  # number -> role (None: unbound)
 
     @property
     def slug(self) -> str:
         return f"org-{self.index}"
 
+    def all_numbers(self) -> tuple[str, ...]:
+        """The org's numbers, in the spec or not: its own, never another org's."""
+        return tuple(f"+1415555{self.index:02d}{j:02d}" for j in range(len(ROLES)))
+
     def doc(self) -> dict[str, Any]:
+        credentials: dict[str, Any] = {
+            "vapi": {"apiKey": self.api_key, "webhookSecret": self.secret}
+        }
+        spec: dict[str, Any] = {"credentials": credentials, "assistants": self.assistants}
+        if self.tools:
+            spec["tools"] = self.tools
+        if self.numbers:
+            credentials["twilio"] = dict(TWILIO)
+            spec["phoneNumbers"] = [
+                {"provider": "twilio", "number": n, **({"assistant": r} if r else {})}
+                for n, r in sorted(self.numbers.items())
+            ]
         return {
             "apiVersion": "reconciler/v1",
             "kind": "Organization",
             "metadata": {"id": self.org_id, "slug": self.slug, "name": self.slug.title()},
-            "spec": {
-                "credentials": {"vapi": {"apiKey": self.api_key, "webhookSecret": self.secret}},
-                "assistants": self.assistants,
-            },
+            "spec": spec,
         }
 
 
@@ -123,13 +149,27 @@ class World:
         return [o for o in self.orgs if o.index in self.present]
 
 
-def assistant(rng: random.Random, slug: str, role: str) -> dict[str, Any]:
-    """Fields the changes touch: name, firstMessage, model.temperature; server.url makes the
-    reconciler add the webhook secret header, so a rotation reaches the assistants too."""
+def assistant(rng: random.Random, slug: str, role: str, tools: list[str]) -> dict[str, Any]:
+    """Fields the changes touch: name, firstMessage, model.temperature, tools; server.url makes
+    the reconciler add the webhook secret header, so a rotation reaches the assistants too."""
     return {
         "name": f"{slug} {role} {rng.randrange(1000)}",
         "firstMessage": f"Hello {rng.randrange(10**6)}",
         "model": {"provider": "openai", "model": "gpt-4o-mini", "temperature": temperature(rng)},
+        "server": {"url": HOOK_URL},
+        "tools": tools,
+    }
+
+
+def lookup_tool(rng: random.Random) -> dict[str, Any]:
+    """The function tool: its description is what edits change; its server URL gets the
+    webhook secret header as the assistants' does."""
+    return {
+        "type": "function",
+        "function": {
+            "description": f"Look up an order {rng.randrange(10**6)}",
+            "parameters": {"type": "object", "properties": {"order": {"type": "string"}}},
+        },
         "server": {"url": HOOK_URL},
     }
 
@@ -147,7 +187,10 @@ def new_org(world: World, rng: random.Random) -> Org:
         secret=f"whsec-{rng.getrandbits(48):012x}",
         assistants={},
     )
-    org.assistants = {role: assistant(rng, org.slug, role) for role in ROLES}
+    org.tools = {"lookup": lookup_tool(rng), "end_call": {"type": "endCall"}}
+    tools = {"inbound": ["lookup", "end_call"], "outbound": ["end_call"]}
+    org.assistants = {role: assistant(rng, org.slug, role, tools[role]) for role in ROLES}
+    org.numbers = dict(zip(org.all_numbers(), ROLES, strict=True))
     world.orgs.append(org)
     world.present.add(index)
     return org
@@ -177,7 +220,7 @@ def add_role(world: World, rng: random.Random) -> str | None:
     if not open_roles:
         return None
     org, role = rng.choice(open_roles)
-    org.assistants[role] = assistant(rng, org.slug, role)
+    org.assistants[role] = assistant(rng, org.slug, role, rng.sample(sorted(org.tools), 1))
     return f"+{org.slug}.{role}"
 
 
@@ -188,6 +231,10 @@ def remove_role(world: World, rng: random.Random) -> str | None:
     org = rng.choice(full)
     role = rng.choice(sorted(org.assistants))
     del org.assistants[role]
+    (other,) = org.assistants
+    for number, bound in org.numbers.items():  # its numbers are answered by the other one
+        if bound == role:
+            org.numbers[number] = other
     return f"-{org.slug}.{role}"
 
 
@@ -211,9 +258,81 @@ def rotate_secret(world: World, rng: random.Random) -> str | None:
     return f"~{org.slug}.webhookSecret"
 
 
+def edit_tool(world: World, rng: random.Random) -> str | None:
+    with_lookup = [o for o in world.current() if "lookup" in o.tools]
+    if not with_lookup:
+        return None
+    org = rng.choice(with_lookup)
+    org.tools["lookup"]["function"]["description"] = f"Look up {rng.randrange(10**6)}"
+    return f"~{org.slug}.tools.lookup"
+
+
+def toggle_tool(world: World, rng: random.Random) -> str | None:
+    """The function tool leaves the spec (and every assistant's list), or comes back (its old
+    object, if still in the account, is the org's by its natural key)."""
+    org = rng.choice(world.current())
+    if "lookup" in org.tools:
+        del org.tools["lookup"]
+        for fields in org.assistants.values():
+            fields["tools"] = [t for t in fields["tools"] if t != "lookup"]
+        return f"-{org.slug}.tools.lookup"
+    org.tools["lookup"] = lookup_tool(rng)
+    role = rng.choice(sorted(org.assistants))
+    org.assistants[role]["tools"] = ["lookup", *org.assistants[role]["tools"]]
+    return f"+{org.slug}.tools.lookup"
+
+
+def retool(world: World, rng: random.Random) -> str | None:
+    """One assistant's tool list: a tool added or taken off (its `model.toolIds` follows)."""
+    org = rng.choice(world.current())
+    role = rng.choice(sorted(org.assistants))
+    fields = org.assistants[role]
+    name = rng.choice(sorted(org.tools))
+    if name in fields["tools"]:
+        fields["tools"] = [t for t in fields["tools"] if t != name]
+        return f"-{org.slug}.{role}.tools.{name}"
+    fields["tools"] = [*fields["tools"], name]
+    return f"+{org.slug}.{role}.tools.{name}"
+
+
+def rebind_number(world: World, rng: random.Random) -> str | None:
+    with_numbers = [o for o in world.current() if o.numbers]
+    if not with_numbers:
+        return None
+    org = rng.choice(with_numbers)
+    number = rng.choice(sorted(org.numbers))
+    choices = [r for r in (*sorted(org.assistants), None) if r != org.numbers[number]]
+    org.numbers[number] = rng.choice(choices)
+    return f"~{org.slug}.{number}->{org.numbers[number] or 'unbound'}"
+
+
+def toggle_number(world: World, rng: random.Random) -> str | None:
+    """A number leaves the spec (released, kept until a prune) or comes back (adopted by its
+    number if still in the account)."""
+    org = rng.choice(world.current())
+    number = rng.choice(org.all_numbers())
+    if number in org.numbers:
+        del org.numbers[number]
+        return f"-{org.slug}.{number}"
+    org.numbers[number] = rng.choice(sorted(org.assistants))
+    return f"+{org.slug}.{number}"
+
+
 # Weighted towards what makes Vapi writes (creates above all): where duplicates could come from.
-CHANGES = (add_org, remove_org, add_role, remove_role, edit_field, rotate_secret)
-WEIGHTS = (3, 2, 3, 3, 3, 1)
+CHANGES = (
+    add_org,
+    remove_org,
+    add_role,
+    remove_role,
+    edit_field,
+    rotate_secret,
+    edit_tool,
+    toggle_tool,
+    retool,
+    rebind_number,
+    toggle_number,
+)
+WEIGHTS = (3, 2, 3, 3, 3, 1, 1, 2, 1, 2, 2)
 
 
 def change_specs(world: World, rng: random.Random) -> list[str]:
@@ -227,13 +346,14 @@ def change_specs(world: World, rng: random.Random) -> list[str]:
 
 
 def random_fault(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """(its kind, the emulator's fault JSON). Delays go past the client timeout: `delay` then
-    drops the work, `late_commit` does it after the client gave up. A fault after the work
-    only means something on a write."""
+    """(its kind, the emulator's fault JSON), on a route of any of the three kinds. Delays go
+    past the client timeout: `delay` then drops the work, `late_commit` does it after the
+    client gave up. A fault after the work only means something on a write."""
     kind = rng.choice(FAULT_KINDS)
     after_work = kind in ("error_after_commit", "late_commit")
     method = rng.choice(WRITES if after_work else sorted(PATHS))
-    fault: dict[str, Any] = {"method": method, "path": PATHS[method], "mode": kind}
+    path = PATHS[method].format(rng.choice(COLLECTIONS))
+    fault: dict[str, Any] = {"method": method, "path": path, "mode": kind}
     fault["times"] = rng.randint(1, 2)
     if kind in ("late_commit", "delay"):
         fault["delay_ms"] = rng.randint(*DELAY_MS)
@@ -246,12 +366,14 @@ def random_fault(rng: random.Random) -> tuple[str, dict[str, Any]]:
 
 @dataclass
 class Launch:
-    """One apply process of a round: its arguments, and when (seconds into the round) it is
-    started and SIGKILLed (never: infinity)."""
+    """One apply process of a round: its arguments, when (seconds into the round) it is
+    started and SIGKILLed (never: infinity), or after how many Vapi requests (of any process)
+    since its start it is SIGKILLed: mid-apply, between any two of its steps."""
 
     argv: list[str]
     start_s: float
     kill_at_s: float = math.inf
+    kill_after_requests: int | None = None
 
 
 def plan_launches(
@@ -270,8 +392,9 @@ def plan_launches(
         if not stale and rng.random() < 0.15:
             argv += ["--org", rng.choice(slugs)]
         start = 0.0 if i == 0 else rng.uniform(0.0, 0.5)
-        kill = start + rng.uniform(0.25, 1.5) if rng.random() < 0.4 else math.inf
-        launches.append(Launch(argv, start, kill))
+        kill = start + rng.uniform(0.25, 1.5) if rng.random() < 0.15 else math.inf
+        after = rng.randint(1, KILL_AFTER_REQUESTS) if rng.random() < 0.3 else None
+        launches.append(Launch(argv, start, kill, after))
     return launches
 
 
@@ -320,19 +443,38 @@ class Processes:
             self.kill(proc)
         self.running.clear()
 
-    def run(self, launches: list[Launch], env: dict[str, str], logs: Path) -> list[Ran]:
-        """Starts each launch at its moment, kills at its moment, waits for all (bounded)."""
+    def run(
+        self,
+        launches: list[Launch],
+        env: dict[str, str],
+        logs: Path,
+        requests: Callable[[], int] = lambda: 0,
+    ) -> list[Ran]:
+        """Starts each launch at its moment, kills at its moment or once `requests()` (the Vapi
+        requests so far) has grown by its count since it started, waits for all (bounded)."""
         t0 = time.monotonic()
         procs: list[subprocess.Popen[bytes] | None] = [None] * len(launches)
+        seen_at_start = [0] * len(launches)
         killed, hung = [False] * len(launches), [False] * len(launches)
         while True:
             now = time.monotonic() - t0
+            counting = any(
+                p is not None and p.poll() is None and launch.kill_after_requests is not None
+                for p, launch in zip(procs, launches, strict=True)
+            )
+            seen = requests() if counting else 0
             for i, launch in enumerate(launches):
                 proc = procs[i]
+                after = launch.kill_after_requests
                 if proc is None and now >= launch.start_s:
+                    if after is not None:
+                        seen_at_start[i] = requests()
                     procs[i] = self.start(launch.argv, env, logs / f"p{i}.log")
-                elif proc is not None and now >= launch.kill_at_s:
-                    launch.kill_at_s = math.inf  # tried once: it may have exited before
+                elif proc is not None and (
+                    now >= launch.kill_at_s
+                    or (counting and after is not None and seen - seen_at_start[i] >= after)
+                ):
+                    launch.kill_at_s, launch.kill_after_requests = math.inf, None  # tried once
                     killed[i] = self.kill(proc)
             started = [p for p in procs if p is not None]
             if len(started) == len(procs) and all(p.poll() is not None for p in started):
@@ -352,13 +494,71 @@ class Processes:
 # -- reading the truth -------------------------------------------------------------------------
 
 
-def list_account(http: httpx.Client, api_key: str) -> list[dict[str, Any]]:
-    resp = http.get(
-        "/assistant", params={"limit": 1000}, headers={"Authorization": f"Bearer {api_key}"}
-    )
+def fault_label(fault: dict[str, Any]) -> str:
+    """`<kind> <METHOD> <collection>` of an emulator fault (as sent or as listed)."""
+    kind = "429" if fault["mode"] == "error" and fault.get("status") == 429 else fault["mode"]
+    return f"{kind} {fault['method']} {str(fault['path']).removesuffix('/{id}')}"
+
+
+def fault_identity(fault: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells a fault as sent from the same fault as the emulator lists it."""
+    status = fault.get("status", None if fault["mode"] == "late_commit" else 500)
+    return fault["method"], fault["path"], fault["mode"], status, fault.get("delay_ms", 0)
+
+
+def list_account(
+    http: httpx.Client, api_key: str, path: str = "/assistant"
+) -> list[dict[str, Any]]:
+    """Every object of one kind in the account (`path`: its collection)."""
+    resp = http.get(path, params={"limit": 1000}, headers={"Authorization": f"Bearer {api_key}"})
     resp.raise_for_status()
     found: list[dict[str, Any]] = resp.json()
     return found
+
+
+# The kinds beyond assistants: name in Postgres (vapi_resources.kind) -> collection path.
+RESOURCE_PATHS = {"tool": "/tool", "phoneNumber": "/phone-number"}
+Live = dict[str, list[dict[str, Any]]]  # kind ("tool", "phoneNumber") -> the account's objects
+
+
+def list_resources(http: httpx.Client, api_key: str) -> Live:
+    return {kind: list_account(http, api_key, path) for kind, path in RESOURCE_PATHS.items()}
+
+
+def natural_key(kind: str, obj: dict[str, Any]) -> str | None:
+    """What makes an object of the account the org's (its own reading, not the engine's): a
+    tool by its type and, for a function tool, `function.name`; a number by its number."""
+    if kind == "phoneNumber":
+        number = obj.get("number") or obj.get("sipUri")
+        return number if isinstance(number, str) else None
+    function = obj.get("function") if obj.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return f"{obj.get('type')}:{name}" if function is not None else str(obj.get("type"))
+
+
+def desired_keys(org: Org) -> dict[tuple[str, str], str]:
+    """(kind, name in the spec) -> the natural key its object must have."""
+    keys = {
+        ("tool", name): natural_key("tool", {**fields, "function": {"name": name}})
+        if fields["type"] == "function"
+        else fields["type"]
+        for name, fields in org.tools.items()
+    }
+    keys.update({("phoneNumber", number): number for number in org.numbers})
+    return {k: str(v) for k, v in keys.items()}
+
+
+def resource_duplicates(org: Org, live: Live) -> list[str]:
+    """No two tools of one natural key, no two records of one number, in the account."""
+    problems = []
+    for kind, objects in sorted(live.items()):
+        ids: dict[str | None, list[str]] = {}
+        for obj in objects:
+            ids.setdefault(natural_key(kind, obj), []).append(str(obj["id"]))
+        for key, same in sorted(ids.items(), key=lambda kv: str(kv[0])):
+            if len(same) > 1:
+                problems.append(f"{org.slug}: duplicate {kind} {key} {sorted(same)}")
+    return problems
 
 
 def tagged_ids(live: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
@@ -400,6 +600,31 @@ def active_mappings(conn: psycopg.Connection[Any]) -> dict[str, dict[str, list[s
     out: dict[str, dict[str, list[str]]] = {}
     for org_id, role, assistant_id in conn.execute(query).fetchall():
         out.setdefault(org_id, {}).setdefault(role, []).append(assistant_id)
+    return out
+
+
+def active_resource_mappings(
+    conn: psycopg.Connection[Any],
+) -> dict[str, list[tuple[str, str, str]]]:
+    """org id -> (kind, name, vapi id) of each active `resource_org_mapping` row."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for org_id, kind, name, vapi_id in conn.execute(
+        "SELECT org_id::text, kind, name, vapi_id FROM resource_org_mapping"
+        " WHERE inactive_at IS NULL ORDER BY 1, 2, 3"
+    ).fetchall():
+        out.setdefault(org_id, []).append((kind, name, vapi_id))
+    return out
+
+
+def resource_rows(
+    conn: psycopg.Connection[Any],
+) -> dict[str, dict[tuple[str, str], tuple[str | None, str]]]:
+    """org id -> (kind, name) -> (vapi id, status) of its `vapi_resources` rows."""
+    out: dict[str, dict[tuple[str, str], tuple[str | None, str]]] = {}
+    for org_id, kind, name, vapi_id, status in conn.execute(
+        "SELECT org_id::text, kind, name, vapi_id, status FROM vapi_resources"
+    ).fetchall():
+        out.setdefault(org_id, {})[(kind, name)] = (vapi_id, status)
     return out
 
 
@@ -483,6 +708,93 @@ def final_org_problems(
     return problems
 
 
+def final_resource_problems(
+    org: Org,
+    assistants: list[dict[str, Any]],
+    live: Live,
+    mapped: list[tuple[str, str, str]],
+    rows: dict[tuple[str, str], tuple[str | None, str]],
+) -> list[str]:
+    """Tools and numbers of one org in the specs, after the clean apply: no duplicate, no
+    orphan (every object of the account has an active mapping row), the mapping exact (one
+    active row per desired (kind, name), each at an object of the account with its natural
+    key, the `vapi_resources` row ready at the same id), and the references exact (each
+    assistant's `model.toolIds` its tools' ids, each number's `assistantId` its assistant's)."""
+    problems = resource_duplicates(org, live)
+    want = desired_keys(org)
+    by_id = {kind: {str(o["id"]): o for o in objects} for kind, objects in live.items()}
+    repeated = sorted(k for k, n in Counter((k, n) for k, n, _ in mapped).items() if n > 1)
+    if repeated:
+        problems.append(f"{org.slug}: more than one active mapping row for {repeated}")
+    mapping = {(kind, name): vapi_id for kind, name, vapi_id in mapped}
+    if set(mapping) != set(want):
+        problems.append(f"{org.slug}: active mapping {sorted(mapping)} != desired {sorted(want)}")
+    for (kind, name), vapi_id in sorted(mapping.items()):
+        obj = by_id.get(kind, {}).get(vapi_id)
+        if obj is None:
+            problems.append(f"{org.slug}: mapped {kind} {name} {vapi_id} is not in the account")
+        elif (kind, name) in want and natural_key(kind, obj) != want[(kind, name)]:
+            problems.append(
+                f"{org.slug}: mapped {kind} {name} {vapi_id} is {natural_key(kind, obj)}"
+            )
+    if set(rows) != set(want):
+        problems.append(f"{org.slug}: vapi_resources {sorted(rows)} != desired {sorted(want)}")
+    for (kind, name), (vapi_id, status) in sorted(rows.items()):
+        if status != "ready" or vapi_id != mapping.get((kind, name)):
+            problems.append(
+                f"{org.slug}: vapi_resources {kind} {name} is {status} at {vapi_id},"
+                f" mapped to {mapping.get((kind, name))}"
+            )
+    recorded = set(mapping.values())
+    for kind, objects in sorted(live.items()):
+        orphans = sorted(str(o["id"]) for o in objects if str(o["id"]) not in recorded)
+        if orphans:
+            problems.append(f"{org.slug}: {kind} {orphans} in the account, not in Postgres")
+    return problems + reference_problems(org, assistants, live, mapping)
+
+
+def reference_problems(
+    org: Org,
+    assistants: list[dict[str, Any]],
+    live: Live,
+    mapping: dict[tuple[str, str], str],
+) -> list[str]:
+    """Each assistant refers to its tools' ids, in its spec's order; each number to its
+    assistant's id (none: unbound); the function tool carries the spec and the secret."""
+    problems = []
+    mine = {role: ids for (oid, role), ids in tagged_ids(assistants).items() if oid == org.org_id}
+    by_id = {str(a["id"]): a for a in assistants}
+    role_id = {role: ids[0] for role, ids in mine.items() if len(ids) == 1}
+    for role, fields in sorted(org.assistants.items()):
+        if role not in role_id:
+            continue  # reported by final_org_problems
+        model = by_id[role_id[role]].get("model") or {}
+        has = model.get("toolIds") or []
+        should = [mapping.get(("tool", name)) for name in fields["tools"]]
+        if has != should:
+            problems.append(f"{org.slug}.{role}: model.toolIds {has}, its tools are {should}")
+    numbers = {str(o["id"]): o for o in live.get("phoneNumber", [])}
+    for number, role in sorted(org.numbers.items()):
+        obj = numbers.get(mapping.get(("phoneNumber", number), ""))
+        if obj is None:
+            continue  # reported as a mapping problem
+        should_id = role_id.get(role) if role is not None else None
+        if obj.get("assistantId") != should_id:
+            problems.append(
+                f"{org.slug}: {number} assistantId {obj.get('assistantId')}, its assistant"
+                f" ({role or 'none'}) is {should_id}"
+            )
+    tools = {str(o["id"]): o for o in live.get("tool", [])}
+    lookup = tools.get(mapping.get(("tool", "lookup"), ""))
+    if lookup is not None and "lookup" in org.tools:
+        said = org.tools["lookup"]["function"]["description"]
+        if (lookup.get("function") or {}).get("description") != said:
+            problems.append(f"{org.slug}: tool lookup's description is not the spec's")
+        if ((lookup.get("server") or {}).get("headers") or {}).get("x-vapi-secret") != org.secret:
+            problems.append(f"{org.slug}: tool lookup's server.headers lacks the current secret")
+    return problems
+
+
 def converge(
     db_url: str, key: MasterKey, vapi_url: str, spec_dir: Path, sops_env: dict[str, str]
 ) -> tuple[int, list[str]]:
@@ -537,6 +849,10 @@ class Result:
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fault_kinds: Counter[str] = field(default_factory=Counter)
+    handmade: int = 0  # tools and numbers put in an account before the org's first apply
+    # `<kind> <METHOD> <collection>` -> faults injected (the seed's), requests they answered
+    fault_routes: Counter[str] = field(default_factory=Counter)
+    fault_hits: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -572,6 +888,8 @@ class Chaos:
         self.public_key = str(identity.to_public())
         self.env = self.apply_env()
         self.written: dict[int, tuple[str, bytes]] = {}  # org index -> (yaml, encrypted bytes)
+        self.armed: list[tuple[int, dict[str, Any]]] = []  # (round injected, fault) not used up
+        self.introduced: set[int] = set()  # orgs whose accounts were seen by a round
         self.spec_dirs: list[Path] = []
         rng = random.Random(f"chaos:{seed}:0")
         for _ in range(START_ORGS):
@@ -632,16 +950,76 @@ class Chaos:
 
     # -- a round ------------------------------------------------------------------------------
 
-    def inject(self, rng: random.Random) -> list[str]:
+    def inject(self, n: int, rng: random.Random) -> list[str]:
+        """Arms the faults left over from the last round (not used up: a write of that kind
+        may come later), then the round's new ones. Returns how the new ones read."""
         kinds = []
+        self.armed = [(r, f) for r, f in self.armed if n - r < FAULT_ROUNDS]
         for _ in range(rng.choice((0, 1, 2, 2, 3, 4))):
             kind, fault = random_fault(rng)
-            self.http.post("/_emulator/faults", json=fault).raise_for_status()
             delay = f" {fault['delay_ms']}ms" if "delay_ms" in fault else ""
-            kinds.append(f"{fault['method']} {kind}{delay} x{fault['times']}")
+            kinds.append(f"{fault['method']} {fault['path']} {kind}{delay} x{fault['times']}")
+            self.armed.append((n, fault))
             self.result.faults += 1
             self.result.fault_kinds[kind] += 1
+            self.result.fault_routes[fault_label(fault)] += 1
+        for _, fault in self.armed:
+            self.http.post("/_emulator/faults", json=fault).raise_for_status()
         return kinds
+
+    def disarm(self) -> None:
+        """Clears the faults (the checks' own requests must meet none), counting the requests
+        they answered and keeping, with their times left, those not used up."""
+        left = self.http.get("/_emulator/faults")
+        left.raise_for_status()
+        remaining = left.json()
+        self.http.delete("/_emulator/faults").raise_for_status()
+        kept: list[tuple[int, dict[str, Any]]] = []
+        for n, fault in self.armed:  # the emulator lists them in order, used-up ones gone
+            if remaining and fault_identity(remaining[0]) == fault_identity(fault):
+                times = remaining.pop(0)["times"]
+                self.result.fault_hits[fault_label(fault)] += fault["times"] - times
+                kept.append((n, {**fault, "times": times}))
+            else:
+                self.result.fault_hits[fault_label(fault)] += fault["times"]
+        self.armed = kept
+
+    def handmade(self, n: int) -> list[str]:
+        """An org's account may already hold one of its tools or numbers, made by hand before
+        its first apply: Postgres knows nothing of it, only its natural key makes it the org's
+        (adopted, never created a second time). Drawn from its own generator, per org."""
+        made = []
+        for org in self.world.current():
+            if org.index in self.introduced:
+                continue
+            self.introduced.add(org.index)
+            rng = random.Random(f"chaos:{self.world.seed}:{n}:handmade:{org.index}")
+            if rng.random() >= HANDMADE_SHARE:
+                continue
+            choices = [("tool", name) for name in sorted(org.tools)]
+            choices += [("phoneNumber", number) for number in sorted(org.numbers)]
+            kind, name = rng.choice(choices)
+            if kind == "tool":
+                body = dict(org.tools[name])
+                if body["type"] == "function":
+                    body["function"] = {**body["function"], "name": name}
+            else:
+                body = {"provider": "twilio", "number": name}
+                body.update(twilioAccountSid=TWILIO["accountSid"], twilioAuthToken="by-hand")
+            resp = self.http.post(
+                RESOURCE_PATHS[kind], json=body, headers={"Authorization": f"Bearer {org.api_key}"}
+            )
+            resp.raise_for_status()
+            made.append(f"{org.slug}.{kind}:{name}")
+            self.result.handmade += 1
+        return made
+
+    def vapi_requests(self) -> int:
+        """The Vapi requests the emulator has had (its admin and stub routes not counted)."""
+        stats = self.http.get("/_emulator/stats")
+        stats.raise_for_status()
+        counts: dict[str, int] = stats.json()["requests"]
+        return sum(n for route, n in counts.items() if "/_" not in route)
 
     def round(self, n: int, total: int) -> None:
         """Changes, faults, processes, then the checks that hold at any moment."""
@@ -650,13 +1028,14 @@ class Chaos:
         changes = change_specs(self.world, rng)
         spec_dir = self.write_specs(n)
         older = self.spec_dirs[-2] if len(self.spec_dirs) > 1 else None
-        faults = self.inject(rng)
+        made = self.handmade(n)
+        faults = self.inject(n, rng)
         slugs = [o.slug for o in self.world.current()]
         launches = plan_launches(rng, spec_dir, older, slugs)
         logs = self.tmp / "logs" / f"r{n:04d}"
         logs.mkdir(parents=True)
-        ran = self.procs.run(launches, self.env, logs)
-        self.http.delete("/_emulator/faults").raise_for_status()
+        ran = self.procs.run(launches, self.env, logs, self.vapi_requests)
+        self.disarm()
         self.result.kills += sum(r.killed for r in ran)
         problems = self.note_processes(n, ran) + self.check_round()
         for what in problems:
@@ -664,7 +1043,9 @@ class Chaos:
         self.result.rounds = n
         self.say(
             f"round {n}/{total} {time.monotonic() - started:4.1f}s"
-            f" | specs {' '.join(changes) or '-'} | faults {', '.join(faults) or '-'}"
+            f" | specs {' '.join(changes) or '-'}"
+            f"{' | by hand ' + ' '.join(made) if made else ''}"
+            f" | faults {', '.join(faults) or '-'}"
             f" | apply {' '.join(self.outcome(r) for r in ran)}"
             f" | {'ok' if not problems else f'{len(problems)} VIOLATION(S)'}"
         )
@@ -690,10 +1071,11 @@ class Chaos:
         return problems
 
     def check_round(self) -> list[str]:
-        """Invariant 1 (no duplicates) in every account ever used; invariant 4."""
+        """No duplicate of any kind in every account ever used; every credential opens."""
         problems = []
         for org in self.world.orgs:
             problems += duplicate_problems(org, list_account(self.http, org.api_key))
+            problems += resource_duplicates(org, list_resources(self.http, org.api_key))
         problems += stored_credentials(self.conn, self.key)[1]
         return problems
 
@@ -715,19 +1097,24 @@ class Chaos:
         problems += self.check_final()
         for what in problems:
             self.violate(self.result.rounds, what, final=True)
-        live = sum(len(o.assistants) for o in self.world.current())
+        current = self.world.current()
+        live = sum(len(o.assistants) for o in current)
+        tools, numbers = sum(len(o.tools) for o in current), sum(len(o.numbers) for o in current)
         self.say(
             f"final {time.monotonic() - started:4.1f}s | clean apply --prune x{applies}"
-            f" | {len(self.world.present)} orgs, {live} desired assistants"
+            f" | {len(self.world.present)} orgs, {live} desired assistants, {tools} tools,"
+            f" {numbers} numbers"
             f" | {'ok' if not problems else f'{len(problems)} VIOLATION(S)'}"
         )
 
     def check_final(self) -> list[str]:
         mapped = active_mappings(self.conn)
+        mapped_resources, rows = active_resource_mappings(self.conn), resource_rows(self.conn)
         vapi, problems = stored_credentials(self.conn, self.key)
         accounts = self.http.get("/_emulator/accounts").json()
         for org in self.world.orgs:
             live = list_account(self.http, org.api_key)
+            resources = list_resources(self.http, org.api_key)
             counted = accounts.get(fingerprint(org.api_key), {}).get("assistants", 0)
             if counted != len(live):
                 problems.append(f"{org.slug}: listing shows {len(live)}, account has {counted}")
@@ -735,8 +1122,16 @@ class Chaos:
                 problems += final_org_problems(
                     org, live, mapped.get(org.org_id, {}), vapi.get(org.org_id)
                 )
+                problems += final_resource_problems(
+                    org,
+                    live,
+                    resources,
+                    mapped_resources.get(org.org_id, []),
+                    rows.get(org.org_id, {}),
+                )
             else:  # a removed org's account is left as it was: only no duplicates
                 problems += duplicate_problems(org, live)
+                problems += resource_duplicates(org, resources)
         return problems
 
 
@@ -796,6 +1191,11 @@ def report(result: Result, say: Say = say_flush) -> None:
         say(v.describe(result.seed))
     kinds = ", ".join(f"{k}={v}" for k, v in sorted(result.fault_kinds.items())) or "-"
     say(f"faults by kind: {kinds}; wall time {result.seconds:.1f}s")
+    for what, counts in (
+        ("faults injected", result.fault_routes),
+        ("requests answered by a fault", result.fault_hits),
+    ):
+        say(f"{what}: {', '.join(f'{k}={v}' for k, v in sorted(counts.items())) or '-'}")
     say(result.last_line)
 
 

@@ -1,9 +1,11 @@
-"""The chaos suite (`bench/chaos.py`), bounded: a few rounds of random spec changes, Vapi
-faults, concurrent and SIGKILLed `reconciler apply` processes, then a clean apply; and proof
-that its checks do fail on a duplicate, an untracked assistant or a wrong mapping."""
+"""The chaos suite (`bench/chaos.py`), bounded: a few rounds of random spec changes to orgs
+with tools, assistants and phone numbers, Vapi faults on the routes of all three kinds,
+concurrent and SIGKILLed `reconciler apply` processes, then a clean apply; and proof that its
+checks do fail on a duplicate, an untracked object, a wrong mapping or a wrong reference."""
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from typing import Any
@@ -14,26 +16,36 @@ from psycopg import sql
 
 from bench import chaos
 
-SEED = 3  # its 4 rounds remove and re-add an org, inject faults of 4 kinds, kill processes
+# Its 3 rounds add two orgs (three of the five accounts already hold a tool or number made by
+# hand: adopted by natural key), rotate a webhook secret and change a tool list; they inject
+# faults of 5 kinds on /assistant, /tool and /phone-number, among them POSTs of all three kinds
+# whose answer is lost after the commit and POSTs of a tool and a number that commit after the
+# client gave up (adopted by a later run), and plan 3 SIGKILLs.
+SEED, ROUNDS = 302, 3
 LAST_LINE = re.compile(r"rounds=(\d+) faults=(\d+) kills=(\d+) violations=(\d+) seed=(-?\d+)")
 
 
 def test_chaos_rounds_keep_every_invariant(server_url: str) -> None:
     lines: list[str] = []
-    result = chaos.run(4, SEED, server_url, say=lines.append)
+    result = chaos.run(ROUNDS, SEED, server_url, say=lines.append)
     chaos.report(result, say=lines.append)
     assert not result.violations, "\n".join(v.describe(SEED) for v in result.violations)
     match = LAST_LINE.fullmatch(lines[-1])
     assert match, lines[-1]
     assert match.groups() == (
-        "4",
+        str(ROUNDS),
         str(result.faults),
         str(result.kills),
         "0",
         str(SEED),
     )
     assert result.faults > 0
-    assert sum(line.startswith("round ") for line in lines) == 4
+    injected = {tuple(label.split(" ")) for label in result.fault_routes}
+    assert {path for *_, path in injected} == set(chaos.COLLECTIONS)
+    modes = {"error", "error_after_commit", "delay", "late_commit"}
+    assert {kind for kind, *_ in injected} >= modes
+    assert result.handmade > 0
+    assert sum(line.startswith("round ") for line in lines) == ROUNDS
     assert any(line.startswith("final ") and line.endswith("| ok") for line in lines), lines
 
 
@@ -84,6 +96,79 @@ def test_checks_fail_on_a_duplicate_and_an_untracked_assistant(emulator: str) ->
     problems = chaos.final_org_problems(org, live[:1], {"inbound": [live[0]["id"]]}, credential)
     assert any("webhook secret" in p for p in problems), problems
     assert any("credential" in p for p in problems), problems
+
+
+def _post(emulator: str, org: chaos.Org, path: str, body: dict[str, Any]) -> str:
+    resp = httpx.post(
+        f"{emulator}{path}", json=body, headers={"Authorization": f"Bearer {org.api_key}"}
+    )
+    resp.raise_for_status()
+    return str(resp.json()["id"])
+
+
+def test_checks_fail_on_a_duplicate_an_orphan_and_a_wrong_reference(emulator: str) -> None:
+    org = _org()
+    org.tools = {"lookup": chaos.lookup_tool(random.Random(0)), "end_call": {"type": "endCall"}}
+    (number, other) = org.all_numbers()
+    org.numbers = {number: "inbound"}
+    lookup = chaos.lookup_tool(random.Random(0))
+    lookup["function"]["name"] = "lookup"
+    lookup["server"]["headers"] = {"x-vapi-secret": org.secret}
+    tool_ids = [
+        _post(emulator, org, "/tool", lookup),
+        _post(emulator, org, "/tool", {"type": "endCall"}),
+    ]
+    org.assistants["inbound"]["model"]["toolIds"] = tool_ids  # as the engine fills them in
+    assistant = _create(emulator, org, "inbound")
+    del org.assistants["inbound"]["model"]["toolIds"]
+    org.assistants["inbound"]["tools"] = ["lookup", "end_call"]  # the spec's (not a Vapi field)
+    twilio = {"twilioAccountSid": chaos.TWILIO["accountSid"], "twilioAuthToken": "t"}
+    line = {"provider": "twilio", "number": number, **twilio}
+    number_id = _post(emulator, org, "/phone-number", {**line, "assistantId": assistant["id"]})
+    mapped = [
+        ("phoneNumber", number, number_id),
+        ("tool", "end_call", tool_ids[1]),
+        ("tool", "lookup", tool_ids[0]),
+    ]
+    rows = {(kind, name): (vapi_id, "ready") for kind, name, vapi_id in mapped}
+    with httpx.Client(base_url=emulator) as http:
+        assistants = chaos.list_account(http, org.api_key)
+
+        def problems() -> list[str]:
+            live = chaos.list_resources(http, org.api_key)
+            return chaos.final_resource_problems(org, assistants, live, mapped, rows)
+
+        assert problems() == []
+
+        twin = _post(emulator, org, "/tool", {"type": "endCall"})  # a second POST's object
+        found = problems()
+        assert any("duplicate tool endCall" in p and twin in p for p in found), found
+        assert any("not in Postgres" in p and twin in p for p in found), found
+        httpx.delete(
+            f"{emulator}/tool/{twin}", headers={"Authorization": f"Bearer {org.api_key}"}
+        ).raise_for_status()
+        assert problems() == []
+
+        org.numbers[other] = None  # desired, never recorded, nowhere in the account
+        found = problems()
+        assert any("active mapping" in p for p in found), found
+        assert any("vapi_resources" in p for p in found), found
+        del org.numbers[other]
+
+        mapped.append(("phoneNumber", other, "gone"))  # a row at an object not there
+        assert any("not in the account" in p for p in problems())
+        mapped.pop()
+
+        org.assistants["inbound"]["tools"] = ["end_call", "lookup"]  # toolIds in another order
+        assert any("model.toolIds" in p for p in problems())
+        org.assistants["inbound"]["tools"] = ["lookup", "end_call"]
+
+        org.numbers[number] = None  # the number should be unbound
+        assert any(f"{number} assistantId" in p for p in problems())
+        org.numbers[number] = "inbound"
+
+        org.secret = "whsec-rotated"
+        assert any("tool lookup's server.headers" in p for p in problems())
 
 
 def test_active_mappings_before_and_after_inactive_at(database_url: str) -> None:
