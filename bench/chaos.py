@@ -811,7 +811,14 @@ def converge(
     pool = open_pool(db_url, max_size=pool_size(4), name="chaos-final")
     try:
         with http_client(vapi_url, timeout_s=10) as http:
-            ctl = Controller(StateWriter(pool), http, key, concurrency=4, create_grace_s=0)
+            ctl = Controller(
+                StateWriter(pool),
+                http,
+                key,
+                concurrency=4,
+                create_grace_s=0,
+                twilio_base_url=f"{vapi_url}/_stubs/twilio",
+            )
             errors: list[str] = []
             for n in range(1, FINAL_APPLIES + 1):
                 report = ctl.apply(loaded, prune=True)
@@ -909,6 +916,7 @@ class Chaos:
             RECONCILER_MASTER_KEY=self.key.to_b64(),
             SOPS_AGE_KEY_FILE=str(self.tmp / "age.key"),
             VAPI_BASE_URL=self.vapi_url,
+            RECONCILER_TWILIO_BASE_URL=f"{self.vapi_url}/_stubs/twilio",
             RECONCILER_DATA_DIR=str(self.tmp / "data"),
             RECONCILER_VAPI_TIMEOUT=str(VAPI_TIMEOUT_S),
             RECONCILER_CONCURRENCY="4",
@@ -993,6 +1001,11 @@ class Chaos:
             if org.index in self.introduced:
                 continue
             self.introduced.add(org.index)
+            for number in org.all_numbers():  # its numbers are its Twilio account's
+                self.http.post(
+                    "/_emulator/twilio/numbers",
+                    json={"accountSid": TWILIO["accountSid"], "phoneNumber": number},
+                ).raise_for_status()
             rng = random.Random(f"chaos:{self.world.seed}:{n}:handmade:{org.index}")
             if rng.random() >= HANDMADE_SHARE:
                 continue
