@@ -4,6 +4,7 @@ what the bomb inflates to. (The webhook forwarder's case is in test_webhook_limi
 
 from __future__ import annotations
 
+import functools
 import gzip
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -20,7 +21,13 @@ from reconciler.vapi import client as vapi
 from tests.helpers import served
 
 MiB = 1024 * 1024
-BOMB = gzip.compress(b"\0" * (256 * MiB), 9)  # ~250 KB on the wire, 256 MiB inflated
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """Made on first use (once per process), not at import: every pytest-xdist worker
+    imports this module, and the compression costs seconds."""
+    return gzip.compress(b"\0" * (256 * MiB), 9)  # ~250 KB on the wire, 256 MiB inflated
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,7 @@ def bomb() -> Iterator[tuple[str, list[str]]]:
         asked.append(request.headers.get("accept-encoding", ""))
         status = 500 if request.url.path.startswith("/fail") else 200
         return Response(
-            BOMB,
+            gzip_bomb(),
             status_code=status,
             headers={"content-encoding": "gzip", "content-type": "application/json"},
         )

@@ -15,14 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from vapi import (
-    CreateAssistantDtoModel_Openai,
-    CreateAssistantDtoVoice_11Labs,
-    OpenAiMessage,
-    Server,
-    UpdateAssistantDtoVoice_Vapi,
-    Vapi,
-)
 
 from reconciler.controller.run import Controller, RunReport
 from reconciler.spec.loader import load_tree
@@ -261,6 +253,17 @@ def test_a_sub_field_default_goes_only_where_the_providers_schema_has_it(
 
 
 def test_the_official_sdk_parses_the_normalised_answers(emulator: str) -> None:
+    # imported here: the SDK's assistant types take seconds to load, which every pytest-xdist
+    # worker would otherwise pay while collecting
+    from vapi import (
+        CreateAssistantDtoModel_Openai,
+        CreateAssistantDtoVoice_11Labs,
+        OpenAiMessage,
+        Server,
+        UpdateAssistantDtoVoice_Vapi,
+        Vapi,
+    )
+
     client = Vapi(token="sdk-tenant-key", base_url=emulator)
     created = client.assistants.create(
         name="Front desk",

@@ -9,38 +9,77 @@ Vapi's schema for its route, and that none was an error."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from vapi import (
-    CreateAssistantDtoModel_Openai,
-    CreateAssistantDtoVoice_11Labs,
-    JsonSchema,
-    OpenAiFunction,
-    OpenAiFunctionParameters,
-    OpenAiMessage,
-    Server,
-    UpdateAssistantDtoVoice_11Labs,
-    Vapi,
-)
-from vapi.core.api_error import ApiError
-from vapi.phone_numbers import (
-    CreatePhoneNumbersRequest_Twilio,
-    CreatePhoneNumbersRequest_Vapi,
-    UpdatePhoneNumbersRequestBody_Twilio,
-)
-from vapi.tools import (
-    CreateToolsRequest_EndCall,
-    CreateToolsRequest_Function,
-    UpdateToolsRequestBody_Function,
-)
 
 from reconciler.vapi.emulator_schema import KindValidator
 from tests.helpers import add_key, vapi_openapi_schemas
+
+if TYPE_CHECKING:  # at run time these come from `_sdk`, below
+    from vapi import (
+        CreateAssistantDtoModel_Openai,
+        CreateAssistantDtoVoice_11Labs,
+        JsonSchema,
+        OpenAiFunction,
+        OpenAiFunctionParameters,
+        OpenAiMessage,
+        Server,
+        UpdateAssistantDtoVoice_11Labs,
+        Vapi,
+    )
+    from vapi.core.api_error import ApiError
+    from vapi.phone_numbers import (
+        CreatePhoneNumbersRequest_Twilio,
+        CreatePhoneNumbersRequest_Vapi,
+        UpdatePhoneNumbersRequestBody_Twilio,
+    )
+    from vapi.tools import (
+        CreateToolsRequest_EndCall,
+        CreateToolsRequest_Function,
+        UpdateToolsRequestBody_Function,
+    )
+
+
+_SDK_NAMES = {
+    "vapi": (
+        "CreateAssistantDtoModel_Openai",
+        "CreateAssistantDtoVoice_11Labs",
+        "JsonSchema",
+        "OpenAiFunction",
+        "OpenAiFunctionParameters",
+        "OpenAiMessage",
+        "Server",
+        "UpdateAssistantDtoVoice_11Labs",
+        "Vapi",
+    ),
+    "vapi.core.api_error": ("ApiError",),
+    "vapi.phone_numbers": (
+        "CreatePhoneNumbersRequest_Twilio",
+        "CreatePhoneNumbersRequest_Vapi",
+        "UpdatePhoneNumbersRequestBody_Twilio",
+    ),
+    "vapi.tools": (
+        "CreateToolsRequest_EndCall",
+        "CreateToolsRequest_Function",
+        "UpdateToolsRequestBody_Function",
+    ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    """The SDK's names, imported when this module's first test runs: its types take seconds
+    to load, which every pytest-xdist worker would otherwise pay while collecting."""
+    for module, names in _SDK_NAMES.items():
+        loaded = importlib.import_module(module)
+        globals().update({name: getattr(loaded, name) for name in names})
+
 
 # The SDK itself uses pydantic's deprecated `__fields__`; that noise is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:vapi")

@@ -6,6 +6,7 @@ and duplicated org-deciding keys (400)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import ipaddress
 import json
@@ -52,7 +53,13 @@ from tests.integration.test_webhook_http import (
 )
 
 MiB = 1024 * 1024
-BOMB = gzip.compress(b"\0" * (256 * MiB), 9)  # ~250 KB on the wire, 256 MiB inflated
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """Made on first use (once per process), not at import: every pytest-xdist worker
+    imports this module, and the compression costs seconds."""
+    return gzip.compress(b"\0" * (256 * MiB), 9)  # ~250 KB on the wire, 256 MiB inflated
 
 
 class Downstream:
@@ -84,7 +91,8 @@ class Downstream:
             return StreamingResponse(drip(), media_type="application/json")
         if request.url.path == "/bomb":
             return Response(
-                BOMB, headers={"content-encoding": "gzip", "content-type": "application/json"}
+                gzip_bomb(),
+                headers={"content-encoding": "gzip", "content-type": "application/json"},
             )
         return Response(b'{"ok": true}', media_type="application/json")
 

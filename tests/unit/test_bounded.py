@@ -4,6 +4,7 @@ a small gzip body that inflates to a gigabyte costs no more than the limit, in e
 
 from __future__ import annotations
 
+import functools
 import gzip
 import tracemalloc
 import zlib
@@ -72,17 +73,21 @@ def test_we_ask_only_for_what_we_decode() -> None:
     assert ACCEPT_ENCODING == "gzip, deflate"
 
 
-BOMB = gzip.compress(b"\0" * (256 * MiB), 9)  # ~250 KB on the wire
+@functools.cache
+def gzip_bomb() -> bytes:
+    """Made on first use (once per process), not at import: every pytest-xdist worker
+    imports this module, and the compression costs seconds."""
+    return gzip.compress(b"\0" * (256 * MiB), 9)  # ~250 KB on the wire
 
 
 def test_a_gzip_bomb_stops_at_the_limit_within_a_few_mib() -> None:
     """256 MiB of zeros in ~250 KB: read as it arrives, at most the limit is ever held.
     (httpx's own `iter_bytes` would hold the whole 256 MiB at once.)"""
-    assert len(BOMB) < 300 * 1024
+    assert len(gzip_bomb()) < 300 * 1024
     tracemalloc.start()
     try:
         with pytest.raises(AnswerTooLarge):
-            read_limited(chunked(BOMB, "gzip"), MiB)
+            read_limited(chunked(gzip_bomb(), "gzip"), MiB)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -94,8 +99,8 @@ def test_the_async_reader_stops_at_the_limit_too() -> None:
 
     class Stream(httpx.AsyncByteStream):
         async def __aiter__(self):  # type: ignore[no-untyped-def,override]
-            for i in range(0, len(BOMB), 16 * 1024):
-                yield BOMB[i : i + 16 * 1024]
+            for i in range(0, len(gzip_bomb()), 16 * 1024):
+                yield gzip_bomb()[i : i + 16 * 1024]
 
     async def main() -> int:
         resp = httpx.Response(200, headers={"content-encoding": "gzip"}, stream=Stream())
