@@ -252,6 +252,7 @@ def test_a_sub_field_default_goes_only_where_the_providers_schema_has_it(
     assert "maxTokens" not in created["model"]
 
 
+@pytest.mark.xdist_group("vapi-sdk")  # with the SDK's other tests: one worker loads it
 def test_the_official_sdk_parses_the_normalised_answers(emulator: str) -> None:
     # imported here: the SDK's assistant types take seconds to load, which every pytest-xdist
     # worker would otherwise pay while collecting

@@ -82,7 +82,11 @@ def _sdk() -> None:
 
 
 # The SDK itself uses pydantic's deprecated `__fields__`; that noise is not ours.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:vapi")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:vapi"),
+    # one worker pays for the SDK's types (seconds of CPU), not each (`--dist loadgroup`)
+    pytest.mark.xdist_group("vapi-sdk"),
+]
 
 
 @pytest.fixture
