@@ -33,14 +33,15 @@ def gzip_bomb() -> bytes:
 @pytest.fixture(scope="module")
 def bomb() -> Iterator[tuple[str, list[str]]]:
     """Answers every request with the bomb: 200 on /ok..., 500 on /fail...; records the
-    accept-encoding asked for."""
+    accept-encoding asked for. The bomb is made here, before any test traces memory."""
     asked: list[str] = []
+    body = gzip_bomb()
 
     async def answer(request: Request) -> Response:
         asked.append(request.headers.get("accept-encoding", ""))
         status = 500 if request.url.path.startswith("/fail") else 200
         return Response(
-            gzip_bomb(),
+            body,
             status_code=status,
             headers={"content-encoding": "gzip", "content-type": "application/json"},
         )
