@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
 import httpx
 
@@ -351,6 +351,17 @@ class _DeleteBudget:
                     f"({self.left}) in this run: nothing done for this org"
                 )
             self.left -= n
+
+
+class ControllerOptions(TypedDict, total=False):
+    """`PlanController`'s keyword options (their defaults are its own), for `Controller`."""
+
+    concurrency: int
+    retry: RetryPolicy | None
+    create_grace_s: float
+    lock_wait_s: float
+    secret_grace_s: float
+    twilio_base_url: str
 
 
 class PlanController:
@@ -793,32 +804,17 @@ class PlanController:
 
 
 class Controller(PlanController):
-    """`PlanController` with the writes: `apply` and `retire`, over a `StateWriter`."""
+    """`PlanController` with the writes: `apply` and `retire`, over a `StateWriter` (the one
+    thing it takes that a `PlanController` does not; the other options are the same)."""
 
     def __init__(
         self,
         state: StateWriter,
         http: httpx.Client,
         key: Keys,
-        *,
-        concurrency: int = 16,
-        retry: RetryPolicy | None = None,
-        create_grace_s: float = CREATE_GRACE_S,
-        lock_wait_s: float = 0.0,
-        secret_grace_s: float = SECRET_GRACE_S,
-        twilio_base_url: str = TWILIO_API,
+        **options: Unpack[ControllerOptions],
     ) -> None:
-        super().__init__(
-            state,
-            http,
-            key,
-            concurrency=concurrency,
-            retry=retry,
-            create_grace_s=create_grace_s,
-            lock_wait_s=lock_wait_s,
-            secret_grace_s=secret_grace_s,
-            twilio_base_url=twilio_base_url,
-        )
+        super().__init__(state, http, key, **options)
         self.writer = state
 
     def apply(

@@ -7,6 +7,7 @@ when Vapi shows it masked. Nothing after this point holds a live secret.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.engine.kinds import BY_NAME
@@ -23,20 +24,19 @@ from reconciler.engine.model import (
 from reconciler.redact import looks_masked, mask_tree
 
 
+def _live_leaf(fingerprint: Fingerprint) -> Callable[[Any], Any]:
+    """A live secret leaf: `MASKED_BY_VAPI` where Vapi showed it masked, else its fingerprint."""
+    return lambda v: MASKED_BY_VAPI if looks_masked(v) else fingerprint(v)
+
+
 def masked_live(assistant: dict[str, Any], fingerprint: Fingerprint) -> dict[str, Any]:
-    masked: dict[str, Any] = mask_tree(
-        assistant, lambda v: MASKED_BY_VAPI if looks_masked(v) else fingerprint(v)
-    )
+    masked: dict[str, Any] = mask_tree(assistant, _live_leaf(fingerprint))
     return masked
 
 
 def masked_object(kind: str, obj: dict[str, Any], fingerprint: Fingerprint) -> dict[str, Any]:
     """A live object of a `ResourceKind`, masked as its kind declares (and as `masked_live`)."""
-
-    def replace(v: Any) -> Any:
-        return MASKED_BY_VAPI if looks_masked(v) else fingerprint(v)
-
-    return BY_NAME[kind].masked(obj, replace)
+    return BY_NAME[kind].masked(obj, _live_leaf(fingerprint))
 
 
 def stored_resources(rows: list[dict[str, Any]]) -> dict[str, dict[str, StoredResource]]:
