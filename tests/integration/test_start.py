@@ -134,7 +134,9 @@ def test_org_new_and_set_put_no_plaintext_on_disk(
 SLEEPING_EDITOR = r"""
 import os, pathlib, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # dies of Ctrl-C as most programs do
-pathlib.Path(os.environ["EDIT_SEEN"]).write_text(f"{os.getpid()} {sys.argv[1]}")
+seen = pathlib.Path(os.environ["EDIT_SEEN"])
+seen.with_suffix(".part").write_text(f"{os.getpid()} {sys.argv[1]}")
+seen.with_suffix(".part").replace(seen)  # whole or absent, never half written
 time.sleep(60)
 """
 

