@@ -321,6 +321,11 @@ class Corpus:
         return self.env(self.key_files[1])  # the middle recipient: the first entry fails
 
 
+# One pytest-xdist worker runs them all: the corpus below costs about 300 `sops encrypt` runs,
+# which every worker that ran one of these tests paid again.
+pytestmark = pytest.mark.xdist_group("sops-corpus")
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     root = tmp_path_factory.mktemp("sops-corpus")

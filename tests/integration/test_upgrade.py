@@ -86,6 +86,10 @@ def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
         )
 
 
+# Both tests in one pytest-xdist worker: the previous release is unpacked once.
+pytestmark = pytest.mark.xdist_group("upgrade")
+
+
 @pytest.fixture(scope="session")
 def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's `reconciler` package, from `git archive` (a folder holding it).
