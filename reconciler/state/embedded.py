@@ -102,12 +102,12 @@ def embedded_url(data_dir: Path, *, cleanup: str | None = "stop") -> str:
     return url
 
 
-def _join_and_serve(home: Path) -> tuple[int, str]:
+def _join_and_serve(home: Path, *, durable: bool = True) -> tuple[int, str]:
     """Become a user of the server (its lock's fd) and have it running; a failed start leaves
     no lock behind."""
     fd = _join(home)
     try:
-        return fd, _serve(home)
+        return fd, _serve(home, durable=durable)
     except BaseException:
         os.close(fd)
         raise
@@ -119,7 +119,7 @@ def temporary_embedded(data_dir: Path) -> Iterator[str]:
     tests). Should the process be killed, the watchdog stops it (the directory stays)."""
     with _failing(data_dir):
         home = _home(data_dir)
-        fd, url = _join_and_serve(home)
+        fd, url = _join_and_serve(home, durable=False)
     try:
         yield url
     finally:
@@ -233,12 +233,12 @@ class _Postmaster:
         return f"postgresql://{DB_USER}@{self.listen}:{self.port}/{DB_USER}"
 
 
-def _serve(home: Path) -> str:
+def _serve(home: Path, *, durable: bool = True) -> str:
     """Under the start lock: a watchdog first (so a server never runs without one), then the
     running server, or a new one."""
     with _locked(home / START_LOCK, "another process starting the server"):
         _ensure_watchdog(home)
-        postmaster = _ready_postmaster(home / PGDATA) or _start(home)
+        postmaster = _ready_postmaster(home / PGDATA) or _start(home, durable=durable)
     return postmaster.url
 
 
@@ -396,7 +396,13 @@ def _run(tool: str, args: list[str], account: _Account | None, timeout_s: float)
         raise _StartError(f"{tool} failed: {reason}")
 
 
-def _start(home: Path) -> _Postmaster:
+# A server whose data is deleted when its block ends (temporary_embedded) need not survive a
+# crash: no fsync, no synchronous commit, no full-page writes. Every commit of a test run or a
+# demo then costs no wait on the disk.
+_THROWAWAY = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+
+def _start(home: Path, *, durable: bool = True) -> _Postmaster:
     pgdata = home / PGDATA
     account = _account()
     if not (pgdata / "PG_VERSION").is_file():
@@ -410,7 +416,8 @@ def _start(home: Path) -> _Postmaster:
     log = pgdata / SERVER_LOG
     offset = log.stat().st_size if log.exists() else 0
     args = ["-D", str(pgdata), "-w", "-t", f"{READY_WAIT_S:.0f}", "-l", str(log)]
-    args += ["-o", f"-h '' -k {shlex.quote(str(socket_dir))}", "start"]
+    options = f"-h '' -k {shlex.quote(str(socket_dir))}" + ("" if durable else f" {_THROWAWAY}")
+    args += ["-o", options, "start"]
     try:
         _run("pg_ctl", args, account, READY_WAIT_S + 30)
     except _StartError as exc:
