@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pyrage
 import pytest
+from hypothesis import settings
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -28,6 +29,12 @@ from reconciler.vapi.client import http_client
 from reconciler.vapi.emulator import running_emulator
 from tests.helpers import FAST_RETRY, Run, SpecDir, reset_emulator
 from tests.helpers.serve import ServeLauncher, session_env
+
+# No wall-clock deadline for hypothesis's examples: on a shared two-core machine an example of
+# a few milliseconds can wait 200 ms for a core, and the test would fail as "flaky". Tests that
+# bound work measure CPU time themselves.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist has added the group to the node id
