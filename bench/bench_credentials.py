@@ -71,10 +71,10 @@ def seed(url: str, key: KeyRing, orgs: int) -> list[str]:
         ids = []
         for i in range(orgs):
             org_id = str(uuid.uuid4())
-            state.upsert_org(org_id, f"org-{i}", f"Org {i}")
+            state.orgs.upsert(org_id, f"org-{i}", f"Org {i}")
             for provider, config in PROVIDERS.items():
                 values = {k: f"{v}-{i}-{uuid.uuid4().hex}" for k, v in config.items()}
-                state.store_credential(
+                state.credentials.store(
                     org_id,
                     provider,
                     key.encrypt(values, aad=f"{org_id}:{provider}"),

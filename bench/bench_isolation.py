@@ -170,13 +170,13 @@ def seed(url: str, key: MasterKey, target: str) -> dict[str, tuple[bytes, dict[s
     requests = {}
     for slug, path in (("fast", "/fast"), ("slow", "/hang")):
         org_id = str(uuid.uuid4())
-        state.upsert_org(org_id, slug, slug.title(), target + path)
+        state.orgs.upsert(org_id, slug, slug.title(), target + path)
         config = {"apiKey": "k", "webhookSecret": f"secret-{slug}"}
-        state.store_credential(
+        state.credentials.store(
             org_id, "vapi", key.encrypt(config, aad=f"{org_id}:vapi"), key.fingerprint(config)
         )
         assistant = str(uuid.uuid4())
-        state.record_assistant(org_id, "inbound", assistant, "inbound", {})
+        state.assistants.record(org_id, "inbound", assistant, "inbound", {})
         raw = json.dumps(
             {"message": {"type": "status-update", "call": {"assistantId": assistant}}}
         ).encode()

@@ -54,16 +54,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 16  # the apply's default (`--concurrency`)
 
 _SQL = [0]
-_count = store.StateReader._count
+_count = store.Db.count
 
 
-def _counting(self: store.StateReader, n: int = 1) -> None:
+def _counting(self: store.Db, n: int = 1) -> None:
     """Every store's statements, summed over the stores a command opens (bench only)."""
     _SQL[0] += n
     _count(self, n)
 
 
-store.StateReader._count = _counting  # type: ignore[method-assign]
+store.Db.count = _counting  # type: ignore[method-assign]
 
 
 def apply_in_process(specs: Path) -> None:

@@ -33,14 +33,14 @@ def main() -> None:
         bodies = []
         for i in range(args.assistants // 2):
             org_id = str(uuid.uuid4())
-            state.upsert_org(org_id, f"org-{i}", f"Org {i}")
+            state.orgs.upsert(org_id, f"org-{i}", f"Org {i}")
             config = {"apiKey": "k", "webhookSecret": f"secret-{i}"}
-            state.store_credential(
+            state.credentials.store(
                 org_id, "vapi", key.encrypt(config, aad=f"{org_id}:vapi"), key.fingerprint(config)
             )
             for role in ("inbound", "outbound"):
                 vid = str(uuid.uuid4())
-                state.record_assistant(org_id, role, vid, role, {})
+                state.assistants.record(org_id, role, vid, role, {})
                 body = {"message": {"type": "status-update", "call": {"assistantId": vid}}}
                 bodies.append(({"x-vapi-secret": f"secret-{i}"}, json.dumps(body).encode()))
         resolver = WebhookResolver(state, key)

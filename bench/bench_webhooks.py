@@ -99,15 +99,15 @@ def seed(url: str, key: MasterKey, orgs: int) -> list[tuple[str, str]]:
         out = []
         for i in range(orgs):
             org_id = str(uuid.uuid4())
-            state.upsert_org(org_id, f"org-{i}", f"Org {i}")
+            state.orgs.upsert(org_id, f"org-{i}", f"Org {i}")
             secret = f"whsec-{i}-{uuid.uuid4().hex}"
             config = {"apiKey": f"key-{i}", "webhookSecret": secret}
-            state.store_credential(
+            state.credentials.store(
                 org_id, "vapi", key.encrypt(config, aad=f"{org_id}:vapi"), key.fingerprint(config)
             )
             for role in ("inbound", "outbound"):
                 vid = str(uuid.uuid4())
-                state.record_assistant(org_id, role, vid, role, {})
+                state.assistants.record(org_id, role, vid, role, {})
                 out.append((vid, secret))
         return out
     finally:

@@ -86,7 +86,7 @@ def run_demo(path: Path, out: Console) -> int:
 
             out.rule("5. a Vapi webhook, resolved to its org")
             spec = loaded.specs[0].org
-            row = rt.state.observe([str(spec.metadata.id)])[str(spec.metadata.id)]
+            row = rt.state.orgs.observe([str(spec.metadata.id)])[str(spec.metadata.id)]
             assistant_id = row["mappings"][0]["vapi_assistant_id"]
             body = json.dumps(
                 {"message": {"type": "status-update", "call": {"assistantId": assistant_id}}}

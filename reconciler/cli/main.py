@@ -278,7 +278,7 @@ def _retire_refused(rt: Reading, args: argparse.Namespace) -> int | None:
     """Why `org retire` may not run (no such org; its spec still in the folder), said."""
     from reconciler.spec import loader
 
-    org_id = rt.state.live_org_id(args.slug)
+    org_id = rt.state.orgs.live_id(args.slug)
     if org_id is None:
         print(f"error: no live org has the slug {args.slug}", file=sys.stderr)
         return EXIT_ERROR
@@ -331,7 +331,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     from reconciler.server.runtime import runtime
 
     with runtime(load_settings(), write=False) as rt:
-        row = rt.state.assistant_owner(args.assistant_id)
+        row = rt.state.assistants.owner(args.assistant_id)
     if row is None:
         shown = printable(args.assistant_id, 80)
         print(f"error: assistant {shown} belongs to no known org", file=sys.stderr)
@@ -378,7 +378,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.server.views import org_view
 
     with runtime(load_settings(), write=False) as rt:
-        rows = rt.state.org_statuses(args.org)
+        rows = rt.state.orgs.statuses(args.org)
     if args.org and not rows:
         print(f"error: no org with slug {args.org} in Postgres", file=sys.stderr)
         return EXIT_ERROR
@@ -429,7 +429,7 @@ def _keys_status(
     from reconciler.errors import MasterKeyRefused
     from reconciler.redact import printable
 
-    record = state.master_key()
+    record = state.credentials.master_key()
     recorded = record["key_id"] if record else None
     if record is None:
         print("active key id: not recorded yet (the first credential write or `keys rotate`)")

@@ -398,7 +398,7 @@ class PlanController:
     def master_key_refusal(self) -> str | None:
         """One line when this process's active master key is not the one Postgres records
         (`keys rotate`): it may write no credential. One indexed read."""
-        record = self.state.master_key()
+        record = self.state.credentials.master_key()
         if record is None:
             return None
         if record["key_id"] != self.key.active_id:
@@ -451,7 +451,7 @@ class PlanController:
         self, loaded: LoadResult, *, peers: LoadResult | None = None, options: Options
     ) -> RunPlan:
         """The run's own rules (`engine.runplan`) for these specs: one Postgres read."""
-        return plan_run(self._facts(loaded, peers, options, self.state.org_index()))
+        return plan_run(self._facts(loaded, peers, options, self.state.orgs.index()))
 
     def _desired(
         self,
@@ -465,7 +465,7 @@ class PlanController:
         failure), the refused ones as failures, and the orphans when the specs are the whole
         fleet. `only`: these org ids and no other (the end of a serve run)."""
         options = options or Options()
-        index = self.state.org_index()
+        index = self.state.orgs.index()
         run = plan_run(self._facts(loaded, peers, options, index, saved))
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         for spec in loaded.specs:
@@ -505,7 +505,7 @@ class PlanController:
         rows = list(rows)
         if not rows:
             return []
-        sealed = self.state.stored_vapi_credentials([row.org_id for row in rows])
+        sealed = self.state.credentials.stored_vapi([row.org_id for row in rows])
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         for row in sorted(rows, key=lambda r: r.slug):
             outcome = OrgOutcome(row.slug, row.org_id)
@@ -644,7 +644,7 @@ class PlanController:
             if new:
                 wanted[d.org_id] = new
         names = sorted({n for ns in wanted.values() for n in ns})
-        held = self.state.held_by(PHONE_NUMBER.name, names) if names else {}
+        held = self.state.resources.held_by(PHONE_NUMBER.name, names) if names else {}
         out: dict[str, dict[tuple[str, str], str]] = {}
         for org_id, numbers in wanted.items():
             for name in numbers:
@@ -658,7 +658,7 @@ class PlanController:
         foreign = [
             a["id"] for a in live or () if (tag := tag_of(a)) is not None and tag[0] != org_id
         ]
-        return self.state.mapped_to_others(org_id, foreign) if foreign else frozenset()
+        return self.state.assistants.mapped_to_others(org_id, foreign) if foreign else frozenset()
 
     def _observed(
         self,
@@ -722,7 +722,7 @@ class PlanController:
     def plan_retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
         """What `retire(slug)` would do, read-only (`org retire --dry-run`, and the count its
         question names): the org's tagged assistants to delete, and its retirement."""
-        index = self.state.org_index()
+        index = self.state.orgs.index()
         items = self._retiring(index, slug)
         options = Options(prune=True, orphans=True, max_deletes=max_deletes)
         return self._plan_items(
@@ -751,7 +751,7 @@ class PlanController:
         started: float,
         progress: Progress | None = None,
     ) -> RunReport:
-        rows = self.state.observe([d.org_id for d, o in items if d is not None and o.ok])
+        rows = self.state.orgs.observe([d.org_id for d, o in items if d is not None and o.ok])
         if progress is not None:
             progress.stage("listing", len(items))
 
@@ -857,7 +857,7 @@ class Controller(PlanController):
 
     def retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
         """`reconciler org retire SLUG`: as `apply --prune` does for an org whose spec is gone."""
-        index = self.writer.org_index()
+        index = self.writer.orgs.index()
         options = Options(prune=True, orphans=True, max_deletes=max_deletes)
         empty = LoadResult([], [])
         items = self._retiring(index, slug)
@@ -888,11 +888,11 @@ class Controller(PlanController):
         """Orphans first (an org taking a retired org's slug needs it freed), then the rest,
         concurrently; every status in one batch at the end."""
         state = self.writer
-        run_id = state.start_run(command, len(items))
+        run_id = state.runs.start(command, len(items))
         budget = _DeleteBudget(options.max_deletes)
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
-            with state.org_lock(desired.org_id, wait_s=self.lock_wait_s) as lock:
+            with state.orgs.lock(desired.org_id, wait_s=self.lock_wait_s) as lock:
                 if not lock.held:
                     waited = f" (waited {self.lock_wait_s:g}s)" if self.lock_wait_s > 0 else ""
                     outcome.skipped = f"another reconciler is applying this org{waited}"
@@ -931,7 +931,7 @@ class Controller(PlanController):
         saved: dict[str, OrgStamp] | None = None,
     ) -> None:
         writer = self._client(desired, VapiWriter)
-        row = state.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
+        row = state.orgs.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
         left_alone = desired.retire == ORPHANED and not (run is not None and run.retire_orphans)
         if left_alone:  # an orphan not retired in this run: nothing to list its account for
             writer = None
@@ -989,7 +989,7 @@ class Controller(PlanController):
         whole. What it created in Vapi stays tagged, and is reported."""
         done = outcome.done or []
         if any(isinstance(a, UpsertOrg) and a.kind == "create" for a in done):
-            state.forget_org(desired.org_id)
+            state.orgs.forget(desired.org_id)
             outcome.done = [a for a in done if a.resource == "assistant"]
 
     def _record_run(
@@ -1009,15 +1009,15 @@ class Controller(PlanController):
         errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
         errors += [{"file": str(p.path), "error": str(p)} for p in report.problems]
         try:
-            state.finish_orgs(statuses, run_id=run_id, secret_grace_s=self.secret_grace_s)
+            state.orgs.finish(statuses, run_id=run_id, secret_grace_s=self.secret_grace_s)
         except StateError as exc:
             report.notes.append(f"the status of {len(statuses)} org(s) was not recorded: {exc}")
         try:
-            state.expire()  # mappings and retired secrets past the retention window
+            state.orgs.expire()  # mappings and retired secrets past the retention window
         except StateError as exc:
             report.notes.append(f"expired mappings were not removed: {exc}")
         try:
-            state.finish_run(
+            state.runs.finish(
                 run_id,
                 orgs_failed=len(report.failed),
                 files_failed=len(report.failed_files),

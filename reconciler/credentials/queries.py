@@ -60,9 +60,9 @@ class CredentialQueries(StateReader):
 
     @contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        self._count()
+        self._db.count()
         with (
-            self._breaker.guard(),
+            self._db.breaker.guard(),
             self.pool.connection(timeout=self.wait_s) as conn,
             conn.cursor(row_factory=dict_row) as cur,
         ):
@@ -128,9 +128,9 @@ class CredentialQueries(StateReader):
 
     @contextmanager
     def _write(self, timeout_s: float | None) -> Iterator[Connection[Any]]:
-        self._count()
+        self._db.count()
         with (
-            self._breaker.guard(),
+            self._db.breaker.guard(),
             self.pool.connection(timeout=self.wait_s if timeout_s is None else timeout_s) as conn,
             conn.transaction(),
         ):

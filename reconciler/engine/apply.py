@@ -124,10 +124,10 @@ class Applier:
         org_id, org_slug = self.plan.org_id, self.plan.slug
         match action:
             case UpsertOrg(slug=slug, name=name, forward_url=forward_url):
-                self.state.upsert_org(org_id, slug, name, forward_url, action.outbound_number)
+                self.state.orgs.upsert(org_id, slug, name, forward_url, action.outbound_number)
             case StoreCredential(provider=provider, config=config, fingerprint=fingerprint):
                 sealed = self.key.encrypt(config.reveal(), aad=f"{org_id}:{provider}")
-                self.state.store_credential(
+                self.state.credentials.store(
                     org_id,
                     provider,
                     sealed,
@@ -137,7 +137,7 @@ class Applier:
                     key_check=self.key_check,
                 )
             case DeactivateCredential(provider=provider):
-                self.state.deactivate_credential(org_id, provider)
+                self.state.credentials.deactivate(org_id, provider)
             case CreateAssistant():
                 self._create(self._filled_create(action))
             case UpdateAssistant(role=role, vapi_id=vapi_id):
@@ -156,7 +156,7 @@ class Applier:
                 if vapi_id is not None:
                     self._writer().delete_assistant(vapi_id)
                 if not stray:
-                    self.state.forget_assistant(org_id, role, vapi_id)
+                    self.state.assistants.forget(org_id, role, vapi_id)
             case CreateResource():
                 self._create_resource(action)
             case UpdateResource(resource=kind, name=name, vapi_id=vapi_id):
@@ -169,22 +169,22 @@ class Applier:
                     if value is not None
                 }
                 applied = self._masked_object(kind, answer)
-                self.state.record_resource(org_id, kind, name, vapi_id, stored, applied, sent)
+                self.state.resources.record(org_id, kind, name, vapi_id, stored, applied, sent)
             case AdoptResource(resource=kind, name=name, vapi_id=vapi_id, stored=stored):
-                self.state.record_resource(org_id, kind, name, vapi_id, stored, action.live)
+                self.state.resources.record(org_id, kind, name, vapi_id, stored, action.live)
             case DeleteResource(resource=kind, name=name, vapi_id=vapi_id, forget=forget):
                 if vapi_id is not None:
                     self._writer().delete_object(BY_NAME[kind].path, vapi_id)
                 if forget:
-                    self.state.forget_resource(org_id, kind, name, vapi_id)
+                    self.state.resources.forget(org_id, kind, name, vapi_id)
             case LeaveAccount():
-                self.state.leave_account(org_id)
+                self.state.accounts.leave(org_id)
             case RetireOrg(webhook_secret=secret):
                 webhook_only = None
                 if secret is not None:
                     kept = {"webhookSecret": secret.reveal()}
                     webhook_only = self.key.encrypt(kept, aad=f"{org_id}:vapi")
-                self.state.retire_org(
+                self.state.orgs.retire(
                     org_id,
                     webhook_only,
                     action.reason,
@@ -235,11 +235,11 @@ class Applier:
         where = f"{kind.label} {name}"
         with self.guard.creating():
             vapi = self._writer()
-            self.state.begin_create_resource(org_id, kind.name, name, stored)
+            self.state.resources.begin_create(org_id, kind.name, name, stored)
             try:
                 created = vapi.create_object(kind.path, kind.label, body)
             except VapiRejected as exc:
-                self.state.abort_create_resource(org_id, kind.name, name)
+                self.state.resources.abort_create(org_id, kind.name, name)
                 said = "" if exc.nothing_created else "; nothing was created"
                 raise ReconcilerError(f"{where}: {exc}{said}; the next run tries again") from None
             except VapiAmbiguousWrite as exc:
@@ -256,7 +256,7 @@ class Applier:
                 created = min(found, key=lambda o: (str(o.get("createdAt", "")), str(o["id"])))
             vapi_id = str(created["id"])
             applied = self._masked_object(kind.name, created)
-            self.state.record_resource(org_id, kind.name, name, vapi_id, stored, applied)
+            self.state.resources.record(org_id, kind.name, name, vapi_id, stored, applied)
             self.created[f"{kind.name}/{name}"] = vapi_id
             self.ids[(kind.name, name)] = vapi_id
             self.guard.answered(created)
@@ -273,7 +273,7 @@ class Applier:
         applied: dict[str, Any],
         last_patch: dict[str, Any] | None = None,
     ) -> None:
-        self.state.record_assistant(
+        self.state.assistants.record(
             self.plan.org_id, role, vapi_id, name, stored, applied, last_patch
         )
 
@@ -281,11 +281,11 @@ class Applier:
         role, org_id = action.role, self.plan.org_id
         with self.guard.creating():
             vapi = self._writer()
-            self.state.begin_create(org_id, role, action.stored)
+            self.state.assistants.begin_create(org_id, role, action.stored)
             try:
                 created = vapi.create_assistant(action.body)
             except VapiRejected as exc:  # a definite refusal: nothing exists, nothing to wait for
-                self.state.abort_create(org_id, role)
+                self.state.assistants.abort_create(org_id, role)
                 said = "" if exc.nothing_created else "; nothing was created"
                 raise ReconcilerError(f"{role}: {exc}{said}; the next run tries again") from None
             except VapiAmbiguousWrite as exc:

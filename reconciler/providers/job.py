@@ -9,8 +9,8 @@ replica's tick finds them not due, so a credential is verified once per interval
 number of replicas, and a new or changed credential within a tick.
 
 The Vapi key is not verified here: every reconcile run lists each org's account with it and
-records that (`finish_orgs`), far more often than this job would. `reconciler verify` checks
-it with the others.
+records that (`StateWriter.orgs.finish`), far more often than this job would. `reconciler
+verify` checks it with the others.
 
 Stopping: no new check starts; checks in flight end within their bounded waits; rows claimed
 but not checked are handed back (due at once, for another replica). A replica killed mid-pass

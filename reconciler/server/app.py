@@ -58,7 +58,7 @@ def build_app(parts: ServerParts) -> Starlette:
     async def readyz(request: Request) -> Response:
         problems: list[str] = []
         try:
-            await run_in_threadpool(parts.state.ping)
+            await run_in_threadpool(parts.state.health.ping)
         except ReconcilerError as exc:
             problems.append(str(exc))
         if parts.loop is not None and not parts.loop.status.loaded_once:
@@ -86,12 +86,12 @@ def build_app(parts: ServerParts) -> Starlette:
         return endpoint
 
     async def orgs(request: Request) -> Response:
-        rows = await run_in_threadpool(parts.state.org_statuses, None)
+        rows = await run_in_threadpool(parts.state.orgs.statuses, None)
         return _json(200, {"orgs": [org_view(r) for r in rows]})
 
     async def org(request: Request) -> Response:
         slug = request.path_params["slug"]
-        rows = await run_in_threadpool(parts.state.org_statuses, slug)
+        rows = await run_in_threadpool(parts.state.orgs.statuses, slug)
         if not rows:
             return _json(404, {"error": "no org with this slug"})
         return _json(200, org_view(rows[0]))

@@ -144,7 +144,7 @@ def _fit_concurrency(
 ) -> int:
     """The concurrency the server's free connections allow (each org in flight needs
     `pool_size` of them), said once on stderr when it is lower than asked."""
-    available = state.free_connections() + 1  # the pool's own open connection counts as ours
+    available = state.health.free_connections() + 1  # the pool's own open connection counts as ours
     if pool_size(concurrency) + extra <= available:
         return concurrency
     fitted = max(1, (available - pool_size(0) - extra) // 2)

@@ -245,7 +245,7 @@ def _webhooks(
     refuses outside RECONCILER_FORWARD_ALLOW_NETWORKS."""
     resolver = WebhookResolver(rt.state, rt.key)
     resolver.start_background(
-        rt.database_url, rt.state.touch_mappings, listen=settings.webhook_listen
+        rt.database_url, rt.state.assistants.touch_mappings, listen=settings.webhook_listen
     )
     policy = ForwardPolicy.from_setting(
         settings.forward_allow_networks, _own_addresses(listen[0]), listen[1]

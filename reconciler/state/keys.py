@@ -3,7 +3,7 @@ open, and re-encrypting every row to the active key in batches.
 
 `rotate` first makes the ring's first key id the active one Postgres records (`master_key`),
 in its own committed transaction, before it re-encrypts anything: from then on no process
-whose active key is another writes a credential (`StateWriter.store_credential`), so a row
+whose active key is another writes a credential (`StateWriter.credentials.store`), so a row
 it has re-encrypted is never written back under the old key, and a crash half-way is safe to
 run again. It refuses to make active a key id an earlier rotation replaced (a rotation is
 never undone), and to run at all while a row is under a key id this process lacks.

@@ -75,7 +75,7 @@ class Schedule:
             "replica": self.replica,
             "force": force,
         }
-        with self.state._tx(2) as conn:
+        with self.state._db.tx(2) as conn:
             conn.execute(
                 "INSERT INTO org_schedule (org_id) SELECT w.id"
                 " FROM jsonb_to_recordset(%s) AS w(id uuid) ON CONFLICT (org_id) DO NOTHING",
@@ -88,7 +88,7 @@ class Schedule:
         """After a run: failures reset on success, counted and backed off on failure."""
         if not results:
             return
-        with self.state._tx(1) as conn:
+        with self.state._db.tx(1) as conn:
             conn.execute(
                 "UPDATE org_schedule s SET"
                 " failures = CASE WHEN r.ok THEN 0 ELSE s.failures + 1 END,"
@@ -103,7 +103,7 @@ class Schedule:
         """Claimed but not worked on (shutting down): due again now, for another replica."""
         if not org_ids:
             return
-        with self.state._tx(1) as conn:
+        with self.state._db.tx(1) as conn:
             conn.execute(
                 "UPDATE org_schedule SET next_run_at = now(), claimed_by = NULL"
                 " WHERE org_id = ANY(%s::uuid[]) AND claimed_by = %s",

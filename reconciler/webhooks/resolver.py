@@ -490,7 +490,10 @@ class WebhookResolver:
         resolver = cls(state, key, ttl_s=ttl_s, negative_ttl_s=negative_ttl_s)
         resolver._closers.append(pool.close)
         resolver.start_background(
-            database_url, state.touch_mappings, listen=listen, flush_every_s=flush_every_s
+            database_url,
+            state.assistants.touch_mappings,
+            listen=listen,
+            flush_every_s=flush_every_s,
         )
         return resolver
 
@@ -502,9 +505,10 @@ class WebhookResolver:
         listen: bool = True,
         flush_every_s: float = 5.0,
     ) -> None:
-        """Starts the `last_used_at` flusher (`touch`, e.g. `StateWriter.touch_mappings`) and,
-        with `listen`, the cache-invalidation listener on its own connection to
-        `database_url`; `close()` stops both, flushing, before anything `from_url` opened."""
+        """Starts the `last_used_at` flusher (`touch`, e.g.
+        `StateWriter.assistants.touch_mappings`) and, with `listen`, the cache-invalidation
+        listener on its own connection to `database_url`; `close()` stops both, flushing, before
+        anything `from_url` opened."""
         from reconciler.webhooks.listen import CacheListener, UsageFlusher
 
         flusher = UsageFlusher(self, touch, every_s=flush_every_s)
@@ -627,11 +631,11 @@ class WebhookResolver:
         _MISS.inc()
         try:
             if assistant_id.startswith(ACCOUNT_KEY):
-                row = self._state.resolve_account(assistant_id.removeprefix(ACCOUNT_KEY))
+                row = self._state.accounts.resolve(assistant_id.removeprefix(ACCOUNT_KEY))
             elif assistant_id.startswith(NUMBER_KEY):
-                row = self._state.resolve_number(assistant_id.removeprefix(NUMBER_KEY))
+                row = self._state.resources.resolve_number(assistant_id.removeprefix(NUMBER_KEY))
             else:
-                row = self._state.resolve_assistant(assistant_id)
+                row = self._state.assistants.resolve(assistant_id)
         except (psycopg.Error, ReconcilerError) as exc:  # pool closed, connection lost, ...
             # (psycopg's own errors, or the state layer's one-line wrapping of them)
             raise VerificationUnavailable(

@@ -8,7 +8,8 @@
   `deletes`, `reset_emulator`
 - Vapi's and the emulator's schemas: `vapi_openapi_schemas`, `union_providers`,
   `providers_declaring`
-- Postgres rows: `TABLES`, `mappings`, `active_mappings`
+- Postgres rows: `TABLES`, `mappings`, `active_mappings`; a `StateReader` whose assistant
+  look-ups are slow: `SlowReader`
 - runs of the CLI: `Run`, `assert_no_traceback`; a fresh interpreter: `run_python`; Vapi calls
   without real waits: `FAST_RETRY`
 
@@ -40,6 +41,7 @@ from reconciler.engine.model import tag_of
 from reconciler.secrets.sops import sops_binary
 from reconciler.spec.loader import LoadResult, SpecFile
 from reconciler.spec.models import Organization
+from reconciler.state.store import AssistantReader, Db, StateReader
 from reconciler.vapi.client import RetryPolicy
 from reconciler.vapi.emulator_schema import SCHEMA_PATH, AssistantValidator
 
@@ -337,6 +339,20 @@ def active_mappings(pool: ConnectionPool) -> list[tuple[str, str, str]]:
             "SELECT org_id::text, assistant_role, vapi_assistant_id FROM assistant_org_mapping"
             " WHERE inactive_at IS NULL ORDER BY 1, 2"
         ).fetchall()
+
+
+class _SlowAssistants(AssistantReader):
+    def resolve(self, vapi_assistant_id: str) -> dict[str, Any] | None:
+        time.sleep(0.2)
+        return super().resolve(vapi_assistant_id)
+
+
+class SlowReader(StateReader):
+    """Assistant look-ups that take a while, so that concurrent misses overlap."""
+
+    def _compose(self, db: Db) -> None:
+        super()._compose(db)
+        self.assistants = _SlowAssistants(db)
 
 
 # -- runs of the CLI ---------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_an_org_held_elsewhere_is_skipped_and_the_run_is_green(
     held, release = threading.Event(), threading.Event()
 
     def other_reconciler() -> None:
-        with state.org_lock(a["metadata"]["id"]) as lock:
+        with state.orgs.lock(a["metadata"]["id"]) as lock:
             assert lock.held
             held.set()
             release.wait(20)

@@ -10,7 +10,7 @@ import pytest
 from reconciler.controller.run import Controller
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import load_tree
-from reconciler.state.store import StateWriter
+from reconciler.state.store import AssistantWriter, OrgWriter, StateWriter
 from reconciler.vapi.client import http_client
 from tests.helpers import (
     FAST_RETRY,
@@ -166,7 +166,7 @@ def test_crash_between_create_and_record_adopts_next_run(
 
     loaded = load_tree(specs.root)
     with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
-        patched.setattr(StateWriter, "record_assistant", crash)
+        patched.setattr(AssistantWriter, "record", crash)
         controller.apply(loaded)
     with state.pool.connection() as conn:
         assert conn.execute("SELECT status FROM assistants").fetchall() == [("creating",)]
@@ -324,16 +324,16 @@ def test_replica_that_lost_its_lock_writes_nothing_to_vapi(
 ) -> None:
     specs.write(org_doc("acme"))
     loaded = load_tree(specs.root)
-    real = StateWriter.upsert_org
+    real = OrgWriter.upsert
 
-    def upsert_then_lose_lock(self: StateWriter, *args: object) -> None:
+    def upsert_then_lose_lock(self: OrgWriter, *args: object) -> None:
         real(self, *args)  # type: ignore[arg-type]
         with state.pool.connection() as conn:  # e.g. an idle-transaction timeout, a failover
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
             )
 
-    monkeypatch.setattr(StateWriter, "upsert_org", upsert_then_lose_lock)
+    monkeypatch.setattr(OrgWriter, "upsert", upsert_then_lose_lock)
     report = controller.apply(loaded)
     assert "lost the org lock" in (report.failed[0].error or "")
     assert writes(emulator) == 0

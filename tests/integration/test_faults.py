@@ -17,7 +17,7 @@ from reconciler.controller.run import Controller
 from reconciler.engine.model import tag_of
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import LoadResult
-from reconciler.state.store import StateWriter
+from reconciler.state.store import AssistantWriter, StateWriter
 from reconciler.vapi.client import RetryPolicy, VapiReader, http_client
 from tests.helpers import (
     FAST_RETRY,
@@ -108,9 +108,9 @@ def test_faults_and_crashes_never_duplicate(
         # Round 1: create under faults, maybe crashing after the n-th record.
         inject(first)
         calls = {"n": 0}
-        real = StateWriter.record_assistant
+        real = AssistantWriter.record
 
-        def crashing(self: StateWriter, *args: Any, **kwargs: Any) -> None:
+        def crashing(self: AssistantWriter, *args: Any, **kwargs: Any) -> None:
             if crash_after is not None and calls["n"] == crash_after:
                 calls["n"] += 1
                 raise KeyboardInterrupt
@@ -118,7 +118,7 @@ def test_faults_and_crashes_never_duplicate(
             real(self, *args, **kwargs)
 
         with monkeypatch.context() as m:
-            m.setattr(StateWriter, "record_assistant", crashing)
+            m.setattr(AssistantWriter, "record", crashing)
             with contextlib.suppress(KeyboardInterrupt):
                 ctl.apply(org(org_id, key, "Hello"))
         check_no_duplicates()

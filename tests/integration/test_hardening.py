@@ -349,7 +349,7 @@ def hold_lock(state: StateWriter, org_id: str, seconds: float) -> threading.Even
     held = threading.Event()
 
     def run() -> None:
-        with state.org_lock(org_id) as lock:
+        with state.orgs.lock(org_id) as lock:
             assert lock.held
             held.set()
             time.sleep(seconds)

@@ -52,7 +52,7 @@ def key_ids(state: StateWriter) -> list[str]:
 
 
 def recorded(state: StateWriter) -> str | None:
-    record = state.master_key()
+    record = state.credentials.master_key()
     return None if record is None else str(record["key_id"])
 
 
@@ -72,7 +72,7 @@ def rotated(
     rotate = cli("keys", "rotate")
     assert rotate.code == 0, rotate.err
     assert key_ids(state) == ["k2", "k2"] and recorded(state) == "k2"
-    record = state.master_key()
+    record = state.credentials.master_key()
     assert record is not None and record["retired"] == ["k1"]
     return {"k1": k1, "k2": k2, "doc": doc}
 
@@ -177,13 +177,13 @@ def test_an_old_serve_replica_claims_nothing_and_its_applier_writes_nothing(
 def test_the_store_itself_refuses_with_the_key_ids(
     state: StateWriter, rotated: dict[str, Any]
 ) -> None:
-    """The last line of defence, whatever planned the write: the upsert and retire_org."""
+    """The last line of defence, whatever planned the write: the upsert and `orgs.retire`."""
     before = rows(state)
     org_id = str(rotated["doc"]["metadata"]["id"])
     old = KeyRing.single(rotated["k1"], "k1")
     sealed = old.encrypt({"apiKey": "re-acme-9"}, aad=f"{org_id}:resend")
     with pytest.raises(MasterKeyRefused) as missing:
-        state.store_credential(
+        state.credentials.store(
             org_id, "resend", sealed, old.fingerprint({}), key_ids=old.ids, slug="acme"
         )
     assert str(missing.value) == LACKS.format(p="resend")
@@ -194,14 +194,14 @@ def test_the_store_itself_refuses_with_the_key_ids(
     )
     both = ("k1", "k2")  # holds the row's key, but encrypts under k1
     with pytest.raises(MasterKeyRefused) as not_active:
-        state.store_credential(org_id, "resend", sealed, "fp", key_ids=both, slug="acme")
+        state.credentials.store(org_id, "resend", sealed, "fp", key_ids=both, slug="acme")
     refused = not_active.value
     assert (refused.active_id, refused.recorded_id, refused.key_id) == ("k1", "k2", "k2")
     with pytest.raises(MasterKeyRefused):  # a new provider: no row to replace, still refused
-        state.store_credential(org_id, "twilio", sealed, "fp", key_ids=both, slug="acme")
+        state.credentials.store(org_id, "twilio", sealed, "fp", key_ids=both, slug="acme")
     webhook_only = old.encrypt({"webhookSecret": "whsec"}, aad=f"{org_id}:vapi")
     with pytest.raises(MasterKeyRefused):
-        state.retire_org(org_id, webhook_only, "test", key_ids=both, slug="acme")
+        state.orgs.retire(org_id, webhook_only, "test", key_ids=both, slug="acme")
     assert rows(state) == before
     with state.pool.connection() as conn:
         retired = conn.execute("SELECT retired_at FROM organizations WHERE id = %s", (org_id,))
@@ -220,11 +220,11 @@ def test_the_store_refuses_to_replace_a_row_under_a_key_it_lacks_even_under_the_
     k3 = KeyRing.single(MasterKey.generate(), "k3")
     sealed = k3.encrypt({"apiKey": "re-acme-9"}, aad=f"{org_id}:resend")
     with pytest.raises(MasterKeyRefused) as err:
-        state.store_credential(org_id, "resend", sealed, "fp", key_ids=k3.ids, slug="acme")
+        state.credentials.store(org_id, "resend", sealed, "fp", key_ids=k3.ids, slug="acme")
     assert str(err.value) == LACKS.format(p="resend")
     assert rows(state) == before
     twilio = k3.encrypt({"accountSid": "AC1", "authToken": "t"}, aad=f"{org_id}:twilio")
-    state.store_credential(org_id, "twilio", twilio, "fp", key_ids=k3.ids, slug="acme")
+    state.credentials.store(org_id, "twilio", twilio, "fp", key_ids=k3.ids, slug="acme")
     assert key_ids(state) == ["k2", "k2", "k3"]
 
 
@@ -276,7 +276,7 @@ def test_keys_status_exits_1_naming_each_row_it_cannot_open(
 
 def _org(state: StateWriter, slug: str) -> str:
     org_id = str(uuid.uuid4())
-    state.upsert_org(org_id, slug, slug.title())
+    state.orgs.upsert(org_id, slug, slug.title())
     return org_id
 
 
@@ -297,7 +297,7 @@ def test_the_first_writer_records_its_key_and_a_concurrent_other_key_loses(
 
         def write() -> None:
             try:
-                state.store_credential(org_id, "resend", sealed, "fp", key_ids=kb.ids)
+                state.credentials.store(org_id, "resend", sealed, "fp", key_ids=kb.ids)
             except BaseException as exc:
                 failed.append(exc)
 
@@ -312,7 +312,7 @@ def test_the_first_writer_records_its_key_and_a_concurrent_other_key_loses(
     assert recorded(state) == "ka" and rows(state) == []
 
     sealed = ka.encrypt({"apiKey": "x"}, aad=f"{org_id}:resend")
-    state.store_credential(org_id, "resend", sealed, "fp", key_ids=ka.ids)
+    state.credentials.store(org_id, "resend", sealed, "fp", key_ids=ka.ids)
     assert key_ids(state) == ["ka"]
 
 
@@ -321,11 +321,11 @@ def test_with_no_record_a_first_writer_lacking_a_key_in_use_records_nothing(
 ) -> None:
     ka, kb = KeyRing.single(MasterKey.generate(), "ka"), KeyRing.single(MasterKey.generate(), "kb")
     acme, beta = _org(state, "acme"), _org(state, "beta")
-    state.store_credential(acme, "resend", ka.encrypt({}, aad=f"{acme}:resend"), "fp")
+    state.credentials.store(acme, "resend", ka.encrypt({}, aad=f"{acme}:resend"), "fp")
     with state.pool.connection() as conn:
         conn.execute("DELETE FROM master_key")  # as a database from before 0008, mid-rotation
     with pytest.raises(MasterKeyRefused) as err:
-        state.store_credential(
+        state.credentials.store(
             beta, "resend", kb.encrypt({}, aad=f"{beta}:resend"), "fp", key_ids=kb.ids
         )
     assert str(err.value) == (
@@ -386,7 +386,7 @@ def test_rotate_refuses_while_a_row_is_under_a_key_it_lacks_and_never_goes_back(
     ring_env(monkeypatch, ("k3", k3), ("k2", rotated["k2"]))
     done = cli("keys", "rotate")
     assert done.code == 0 and "re-encrypted 2 of 2" in done.out, done.err
-    record = state.master_key()
+    record = state.credentials.master_key()
     assert record is not None and (record["key_id"], record["retired"]) == ("k3", ["k1", "k2"])
     ring_env(monkeypatch, ("k2", rotated["k2"]), ("k3", k3))  # back to k2: never
     back = cli("keys", "rotate")
@@ -426,7 +426,7 @@ def test_a_wrong_key_under_the_active_id_writes_nothing(
     org_id = str(rotated["doc"]["metadata"]["id"])
     sealed = ring.encrypt({"apiKey": "re-x"}, aad=f"{org_id}:resend")
     with pytest.raises(MasterKeyRefused, match="a wrong key"):
-        state.store_credential(
+        state.credentials.store(
             org_id, "resend", sealed, "fp", key_ids=ring.ids, key_check=ring.check_value()
         )
     with http_client(emulator, timeout_s=5) as http:
@@ -445,13 +445,13 @@ def test_rotate_records_a_check_value_only_for_a_key_that_opens_the_rows(
     ring_env(monkeypatch, ("k2", MasterKey.generate()))
     wrong = cli("keys", "rotate")
     assert wrong.code == 1 and "does not open under master key 'k2'" in wrong.err
-    record = state.master_key()
+    record = state.credentials.master_key()
     assert record is not None and record["key_check"] is None and rows(state) == before
 
     ring_env(monkeypatch, ("k2", rotated["k2"]))
     right = cli("keys", "rotate")
     assert right.code == 0, right.err
-    record = state.master_key()
+    record = state.credentials.master_key()
     expected = KeyRing.single(rotated["k2"], "k2").check_value()
     assert record is not None and record["key_check"] == expected
 
@@ -470,9 +470,9 @@ def _migration_pin(state: StateWriter) -> None:
 def test_migration_0008_pins_a_database_whose_rows_use_one_key_id(state: StateWriter) -> None:
     ka, kb = KeyRing.single(MasterKey.generate(), "ka"), KeyRing.single(MasterKey.generate(), "kb")
     acme, beta = _org(state, "acme"), _org(state, "beta")
-    state.store_credential(acme, "resend", ka.encrypt({}, aad=f"{acme}:resend"), "fp")
+    state.credentials.store(acme, "resend", ka.encrypt({}, aad=f"{acme}:resend"), "fp")
     _migration_pin(state)
-    record = state.master_key()
+    record = state.credentials.master_key()
     assert record is not None and (record["key_id"], record["key_check"]) == ("ka", None)
     with state.pool.connection() as conn:  # mid-rotation: two ids in use
         conn.execute(
@@ -481,7 +481,7 @@ def test_migration_0008_pins_a_database_whose_rows_use_one_key_id(state: StateWr
             (beta, kb.encrypt({}, aad=f"{beta}:resend")),
         )
     _migration_pin(state)
-    assert state.master_key() is None
+    assert state.credentials.master_key() is None
 
 
 def test_a_write_racing_keys_rotate_waits_for_it_then_is_refused(
@@ -497,7 +497,7 @@ def test_a_write_racing_keys_rotate_waits_for_it_then_is_refused(
 
     def write() -> None:
         try:
-            state.store_credential(
+            state.credentials.store(
                 org_id, "resend", sealed, "fp", key_ids=ring.ids, key_check=ring.check_value()
             )
         except BaseException as exc:

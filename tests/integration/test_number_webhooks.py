@@ -2,7 +2,7 @@
 `assistant-request`) names only `message.call.phoneNumberId`; `resource_org_mapping` (kind
 `phoneNumber`) gives the org, verified with that org's secret exactly as by assistant: the
 same cache, NOTIFY invalidation, errors and metrics. Rows are written with
-`StateWriter.record_resource` (the engine is not involved)."""
+`StateWriter.resources.record` (the engine is not involved)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def add_number(state: StateWriter, org: Org, number: str | None = None) -> str:
     """A phone number of the org, as `apply` records it; returns its Vapi id."""
     vapi_id = f"pn-{uuid.uuid4()}"
     number = number or f"+1555{uuid.uuid4().int % 10**7:07d}"
-    state.record_resource(
+    state.resources.record(
         org.org_id, "phoneNumber", number, vapi_id, {"provider": "twilio", "number": number}
     )
     return vapi_id
@@ -123,7 +123,7 @@ def test_only_phone_numbers_route(
     """A tool's id in `call.phoneNumberId` is no number: unknown, whatever its org."""
     acme, _ = two
     tool_id = f"tool-{uuid.uuid4()}"
-    state.record_resource(acme.org_id, "tool", "book", tool_id, {"type": "function"})
+    state.resources.record(acme.org_id, "tool", "book", tool_id, {"type": "function"})
     with pytest.raises(UnknownAssistant):
         WebhookResolver(state, master_key).resolve(
             {"x-vapi-secret": acme.secret}, number_body(tool_id)
@@ -137,7 +137,7 @@ def test_a_released_number_resolves_within_retention_only(
     assistant's do; past `RECONCILER_MAPPING_RETENTION` it is unknown."""
     acme, _ = two
     number = add_number(state, acme, "+15550142000")
-    state.forget_resource(acme.org_id, "phoneNumber", "+15550142000", number)
+    state.resources.forget(acme.org_id, "phoneNumber", "+15550142000", number)
     raw = number_body(number)
     hit = WebhookResolver(state, master_key).resolve({"x-vapi-secret": acme.secret}, raw)
     assert (hit.slug, hit.phone_number_id) == ("acme", number)
@@ -165,8 +165,8 @@ def test_a_number_that_moves_is_seen_at_once_through_notify(
         raw = number_body(number)
         assert resolver.resolve({"x-vapi-secret": acme.secret}, raw).slug == "acme"  # cached
         # the number leaves acme's spec and is imported by globex: same Vapi id, new org
-        state.forget_resource(acme.org_id, "phoneNumber", "+15550143000", number)
-        state.record_resource(
+        state.resources.forget(acme.org_id, "phoneNumber", "+15550143000", number)
+        state.resources.record(
             globex.org_id, "phoneNumber", "+15550143000", number, {"provider": "twilio"}
         )
 
@@ -183,7 +183,7 @@ def test_a_number_that_moves_is_seen_at_once_through_notify(
         fresh = f"pn-{uuid.uuid4()}"
         with pytest.raises(UnknownAssistant):
             resolver.resolve({"x-vapi-secret": acme.secret}, number_body(fresh))
-        state.record_resource(acme.org_id, "phoneNumber", "+15550143001", fresh, {})
+        state.resources.record(acme.org_id, "phoneNumber", "+15550143001", fresh, {})
 
         def known() -> bool:
             try:
@@ -371,7 +371,7 @@ def test_last_used_at_of_a_number(
     resolver = WebhookResolver(state, master_key)
     resolver.resolve({"x-vapi-secret": acme.secret}, number_body(number))
     assert resolver.take_used() == [number]
-    state.touch_mappings([number])
+    state.assistants.touch_mappings([number])
     with state.pool.connection() as conn:
         row = conn.execute(
             "SELECT last_used_at IS NOT NULL FROM resource_org_mapping WHERE vapi_id = %s",

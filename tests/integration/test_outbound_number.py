@@ -32,14 +32,14 @@ def seed(state: StateWriter, slug: str = "acme", *, outbound: bool = True) -> st
     org_id = str(uuid.uuid4())
     tag = "" if slug == "acme" else f"-{slug}"
     number, other = (NUMBER, OTHER) if slug == "acme" else (f"sip:{slug}@x", f"sip:{slug}2@x")
-    state.upsert_org(org_id, slug, slug.title(), None, number if outbound else None)
-    state.record_resource(
+    state.orgs.upsert(org_id, slug, slug.title(), None, number if outbound else None)
+    state.resources.record(
         org_id, "tool", "book", f"tool-vapi-1{tag}", {"type": "function", "function": {}}
     )
-    state.record_resource(
+    state.resources.record(
         org_id, "phoneNumber", number, f"pn-vapi-1{tag}", {"provider": "twilio", "number": number}
     )
-    state.begin_create_resource(org_id, "phoneNumber", other, {"provider": "byo-phone-number"})
+    state.resources.begin_create(org_id, "phoneNumber", other, {"provider": "byo-phone-number"})
     return org_id
 
 
@@ -52,7 +52,7 @@ def store(database_url: str, master_key: MasterKey) -> Iterator[CredentialStore]
 
 def test_the_status_view_lists_tools_numbers_and_the_outbound_id(state: StateWriter) -> None:
     org_id = seed(state)
-    (view,) = [org_view(r) for r in state.org_statuses("acme")]
+    (view,) = [org_view(r) for r in state.orgs.statuses("acme")]
     assert view["id"] == org_id
     assert view["tools"] == [
         {"name": "book", "type": "function", "vapiToolId": "tool-vapi-1", "status": "ready"}
@@ -73,13 +73,13 @@ def test_the_status_view_lists_tools_numbers_and_the_outbound_id(state: StateWri
     ]
     assert view["outbound"] == {"phoneNumber": NUMBER, "phoneNumberId": "pn-vapi-1"}
     # both numbers in Vapi, the outbound one the other: its own id, not the first number's
-    state.record_resource(org_id, "phoneNumber", OTHER, "pn-vapi-2", {"provider": "byo"})
-    state.upsert_org(org_id, "acme", "Acme", None, OTHER)
-    (view,) = [org_view(r) for r in state.org_statuses("acme")]
+    state.resources.record(org_id, "phoneNumber", OTHER, "pn-vapi-2", {"provider": "byo"})
+    state.orgs.upsert(org_id, "acme", "Acme", None, OTHER)
+    (view,) = [org_view(r) for r in state.orgs.statuses("acme")]
     assert view["outbound"] == {"phoneNumber": OTHER, "phoneNumberId": "pn-vapi-2"}
     # declared, not in Vapi yet: no id
-    state.forget_resource(org_id, "phoneNumber", OTHER, "pn-vapi-2")
-    (view,) = [org_view(r) for r in state.org_statuses("acme")]
+    state.resources.forget(org_id, "phoneNumber", OTHER, "pn-vapi-2")
+    (view,) = [org_view(r) for r in state.orgs.statuses("acme")]
     assert view["outbound"] == {"phoneNumber": OTHER, "phoneNumberId": None}
 
 
@@ -107,7 +107,7 @@ def test_the_status_api_serves_them(state: StateWriter) -> None:
 def test_status_org_text_names_them(state: StateWriter) -> None:
     seed(state)
     out = io.StringIO()
-    views = [org_view(r) for r in state.org_statuses("acme")]
+    views = [org_view(r) for r in state.orgs.statuses("acme")]
     render_status(views, Console(file=out, width=200, color_system=None), detail=True)
     text = out.getvalue()
     assert "tool book: tool-vapi-1 (ready)" in text
@@ -124,19 +124,19 @@ def test_the_credential_api_gives_the_outbound_number_id(
     assert store.outbound_number(uuid.UUID(org_id)) == OutboundNumber(org_id, NUMBER, "pn-vapi-1")
     assert store.outbound_number(org_id.upper()) == OutboundNumber(org_id, NUMBER, "pn-vapi-1")
     # the number moves to another of the org's numbers: seen at once (not cached)
-    state.record_resource(org_id, "phoneNumber", OTHER, "pn-vapi-2", {"provider": "byo"})
-    state.upsert_org(org_id, "acme", "Acme", None, OTHER)
+    state.resources.record(org_id, "phoneNumber", OTHER, "pn-vapi-2", {"provider": "byo"})
+    state.orgs.upsert(org_id, "acme", "Acme", None, OTHER)
     assert store.outbound_number(org_id) == OutboundNumber(org_id, OTHER, "pn-vapi-2")
     # declared but not in Vapi yet: the number, no id
-    state.forget_resource(org_id, "phoneNumber", OTHER, "pn-vapi-2")
+    state.resources.forget(org_id, "phoneNumber", OTHER, "pn-vapi-2")
     assert store.outbound_number(org_id) == OutboundNumber(org_id, OTHER, None)
     # none declared, an unknown org, not a uuid, a retired org: None
-    state.upsert_org(org_id, "acme", "Acme", None, None)
+    state.orgs.upsert(org_id, "acme", "Acme", None, None)
     assert store.outbound_number(org_id) is None
     assert store.outbound_number(str(uuid.uuid4())) is None
     assert store.outbound_number("not-a-uuid") is None
     retired = seed(state, "gone")
-    state.retire_org(retired, None, "removed from specs")
+    state.orgs.retire(retired, None, "removed from specs")
     assert store.outbound_number(retired) is None
     # nothing it reads is a secret: no audit row
     stats = store.stats()

@@ -25,7 +25,7 @@ from reconciler.redact import printable
 from reconciler.secrets.crypto import MasterKey
 from reconciler.spec.loader import load_tree
 from reconciler.state.db import open_pool
-from reconciler.state.store import StateError, StateReader, StateWriter
+from reconciler.state.store import AssistantReader, Db, StateError, StateReader, StateWriter
 from reconciler.webhooks.listen import UsageFlusher
 from reconciler.webhooks.resolver import (
     MAX_BODY_BYTES,
@@ -39,7 +39,7 @@ from reconciler.webhooks.resolver import (
     WebhookError,
     WebhookResolver,
 )
-from tests.helpers import SpecDir, org_doc
+from tests.helpers import SlowReader, SpecDir, org_doc
 
 
 def body(assistant_id: str, kind: str = "status-update") -> bytes:
@@ -403,7 +403,7 @@ def test_org_without_active_credential_is_refused(
 ) -> None:
     ids = applied["acme"]
     org_id, _ = vapi_row(state, "acme")
-    state.deactivate_credential(org_id, "vapi")
+    state.credentials.deactivate(org_id, "vapi")
     with pytest.raises(BadSecret) as exc:
         WebhookResolver(state, controller.key).resolve(
             {"x-vapi-secret": ids["secret"]}, body(ids["inbound"])
@@ -715,7 +715,7 @@ class Org:
 def store_secret(state: StateWriter, key: MasterKey, org_id: str, secret: str) -> None:
     """The org's Vapi credential; storing a different one keeps this as the previous one."""
     config = {"apiKey": f"key-{uuid.uuid4().hex[:8]}", "webhookSecret": secret}
-    state.store_credential(
+    state.credentials.store(
         org_id, "vapi", key.encrypt(config, aad=f"{org_id}:vapi"), key.fingerprint(config)
     )
 
@@ -730,12 +730,12 @@ def seed_org(
 ) -> Org:
     org_id = str(uuid.uuid4())
     secret = secret or f"whsec-{slug}-{uuid.uuid4().hex[:8]}"
-    state.upsert_org(org_id, slug, slug.title(), forward_url)
+    state.orgs.upsert(org_id, slug, slug.title(), forward_url)
     store_secret(state, key, org_id, secret)
     ids = {}
     for role in ("inbound", "outbound"):
         ids[role] = f"asst-{uuid.uuid4()}"
-        state.record_assistant(org_id, role, ids[role], f"{slug} {role}", {})
+        state.assistants.record(org_id, role, ids[role], f"{slug} {role}", {})
     return Org(org_id, slug, secret, ids["inbound"], ids["outbound"])
 
 
@@ -987,7 +987,7 @@ def test_org_without_credential_refuses_everything_until_one_is_stored(
     two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
 ) -> None:
     acme, _ = two
-    state.deactivate_credential(acme.org_id, "vapi")
+    state.credentials.deactivate(acme.org_id, "vapi")
     resolver = WebhookResolver(state, master_key, negative_ttl_s=300)
     raw = body(acme.inbound)
     for headers in (
@@ -1041,14 +1041,6 @@ def test_a_flood_of_one_unknown_id_costs_one_query(
     assert (resolver.hits, resolver.misses) == (999, 1)
 
 
-class SlowReader(StateReader):
-    """Lookups that take a while, so that concurrent misses overlap."""
-
-    def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
-        time.sleep(0.2)
-        return super().resolve_assistant(vapi_assistant_id)
-
-
 def test_concurrent_misses_of_one_id_share_one_query(
     two: tuple[Org, Org], state: StateWriter, master_key: MasterKey
 ) -> None:
@@ -1084,11 +1076,16 @@ def test_a_change_announced_during_a_lookup_is_not_cached(
     acme, _ = two
     resolvers: list[WebhookResolver] = []
 
-    class Racing(StateReader):
-        def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
-            row = super().resolve_assistant(vapi_assistant_id)
+    class RacingAssistants(AssistantReader):
+        def resolve(self, vapi_assistant_id: str) -> dict[str, Any] | None:
+            row = super().resolve(vapi_assistant_id)
             resolvers[0].invalidate(vapi_assistant_id)  # a commit this read did not see
             return row
+
+    class Racing(StateReader):
+        def _compose(self, db: Db) -> None:
+            super()._compose(db)
+            self.assistants = RacingAssistants(db)
 
     resolver = WebhookResolver(Racing(state.pool), master_key)
     resolvers.append(resolver)
@@ -1139,7 +1136,7 @@ def test_last_used_at_is_written_in_batches_off_the_request_path(
 ) -> None:
     acme, globex = two
     resolver = WebhookResolver(state, master_key)
-    flusher = UsageFlusher(resolver, state.touch_mappings, every_s=3600)
+    flusher = UsageFlusher(resolver, state.assistants.touch_mappings, every_s=3600)
     start = state.queries
     for _ in range(20):
         resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))
@@ -1190,7 +1187,7 @@ def test_the_flusher_thread_writes_every_few_seconds(
 ) -> None:
     acme, _ = two
     resolver = WebhookResolver(state, master_key)
-    flusher = UsageFlusher(resolver, state.touch_mappings, every_s=0.05)
+    flusher = UsageFlusher(resolver, state.assistants.touch_mappings, every_s=0.05)
     flusher.start()
     try:
         resolver.resolve({"x-vapi-secret": acme.secret}, body(acme.inbound))

@@ -20,7 +20,7 @@ from tests.helpers import SpecDir, org_doc
 
 def new_org(state: StateWriter, slug: str = "acme") -> str:
     org_id = str(uuid.uuid4())
-    state.upsert_org(org_id, slug, slug.title())
+    state.orgs.upsert(org_id, slug, slug.title())
     return org_id
 
 
@@ -47,11 +47,11 @@ def column(state: StateWriter, sql: str, *params: object) -> object:
 
 def test_unchanged_status_is_not_written_again(state: StateWriter) -> None:
     org = new_org(state)
-    assert state.finish_orgs([ready(org, create=2)]) == [org]
-    assert state.finish_orgs([ready(org)]) == [org]  # Applied -> UpToDate: a change
+    assert state.orgs.finish([ready(org, create=2)]) == [org]
+    assert state.orgs.finish([ready(org)]) == [org]  # Applied -> UpToDate: a change
     stamp = column(state, "SELECT last_reconciled_at FROM organizations WHERE id = %s", org)
     for _ in range(3):  # a converged org: nothing written
-        assert state.finish_orgs([ready(org)]) == []
+        assert state.orgs.finish([ready(org)]) == []
     assert column(state, "SELECT last_reconciled_at FROM organizations WHERE id = %s", org) == stamp
     assert [r[0] for r in runs(state, org)] == ["Ready", "Ready"]
     assert runs(state, org)[0][1] == {"create": 2}
@@ -59,22 +59,22 @@ def test_unchanged_status_is_not_written_again(state: StateWriter) -> None:
 
 def test_heartbeat_rewrites_an_unchanged_status_after_ten_minutes(state: StateWriter) -> None:
     org = new_org(state)
-    state.finish_orgs([ready(org)])
+    state.orgs.finish([ready(org)])
     with state.pool.connection() as conn:
         conn.execute(
             "UPDATE organizations SET last_reconciled_at = now() - interval '11 minutes'"
             " WHERE id = %s",
             (org,),
         )
-    assert state.finish_orgs([ready(org)]) == [org]
-    assert state.finish_orgs([ready(org)]) == []
+    assert state.orgs.finish([ready(org)]) == [org]
+    assert state.orgs.finish([ready(org)]) == []
 
 
 def test_condition_change_is_written_with_its_transition_time(state: StateWriter) -> None:
     org = new_org(state)
-    state.finish_orgs([ready(org)])
+    state.orgs.finish([ready(org)])
     failed = status.failed("Vapi answered 500")
-    assert state.finish_orgs([OrgStatus(org, "Failed", "Vapi answered 500", failed)]) == [org]
+    assert state.orgs.finish([OrgStatus(org, "Failed", "Vapi answered 500", failed)]) == [org]
     with state.pool.connection() as conn:
         row = conn.execute(
             "SELECT status, conditions, status_changed_at FROM organizations WHERE id = %s",
@@ -91,7 +91,7 @@ def test_condition_change_is_written_with_its_transition_time(state: StateWriter
 def test_history_keeps_the_last_ten_runs(state: StateWriter) -> None:
     org = new_org(state)
     for i in range(RUNS_KEPT + 5):
-        state.finish_orgs([ready(org, update=i + 1)])
+        state.orgs.finish([ready(org, update=i + 1)])
     kept = runs(state, org)
     assert len(kept) == RUNS_KEPT
     assert [r[1]["update"] for r in kept] == list(range(6, RUNS_KEPT + 6))
@@ -100,9 +100,9 @@ def test_history_keeps_the_last_ten_runs(state: StateWriter) -> None:
 def test_revisions_attempted_and_applied(state: StateWriter) -> None:
     org = new_org(state)
     conditions = status.ready({})
-    state.finish_orgs([OrgStatus(org, "Ready", None, conditions, revision="aaa", applied=True)])
+    state.orgs.finish([OrgStatus(org, "Ready", None, conditions, revision="aaa", applied=True)])
     failed = status.failed("boom")
-    state.finish_orgs([OrgStatus(org, "Failed", "boom", failed, revision="bbb", applied=False)])
+    state.orgs.finish([OrgStatus(org, "Failed", "boom", failed, revision="bbb", applied=False)])
     with state.pool.connection() as conn:
         row = conn.execute(
             "SELECT last_attempted_revision, last_applied_revision FROM organizations"
@@ -114,15 +114,15 @@ def test_revisions_attempted_and_applied(state: StateWriter) -> None:
 
 def test_status_read_holds_no_secret_and_lists_runs(state: StateWriter) -> None:
     org = new_org(state)
-    state.store_credential(org, "vapi", "sealed-value", "fp")
-    state.finish_orgs([ready(org, create=1)])
-    (row,) = state.org_statuses("acme")
+    state.credentials.store(org, "vapi", "sealed-value", "fp")
+    state.orgs.finish([ready(org, create=1)])
+    (row,) = state.orgs.statuses("acme")
     assert row["credentials"] == [
         {"provider": "vapi", "active": True, "last_verified_at": None, "verification_error": None}
     ]
     assert "sealed-value" not in repr(row)
     assert row["runs"][0]["changes"] == {"create": 1}
-    assert state.org_statuses("nobody") == []
+    assert state.orgs.statuses("nobody") == []
 
 
 # -- secret rotation bookkeeping ----------------------------------------------------------------
@@ -143,33 +143,33 @@ def test_changed_vapi_credential_keeps_the_previous_until_the_org_is_ready(
     state: StateWriter,
 ) -> None:
     org = new_org(state)
-    state.store_credential(org, "vapi", "old-sealed", "fp-old")
+    state.credentials.store(org, "vapi", "old-sealed", "fp-old")
     assert rotation(state, org) == (None, None)
-    state.store_credential(org, "vapi", "old-sealed", "fp-old")  # unchanged: nothing kept
+    state.credentials.store(org, "vapi", "old-sealed", "fp-old")  # unchanged: nothing kept
     assert rotation(state, org) == (None, None)
-    state.store_credential(org, "vapi", "new-sealed", "fp-new")
+    state.credentials.store(org, "vapi", "new-sealed", "fp-new")
     assert rotation(state, org) == ("old-sealed", None)  # in progress: no end yet
     failed = status.failed("PATCH failed")
-    state.finish_orgs([OrgStatus(org, "Failed", "PATCH failed", failed)])
+    state.orgs.finish([OrgStatus(org, "Failed", "PATCH failed", failed)])
     assert rotation(state, org) == ("old-sealed", None)  # not complete while failing
-    state.finish_orgs([ready(org)], secret_grace_s=300)
+    state.orgs.finish([ready(org)], secret_grace_s=300)
     previous, until = rotation(state, org)
     assert previous == "old-sealed" and until is not None
-    state.finish_orgs([ready(org, update=1)], secret_grace_s=0)  # grace over: dropped
+    state.orgs.finish([ready(org, update=1)], secret_grace_s=0)  # grace over: dropped
     with state.pool.connection() as conn:
         conn.execute(
             "UPDATE org_credentials SET previous_valid_until = now() - interval '1 second'"
             " WHERE org_id = %s",
             (org,),
         )
-    state.finish_orgs([ready(org)])
+    state.orgs.finish([ready(org)])
     assert rotation(state, org) == (None, None)
 
 
 def test_other_providers_keep_no_previous(state: StateWriter) -> None:
     org = new_org(state)
-    state.store_credential(org, "twilio", "a", "fp-a")
-    state.store_credential(org, "twilio", "b", "fp-b")
+    state.credentials.store(org, "twilio", "a", "fp-a")
+    state.credentials.store(org, "twilio", "b", "fp-b")
     with state.pool.connection() as conn:
         row = conn.execute(
             "SELECT previous_encrypted_config FROM org_credentials WHERE provider = 'twilio'"
@@ -265,7 +265,7 @@ def test_a_failing_spec_marks_its_known_org_stalled(
     path.write_text(path.read_text().replace("kind: Organization", "kind: Nope"))
     report = controller.apply(load_tree(specs.root))
     assert report.problems
-    (row,) = state.org_statuses("acme")
+    (row,) = state.orgs.statuses("acme")
     assert row["status"] == "Stalled"
     stalled = {c["type"]: c for c in row["conditions"]}["Stalled"]
     assert stalled["status"] == "True" and stalled["reason"] == "SpecInvalid"
@@ -285,12 +285,12 @@ def test_schedule_tables_truncated_between_tests(state: StateWriter) -> None:
 
 def test_overlapping_rotations_keep_the_secrets_still_in_flight(state: StateWriter) -> None:
     org = new_org(state)
-    state.store_credential(org, "vapi", "A", "fp-A")
+    state.credentials.store(org, "vapi", "A", "fp-A")
     for token in "BCDE":
-        state.store_credential(org, "vapi", token, f"fp-{token}")
+        state.credentials.store(org, "vapi", token, f"fp-{token}")
     assert rotation(state, org) == ("B C D", None)  # the last three replaced, oldest first
-    state.finish_orgs([ready(org)], secret_grace_s=300)  # E reached every assistant
-    state.store_credential(org, "vapi", "F", "fp-F")
+    state.orgs.finish([ready(org)], secret_grace_s=300)  # E reached every assistant
+    state.credentials.store(org, "vapi", "F", "fp-F")
     assert rotation(state, org) == ("E", None)  # a new rotation: only E can be in flight
 
 
@@ -327,5 +327,5 @@ def test_status_api_answers_404_for_a_slug_postgres_cannot_hold(state: StateWrit
             assert answer.status_code == 404, (slug, answer.text)
             assert answer.json() == {"error": "no org with this slug"}
         assert client.get("/readyz").status_code == 200  # no outage was recorded either
-    assert state.org_statuses("acme\x00") == [] and state.live_org_id("acme\x00") is None
-    assert state.assistant_owner("asst\x00") is None
+    assert state.orgs.statuses("acme\x00") == [] and state.orgs.live_id("acme\x00") is None
+    assert state.assistants.owner("asst\x00") is None

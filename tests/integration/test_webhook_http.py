@@ -45,7 +45,7 @@ from reconciler.webhooks.http import (
 )
 from reconciler.webhooks.listen import LISTENER_NAME, CacheListener
 from reconciler.webhooks.resolver import MAX_BODY_BYTES, ResolvedWebhook, WebhookResolver
-from tests.helpers import ROOT, listening_socket, run_python, served
+from tests.helpers import ROOT, SlowReader, listening_socket, run_python, served
 from tests.helpers.netproxy import cuttable
 from tests.integration.test_resolver import (
     REFUSALS,
@@ -157,7 +157,7 @@ def test_an_org_without_a_credential_refuses_everything(
     two: tuple[Org, Org], state: StateWriter, client: httpx.Client
 ) -> None:
     acme, _ = two
-    state.deactivate_credential(acme.org_id, "vapi")
+    state.credentials.deactivate(acme.org_id, "vapi")
     raw = body(acme.inbound)
     for headers in ({"x-vapi-secret": acme.secret}, signed(acme.secret, raw)):
         resp = client.post(PATH, content=raw, headers=headers)
@@ -239,12 +239,6 @@ def test_concurrent_requests_for_one_unknown_id_cost_one_query(
 
     assert anyio.run(flood) == [404] * 200
     assert reader.queries == 1
-
-
-class SlowReader(StateReader):
-    def resolve_assistant(self, vapi_assistant_id: str) -> dict[str, Any] | None:
-        time.sleep(0.2)
-        return super().resolve_assistant(vapi_assistant_id)
 
 
 def test_a_cache_hit_stays_on_the_event_loop(
@@ -826,11 +820,11 @@ def test_changes_in_another_process_count_at_once(
         assert status(acme.inbound, acme.secret) == 200  # cached for 300 s
         assert status(globex.inbound, globex.secret) == 200
         # a new assistant (replacing acme's inbound one): announced, the negative entry dropped
-        state.record_assistant(acme.org_id, "inbound", fresh, "acme inbound", {})
+        state.assistants.record(acme.org_id, "inbound", fresh, "acme inbound", {})
         assert poll(lambda: status(fresh, acme.secret) == 200, within_s=1.0) < 1.0
         assert status(acme.inbound, acme.secret) == 200  # replaced: its late webhooks still count
         # a removed one: kept for late webhooks until the retention window ends, then gone
-        state.forget_assistant(globex.org_id, "inbound", globex.inbound)
+        state.assistants.forget(globex.org_id, "inbound", globex.inbound)
         assert status(globex.inbound, globex.secret) == 200
         with state.pool.connection() as conn:
             conn.execute(
@@ -838,14 +832,14 @@ def test_changes_in_another_process_count_at_once(
                 " WHERE vapi_assistant_id = %s",
                 (globex.inbound,),
             )
-        assert state.expire() == 1
+        assert state.orgs.expire() == 1
         poll(lambda: status(globex.inbound, globex.secret) == 404, within_s=1.0)
         # a changed credential: the new secret counts at once (the old one too, while rotating)
         assert status(acme.outbound, acme.secret) == 200  # cached for 300 s
         store_secret(state, master_key, acme.org_id, "whsec-acme-rotated")
         poll(lambda: status(acme.outbound, "whsec-acme-rotated") == 200, within_s=1.0)
         assert status(acme.outbound, acme.secret) == 200
-        state.deactivate_credential(acme.org_id, "vapi")
+        state.credentials.deactivate(acme.org_id, "vapi")
         poll(lambda: status(acme.outbound, "whsec-acme-rotated") == 401, within_s=1.0)
         # last_used_at is written by the server's flusher, off the request path
         with state.pool.connection() as conn:
@@ -892,7 +886,7 @@ def test_listener_reconnects_and_clears_the_cache(
             assert resolver.misses == misses + 1  # the cache was cleared on reconnect
             with pytest.raises(Exception, match="no known org"):
                 resolver.resolve({}, body(fresh))
-            state.record_assistant(acme.org_id, "inbound", fresh, "acme inbound", {})
+            state.assistants.record(acme.org_id, "inbound", fresh, "acme inbound", {})
 
             def resolves() -> bool:
                 try:
