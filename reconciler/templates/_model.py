@@ -20,7 +20,7 @@ ASSISTANT_FIELDS = frozenset(AssistantSpec.model_fields)
 _REF = re.compile(REF_PATTERN)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # not frozen: raising sets __traceback__
 class TemplateError(ValueError):
     """One problem, always printed as one line: the file, the field path, the template and
     what is wrong (the shape of `validate`'s problem lines, so the loader can relay it)."""
@@ -43,10 +43,11 @@ def one_line(exc: ValidationError) -> tuple[str, str]:
     """The first field path and every message of a pydantic error, on one line: pydantic's
     own text spans several lines."""
     errors = exc.errors(include_url=False)
-    first = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
-    return first, "; ".join(
-        (".".join(str(p) for p in e["loc"]) + ": " if e["loc"] else "") + e["msg"] for e in errors
+    paths = [".".join(str(p) for p in e["loc"] if p != "[key]") for e in errors]
+    text = "; ".join(
+        f"{path}: {e['msg']}" if path else e["msg"] for path, e in zip(paths, errors, strict=True)
     )
+    return (paths[0] if paths else ""), text
 
 
 class _Strict(BaseModel):
