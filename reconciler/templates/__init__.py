@@ -27,6 +27,7 @@ from reconciler.templates._model import (
     TemplateUse,
     Wave,
     parse_ref,
+    parse_use,
 )
 from reconciler.templates._render import Rendered, Template, load_template, render
 
@@ -52,5 +53,6 @@ __all__ = [
     "load_template",
     "parse_lock",
     "parse_ref",
+    "parse_use",
     "render",
 ]

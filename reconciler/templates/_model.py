@@ -176,6 +176,18 @@ class TemplateUse(_Strict):
         return int(self.template.rsplit("@", 1)[1])
 
 
+def parse_use(data: object, *, org_file: str, field: str) -> TemplateUse:
+    """An org's `template`/`with`/`overrides` checked, or a one-line TemplateError naming
+    the org file and the field (`assistants.inbound.template`)."""
+    asked = data.get("template") if isinstance(data, dict) else None
+    try:
+        return TemplateUse.model_validate(data)
+    except ValidationError as exc:
+        path, message = one_line(exc)
+        where = ".".join(p for p in (field, path) if p)
+        raise TemplateError(org_file, where, str(asked or "?"), message) from None
+
+
 def parse_ref(text: str) -> tuple[str, int] | None:
     """`name@version` split, or None when it is not one."""
     match = _REF.match(text)

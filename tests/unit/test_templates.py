@@ -27,6 +27,7 @@ from reconciler.templates import (
     format_path,
     load_template,
     parse_lock,
+    parse_use,
     render,
 )
 
@@ -528,6 +529,35 @@ def test_missing_required_parameter() -> None:
         render(tpl, bare, org_file=ORG_FILE, field=FIELD)
     assert_one_line(
         caught.value, ORG_FILE, f"{FIELD}.with", "missing required parameter(s): practiceName"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        ({"template": "dental-receptionist"}, "template", "should match pattern"),
+        ({"template": "dental-receptionist@0"}, "template", "should match pattern"),
+        ({"template": REF, "with": [1]}, "with", "valid dictionary"),
+        ({"template": REF, "overrides": {}, "extra": 1}, "extra", "Extra inputs"),
+        ({"with": {}}, "template", "Field required"),
+    ],
+)
+def test_use_errors(data: dict[str, Any], field: str, fragment: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        parse_use(data, org_file=ORG_FILE, field=FIELD)
+    text = str(caught.value)
+    assert "\n" not in text
+    assert text.startswith(f"{ORG_FILE}: {FIELD}.{field}: template "), text
+    assert fragment in text, text
+
+
+def test_use_parsed() -> None:
+    parsed = parse_use({"template": REF, "with": {"a": 1}}, org_file=ORG_FILE, field=FIELD)
+    assert (parsed.name, parsed.version, parsed.with_, parsed.overrides) == (
+        "dental-receptionist",
+        3,
+        {"a": 1},
+        {},
     )
 
 
