@@ -1,0 +1,229 @@
+"""Checking a template file and rendering an org's assistant from it: `${param}` substitution
+in string values, the org's overrides merged on top, the result checked as an assistant.
+
+Substitution is deliberately small: `${name}` in a string value is replaced by the
+parameter's value as text, `$${` writes a literal `${`, and nothing else is interpreted (no
+expressions, loops or conditionals). Keys are never substituted. A value's type never changes:
+`"${port}"` of an integer parameter renders the string "8080", so a field typed otherwise
+fails the assistant check instead of being coerced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from reconciler.spec.models import AssistantSpec
+from reconciler.templates._merge import Leaf, MergeError, Node, Path, format_path, merge, unwrap
+from reconciler.templates._model import (
+    ASSISTANT_FIELDS,
+    AssistantTemplate,
+    Origin,
+    Parameter,
+    ParameterValue,
+    Source,
+    TemplateError,
+    TemplateUse,
+    one_line,
+    value_problem,
+)
+
+_TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)(?P<close>\})?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A `${name}` in a string."""
+
+    name: str
+
+
+def scan(text: str) -> list[str | Ref]:
+    """A string value as literal pieces and parameter references. Raises ValueError for a
+    `${` that is not `${name}`."""
+    parts: list[str | Ref] = []
+    pos = 0
+    for match in _TOKEN.finditer(text):
+        parts.append(text[pos : match.start()])
+        pos = match.end()
+        if match.group(0) == "$${":
+            parts.append("${")
+        elif match["close"] is None:
+            raise ValueError("`${` without a closing `}` (write `$${` for a literal `${`)")
+        elif not _NAME.fullmatch(match["body"]):
+            raise ValueError(
+                f"`${{{match['body']}}}` is not a parameter name (no expressions; write `$${{` "
+                "for a literal `${`)"
+            )
+        else:
+            parts.append(Ref(match["body"]))
+    parts.append(text[pos:])
+    return [p for p in parts if p != ""]
+
+
+def _strings(value: Any, at: Path) -> Iterator[tuple[Path, str]]:
+    if isinstance(value, str):
+        yield at, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*at, i))
+
+
+def _keys(value: Any, at: Path) -> Iterator[tuple[Path, str]]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield (*at, k), k
+            yield from _keys(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _keys(v, (*at, i))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A checked template file and where it was read from (named in every error)."""
+
+    source: str
+    model: AssistantTemplate
+
+    @property
+    def ref(self) -> str:
+        return self.model.ref
+
+    def error(self, path: Path, message: str) -> TemplateError:
+        return TemplateError(self.source, format_path(path), self.ref, message)
+
+
+def load_template(data: object, source: str) -> Template:
+    """A template file's parsed YAML checked: its shape, that its body sets only fields of
+    the assistant spec, that every `${name}` is a declared parameter and every parameter is
+    used. Raises TemplateError (one line)."""
+    ref = "?"
+    if isinstance(data, Mapping) and isinstance(data.get("metadata"), Mapping):
+        name, version = data["metadata"].get("name"), data["metadata"].get("version")
+        ref = f"{name}@{version}"
+    try:
+        model = AssistantTemplate.model_validate(data)
+    except ValidationError as exc:
+        field, message = one_line(exc)
+        raise TemplateError(source, field, ref, message) from None
+    template = Template(source, model)
+    body = model.assistant
+    for key in body:
+        if key not in ASSISTANT_FIELDS:
+            raise template.error(("assistant", key), f"{key} is not a field of the assistant spec")
+    for path, key in _keys(body, ("assistant",)):
+        if key.startswith("$") or "${" in key:
+            raise template.error(path, "keys are never substituted nor directives in a template")
+    used: set[str] = set()
+    for path, text in _strings(body, ("assistant",)):
+        try:
+            refs = [p.name for p in scan(text) if isinstance(p, Ref)]
+        except ValueError as exc:
+            raise template.error(path, str(exc)) from None
+        for name in refs:
+            if name not in model.parameters:
+                declared = ", ".join(model.parameters) or "none"
+                raise template.error(path, f"unknown parameter ${{{name}}} (declared: {declared})")
+        used.update(refs)
+    for name in model.parameters:
+        if name not in used:
+            raise template.error(("parameters", name), f"parameter {name} is never used")
+    return template
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An org's effective assistant: the plain body, the same checked as an assistant spec,
+    and the origin of each leaf by its path (`model.messages[0].content`)."""
+
+    assistant: dict[str, Any]
+    spec: AssistantSpec
+    origins: dict[str, Origin]
+
+
+def _text(value: ParameterValue) -> str:
+    """A parameter's value inside a string: booleans as YAML writes them."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _substitute(value: Any, values: Mapping[str, tuple[ParameterValue, str]], ref: str) -> Node:
+    """The body with parameters substituted, every leaf with its origin."""
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, values, ref) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, values, ref) for v in value]
+    if not isinstance(value, str):
+        return Leaf(value, Origin("template", ref))
+    parts = scan(value)
+    names = tuple(dict.fromkeys(p.name for p in parts if isinstance(p, Ref)))
+    text = "".join(p if isinstance(p, str) else _text(values[p.name][0]) for p in parts)
+    given = tuple(n for n in names if values[n][1] == "with")
+    defaults = tuple(n for n in names if values[n][1] == "default")
+    source: Source = "with" if given else "default" if defaults else "template"
+    return Leaf(text, Origin(source, ref, given, defaults))
+
+
+def resolve(
+    parameters: Mapping[str, Parameter],
+    given: Mapping[str, Any],
+    fail: Callable[[Path, str], TemplateError],
+) -> dict[str, tuple[ParameterValue, str]]:
+    """Each parameter's value and whether it came from `with` or its default."""
+    for name in given:
+        if name not in parameters:
+            declared = ", ".join(parameters) or "none"
+            raise fail(("with", name), f"unknown parameter {name} (declared: {declared})")
+    values: dict[str, tuple[ParameterValue, str]] = {}
+    missing = []
+    for name, parameter in parameters.items():
+        if name in given:
+            if problem := value_problem(parameter, given[name]):
+                raise fail(("with", name), f"parameter {name} ({parameter.type}) {problem}")
+            values[name] = (given[name], "with")
+        elif parameter.default is not None:
+            values[name] = (parameter.default, "default")
+        else:
+            missing.append(name)
+    if missing:
+        raise fail(("with",), f"missing required parameter(s): {', '.join(missing)}")
+    return values
+
+
+def render(template: Template, use: TemplateUse, *, org_file: str, field: str = "") -> Rendered:
+    """The assistant an org's `use` of `template` describes. `org_file` and `field` (the
+    assistant's path in that file, `assistants.inbound`) are named in every error."""
+    ref = template.ref
+
+    def fail(path: Path, message: str) -> TemplateError:
+        full = format_path(tuple(p for p in (*field.split("."), *path) if p != ""))
+        return TemplateError(org_file, full, ref, message)
+
+    if use.template != ref:
+        raise fail(("template",), f"{use.template} asked for, {ref} given")
+    values = resolve(template.model.parameters, use.with_, fail)
+    body = _substitute(template.model.assistant, values, ref)
+    for key in use.overrides:
+        if key not in ASSISTANT_FIELDS:
+            raise fail(("overrides", key), f"{key} is not a field of the assistant spec")
+    try:
+        merged = merge(body, use.overrides, Origin("override", ref))
+    except MergeError as exc:
+        raise fail(("overrides", *exc.path), exc.message) from None
+    assistant, origins = unwrap(merged)
+    try:
+        spec = AssistantSpec.model_validate(assistant, strict=True)
+    except ValidationError as exc:
+        path, message = one_line(exc)
+        raise fail(
+            tuple(path.split(".")), f"the rendered assistant is refused: {message}"
+        ) from None
+    return Rendered(assistant, spec, origins)
