@@ -27,7 +27,9 @@ Bounds: a broken or hostile file costs little and stays a few lines about that f
   (never the path again): by default `secrets.native`, in-process, which hands them to the sops
   binary on stdin for whatever it cannot do exactly as sops does. Only `spec.credentials` is
   taken from its output; everything else comes from the document that was validated. The same
-  bounded loader parses the decrypted output.
+  bounded loader parses the decrypted output; a tree the native path decrypted is taken as is
+  when this loader would read its YAML to the same credentials without a problem
+  (`reads_back_as_is`), so sops's output is neither emitted nor parsed again.
 
 **Parsing.** libyaml scans and parses (`_CSpecLoader`, about 6x faster); the composer, resolver
 and constructors that enforce the rules above are the same Python code either way, and a text
@@ -580,6 +582,78 @@ def parse_yaml(path: Path, text: str | bytes) -> tuple[dict[str, Any] | None, li
     return (None, _locate(problems, text)) if problems else (doc, [])
 
 
+class _Typer(_SpecRules, yaml.resolver.Resolver):
+    """The spec loader's typing of a plain scalar, alone (no parser): `reads_back_as_is`."""
+
+
+_TYPER = _Typer()
+# the first characters of the plain scalars YAML 1.1 (or the exponent floats) may type
+_TYPED_FIRST = frozenset(k for k in yaml.resolver.Resolver.yaml_implicit_resolvers if k)
+
+
+def _reads_as_text(text: str, writes_plain: Callable[[str], bool]) -> bool:
+    """Whether this loader reads `text`, as the native path emits it, back as that string."""
+    if text == "<<":  # the emitter hands it to the binary
+        return False
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    if text and text[0] not in _TYPED_FIRST:
+        return True
+    tag = _TYPER.resolve(yaml.ScalarNode, text, (True, False))
+    return tag == _STR_TAG or not writes_plain(text)  # quoted: a string either way
+
+
+_SCALARS = (int, bool, float, type(None))
+NODE_BYTES = 4 * MAX_DEPTH + 16
+"""What one node of a document this deep adds to its YAML at most, beyond 10 bytes a
+character of its text (indentation, indicators, quotes, a line break; an escape is at most 10
+bytes): `reads_back_as_is` bounds the size of the YAML it does not write."""
+
+
+def reads_back_as_is(tree: dict[str, Any], writes_plain: Callable[[str], bool]) -> bool:
+    """Whether `parse_yaml` of the YAML the native path emits for the decrypted `tree`
+    (`secrets.native.emit_document`: a string plain exactly when `writes_plain` says so) would
+    find no problem and read `spec.credentials` equal to the tree's, and whether that YAML
+    is small enough for the native path: then the tree is taken as is, neither emitted nor
+    parsed (`_decrypt_one`). Anything else is left to the YAML: credentials that are not all
+    strings (this loader may type a number or a date otherwise than sops), a string this
+    loader would read as another type, nesting past MAX_DEPTH."""
+    spec = tree.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("credentials"), dict | list):
+        return False
+    size = 0
+    stack: list[tuple[Any, int, bool]] = [(tree, 1, False)]
+    while stack:
+        node, depth, secret = stack.pop()
+        kind = type(node)
+        size += NODE_BYTES
+        if kind is str:
+            if not _reads_as_text(node, writes_plain):
+                return False
+            size += 10 * len(node)
+        elif kind is dict or kind is list:
+            if depth > MAX_DEPTH:
+                return False
+            if kind is list:
+                stack.extend((v, depth + 1, secret) for v in node)
+                continue
+            for k, v in node.items():
+                if type(k) is not str or not _reads_as_text(k, writes_plain):
+                    return False
+                size += NODE_BYTES + 10 * len(k)
+                stack.append((v, depth + 1, secret or (node is spec and k == "credentials")))
+        elif (
+            secret  # a credential that is not a string
+            or not isinstance(node, _SCALARS)
+            or (isinstance(node, float) and not math.isfinite(node))
+        ):
+            return False
+    return size <= sops.MAX_OUTPUT_BYTES // 4
+
+
 # -- checks ------------------------------------------------------------------------------------
 
 
@@ -917,16 +991,34 @@ Decrypt = Callable[[Path, bytes], bytes]
 """(path for messages, the validated bytes) -> the plaintext YAML; raises DecryptionError."""
 
 
+def _native_keep(tree: dict[str, Any]) -> bool:
+    from reconciler.secrets.native import writes_plain
+
+    return reads_back_as_is(tree, writes_plain)
+
+
 def _decrypt_one(
-    path: Path, data: bytes, decrypt: Decrypt, validated: dict[str, Any] | None = None
+    path: Path, data: bytes, decrypt: Decrypt | None, validated: dict[str, Any] | None = None
 ) -> tuple[Organization | None, list[Problem]]:
+    """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
+    would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed."""
+    plain: dict[str, Any] | bytes
     try:
-        plain = decrypt(path, data)
+        if decrypt is None:
+            from reconciler.secrets import native
+
+            plain = native.decrypt_document(path, data, keep=_native_keep)
+        else:
+            plain = decrypt(path, data)
     except DecryptionError as exc:
         return None, [Problem(path, "", str(exc).removeprefix(f"{path}: "))]
-    decrypted, problems = parse_yaml(path, plain)
-    if decrypted is None:
-        return None, problems
+    if isinstance(plain, dict):
+        decrypted = plain
+    else:
+        parsed, problems = parse_yaml(path, plain)
+        if parsed is None:
+            return None, problems
+        decrypted = parsed
     if validated is None:  # parsed when validated, unless the check came from the cache
         validated, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
         if validated is None:
@@ -957,14 +1049,10 @@ def load_tree(
     other orgs still converge. sops decrypts the bytes that were validated, not the path.
     With a `cache`, a file whose bytes were seen before is neither checked nor decrypted
     again (its earlier outcome, success or failure, is reused). `decrypt` defaults to
-    `secrets.native` (imported here: `validate` never needs it).
+    `secrets.native` (imported when needed: `validate` never needs it).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    if decrypt is None:
-        from reconciler.secrets import native
-
-        decrypt = native.decrypt_bytes
     docs: dict[Path, dict[str, Any]] = {}
     checked, sources = _validate(root, cache, docs)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
