@@ -625,9 +625,32 @@ def _yaml_problem(path: Path, text: str, exc: yaml.YAMLError) -> Problem:
     return Problem(path, "", f"{prefix}: {problem}")
 
 
+def _json_only(doc: Any) -> bool:
+    """Whether every key is a string and every value one JSON carries: the walk of
+    `_value_problems` without the field paths, which only a problem needs."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is dict:
+            if not all(type(k) is str for k in node):
+                return False
+            stack.extend(node.values())
+        elif kind is list:
+            stack.extend(node)
+        elif kind is float:
+            if not math.isfinite(node):
+                return False
+        elif not (kind is str or kind is int or kind is bool or node is None):
+            return False
+    return True
+
+
 def _value_problems(path: Path, doc: Any) -> list[Problem]:
     """Values that JSON cannot carry, by field path (the loader lets only non-finite floats
     through; the other branches are a guard)."""
+    if _json_only(doc):
+        return []
     problems: list[Problem] = []
     stack: list[tuple[str, Any]] = [("", doc)]
     while stack:
