@@ -20,7 +20,7 @@ from collections import Counter
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
+from rich.text import Text
 
 from reconciler.redact import printable
 
@@ -134,9 +134,8 @@ class OrgProgress:
             if not (final and self.lines) or self.closed or self.console is None:
                 return
             text, style = org_line(outcome, applied=self.applied)
-            markup = f"[{style}]{escape(text)}[/{style}]" if style else escape(text)
             try:
-                self.console.print(markup)
+                self.console.print(Text(text, style=style))  # no markup to parse
             except OSError:  # BrokenPipeError: `| head` has what it wanted; the run goes on
                 self.closed = True
 

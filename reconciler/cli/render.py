@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from reconciler.cli.textdiff import DiffLine, one_line, summary, value_diff
 from reconciler.controller.run import RunReport
@@ -162,71 +163,86 @@ def _diff_markup(line: DiffLine) -> str:
     return escape(prefix) + body
 
 
+class _Lines:
+    """Markup lines, each parsed on its own (a `[` in one never pairs with a `]` in the next)
+    and printed together in one `console.print`."""
+
+    def __init__(self) -> None:
+        self.lines: list[Text] = []
+
+    def print(self, markup: str) -> None:
+        self.lines.append(Text.from_markup(markup, emoji=False))
+
+    def print_to(self, console: Console) -> None:
+        if self.lines:
+            console.print(Text("\n").join(self.lines))
+
+
 def render_text(
     report: RunReport, console: Console, *, verb: str = "Plan", quiet: bool = False
 ) -> None:
     """The plan (or what was applied), org by org, then the run's problems and the summary.
-    `quiet`: only the summary and the problems (an org's error and warnings, failed files)."""
+    `quiet`: only the summary and the problems (an org's error and warnings, failed files).
+    Printed as one text: rich costs about as much per print as per line of it."""
+    out = _Lines()
     for outcome in report.outcomes:
         plan = outcome.plan
         if quiet:
             if outcome.error or (plan and plan.warnings):
-                console.print(f"[bold]{_safe(outcome.slug)}[/bold]")
+                out.print(f"[bold]{_safe(outcome.slug)}[/bold]")
                 for warning in plan.warnings if plan else ():
-                    console.print(f"  [magenta]! {_safe(warning)}[/magenta]")
+                    out.print(f"  [magenta]! {_safe(warning)}[/magenta]")
                 if outcome.error:
-                    console.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
+                    out.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
             continue
-        console.print(f"[bold]{_safe(outcome.slug)}[/bold] [dim]({_safe(outcome.org_id)})[/dim]")
+        out.print(f"[bold]{_safe(outcome.slug)}[/bold] [dim]({_safe(outcome.org_id)})[/dim]")
         if outcome.skipped:
-            console.print(f"  [cyan]~ skipped: {_safe(outcome.skipped)}[/cyan]")
+            out.print(f"  [cyan]~ skipped: {_safe(outcome.skipped)}[/cyan]")
         for action in plan.actions if plan else ():
             style = _STYLE[action.kind]
             title = _title(action)
             made = created_id(action, outcome.created)
             if made is not None:
                 title += f" created: {made}"
-            console.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(title)}[/{style}]")
+            out.print(f"  [{style}]{_SYMBOL[action.kind]} {_safe(title)}[/{style}]")
             note = getattr(action, "note", "")
             if note and not isinstance(
                 action, AdoptAssistant | DeleteAssistant | AdoptResource | DeleteResource
             ):
-                console.print(f"      [dim]({_safe(note)})[/dim]")
+                out.print(f"      [dim]({_safe(note)})[/dim]")
             for ch in _changes(action):
                 head, lines = change_view(action.kind, ch)
-                console.print(f"      {_safe(ch.path)}: {_safe(head)}")
+                out.print(f"      {_safe(ch.path)}: {_safe(head)}")
                 for diff_line in lines:
-                    console.print(f"        {_diff_markup(diff_line)}")
+                    out.print(f"        {_diff_markup(diff_line)}")
         for entry in plan.unchanged if plan else ():
-            console.print(f"  [dim]= {_safe(unchanged_text(entry))} unchanged[/dim]")
+            out.print(f"  [dim]= {_safe(unchanged_text(entry))} unchanged[/dim]")
         for line in lifecycle_lines(plan):
-            console.print(f"  [magenta]{_safe(line)}[/magenta]")
+            out.print(f"  [magenta]{_safe(line)}[/magenta]")
         for warning in plan.warnings if plan else ():
-            console.print(f"  [magenta]! {_safe(warning)}[/magenta]")
+            out.print(f"  [magenta]! {_safe(warning)}[/magenta]")
         for note in plan.notes if plan else ():
-            console.print(f"  [dim]i {_safe(note)}[/dim]")
+            out.print(f"  [dim]i {_safe(note)}[/dim]")
         if outcome.error:
-            console.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
+            out.print(f"  [red]x error: {_safe(outcome.error)}[/red]")
     for problem in report.problems:
-        console.print(f"[red]x {_safe(problem)}[/red]")
+        out.print(f"[red]x {_safe(problem)}[/red]")
     for warning in report.warnings:
-        console.print(f"[magenta]! {_safe(warning)}[/magenta]")
+        out.print(f"[magenta]! {_safe(warning)}[/magenta]")
     for note in report.notes:
-        console.print(f"[red]x {_safe(note)}[/red]")
+        out.print(f"[red]x {_safe(note)}[/red]")
     c = report.counts()
     tail = f" ({c['adopt']} to adopt)" if c["adopt"] else ""
     unknown = unknown_count(report)
     if unknown:
         tail += f" {unknown} unknown offline (see `?`): `plan` knows."
-    console.print(
+    out.print(
         f"[bold]{verb}:[/bold] {c['create']} to create, {c['update']} to update, "
         f"{c['delete']} to delete.{tail}"
     )
     if report.skipped:
         names = ", ".join(_safe(o.slug) for o in report.skipped)
-        console.print(
-            f"[cyan]Skipped: {len(report.skipped)} org(s) held elsewhere ({names})[/cyan]"
-        )
+        out.print(f"[cyan]Skipped: {len(report.skipped)} org(s) held elsewhere ({names})[/cyan]")
     if report.failed or report.problems:
         parts = []
         if report.failed:
@@ -235,7 +251,8 @@ def render_text(
         if report.problems:
             files = ", ".join(_safe(p) for p in report.failed_files)
             parts.append(f"{len(report.failed_files)} file(s) ({files})")
-        console.print(f"[red]Failed: {'; '.join(parts)}[/red]")
+        out.print(f"[red]Failed: {'; '.join(parts)}[/red]")
+    out.print_to(console)
 
 
 FORMAT_VERSION = "2"

@@ -29,7 +29,6 @@ from reconciler.engine.actions import RetireOrg
 from reconciler.engine.runplan import MAX_DELETES, bound_deletes
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
-from reconciler.secrets import native
 from reconciler.spec.cache import DEFAULT_ENTRIES, SpecCache
 from reconciler.spec.git import GitSource
 from reconciler.spec.loader import Decrypt, LoadResult, Outcome, load_tree
@@ -73,7 +72,7 @@ class ReconcileLoop:
         config: LoopConfig,
         *,
         replica: str,
-        decrypt: Decrypt = native.decrypt_bytes,
+        decrypt: Decrypt | None = None,  # `secrets.native` (`load_tree`)
     ) -> None:
         self.controller = controller
         self.state = state

@@ -42,6 +42,7 @@ import httpx
 
 from reconciler.bounded import ACCEPT_ENCODING, UndecodableAnswer, read_at_most
 from reconciler.redact import printable, redact_text, redact_tree
+from reconciler.tls import ssl_context
 from reconciler.twilio import API as TWILIO_API
 from reconciler.twilio import account_url, mask_account_in_logs
 
@@ -120,6 +121,7 @@ def http_client(*, max_connections: int = 16) -> httpx.Client:
             policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
         ),
         follow_redirects=False,
+        verify=ssl_context(),  # one per process (`reconciler.tls`)
         timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
         headers={

@@ -34,6 +34,7 @@ import httpx
 from reconciler.bounded import ACCEPT_ENCODING, UndecodableAnswer, read_at_most
 from reconciler.errors import ReconcilerError
 from reconciler.redact import mask_tree, printable, redact_text, redact_tree, safe_message
+from reconciler.tls import ssl_context
 
 PAGE_LIMIT = 1000  # Vapi's maximum; fewer round trips than the default 100
 USER_AGENT = "vapi-reconciler/0.1"
@@ -581,6 +582,7 @@ def http_client(
     return httpx.Client(
         event_hooks={"response": [on_response]} if on_response else None,
         base_url=base_url,
+        verify=ssl_context(),  # one per process (`reconciler.tls`)
         # no cookie jar: a cookie set for one tenant must never ride on another's requests
         cookies=http.cookiejar.CookieJar(
             policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])

@@ -722,7 +722,7 @@ def test_a_number_sops_rewrote_reaches_vapi_as_that_number_and_stays_converged(
     number (not the text "1e-06"), and what Vapi answers compares equal, so the next plan has
     nothing to do."""
     if path == "binary":  # every decrypt through the sops binary
-        monkeypatch.setattr(native, "decrypt_native", _refuse_native)
+        monkeypatch.setattr(native, "decrypt_native_tree", _refuse_native)
     doc = org_doc("acme")
     doc["spec"]["assistants"]["inbound"]["model"] = {
         "provider": "openai",
@@ -742,5 +742,5 @@ def test_a_number_sops_rewrote_reaches_vapi_as_that_number_and_stays_converged(
     assert again.code == 0, again.out + again.err  # no perpetual diff
 
 
-def _refuse_native(path: Path, data: bytes, env: Any = None) -> bytes:
+def _refuse_native(path: Path, data: bytes, env: Any = None) -> dict[str, Any]:
     raise native.Fallback("this test decrypts with the binary")

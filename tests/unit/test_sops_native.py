@@ -812,3 +812,93 @@ def test_a_document_the_native_path_emits_reads_back_as_numbers() -> None:
     tree = {"n": [1e21, 1e-06, 1e100, 2.5e-07, 1.5, 2.0]}
     doc, problems = parse_yaml(Path("x.yaml"), native.emit_document(tree))
     assert problems == [] and doc == tree
+
+
+# -- the decrypted tree taken as is (`loader.reads_back_as_is`) --------------------------------
+
+TRICKY_TEXT = [
+    *("plain", "sk-live-123", "", " lead", "trail ", "a: b", "#x", "a #b", "-", "- x", "?"),
+    *("yes", "No", "on", "OFF", "y", "~", "null", "true", "=", "<<", "0x_", "0b_", "1_000"),
+    *("0o17", "0777", "08", ".5", "+1", "1e3", "1e+06", "1.5e3", ".inf", "1:20", "12:30:45"),
+    *("2001-12-14", "2001-12-14 21:59:43.10 -5", "x\ty", "a\nb", "\u2028", "\ufeffbom"),
+    *("caf\u00e9", "\U0001f600", "\x85", "\x00", "---", "...", "'q'", '"d"', "[a]", "{a}"),
+]
+
+
+def _read_back(tree: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
+    return parse_yaml(Path("x.yaml"), native.emit_document(tree))
+
+
+def _with_credentials(value: Any, elsewhere: Any = "x", key: str = "apiKey") -> dict[str, Any]:
+    return {
+        "metadata": {"name": elsewhere},
+        "spec": {"credentials": {"vapi": {key: value}}, "other": [elsewhere, {key: elsewhere}]},
+    }
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXT)
+def test_a_tree_kept_as_is_is_what_its_yaml_reads_back_to(text: str) -> None:
+    """Whatever string a credential, a key or another field holds: a tree the loader takes
+    without its YAML is exactly what parsing that YAML gives, with no problem; a tree it
+    refuses is left to the YAML (same verdict as before)."""
+    from reconciler.spec.loader import reads_back_as_is
+
+    for tree in (
+        _with_credentials(text),
+        _with_credentials("s", elsewhere=text),
+        _with_credentials("s", key=text or "k"),
+    ):
+        try:
+            emitted = native.emit_document(tree)
+        except native.Fallback:  # `<<`: the binary decides; never kept
+            assert not reads_back_as_is(tree, native.writes_plain)
+            continue
+        doc, problems = parse_yaml(Path("x.yaml"), emitted)
+        if reads_back_as_is(tree, native.writes_plain):
+            assert problems == [] and doc is not None, (text, problems)
+            assert doc["spec"]["credentials"] == tree["spec"]["credentials"]
+            assert repr(doc["spec"]["credentials"]) == repr(tree["spec"]["credentials"])
+
+
+@settings(max_examples=400)
+@given(st.text(max_size=12), st.text(max_size=12))
+def test_any_text_kept_as_is_reads_back_the_same(secret: str, other: str) -> None:
+    from reconciler.spec.loader import reads_back_as_is
+
+    tree = _with_credentials(secret, elsewhere=other)
+    if not reads_back_as_is(tree, native.writes_plain):
+        return
+    doc, problems = _read_back(tree)
+    assert problems == [] and doc is not None
+    assert repr(doc["spec"]["credentials"]) == repr(tree["spec"]["credentials"])
+
+
+@pytest.mark.parametrize(
+    "value", [1, 1.5, True, None, "fine", ["a", "b"], {"n": "1"}, "0x_", "=", "2001-12-14"]
+)
+def test_credentials_that_are_not_plain_strings_go_through_the_yaml(value: Any) -> None:
+    """A number, a boolean or null in the credentials (the loader may type them otherwise than
+    sops: `100000.0` reads back as an int), or a string written plain that the loader reads as
+    another type: the tree is emitted and parsed, as before. A date is written quoted: kept."""
+    from reconciler.spec.loader import reads_back_as_is
+
+    kept = reads_back_as_is(_with_credentials(value), native.writes_plain)
+    assert kept == (value in ("fine", "2001-12-14") or isinstance(value, list | dict)), value
+
+
+def test_a_tree_past_the_depth_or_size_bound_goes_through_the_yaml() -> None:
+    """Kept exactly when its YAML nests no deeper than the loader allows; never when that YAML
+    could be past the native path's output bound (the binary decides there)."""
+    from reconciler.spec.loader import reads_back_as_is
+
+    for levels in range(58, 66):
+        deep: Any = "x"
+        for _ in range(levels):
+            deep = [deep]
+        tree = {"spec": {"credentials": {"vapi": {"apiKey": "s"}}}, "deep": deep}
+        _, problems = _read_back(tree)
+        assert reads_back_as_is(tree, native.writes_plain) == (problems == []), levels
+    large = ["y" * 1000] * 200
+    assert not reads_back_as_is(_with_credentials("s", elsewhere=large), native.writes_plain)
+    assert not reads_back_as_is({"spec": {}}, native.writes_plain)  # the loader says why
+    assert not reads_back_as_is(_with_credentials("s", elsewhere=math.inf), native.writes_plain)

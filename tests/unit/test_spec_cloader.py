@@ -455,7 +455,44 @@ def test_generated_texts_read_the_same_either_way(text: str) -> None:
     c = _c_path(text)
     if c[0] == "doc":
         assert c == _outcome(_python_only, text)
+    built = _events_path(text)  # the event builder too (`_from_events`)
+    if built[0] == "doc":
+        assert built == _outcome(_python_only, text)
     with pytest.MonkeyPatch.context() as m:
         both = _parsed(parse_yaml(Path("x.yaml"), text))
         m.setattr(loader, "_C_LOADER", None)
         assert both == _parsed(parse_yaml(Path("x.yaml"), text))
+
+
+# -- the event builder (`loader._from_events`), before `_CSpecLoader` ----------------------------
+
+
+def _events_path(text: str) -> tuple[str, Any]:
+    if loader._PYTHON_ONLY.search(text):
+        return "routed to SpecLoader", None
+    built = loader._from_events(text)
+    return ("not simple", None) if built is loader._NOT_SIMPLE else ("doc", _typed(built))
+
+
+@pytest.mark.parametrize(("name", "text"), CORPUS, ids=[n for n, _ in CORPUS])
+def test_the_event_builder_reads_what_spec_loader_reads_or_passes(name: str, text: str) -> None:
+    """Where the event builder gives a document, it is SpecLoader's, types included; whatever
+    it does not build (a tag, an anchor, a bad key, an error) is left to the loaders."""
+    built = _events_path(text)
+    if built[0] == "doc":
+        assert built == _outcome(_python_only, text), name
+
+
+def test_the_event_builder_builds_the_real_specs() -> None:
+    real = [(n, t) for n, t in CORPUS if n.startswith(("specs/examples/", "examples/"))]
+    read = [(n, t) for n, t in real if not loader._PYTHON_ONLY.search(t)]
+    assert len(read) >= len(real) // 2
+    for name, text in read:
+        assert _events_path(text)[0] == "doc", name
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_the_event_builder_leaves_hostile_input_to_the_loaders(name: str) -> None:
+    text = HOSTILE[name]
+    built = _events_path(text)
+    assert built[0] != "doc" or built == _outcome(_python_only, text), name

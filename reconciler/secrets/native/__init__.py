@@ -39,6 +39,8 @@ What "exactly" means, step by step (sops 3.11, yaml.v3 v3.0.4):
   yaml.v3 would write it plain (so the loader reads the same values and types as from
   `sops decrypt`), in the document's key order; comments are not kept (they never reach the
   spec). The string `<<`, which yaml.v3 writes back as `!!merge <<`, goes to the binary.
+  `decrypt_document` skips this step (and the caller's parse of it) when its caller says it
+  reads the tree as it would read that YAML: the spec loader's `reads_back_as_is`.
 
 Falls back to the binary (counted in `stats()`): no age entry; `key_groups` or
 `shamir_threshold`; comment-regex rules; `SOPS_AGE_KEY_CMD`, `SOPS_KEYSERVICE`,
@@ -55,8 +57,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import DecryptionError
 from reconciler.secrets import sops
@@ -119,10 +122,34 @@ def reset_stats() -> None:
 def decrypt_bytes(path: Path, data: bytes, env: dict[str, str] | None = None) -> bytes:
     """Plaintext YAML of `data` (the content of `path`, named in messages only); any failure
     is a one-line DecryptionError naming the file. Same contract as `sops.decrypt_bytes`."""
+    out = decrypt_document(path, data, env, keep=_never)
+    if not isinstance(out, bytes):  # pragma: no cover - `_never` keeps no tree
+        raise AssertionError("decrypt_bytes: a tree was kept")
+    return out
+
+
+def _never(tree: dict[str, Any]) -> bool:
+    return False
+
+
+def decrypt_document(
+    path: Path,
+    data: bytes,
+    env: dict[str, str] | None = None,
+    *,
+    keep: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any] | bytes:
+    """`decrypt_bytes`, except that a tree the native path decrypted (every check made: the
+    data key opened with the real key, each value and the MAC verified) is returned as is
+    when `keep(tree)` holds, instead of emitted as YAML for the caller to parse again: the
+    caller's `keep` says it reads the tree as it would read that YAML (`spec.loader`). A tree
+    it does not keep is emitted, as `decrypt_bytes` does; the binary's output is its bytes."""
     if len(data) > sops.MAX_INPUT_BYTES:
         raise DecryptionError(f"{path}: larger than {sops.MAX_INPUT_BYTES} bytes: refused")
+    out: dict[str, Any] | bytes
     try:
-        out = decrypt_native(path, data, env)
+        tree = decrypt_native_tree(path, data, env)
+        out = tree if keep(tree) else _emitted(tree)
     except Fallback as exc:
         _count("fallback")
         _count(f"fallback:{exc.reason}")
@@ -135,13 +162,13 @@ def decrypt_bytes(path: Path, data: bytes, env: dict[str, str] | None = None) ->
             _count("unconfirmed")
             raise exc from None
         try:
-            out = sops.decrypt_bytes(path, data, env)
+            binary = sops.decrypt_bytes(path, data, env)
         except DecryptionError:
             _count("confirmed")
             raise
         _count("overruled")
         log.warning("%s: sops decrypted what the native path refused (%s)", path, exc.reason)
-        return out
+        return binary
     except DecryptionError:
         raise
     except Exception as exc:  # a bug here must cost a sops process, never the file
@@ -157,6 +184,15 @@ def decrypt_bytes(path: Path, data: bytes, env: dict[str, str] | None = None) ->
 def decrypt_native(path: Path, data: bytes, env: Mapping[str, str] | None = None) -> bytes:
     """The native path alone: the output, or `Fallback` (ask the binary), `Suspect` (a failed
     check to confirm with the binary) or `DecryptionError` (a wrong or missing key)."""
+    return _emitted(decrypt_native_tree(path, data, env))
+
+
+def decrypt_native_tree(
+    path: Path, data: bytes, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The decrypted document (without `sops`) as yaml.v3 types it, every check made; raises
+    as `decrypt_native` (which emits it). The one seam of the native path: a test that patches
+    it sends every decryption to the binary."""
     environ: Mapping[str, str] = os.environ if env is None else env
     _check_environment(environ)
     engine = _crypto()
@@ -167,6 +203,10 @@ def decrypt_native(path: Path, data: bytes, env: Mapping[str, str] | None = None
     stored = open_value(path, engine.aesgcm(key), engine.invalid_tag, meta.mac, meta.mac_aad, "MAC")
     if stored != computed:
         raise Suspect(f"{path}: cannot decrypt: {sops._reason('MAC mismatch')}", "mac")
+    return decrypted
+
+
+def _emitted(decrypted: dict[str, Any]) -> bytes:
     out = emit_document(decrypted)
     if len(out) > sops.MAX_OUTPUT_BYTES // 4:
         # sops indents by 4, this by 2: near the output bound, only the binary knows its size
@@ -196,7 +236,9 @@ __all__ = [
     "dearmor",
     "decode_value",
     "decrypt_bytes",
+    "decrypt_document",
     "decrypt_native",
+    "decrypt_native_tree",
     "default_keys_path",
     "emit_document",
     "format_float_f",
