@@ -913,6 +913,12 @@ def create_app(
     return app
 
 
+# An idle connection is kept longer than a client keeps it (httpx: 5 s), as load balancers in front
+# of APIs do (60 s and more). At uvicorn's default of 5 s both sides close at the same moment, and a
+# request sent on the closing connection fails with "connection reset": a race, not a Vapi fault.
+KEEP_ALIVE_S = 75
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8787,
@@ -923,7 +929,7 @@ def serve(
 ) -> None:
     """Run the emulator in the foreground (blocking) with uvicorn."""
     app = create_app(latency_ms, js_numbers=js_numbers, normalise=normalise)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 @contextlib.contextmanager
@@ -937,7 +943,9 @@ def running_emulator(
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     app = create_app(latency_ms, js_numbers=js_numbers, normalise=normalise)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_S
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

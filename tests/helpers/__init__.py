@@ -170,7 +170,11 @@ def git(cwd: Path, *args: str) -> str:
 
 # -- a Vapi account in the emulator ------------------------------------------------------------
 
-_http = httpx.Client(timeout=10)  # one connection pool for the many look-ups and polls
+# One connection pool for the many look-ups and polls. Idle connections are dropped well before a
+# server would close them (uvicorn's default is 5 s, httpx's too), so no request is ever sent on a
+# connection that the server is closing at that moment ("connection reset by peer").
+SHORT_KEEPALIVE = httpx.Limits(keepalive_expiry=2.0)
+_http = httpx.Client(timeout=10, limits=SHORT_KEEPALIVE)
 
 
 def live(emulator: str, api_key: str) -> list[dict[str, Any]]:
@@ -425,4 +429,4 @@ def emulator_client(base_url: str, token: str | None) -> httpx.Client:
     """A client of the emulator as one Vapi account (its API key `token`), or its admin routes
     (`None`: no key)."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=10)
+    return httpx.Client(base_url=base_url, headers=headers, timeout=10, limits=SHORT_KEEPALIVE)

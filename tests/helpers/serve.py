@@ -26,7 +26,7 @@ import pytest
 import yaml
 from psycopg.rows import dict_row
 
-from tests.helpers import ROOT, SpecDir, encrypt_in_place, live, sops_rules
+from tests.helpers import ROOT, SHORT_KEEPALIVE, SpecDir, encrypt_in_place, live, sops_rules
 
 T = TypeVar("T")
 
@@ -117,7 +117,10 @@ class Serve:
         self.log_path = log_path
         self.token = token
         self.replica = replica
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        # serve keeps an idle connection 5 s: drop ours sooner (see `SHORT_KEEPALIVE`)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=10, limits=SHORT_KEEPALIVE
+        )
 
     @property
     def url(self) -> str:

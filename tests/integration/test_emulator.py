@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -876,3 +877,19 @@ def test_global_latency() -> None:
         started = time.monotonic()
         assert client.get(f"{url}/_emulator/stats").status_code == 200
         assert time.monotonic() - started < 0.8  # its own routes are not delayed
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+
+def test_an_idle_connection_outlives_a_clients_keepalive(base_url: str) -> None:
+    """The emulator keeps an idle connection longer than httpx keeps one (5 s). With both at 5 s a
+    request sent just as the server closes fails with "connection reset by peer" (seen in CI)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    request = f"GET /_emulator/stats HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(5.5)  # past uvicorn's default keep-alive, which would close it here
+        conn.sendall(request)
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200 "), "the emulator closed it"
