@@ -329,8 +329,10 @@ def test_replica_that_lost_its_lock_writes_nothing_to_vapi(
     def upsert_then_lose_lock(self: OrgWriter, *args: object) -> None:
         real(self, *args)  # type: ignore[arg-type]
         with state.pool.connection() as conn:  # e.g. an idle-transaction timeout, a failover
+            # only this database's: the other pytest-xdist workers share the server
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
 
     monkeypatch.setattr(OrgWriter, "upsert", upsert_then_lose_lock)

@@ -370,7 +370,7 @@ def test_the_listeners_session_killed_the_cache_is_cleared_on_reconnect(
     with pool.connection() as conn:
         killed = conn.execute(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = %s) t",
+            " WHERE application_name = %s AND datname = current_database()) t",
             ("reconciler-credentials-listen:killed-listener",),
         ).fetchone()
     assert killed == (1,)

@@ -34,6 +34,7 @@ from tests.helpers import (
     union_providers,
     writes,
 )
+from tests.helpers.sdk import load_sdk_lazily
 
 # The SDK itself uses pydantic's deprecated `__fields__`; that noise is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:vapi")
@@ -256,6 +257,7 @@ def test_a_sub_field_default_goes_only_where_the_providers_schema_has_it(
 def test_the_official_sdk_parses_the_normalised_answers(emulator: str) -> None:
     # imported here: the SDK's assistant types take seconds to load, which every pytest-xdist
     # worker would otherwise pay while collecting
+    load_sdk_lazily()
     from vapi import (
         CreateAssistantDtoModel_Openai,
         CreateAssistantDtoVoice_11Labs,

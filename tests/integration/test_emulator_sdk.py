@@ -20,6 +20,7 @@ import pytest
 
 from reconciler.vapi.emulator_schema import KindValidator
 from tests.helpers import add_key, vapi_openapi_schemas
+from tests.helpers.sdk import load_sdk_lazily
 
 if TYPE_CHECKING:  # at run time these come from `_sdk`, below
     from vapi import (
@@ -76,6 +77,7 @@ _SDK_NAMES = {
 def _sdk() -> None:
     """The SDK's names, imported when this module's first test runs: its types take seconds
     to load, which every pytest-xdist worker would otherwise pay while collecting."""
+    load_sdk_lazily()
     for module, names in _SDK_NAMES.items():
         loaded = importlib.import_module(module)
         globals().update({name: getattr(loaded, name) for name in names})

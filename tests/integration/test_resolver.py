@@ -443,7 +443,7 @@ def test_terminated_connection_is_replaced_without_an_error(
     with state.pool.connection() as conn:
         killed = conn.execute(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = %s) t",
+            " WHERE application_name = %s AND datname = current_database()) t",
             (own_pool.name,),
         ).fetchone()
     assert killed == (1,)
