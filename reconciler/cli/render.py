@@ -31,7 +31,7 @@ from reconciler.engine.actions import (
     UpsertOrg,
 )
 from reconciler.engine.diff import FieldChange
-from reconciler.engine.kinds import BY_NAME
+from reconciler.engine.kinds import BY_NAME, KEYED
 from reconciler.redact import SENSITIVE, printable
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-", "adopt": "<="}
@@ -343,7 +343,7 @@ def _other(slug: str, org_id: str, kind: str, addr: str, reason: str | None) -> 
         "action": kind,
         "role": parts[3] if resource == "assistant" else None,
         "provider": None,
-        "name": parts[3] if resource in BY_NAME else None,
+        "name": parts[3] if resource in KEYED else None,
         "vapi_id": None,
         "before": None,
         "after": None,
@@ -382,7 +382,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
                 entry = {**_other(o.slug, o.org_id, u.action, where, u.reason)}
                 mine.append({**entry, "resource": "credential", "provider": u.name})
             else:
-                at = f"{u.resource}/{u.name}" if u.resource in BY_NAME else u.name
+                at = f"{u.resource}/{u.name}" if u.resource in KEYED else u.name
                 where = address(o.slug, role=at)
                 mine.append(_other(o.slug, o.org_id, u.action, where, u.reason))
         changes += [{**entry, "orphaned": bool(plan.orphaned)} for entry in mine]

@@ -35,7 +35,7 @@ from reconciler.engine.actions import (
     UpsertOrg,
 )
 from reconciler.engine.diff import strip_server_owned
-from reconciler.engine.kinds import BY_NAME
+from reconciler.engine.kinds import KEYED
 from reconciler.engine.model import Fingerprint, tag_of
 from reconciler.engine.observe import masked_live, masked_object
 from reconciler.engine.resources import strip_owned
@@ -162,7 +162,7 @@ class Applier:
             case UpdateResource(resource=kind, name=name, vapi_id=vapi_id):
                 patch = self._fill(action.patch, action.pending)
                 stored = self._fill(action.stored, action.pending)
-                answer = self._writer().update_object(BY_NAME[kind].path, vapi_id, patch)
+                answer = self._writer().update_object(KEYED[kind].path, vapi_id, patch)
                 sent = {
                     key: {"sent": stored.get(key), "before": action.before.get(key)}
                     for key, value in patch.items()
@@ -174,7 +174,7 @@ class Applier:
                 self.state.resources.record(org_id, kind, name, vapi_id, stored, action.live)
             case DeleteResource(resource=kind, name=name, vapi_id=vapi_id, forget=forget):
                 if vapi_id is not None:
-                    self._writer().delete_object(BY_NAME[kind].path, vapi_id)
+                    self._writer().delete_object(KEYED[kind].path, vapi_id)
                 if forget:
                     self.state.resources.forget(org_id, kind, name, vapi_id)
             case LeaveAccount():
@@ -228,10 +228,10 @@ class Applier:
     def _create_resource(self, action: CreateResource) -> None:
         """As `_create`, for any kind: a create-pending row first; an unknown outcome is
         looked for by the natural key, never POSTed twice in a run."""
-        kind, name, org_id = BY_NAME[action.resource], action.name, self.plan.org_id
+        kind, name, org_id = KEYED[action.resource], action.name, self.plan.org_id
         body = self._fill(action.body, action.pending)
         stored = self._fill(action.stored, action.pending)
-        key = kind.natural_key(body)
+        key = kind.key_of(body)
         where = f"{kind.label} {name}"
         with self.guard.creating():
             vapi = self._writer()
@@ -244,7 +244,7 @@ class Applier:
                 raise ReconcilerError(f"{where}: {exc}{said}; the next run tries again") from None
             except VapiAmbiguousWrite as exc:
                 try:
-                    found = [o for o in vapi.list_objects(kind.path) if kind.natural_key(o) == key]
+                    found = [o for o in vapi.list_objects(kind.path) if kind.key_of(o) == key]
                 except VapiError as look:
                     raise ReconcilerError(
                         f"{where}: {exc}; and the account could not be listed to look for it: "

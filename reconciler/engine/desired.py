@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.engine.diff import WRITE_ONLY
 from reconciler.engine.kinds import (
+    ASSISTANT,
     PHONE_NUMBER,
     TOOL,
     number_body,
@@ -88,7 +88,7 @@ def desired_org(
     for role, spec in org.spec.assistants.by_role().items():
         body = assistant_body(spec.vapi_fields(), org_id, role, secret, provider_keys)
         # what we last asked for may be recorded under a master key rotated out since
-        write_only = {k: v for k, v in body.items() if k in WRITE_ONLY["assistant"]}
+        write_only = {k: v for k, v in body.items() if k in ASSISTANT.write_only}
         under_keys: dict[str, dict[str, Any]] = {
             kid: mask_tree(write_only, _fingerprint_under(kid, k))
             for kid, k in ring.keys[1:]

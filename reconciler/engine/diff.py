@@ -22,10 +22,6 @@ SERVER_OWNED = frozenset(
         "latestVersion",
     }
 )
-# Top-level fields Vapi takes but never shows back whole, by resource kind: the assistant's
-# dynamic `credentials` ("apiKey: This is not returned in the API"). What we sent can only be
-# compared with what we asked for at our last write (fingerprints), never with the live value.
-WRITE_ONLY: dict[str, frozenset[str]] = {"assistant": frozenset({"credentials"})}
 SENSITIVE_CHANGED = "(sensitive value changed)"
 SENSITIVE_DRIFTED = "(sensitive value drifted)"
 SENSITIVE_UNCHECKED = "(sensitive: Vapi masks it, cannot be checked)"

@@ -84,7 +84,7 @@ class DesiredAssistant:
     # what we send to Vapi, ownership tag and webhook secret included: never in a repr
     body: dict[str, Any] = field(repr=False)
     stored: dict[str, Any] = field(default_factory=dict)  # secret leaves as fingerprints
-    # its write-only fields (`diff.WRITE_ONLY`) fingerprinted under each other master key id
+    # its write-only fields (`ResourceKind.write_only`) fingerprinted under each other master key id
     # of the ring: what we asked for under a key rotated out since still compares
     write_only_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -10,7 +10,6 @@ sending it again on every run would change nothing, so it is reported instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,14 +31,13 @@ from reconciler.engine.actions import (
     known_after_apply,
 )
 from reconciler.engine.diff import (
-    WRITE_ONLY,
     FieldChange,
     field_changes,
     same,
     strip_server_owned,
 )
 from reconciler.engine.fields import compare_fields
-from reconciler.engine.kinds import PHONE_NUMBER, TOOL, ResourceKind
+from reconciler.engine.kinds import ASSISTANT, KINDS, PHONE_NUMBER, TOOL, ResourceKind
 from reconciler.engine.model import (
     FINGERPRINT_PREFIX,
     DesiredAssistant,
@@ -50,7 +48,7 @@ from reconciler.engine.model import (
     leaf_key_ids,
     tag_of,
 )
-from reconciler.engine.resources import KindPlan, plan_kinds
+from reconciler.engine.resources import Ids, KindPlan, plan_kind
 from reconciler.errors import MasterKeyRefused
 from reconciler.spec.models import ROLES
 
@@ -137,25 +135,69 @@ def plan_org(
 
     tags = [(a, tag_of(a)) for a in observed.live or []]
     mine = [a for a, tag in tags if tag is not None and tag[0] == desired.org_id]
-    deletes, refused = _plan_foreign(tags, desired.org_id, observed, prune)
+    strays, refused = _plan_foreign(tags, desired.org_id, observed, prune)
     blocked += refused
     if blocked:
         return result()
-    by_name = _untagged_by_name(observed.live or [], desired)
-    # tools first (assistants refer to them), numbers last (they refer to assistants); their
-    # releases and deletes run in the reverse order, after every create and update
-    (tools,) = plan_kinds(
-        desired.resources,
-        observed,
-        {},
-        kinds=(TOOL.name,),
-        prune=prune,
-        create_grace_s=create_grace_s,
-    )
-    actions += tools.actions
-    take(tools)
-    assistant_ids: dict[tuple[str, str], str | None] = {}
+    # every kind in creation order (tools, assistants, numbers: `engine.kinds.KINDS`), each
+    # seeing the ids the earlier ones found; their releases and deletes run in the reverse
+    # order, after every create and update
+    ids: dict[tuple[str, str], str | None] = {}
+    parts: list[KindPlan] = []
+    for kind in KINDS:
+        if kind.ownership == "tag":
+            part = _plan_assistants(
+                desired,
+                observed,
+                mine,
+                ids,
+                strays=strays,
+                prune=prune,
+                create_grace_s=create_grace_s,
+                adopt_by_name=adopt_by_name or desired.adopt_by_name,
+            )
+        else:
+            part = plan_kind(
+                kind,
+                desired.resources.get(kind.name, {}),
+                observed,
+                ids,
+                prune=prune,
+                create_grace_s=create_grace_s,
+            )
+        ids.update({(kind.name, name): vapi_id for name, vapi_id in part.ids.items()})
+        actions += part.actions
+        take(part)
+        parts.append(part)
+    for part in reversed(parts):
+        actions += part.removals
+    return result()
 
+
+def _plan_assistants(
+    desired: DesiredOrg,
+    observed: ObservedOrg,
+    mine: list[dict[str, Any]],
+    ids: Ids,
+    *,
+    strays: list[Action],
+    prune: bool,
+    create_grace_s: float,
+    adopt_by_name: bool,
+) -> KindPlan:
+    """The assistants' part of the plan, by role: each role's tagged assistant converged
+    (adopted, updated, created), duplicates and roles gone from the spec deleted with `--prune`
+    (after `strays`, other orgs' assistants that `--prune` deletes), and each role's id for
+    the phone numbers that refer to it."""
+    actions: list[Action] = []
+    deletes: list[Action] = list(strays)
+    unchanged: list[str] = []
+    warnings: list[str] = []
+    blocked: list[str] = []
+    notes: list[str] = []
+    findings: list[Finding] = []
+    out_ids: dict[str, str | None] = {}
+    by_name = _untagged_by_name(observed.live or [], desired)
     for role in _roles(desired, observed, mine):
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
         want = desired.assistants.get(role)
@@ -173,8 +215,12 @@ def plan_org(
             continue
         namesakes = by_name.get(want.name, [])
         adoptable = None
-        wanted = adopt_by_name or desired.adopt_by_name
-        if namesakes and wanted and not tagged and not _known_live(observed, desired.org_id, role):
+        if (
+            namesakes
+            and adopt_by_name
+            and not tagged
+            and not _known_live(observed, desired.org_id, role)
+        ):
             if len(namesakes) > 1:
                 listed = ", ".join(a["id"] for a in namesakes)
                 blocked.append(
@@ -184,9 +230,9 @@ def plan_org(
                 continue
             adoptable = namesakes[0]
             by_name[want.name] = []  # one assistant is adopted for one role only
-        want, refs = with_tools(want, desired.tool_refs.get(role, ()), tools.ids)
+        want, refs = with_tools(want, desired.tool_refs.get(role, ()), ids)
         kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged, adoptable, refs)
-        assistant_ids[("assistant", role)] = current_id
+        out_ids[role] = current_id
         if current_id is None or current_id not in {a["id"] for a in namesakes}:
             findings += [
                 Finding(
@@ -205,31 +251,28 @@ def plan_org(
         actions += kept.actions
         extras = [a for a in tagged if a["id"] != current_id]
         if extras:
-            ids = [a["id"] for a in extras]
+            extra_ids = [a["id"] for a in extras]
             if prune:
-                deletes += [DeleteAssistant(role, i, note="duplicate") for i in ids]
+                deletes += [DeleteAssistant(role, i, note="duplicate") for i in extra_ids]
             else:
                 warnings.append(
-                    f"{role}: duplicate tagged assistants {ids} (use --prune to delete)"
+                    f"{role}: duplicate tagged assistants {extra_ids} (use --prune to delete)"
                 )
                 findings += [
                     Finding("duplicate", role, i, "a second assistant tagged for this role")
-                    for i in ids
+                    for i in extra_ids
                 ]
-    (numbers,) = plan_kinds(
-        desired.resources,
-        observed,
-        assistant_ids,
-        kinds=(PHONE_NUMBER.name,),
-        prune=prune,
-        create_grace_s=create_grace_s,
+    return KindPlan(
+        ASSISTANT.name,
+        tuple(actions),
+        tuple(deletes),
+        tuple(unchanged),
+        tuple(warnings),
+        tuple(blocked),
+        tuple(notes),
+        tuple(findings),
+        out_ids,
     )
-    actions += numbers.actions
-    take(numbers)
-    actions += numbers.removals
-    actions += deletes
-    actions += tools.removals
-    return result()
 
 
 def _roles(desired: DesiredOrg, observed: ObservedOrg, mine: list[dict[str, Any]]) -> list[str]:
@@ -242,7 +285,7 @@ def _roles(desired: DesiredOrg, observed: ObservedOrg, mine: list[dict[str, Any]
 
 
 def with_tools(
-    want: DesiredAssistant, names: tuple[str, ...], ids: Mapping[str, str | None]
+    want: DesiredAssistant, names: tuple[str, ...], ids: Ids
 ) -> tuple[DesiredAssistant, tuple[Pending, ...]]:
     """`want` with the ids of its tools appended to `model.toolIds` (after any written there);
     a tool created in this run is a placeholder the applier fills in (`Pending`)."""
@@ -252,7 +295,7 @@ def with_tools(
     pending: list[Pending] = []
     filled: list[Any] = list(given)
     for name in names:
-        known = ids.get(name)
+        known = ids.get((TOOL.name, name))
         if known is None:
             pending.append(Pending(("model", "toolIds", len(filled)), TOOL.name, name))
             filled.append(known_after_apply(TOOL.name, name))
@@ -579,7 +622,7 @@ def _plan_assistant(
         asked,
         answer,
         last_patch,
-        write_only=WRITE_ONLY["assistant"],
+        write_only=ASSISTANT.write_only,
         under=want.write_only_by_key,
     )
     patch, before, changes = fields.patch, fields.before, fields.changes

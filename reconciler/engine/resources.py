@@ -1,4 +1,4 @@
-"""The planner for the kinds beyond assistants (`engine.kinds`): pure, one kind at a time.
+"""The planner for the kinds owned by natural key (`engine.kinds.KEYED`): pure, one kind at a time.
 
 Each function returns a value (`KindPlan`) instead of appending to lists it is handed. The
 rules are the assistants' rules with a natural key in place of the ownership tag: an object
@@ -31,7 +31,7 @@ from reconciler.engine.diff import (
     same,
 )
 from reconciler.engine.fields import compare_fields
-from reconciler.engine.kinds import BY_NAME, ResourceKind
+from reconciler.engine.kinds import KEYED, ResourceKind
 from reconciler.engine.model import DesiredResource, ObservedOrg, StoredResource
 
 # Fields Vapi owns on these kinds, besides those of every object.
@@ -60,6 +60,8 @@ class KindPlan:
     def named_unchanged(self) -> list[str]:
         """Unchanged objects as the org plan lists them (`tool/book`, `phoneNumber/+1...`);
         assistants are listed by role alone."""
+        if self.kind not in KEYED:
+            return list(self.unchanged)
         return [f"{self.kind}/{name}" for name in self.unchanged]
 
 
@@ -105,7 +107,7 @@ def plan_kind(
     by_id = {str(o["id"]): o for o in live if isinstance(o.get("id"), str)}
     by_key: dict[str, list[dict[str, Any]]] = {}
     for obj in sorted(by_id.values(), key=_created):
-        key = kind.natural_key(obj)
+        key = kind.key_of(obj)
         if key is not None:
             by_key.setdefault(key, []).append(obj)
 
@@ -131,7 +133,7 @@ def plan_kind(
             continue
         row = rows.get(name)
         current = by_id.get(row.vapi_id) if row is not None and row.vapi_id else None
-        if current is not None and kind.natural_key(current) != want.key:
+        if current is not None and kind.key_of(current) != want.key:
             # its key changed (a number's provider, a tool's type): a new object would leave
             # the old one in the account, recorded nowhere
             blocked.append(
@@ -314,30 +316,3 @@ def _removed(
         note="removed from the spec: released (--prune deletes it)",
     )
     return unbind, [kept]
-
-
-def plan_kinds(
-    desired: Mapping[str, Mapping[str, DesiredResource]],
-    observed: ObservedOrg,
-    ids: Ids,
-    *,
-    kinds: tuple[str, ...],
-    prune: bool,
-    create_grace_s: float,
-) -> tuple[KindPlan, ...]:
-    """`plan_kind` for each of `kinds` in order; each sees the ids the earlier ones found."""
-    known = dict(ids)
-    out: list[KindPlan] = []
-    for name in kinds:
-        kind = BY_NAME[name]
-        plan = plan_kind(
-            kind,
-            desired.get(name, {}),
-            observed,
-            known,
-            prune=prune,
-            create_grace_s=create_grace_s,
-        )
-        known.update({(name, n): i for n, i in plan.ids.items()})
-        out.append(plan)
-    return tuple(out)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from typing import Any
+
+import pytest
 
 from reconciler.engine.actions import (
     AdoptResource,
@@ -13,7 +16,18 @@ from reconciler.engine.actions import (
     UpdateResource,
     known_after_apply,
 )
-from reconciler.engine.kinds import PHONE_NUMBER, TOOL, number_key, tool_key
+from reconciler.engine.kinds import (
+    ASSISTANT,
+    KEYED,
+    KINDS,
+    PHONE_NUMBER,
+    TOOL,
+    Reference,
+    ResourceKind,
+    number_key,
+    plan_order,
+    tool_key,
+)
 from reconciler.engine.model import DesiredResource, ObservedOrg, StoredResource
 from reconciler.engine.resources import plan_kind
 
@@ -187,3 +201,36 @@ def test_a_tool_is_adopted_and_a_changed_description_is_one_patch() -> None:
     (update,) = changed.actions
     assert isinstance(update, UpdateResource)
     assert update.patch == {"function": {"name": "book", "description": "Visit"}}
+
+
+# -- the kinds' declarations -------------------------------------------------------------------
+
+
+def test_the_plan_order_follows_the_declared_references() -> None:
+    """Tools before assistants (an assistant's `model.toolIds`), assistants before numbers (a
+    number's `assistantId`), whatever order the kinds are declared in."""
+    assert [k.name for k in KINDS] == ["tool", "assistant", "phoneNumber"]
+    for order in itertools.permutations((ASSISTANT, PHONE_NUMBER, TOOL)):
+        assert plan_order(order) == KINDS
+    a = ResourceKind("a", "a", "/a", "naturalKey", tool_key)
+    b = ResourceKind("b", "b", "/b", "naturalKey", tool_key, references=(Reference("x", "a"),))
+    assert plan_order((b, a)) == (a, b)
+    assert plan_order((a, b)) == (a, b)  # otherwise the order given
+
+
+def test_a_cycle_or_an_unknown_reference_is_refused_at_declaration() -> None:
+    a = ResourceKind("a", "a", "/a", "naturalKey", tool_key, references=(Reference("x", "b"),))
+    b = ResourceKind("b", "b", "/b", "naturalKey", tool_key, references=(Reference("y", "a"),))
+    with pytest.raises(ValueError, match="cycle"):
+        plan_order((a, b))
+    with pytest.raises(ValueError, match="unknown kind b"):
+        plan_order((a,))
+
+
+def test_ownership_is_a_tag_or_a_natural_key_never_both_or_neither() -> None:
+    assert ASSISTANT.ownership == "tag" and ASSISTANT.key_of({"name": "x"}) is None
+    assert {k.name for k in KINDS if k.ownership == "naturalKey"} == set(KEYED)
+    with pytest.raises(ValueError, match="natural key"):
+        ResourceKind("a", "a", "/a", "tag", tool_key)
+    with pytest.raises(ValueError, match="natural key"):
+        ResourceKind("a", "a", "/a", "naturalKey")

@@ -24,8 +24,8 @@ TOOL = ResourceKind(
     name="tool",
     label="tool",
     path="/tool",
+    ownership="naturalKey",
     natural_key=tool_key,
-    rank=0,
     immutable=frozenset({"type"}),
 )
 
