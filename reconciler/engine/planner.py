@@ -48,7 +48,7 @@ from reconciler.engine.model import (
     leaf_key_ids,
     tag_of,
 )
-from reconciler.engine.resources import Ids, KindPlan, plan_kind
+from reconciler.engine.resources import Ids, KindPlan, Parts, plan_kind
 from reconciler.errors import MasterKeyRefused
 from reconciler.spec.models import ROLES
 
@@ -189,26 +189,19 @@ def _plan_assistants(
     (adopted, updated, created), duplicates and roles gone from the spec deleted with `--prune`
     (after `strays`, other orgs' assistants that `--prune` deletes), and each role's id for
     the phone numbers that refer to it."""
-    actions: list[Action] = []
-    deletes: list[Action] = list(strays)
-    unchanged: list[str] = []
-    warnings: list[str] = []
-    blocked: list[str] = []
-    notes: list[str] = []
-    findings: list[Finding] = []
-    out_ids: dict[str, str | None] = {}
+    p = Parts(ASSISTANT.name, removals=list(strays))
     by_name = _untagged_by_name(observed.live or [], desired)
     for role in _roles(desired, observed, mine):
         tagged = sorted((a for a in mine if tag_of(a) == (desired.org_id, role)), key=_created)
         want = desired.assistants.get(role)
         if want is None:
             gone, said = _plan_absent_role(role, observed, tagged, prune)
-            deletes += gone
-            warnings += said
+            p.removals += gone
+            p.warnings += said
             continue
         if _create_outcome_pending(observed, role, tagged, create_grace_s):
             pending = observed.assistants[role].pending_s or 0.0
-            blocked.append(
+            p.blocked.append(
                 f"{role}: an earlier create has an unknown outcome ({pending:.0f}s ago); "
                 f"waiting up to {create_grace_s:.0f}s for it to appear before creating again"
             )
@@ -223,7 +216,7 @@ def _plan_assistants(
         ):
             if len(namesakes) > 1:
                 listed = ", ".join(a["id"] for a in namesakes)
-                blocked.append(
+                p.blocked.append(
                     f"{role}: {len(namesakes)} untagged assistants are named "
                     f"{want.name!r} ({listed}); adopting by name needs exactly one"
                 )
@@ -232,9 +225,9 @@ def _plan_assistants(
             by_name[want.name] = []  # one assistant is adopted for one role only
         want, refs = with_tools(want, desired.tool_refs.get(role, ()), ids)
         kept, current_id = _plan_assistant(want, desired.org_id, observed, tagged, adoptable, refs)
-        out_ids[role] = current_id
+        p.ids[role] = current_id
         if current_id is None or current_id not in {a["id"] for a in namesakes}:
-            findings += [
+            p.findings += [
                 Finding(
                     "unmanaged",
                     role,
@@ -244,35 +237,25 @@ def _plan_assistants(
                 )
                 for a in namesakes
             ]
-        warnings += kept.warnings
-        notes += kept.notes
+        p.warnings += kept.warnings
+        p.notes += kept.notes
         if not kept.actions:
-            unchanged.append(role)
-        actions += kept.actions
+            p.unchanged.append(role)
+        p.actions += kept.actions
         extras = [a for a in tagged if a["id"] != current_id]
         if extras:
             extra_ids = [a["id"] for a in extras]
             if prune:
-                deletes += [DeleteAssistant(role, i, note="duplicate") for i in extra_ids]
+                p.removals += [DeleteAssistant(role, i, note="duplicate") for i in extra_ids]
             else:
-                warnings.append(
+                p.warnings.append(
                     f"{role}: duplicate tagged assistants {extra_ids} (use --prune to delete)"
                 )
-                findings += [
+                p.findings += [
                     Finding("duplicate", role, i, "a second assistant tagged for this role")
                     for i in extra_ids
                 ]
-    return KindPlan(
-        ASSISTANT.name,
-        tuple(actions),
-        tuple(deletes),
-        tuple(unchanged),
-        tuple(warnings),
-        tuple(blocked),
-        tuple(notes),
-        tuple(findings),
-        out_ids,
-    )
+    return p.plan()
 
 
 def _roles(desired: DesiredOrg, observed: ObservedOrg, mine: list[dict[str, Any]]) -> list[str]:

@@ -65,6 +65,34 @@ class KindPlan:
         return [f"{self.kind}/{name}" for name in self.unchanged]
 
 
+@dataclass
+class Parts:
+    """A `KindPlan` while a sub-planner builds it."""
+
+    kind: str
+    actions: list[Action] = field(default_factory=list)
+    removals: list[Action] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    ids: dict[str, str | None] = field(default_factory=dict)
+
+    def plan(self) -> KindPlan:
+        return KindPlan(
+            self.kind,
+            tuple(self.actions),
+            tuple(self.removals),
+            tuple(self.unchanged),
+            tuple(self.warnings),
+            tuple(self.blocked),
+            tuple(self.notes),
+            tuple(self.findings),
+            dict(self.ids),
+        )
+
+
 def strip_owned(live: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in live.items() if k not in _SERVER_OWNED}
 
@@ -111,14 +139,7 @@ def plan_kind(
         if key is not None:
             by_key.setdefault(key, []).append(obj)
 
-    actions: list[Action] = []
-    removals: list[Action] = []
-    unchanged: list[str] = []
-    warnings: list[str] = []
-    blocked: list[str] = []
-    notes: list[str] = []
-    findings: list[Finding] = []
-    out_ids: dict[str, str | None] = {}
+    p = Parts(kind.name)
     claimed: set[str] = set()
 
     for name in sorted(desired):
@@ -126,7 +147,7 @@ def plan_kind(
         where = f"{kind.label} {name}"
         elsewhere = observed.held_elsewhere.get((kind.name, name))
         if elsewhere is not None:
-            blocked.append(
+            p.blocked.append(
                 f"{where}: Postgres gives it to org {elsewhere}; one org per {kind.label} "
                 f"(remove it from that org's spec and apply with --prune there first)"
             )
@@ -136,7 +157,7 @@ def plan_kind(
         if current is not None and kind.key_of(current) != want.key:
             # its key changed (a number's provider, a tool's type): a new object would leave
             # the old one in the account, recorded nowhere
-            blocked.append(
+            p.blocked.append(
                 f"{where}: its {', '.join(sorted(kind.immutable))} changed, which Vapi cannot "
                 f"update: remove it from the spec and apply with --prune (deleting "
                 f"{current['id']}), then add it back"
@@ -150,7 +171,7 @@ def plan_kind(
         if current is None:
             if _pending(row, create_grace_s):
                 ago = row.pending_s if row is not None and row.pending_s is not None else 0.0
-                blocked.append(
+                p.blocked.append(
                     f"{where}: an earlier create has an unknown outcome ({ago:.0f}s ago); "
                     f"waiting up to {create_grace_s:.0f}s for it to appear before creating again"
                 )
@@ -160,33 +181,33 @@ def plan_kind(
             elif row is not None:
                 note = "an earlier create did not finish and left nothing"
             changes = tuple(field_changes({}, want.stored))
-            actions.append(
+            p.actions.append(
                 CreateResource(kind.name, name, want.body, want.stored, changes, note, pending)
             )
-            out_ids[name] = None
+            p.ids[name] = None
             continue
         vapi_id = str(current["id"])
         claimed.add(vapi_id)
-        out_ids[name] = vapi_id
+        p.ids[name] = vapi_id
         step, said, heard = _converge(kind, want, pending, row, current, note)
-        warnings += said
-        notes += heard
+        p.warnings += said
+        p.notes += heard
         if step is None:
-            unchanged.append(name)
+            p.unchanged.append(name)
         else:
-            actions.append(step)
+            p.actions.append(step)
         for extra in namesakes:
             if extra["id"] == vapi_id:
                 continue
             if prune:
-                removals.append(
+                p.removals.append(
                     DeleteResource(kind.name, name, extra["id"], note="duplicate", forget=False)
                 )
             else:
-                warnings.append(
+                p.warnings.append(
                     f"{where}: duplicate {extra['id']} in the account (use --prune to delete)"
                 )
-                findings.append(
+                p.findings.append(
                     Finding(
                         "duplicate",
                         name,
@@ -199,20 +220,10 @@ def plan_kind(
     for name in sorted(set(rows) - set(desired)):
         row = rows[name]
         step, said = _removed(kind, row, by_id, claimed, prune)
-        warnings += said
+        p.warnings += said
         if step is not None:
-            removals.append(step)
-    return KindPlan(
-        kind.name,
-        tuple(actions),
-        tuple(removals),
-        tuple(unchanged),
-        tuple(warnings),
-        tuple(blocked),
-        tuple(notes),
-        tuple(findings),
-        out_ids,
-    )
+            p.removals.append(step)
+    return p.plan()
 
 
 def _pending(row: StoredResource | None, grace_s: float) -> bool:
