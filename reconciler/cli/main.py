@@ -44,9 +44,26 @@ def _out() -> Console:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from reconciler.redact import printable
     from reconciler.spec import loader
 
     result = loader.validate_tree(Path(args.path))
+    lock = result.templates.lock
+    new = sorted(set(lock.digests) - set(result.templates.recorded.digests))
+    if new and result.lock_path is not None:
+        shown = result.lock_path
+        if args.locked:
+            for ref in new:
+                result.problems.append(
+                    loader.Problem(
+                        shown,
+                        f"templates.{ref}",
+                        "not recorded: run `reconciler validate` and commit the lock",
+                    )
+                )
+        elif not result.problems:
+            loader.write_lock(result.lock_path, lock)
+            print(f"{printable(shown)}: recorded {', '.join(new)}")
     for problem in result.problems:
         print(problem)
     if result.problems:
@@ -616,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check spec files offline")
     _path_arg(p)
+    p.add_argument(
+        "--locked",
+        action="store_true",
+        help="write nothing: a template version missing from templates/templates.lock is a "
+        "problem (for CI: the lock must be committed with the templates)",
+    )
     p.set_defaults(func=cmd_validate)
 
     for name, helptext in (("plan", "show what apply would change"), ("diff", "alias of plan")):
@@ -769,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers.add_init(sub)
     parsers.add_edit(sub)
     parsers.add_set(sub)
+    parsers.add_render(sub)
     parsers.add_audit(sub)
     parsers.add_verify(sub)
     return parser

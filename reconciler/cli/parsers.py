@@ -1,5 +1,5 @@
 """Parser definitions of the commands whose code lives in modules of their own (`import`,
-`init`, `edit`, `set`, `audit`, `verify`, `org new`), apart from that code.
+`init`, `edit`, `set`, `render`, `audit`, `verify`, `org new`), apart from that code.
 
 `reconciler --help` builds the whole parser: what it needs must stay light (argparse and the
 standard library's cheapest modules). Each command's module, with what it imports, is loaded
@@ -185,6 +185,33 @@ def add_edit(sub: _Sub) -> None:
     )
     p.add_argument("file", help="the spec file")
     p.set_defaults(func=command("reconciler.cli.edit", "cmd_edit"))
+
+
+def add_render(sub: _Sub) -> None:
+    p = sub.add_parser(
+        "render",
+        help="print an org's effective assistants (templates rendered), offline",
+        description="An org's assistants as the reconciler will send them, templates rendered "
+        "and overrides merged. Offline: no key, database or network. Secret-looking values are "
+        "masked. With --template NAME@VERSION --all: every org that uses NAME at another "
+        "version, moved to VERSION, as a diff.",
+    )
+    p.add_argument("path", nargs="?", default="specs", help="spec file or folder (default specs)")
+    p.add_argument("--org", metavar="SLUG", help="the org to render")
+    p.add_argument("--assistant", metavar="ROLE", help="one assistant (default: all of them)")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument(
+        "--show-origin",
+        action="store_true",
+        help="mark each value: the template (version, parameters), an override or the org file",
+    )
+    p.add_argument(
+        "--template",
+        metavar="NAME@VERSION",
+        help="with --all: preview every org that uses NAME moved to VERSION",
+    )
+    p.add_argument("--all", action="store_true", help="with --template: every org that uses it")
+    p.set_defaults(func=command("reconciler.cli.effective", "cmd_render"))
 
 
 def add_set(sub: _Sub) -> None:

@@ -65,6 +65,15 @@ from reconciler.redact import printable
 from reconciler.secrets import sops
 from reconciler.spec.cache import SpecCache, digest
 from reconciler.spec.models import Organization
+from reconciler.spec.templated import (
+    LOCK_NAME,
+    TEMPLATE_KIND,
+    TEMPLATES_DIR,
+    Templates,
+    build,
+    lock_from,
+)
+from reconciler.templates import Lock, TemplateError, dump_lock
 
 try:
     from yaml._yaml import CParser as _CParser
@@ -124,6 +133,9 @@ class LoadResult:
     # the org id that a file which failed still names (`metadata.id`, when it parsed): such an
     # org is failing, never "gone"
     failed_ids: dict[Path, str] = field(default_factory=dict)
+    # the tree's templates (`templates/`), with the lock as `validate` would write it
+    templates: Templates = field(default_factory=Templates)
+    lock_path: Path | None = None
 
     @property
     def bad_paths(self) -> set[Path]:
@@ -920,15 +932,41 @@ def credential_problems(path: Path, doc: dict[str, Any]) -> list[Problem]:
     return _check_encrypted(path, doc)[1]
 
 
+def _template_problem(exc: TemplateError) -> Problem:
+    return Problem(Path(exc.file), exc.field, f"template {exc.template}: {exc.message}")
+
+
+def _expanded(
+    path: Path, doc: dict[str, Any], templates: Templates
+) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """`doc` with its templated assistants rendered (`spec.templated`), or their problems."""
+    out, failed, _ = templates.expand(doc, str(path))
+    if failed:
+        return None, [_template_problem(e) for e in failed]
+    return out, []
+
+
 def _check_bytes(
-    path: Path, data: bytes, docs: dict[Path, dict[str, Any]] | None = None
+    path: Path,
+    data: bytes,
+    docs: dict[Path, dict[str, Any]] | None = None,
+    templates: Templates | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
     doc, problems = parse_yaml(path, data)
     if doc is None:
         return None, problems
-    if docs is not None:  # load_tree decrypts from it without parsing the same bytes again
+    if docs is not None:  # its `metadata.id` names a failing org, whatever fails next
         docs[path] = doc
-    masked, problems = _check_encrypted(path, doc)
+    if doc.get("kind") == TEMPLATE_KIND:
+        return None, [
+            Problem(path, "kind", f"a template belongs under {TEMPLATES_DIR}/ of the specs folder")
+        ]
+    rendered, problems = _expanded(path, doc, templates or Templates())
+    if rendered is None:
+        return None, _locate(problems, data)
+    if docs is not None:  # load_tree decrypts from it without parsing the same bytes again
+        docs[path] = rendered
+    masked, problems = _check_encrypted(path, rendered)
     try:
         org = Organization.model_validate(masked)
     except ValidationError as exc:
@@ -973,22 +1011,85 @@ Outcome = tuple[Organization | None, list[Problem]]
 Cache = SpecCache[Outcome]
 
 
+def _cache_key(data: bytes, templates: Templates) -> str:
+    """An org file's outcome depends on its bytes and on the templates it names."""
+    return digest(data) + templates.cache_key(data)
+
+
 def _read_and_check(
-    found: _Found, cache: Cache | None, docs: dict[Path, dict[str, Any]] | None = None
+    found: _Found,
+    cache: Cache | None,
+    docs: dict[Path, dict[str, Any]] | None = None,
+    templates: Templates | None = None,
 ) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
     data, problems = _read_spec(found.path, found.real, found.ident)
     if data is None:
         return None, problems
     if cache is None:
-        org, problems = _check_bytes(found.path, data, docs)
+        org, problems = _check_bytes(found.path, data, docs, templates)
     else:
         org, problems = cache.get_or_compute(
             found.path,
-            digest(data),
+            _cache_key(data, templates or Templates()),
             "checked",
-            lambda: _contained(found.path, lambda: _check_bytes(found.path, data, docs)),
+            lambda: _contained(found.path, lambda: _check_bytes(found.path, data, docs, templates)),
         )
     return ((org, data) if org is not None else None), list(problems)
+
+
+def templates_dir(root: Path) -> Path:
+    """Where the templates of the specs at `root` are: `templates/` of the folder given, or of
+    the folder of the file given."""
+    base = root if not root.is_file() else root.parent
+    return base / TEMPLATES_DIR
+
+
+def _load_templates(tdir: Path, found: list[_Found]) -> tuple[Templates, Path, list[Problem]]:
+    """The templates of the files `found` under `tdir`, held to `tdir`'s lock."""
+    lock_path = tdir / LOCK_NAME
+    problems: list[Problem] = []
+    lock_data: object = None
+    if lock_path.exists():
+        data, read = read_spec(lock_path, lock_path)
+        lock_data, parsed = parse_yaml(lock_path, data) if data is not None else (None, read)
+        problems += parsed if data is None or lock_data is None else []
+        if data is not None and lock_data is None:
+            lock_data = {}  # unreadable: refused below, never written over
+    lock, lock_problems = lock_from(lock_data, str(lock_path))
+    if problems:
+        lock = None
+    problems += [_template_problem(e) for e in lock_problems]
+    files: list[tuple[str, dict[str, Any]]] = []
+    for spec in found:
+        data, read = _read_spec(spec.path, spec.real, spec.ident)
+        doc, parsed = parse_yaml(spec.path, data) if data is not None else (None, read)
+        if doc is None:
+            problems += parsed
+        else:
+            files.append((str(spec.path), doc))
+    templates, failed = build(files, lock, str(lock_path))
+    problems += [_template_problem(e) for e in failed]
+    return templates, lock_path, problems
+
+
+def write_lock(path: Path, lock: Lock) -> None:
+    """`validate` records new template versions: the whole lock written, then renamed into
+    place (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(dump_lock(lock), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def templates_near(path: Path) -> Templates:
+    """The templates an org file at `path` may use (`templates/` of its folder); a broken
+    template is refused, not reported here (`validate` reports it)."""
+    tdir = templates_dir(path)
+    found, _ = _walk(tdir) if tdir.is_dir() else ([], [])
+    return _load_templates(tdir, found)[0]
 
 
 def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
@@ -1000,14 +1101,16 @@ def check_file(path: Path) -> tuple[Organization | None, list[Problem]]:
         except (OSError, RuntimeError) as exc:
             return None, [Problem(path, "", f"cannot read: {_os_reason(exc)}")]
         data, problems = _read_spec(path, real, None)
-        return (None, problems) if data is None else _check_bytes(path, data)
+        if data is None:
+            return None, problems
+        return _check_bytes(path, data, templates=templates_near(path))
 
     return _contained(path, check)
 
 
 def check_bytes(path: Path, data: bytes) -> tuple[Organization | None, list[Problem]]:
     """The offline checks of `check_file` on content about to be written to `path`."""
-    return _contained(path, lambda: _check_bytes(path, data))
+    return _contained(path, lambda: _check_bytes(path, data, templates=templates_near(path)))
 
 
 def check_decrypted(path: Path, doc: dict[str, Any]) -> list[Problem]:
@@ -1016,7 +1119,10 @@ def check_decrypted(path: Path, doc: dict[str, Any]) -> list[Problem]:
     if "sops" in doc:
         return [Problem(path, "sops", "sops metadata in a decrypted document: remove it")]
     try:
-        org = Organization.model_validate(doc)
+        rendered, problems = _expanded(path, doc, templates_near(path))
+        if rendered is None:
+            return problems
+        org = Organization.model_validate(rendered)
     except ValidationError as exc:
         return _pydantic_problems(path, exc)
     except (RecursionError, ValueError, OverflowError) as exc:
@@ -1072,10 +1178,20 @@ def _validate(
     found, problems = _walk(root)
     if not found and not problems:
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
+    tdir = templates_dir(root)
+    in_tdir = [f for f in found if f.path.is_relative_to(tdir)]
+    if root.is_file() and tdir.is_dir():
+        in_tdir, walk_problems = _walk(tdir)
+        problems += walk_problems
+    found = [f for f in found if not f.path.is_relative_to(tdir)]
+    templates, lock_path, template_problems = _load_templates(tdir, in_tdir)
+    problems += template_problems
     checked: list[tuple[Path, Organization]] = []
     sources: dict[Path, bytes] = {}
     for spec in found:
-        outcome, spec_problems = _contained(spec.path, partial(_read_and_check, spec, cache, docs))
+        outcome, spec_problems = _contained(
+            spec.path, partial(_read_and_check, spec, cache, docs, templates)
+        )
         problems += spec_problems
         if outcome is not None:
             checked.append((spec.path, outcome[0]))
@@ -1084,23 +1200,23 @@ def _validate(
         problems += _locate([problem], sources[problem.path])
     bad = {p.path for p in problems}
     specs = [SpecFile(p, o, digest(sources[p])) for p, o in checked if p not in bad]
-    return LoadResult(specs, problems), sources
+    return LoadResult(specs, problems, templates=templates, lock_path=lock_path), sources
 
 
-def validate_tree(root: Path) -> LoadResult:
+def validate_tree(root: Path, cache: Cache | None = None) -> LoadResult:
     """`reconciler validate`: offline, every file, cross-file uniqueness."""
-    return _validate(root)[0]
+    return _validate(root, cache)[0]
 
 
 def validate_with_documents(root: Path) -> tuple[LoadResult, dict[Path, dict[str, Any]]]:
     """As `validate_tree`, with each valid file's document as committed (credentials still
     encrypted): what `diff --base` compares without any key."""
     parsed: dict[Path, dict[str, Any]] = {}
-    checked, sources = _validate(root, docs=parsed)
+    checked, _ = _validate(root, docs=parsed)
     checked.failed_ids = _failed_ids(checked.problems, parsed)
     documents: dict[Path, dict[str, Any]] = {}
-    for spec in checked.specs:
-        doc, _ = parse_yaml(spec.path, sources[spec.path])
+    for spec in checked.specs:  # as checked: templated assistants rendered
+        doc = parsed.get(spec.path)
         if doc is not None:
             documents[spec.path] = doc
     return checked, documents
@@ -1119,7 +1235,11 @@ def _native_keep(tree: dict[str, Any]) -> bool:
 
 
 def _decrypt_one(
-    path: Path, data: bytes, decrypt: Decrypt | None, validated: dict[str, Any] | None = None
+    path: Path,
+    data: bytes,
+    decrypt: Decrypt | None,
+    validated: dict[str, Any] | None = None,
+    templates: Templates | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
     """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
     would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed."""
@@ -1141,7 +1261,10 @@ def _decrypt_one(
             return None, problems
         decrypted = parsed
     if validated is None:  # parsed when validated, unless the check came from the cache
-        validated, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
+        parsed, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
+        if parsed is None:
+            return None, problems
+        validated, problems = _expanded(path, parsed, templates or Templates())
         if validated is None:
             return None, problems
     spec = decrypted.get("spec")
@@ -1183,12 +1306,16 @@ def load_tree(
 
         def run() -> Outcome:
             return _contained(
-                spec.path, lambda: _decrypt_one(spec.path, data, decrypt, docs.get(spec.path))
+                spec.path,
+                lambda: _decrypt_one(
+                    spec.path, data, decrypt, docs.get(spec.path), checked.templates
+                ),
             )
 
         if cache is None:
             return run()
-        org, problems = cache.get_or_compute(spec.path, digest(data), "decrypted", run)
+        key = _cache_key(data, checked.templates)
+        org, problems = cache.get_or_compute(spec.path, key, "decrypted", run)
         return org, list(problems)
 
     results: dict[Path, tuple[Organization | None, list[Problem]]] = {}
@@ -1202,7 +1329,8 @@ def load_tree(
         problems += found
         if org is not None:
             specs.append(SpecFile(spec.path, org, digest(sources[spec.path])))
-    return LoadResult(specs, problems, _failed_ids(problems, docs))
+    failed = _failed_ids(problems, docs)
+    return LoadResult(specs, problems, failed, checked.templates, checked.lock_path)
 
 
 def _failed_ids(problems: list[Problem], docs: dict[Path, dict[str, Any]]) -> dict[Path, str]:

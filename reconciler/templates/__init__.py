@@ -16,6 +16,7 @@ from reconciler.templates._lock import (
     digest,
     dump_lock,
     parse_lock,
+    read_lock,
 )
 from reconciler.templates._merge import LIST_RULES, ListRule, format_path
 from reconciler.templates._model import (
@@ -54,5 +55,6 @@ __all__ = [
     "parse_lock",
     "parse_ref",
     "parse_use",
+    "read_lock",
     "render",
 ]

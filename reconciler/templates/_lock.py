@@ -50,7 +50,13 @@ class Lock:
 
 def parse_lock(text: str, source: str = LOCK_PATH) -> Lock:
     """A lock file's text read; an empty text is an empty lock. Raises TemplateError."""
-    data = yaml.safe_load(text) if text.strip() else {"apiVersion": "reconciler/v1"}
+    return read_lock(yaml.safe_load(text) if text.strip() else None, source)
+
+
+def read_lock(data: object, source: str = LOCK_PATH) -> Lock:
+    """A lock file's parsed YAML (None: empty) checked. Raises TemplateError."""
+    if data is None:
+        data = {"apiVersion": "reconciler/v1"}
     if not isinstance(data, dict) or data.get("apiVersion") != "reconciler/v1":
         raise TemplateError(source, "apiVersion", "*", "a template lock of reconciler/v1 expected")
     if data.get("kind", LOCK_KIND) != LOCK_KIND or set(data) - {"apiVersion", "kind", "templates"}:

@@ -1,0 +1,326 @@
+"""Templates in a specs tree (issue 17): found under `templates/`, held to their lock by
+`validate`, rendered into the org's assistants before anything else sees them, shown by
+`reconciler render`, and applied to Vapi like any assistant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.spec.cache import SpecCache
+from reconciler.spec.loader import validate_tree
+from tests.helpers import SpecDir, live, org_doc, writes
+
+ENC = "ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]"  # shaped as sops writes it
+
+TEMPLATE: dict[str, Any] = {
+    "apiVersion": "reconciler/v1",
+    "kind": "AssistantTemplate",
+    "metadata": {"name": "front-desk", "version": 1},
+    "parameters": {
+        "practiceName": {"type": "string", "maxLength": 24},
+        "voice": {"type": "enum", "values": ["burt", "rachel"], "default": "burt"},
+    },
+    "assistant": {
+        "name": "${practiceName} Front Desk",
+        "firstMessage": "Thanks for calling ${practiceName}.",
+        "model": {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "messages": [{"role": "system", "content": "You answer for ${practiceName}."}],
+        },
+        "voice": {"provider": "11labs", "voiceId": "${voice}"},
+        "server": {"url": "https://hooks.example.com/vapi", "headers": {"x-api-key": "s3cr3t"}},
+    },
+}
+
+
+def template(version: int = 1, **changes: Any) -> dict[str, Any]:
+    body = {**TEMPLATE["assistant"], **changes}
+    return {**TEMPLATE, "metadata": {"name": "front-desk", "version": version}, "assistant": body}
+
+
+def uses(ref: str = "front-desk@1", **extra: Any) -> dict[str, Any]:
+    return {"template": ref, "with": {"practiceName": "Acme Dental"}, **extra}
+
+
+def offline_org(slug: str, assistants: dict[str, Any]) -> dict[str, Any]:
+    """An org file as committed (credentials shaped like sops's), for the offline commands."""
+    doc = org_doc(slug, assistants=assistants)
+    doc["spec"]["credentials"] = {"vapi": {"apiKey": ENC, "webhookSecret": ENC}}
+    doc["sops"] = {"age": [], "mac": ENC, "version": "3.11.0"}
+    return doc
+
+
+def put(root: Path, name: str, doc: dict[str, Any]) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "specs"
+    put(root, "templates/front-desk.yaml", template())
+    put(root, "acme.yaml", offline_org("acme", {"inbound": uses()}))
+    plain = {"inbound": {"name": "Plain", "firstMessage": "Hi"}}
+    put(root, "plain.yaml", offline_org("plain", plain))
+    return root
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line]
+
+
+# -- validate and the lock -----------------------------------------------------------------------
+
+
+def test_validate_records_a_new_version_once_then_changes_nothing(tree: Path, cli: Any) -> None:
+    lock = tree / "templates" / "templates.lock"
+    first = cli("validate", str(tree))
+    assert first.code == 0, first.out + first.err
+    assert f"{lock}: recorded front-desk@1" in first.out
+    assert "2 spec(s) valid" in first.out
+    recorded = yaml.safe_load(lock.read_text())["templates"]
+    assert list(recorded) == ["front-desk@1"] and recorded["front-desk@1"].startswith("sha256:")
+    before = lock.stat().st_mtime_ns
+    second = cli("validate", str(tree))
+    assert second.code == 0 and "recorded" not in second.out
+    assert lock.stat().st_mtime_ns == before
+
+
+def test_locked_refuses_an_unrecorded_version_and_writes_nothing(tree: Path, cli: Any) -> None:
+    run = cli("validate", str(tree), "--locked")
+    assert run.code == 1
+    assert "templates.front-desk@1: not recorded: run `reconciler validate`" in run.out
+    assert not (tree / "templates" / "templates.lock").exists()
+
+
+def test_a_changed_template_under_a_locked_version_is_refused_with_its_orgs_only(
+    tree: Path, cli: Any
+) -> None:
+    assert cli("validate", str(tree)).code == 0
+    lock_text = (tree / "templates" / "templates.lock").read_text()
+    put(tree, "templates/front-desk.yaml", template(firstMessage="Hello ${practiceName}!"))
+    result = validate_tree(tree)
+    shown = [str(p) for p in result.problems]
+    assert len(shown) == 2, shown
+    assert "front-desk.yaml: metadata.version: template front-desk@1: content changed" in shown[0]
+    assert "give it a new metadata.version" in shown[0]
+    assert shown[1].startswith(f"{tree / 'acme.yaml'}:")
+    assert "spec.assistants.inbound.template: template front-desk@1: refused: see" in shown[1]
+    assert [s.org.metadata.slug for s in result.specs] == ["plain"]  # the others carry on
+    run = cli("validate", str(tree))
+    assert run.code == 1
+    assert (tree / "templates" / "templates.lock").read_text() == lock_text  # never rewritten
+
+
+def test_a_new_version_is_recorded_beside_the_old_one(tree: Path, cli: Any) -> None:
+    assert cli("validate", str(tree)).code == 0
+    put(tree, "templates/front-desk-2.yaml", template(2, firstMessage="Hi ${practiceName}!"))
+    run = cli("validate", str(tree))
+    assert run.code == 0, run.out
+    assert "recorded front-desk@2" in run.out
+    locked = yaml.safe_load((tree / "templates" / "templates.lock").read_text())["templates"]
+    assert list(locked) == ["front-desk@1", "front-desk@2"]
+
+
+@pytest.mark.parametrize(
+    ("assistant", "expected"),
+    [
+        (
+            uses("front-desk@7"),
+            "spec.assistants.inbound.template: template front-desk@7: not found under "
+            "templates/ (versions here: front-desk@1)",
+        ),
+        (
+            uses("reminder@1"),
+            "spec.assistants.inbound.template: template reminder@1: not found under "
+            "templates/ (no such template)",
+        ),
+        (
+            {"template": "front-desk@1", "with": {"practiceName": "Acme", "colour": "red"}},
+            "spec.assistants.inbound.with.colour: template front-desk@1: unknown parameter "
+            "colour (declared: practiceName, voice)",
+        ),
+        (
+            {"template": "front-desk@1"},
+            "spec.assistants.inbound.with: template front-desk@1: missing required "
+            "parameter(s): practiceName",
+        ),
+        (
+            uses(overrides={"hooks": [{"on": "call.ended"}]}),
+            "spec.assistants.inbound.overrides.hooks: template front-desk@1: list hooks has no "
+            "declared merge key",
+        ),
+        (
+            {"template": "front-desk@1", "with": {"practiceName": "x" * 40}},
+            "over maxLength 24",
+        ),
+    ],
+    ids=["other-version", "unknown", "unknown-parameter", "missing", "undeclared-list", "long"],
+)
+def test_an_org_that_misuses_a_template_is_one_line_naming_file_field_and_template(
+    tree: Path, assistant: dict[str, Any], expected: str
+) -> None:
+    put(tree, "acme.yaml", offline_org("acme", {"inbound": assistant}))
+    result = validate_tree(tree)
+    assert [s.org.metadata.slug for s in result.specs] == ["plain"]
+    (problem,) = result.problems
+    assert problem.path == tree / "acme.yaml"
+    assert expected in str(problem)
+    assert "\n" not in str(problem)
+
+
+def test_a_rendered_assistant_that_breaks_an_assistant_rule_is_refused(tree: Path) -> None:
+    put(
+        tree,
+        "templates/front-desk.yaml",
+        template(name="${practiceName} Front Desk, open every single day"),
+    )
+    put(tree, "acme.yaml", offline_org("acme", {"inbound": uses()}))
+    (problem,) = validate_tree(tree).problems
+    assert "spec.assistants.inbound.name: template front-desk@1: the rendered assistant is " in (
+        str(problem)
+    )
+
+
+def test_a_template_outside_templates_or_a_broken_lock_is_refused(tree: Path, cli: Any) -> None:
+    put(tree, "stray.yaml", template())
+    (problem,) = validate_tree(tree).problems
+    assert str(problem).endswith("kind: a template belongs under templates/ of the specs folder")
+    (tree / "stray.yaml").unlink()
+    lock = tree / "templates" / "templates.lock"
+    lock.write_text("apiVersion: reconciler/v1\ntemplates: [not, a, map]\n")
+    run = cli("validate", str(tree))
+    assert run.code == 1
+    assert "templates.lock: templates: template *: a map of name@version" in run.out
+    assert "template front-desk@1: refused: see" in run.out  # no template trusted without it
+    assert lock.read_text() == "apiVersion: reconciler/v1\ntemplates: [not, a, map]\n"
+
+
+def test_the_cache_recomputes_exactly_the_orgs_that_use_a_changed_template(tree: Path) -> None:
+    """serve's spec cache: an org file's outcome is keyed by its bytes and by the content of the
+    templates it names (no lock yet, so a change under the same version is taken)."""
+    cache: SpecCache[Any] = SpecCache()
+    first = validate_tree(tree, cache)
+    assert cache.misses == 2 and cache.hits == 0
+    validate_tree(tree, cache)
+    assert cache.misses == 2 and cache.hits == 2
+    put(tree, "templates/front-desk.yaml", template(firstMessage="Hello ${practiceName}!"))
+    again = validate_tree(tree, cache)
+    assert cache.misses == 3 and cache.hits == 3  # acme computed again, plain from the cache
+    acme = next(s for s in again.specs if s.org.metadata.slug == "acme")
+    assert acme.org.spec.assistants.by_role()["inbound"].vapi_fields()["firstMessage"] == (
+        "Hello Acme Dental!"
+    )
+    assert first.specs[0].org != acme.org
+
+
+# -- render ---------------------------------------------------------------------------------------
+
+
+def test_render_shows_the_effective_assistant_with_each_values_origin(tree: Path, cli: Any) -> None:
+    put(
+        tree,
+        "acme.yaml",
+        offline_org("acme", {"inbound": uses(overrides={"firstMessage": "Acme, hello."})}),
+    )
+    run = cli("render", str(tree), "--org", "acme", "--assistant", "inbound", "--show-origin")
+    assert run.code == 0, run.err
+    assert lines(run.out) == [
+        'name: "Acme Dental Front Desk"  # template front-desk@1 (with: practiceName)',
+        'firstMessage: "Acme, hello."  # override',
+        "model:",
+        '  provider: "openai"  # template front-desk@1',
+        '  model: "gpt-4o"  # template front-desk@1',
+        "  messages:",
+        '    - role: "system"  # template front-desk@1',
+        '      content: "You answer for Acme Dental."  # template front-desk@1 (with: practiceName)',
+        "voice:",
+        '  provider: "11labs"  # template front-desk@1',
+        '  voiceId: "burt"  # template front-desk@1 (default: voice)',
+        "server:",
+        '  url: "https://hooks.example.com/vapi"  # template front-desk@1',
+        "  headers:",
+        '    x-api-key: "(sensitive)"  # template front-desk@1',
+    ]
+    assert "s3cr3t" not in run.out + run.err
+    as_json = cli("render", str(tree), "--org", "acme", "--format", "json")
+    assert as_json.code == 0
+    parsed = json.loads(as_json.out)
+    assert parsed["inbound"]["name"] == "Acme Dental Front Desk"
+    assert parsed["inbound"]["server"]["headers"] == {"x-api-key": "(sensitive)"}
+    plain = cli("render", str(tree), "--org", "plain", "--show-origin")
+    assert lines(plain.out) == [
+        "inbound:",
+        '  name: "Plain"  # org file',
+        '  firstMessage: "Hi"  # org file',
+    ]
+
+
+def test_render_of_an_unknown_org_or_assistant_is_one_line(tree: Path, cli: Any) -> None:
+    run = cli("render", str(tree), "--org", "nope")
+    assert run.code == 1 and lines(run.err) == ["error: no valid spec with slug nope"]
+    run = cli("render", str(tree), "--org", "acme", "--assistant", "outbound")
+    assert run.code == 1
+    assert lines(run.err) == ["error: acme has no assistant outbound (it has: inbound)"]
+
+
+def test_render_previews_an_upgrade_for_every_org_that_uses_the_template(
+    tree: Path, cli: Any
+) -> None:
+    put(tree, "templates/front-desk-2.yaml", template(2, firstMessage="Hi ${practiceName}!"))
+    keeps = uses(overrides={"firstMessage": "Our own words."})
+    put(tree, "bravo.yaml", offline_org("bravo", {"inbound": keeps}))
+    run = cli("render", str(tree), "--template", "front-desk@2", "--all")
+    assert run.code == 0, run.out + run.err
+    assert lines(run.out) == [
+        "acme/inbound: front-desk@1 → front-desk@2:",
+        "  @@ -1,3 +1,3 @@",
+        '   name: "Acme Dental Front Desk"',
+        '  -firstMessage: "Thanks for calling Acme Dental."',
+        '  +firstMessage: "Hi Acme Dental!"',
+        "   model:",
+        "bravo/inbound: front-desk@1 → front-desk@2: unchanged",
+        "template front-desk → front-desk@2: 2 assistant(s) of other versions, 1 change, "
+        "1 unchanged",
+    ]
+
+
+# -- against Vapi ---------------------------------------------------------------------------------
+
+
+def test_a_templated_assistant_is_applied_like_any_other_and_converges(
+    specs: SpecDir, cli: Any, emulator: str
+) -> None:
+    put(specs.root, "templates/front-desk.yaml", template())
+    doc = org_doc("acme", assistants={"inbound": uses()})
+    specs.write(doc)
+    first = cli("apply", str(specs.root))
+    assert first.code == 0, first.out + first.err
+    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
+    (assistant,) = live(emulator, key)
+    assert assistant["name"] == "Acme Dental Front Desk"
+    assert assistant["firstMessage"] == "Thanks for calling Acme Dental."
+    assert assistant["voice"]["voiceId"] == "burt"
+    assert assistant["server"]["headers"]["x-api-key"] == "s3cr3t"
+    done = writes(emulator)
+    second = cli("apply", str(specs.root))
+    assert second.code == 0 and writes(emulator) == done  # converged: nothing written
+    # the org moves to version 2: one PATCH of the one field that changed
+    put(specs.root, "templates/front-desk-2.yaml", template(2, firstMessage="Hi ${practiceName}!"))
+    doc["spec"]["assistants"]["inbound"] = uses("front-desk@2")
+    specs.write(doc)
+    plan = cli("plan", str(specs.root))
+    assert "firstMessage" in plan.out and "Hi Acme Dental!" in plan.out
+    third = cli("apply", str(specs.root))
+    assert third.code == 0, third.out + third.err
+    (assistant,) = live(emulator, key)
+    assert assistant["firstMessage"] == "Hi Acme Dental!"
+    assert writes(emulator) == done + 1
