@@ -94,6 +94,7 @@ def specs_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     _git(repo, env, "init", "--quiet", "--initial-branch", "main")
     for name in (".sops.yaml", "acme-dental.yaml", "bright-smiles.yaml"):
         shutil.copy(EXAMPLES / name, repo / "specs" / name)
+    shutil.copytree(EXAMPLES / "templates", repo / "specs" / "templates")  # acme's and bright's
     config = {
         "repos": [
             {

@@ -489,6 +489,28 @@ def test_schema_check_passes_on_committed_file(
     assert "schemas/org.schema.json is up to date" in out
 
 
+def test_the_examples_fit_the_schema_and_a_misspelt_template_field_does_not() -> None:
+    """Editors check spec files with the committed schema: an assistant written in full and
+    one made from a template both fit it (as committed, sops metadata aside)."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "schemas" / "org.schema.json").read_text())
+    check = jsonschema.Draft202012Validator(schema)
+    files = sorted((ROOT / "specs" / "examples").glob("*.yaml"))
+    docs = {p.name: yaml.safe_load(p.read_text()) for p in files if p.name != ".sops.yaml"}
+    templated = 0
+    for name, doc in docs.items():
+        doc.pop("sops")
+        assert [e.message for e in check.iter_errors(doc)] == [], name
+        templated += sum("template" in a for a in doc["spec"]["assistants"].values())
+    assert templated >= 2
+    doc = docs["acme-dental.yaml"]
+    doc["spec"]["assistants"]["inbound"]["with_"] = {}
+    assert list(check.iter_errors(doc))
+
+
 def test_schema_check_fails_on_stale_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

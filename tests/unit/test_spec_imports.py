@@ -26,12 +26,10 @@ def test_validate_loads_no_decryptor() -> None:
 
 
 def test_an_unknown_key_still_gets_its_guess() -> None:
-    from pathlib import Path
 
     from reconciler.spec.loader import check_bytes
 
-    text = (ROOT / "specs" / "examples" / "acme-dental.yaml").read_text()
-    _, problems = check_bytes(
-        Path("acme-dental.yaml"), text.replace("firstMessage:", "firstMesage:", 1).encode()
-    )
+    path = ROOT / "specs" / "examples" / "acme-dental.yaml"  # its templates beside it
+    text = path.read_text()
+    _, problems = check_bytes(path, text.replace("firstMessage:", "firstMesage:", 1).encode())
     assert any("did you mean 'firstMessage'?" in str(p) for p in problems), problems
