@@ -94,6 +94,8 @@ def _options(args: argparse.Namespace) -> Options:
         max_deletes=getattr(args, "max_deletes", MAX_DELETES),
         adopt_by_name=args.adopt_by_name,
         accept_account_change=frozenset(args.accept_account_change or ()),
+        max_template_orgs=args.max_template_orgs,
+        accept_rollouts=frozenset(args.accept_template_rollout or ()),
     )
 
 
@@ -382,6 +384,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prune=args.prune,
         max_deletes=args.max_deletes,
         log_format=args.log_format,
+        max_template_orgs=args.max_template_orgs,
+        accept_rollouts=frozenset(args.accept_template_rollout or ()),
     )
     return serve(load_settings(), options)
 
@@ -600,6 +604,26 @@ def _org_args(p: argparse.ArgumentParser) -> None:
         metavar="SLUG",
         help="this org's Vapi key may now reach another Vapi account than before (repeatable)",
     )
+    _template_bound(p)
+
+
+def _template_bound(p: argparse.ArgumentParser) -> None:
+    from reconciler.engine.limits import MAX_TEMPLATE_ORGS
+
+    p.add_argument(
+        "--max-template-orgs",
+        type=_count,
+        default=MAX_TEMPLATE_ORGS,
+        metavar="N",
+        help="move no org to a template version that would move more than N orgs in one run "
+        f"(default {MAX_TEMPLATE_ORGS})",
+    )
+    p.add_argument(
+        "--accept-template-rollout",
+        action="append",
+        metavar="NAME@VERSION",
+        help="move every org to this template version, past --max-template-orgs (repeatable)",
+    )
 
 
 def _max_deletes(
@@ -713,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
         "delete nothing in a run that would delete more than N assistants, counted over every "
         "org and orphan of the run (default 5)",
     )
+    _template_bound(p)
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_serve)
 

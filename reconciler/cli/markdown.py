@@ -14,7 +14,16 @@ from __future__ import annotations
 import html
 import re
 
-from reconciler.cli.render import _changes, _title, change_view, lifecycle_lines, unknown_count
+from reconciler.cli.render import (
+    _cause_text,
+    _changes,
+    _move_of,
+    _title,
+    change_view,
+    lifecycle_lines,
+    rollouts,
+    unknown_count,
+)
 from reconciler.cli.textdiff import DiffLine
 from reconciler.controller.run import OrgOutcome, RunReport
 from reconciler.redact import printable
@@ -61,8 +70,11 @@ def _section(outcome: OrgOutcome) -> str:
     lines: list[str] = []
     for action in outcome.plan.actions if outcome.plan else ():
         lines.append(f"{_SYMBOL[action.kind]} {printable(_title(action))}")
+        move = _move_of(outcome.plan, action)
         for ch in _changes(action):
             head, diff = change_view(action.kind, ch)
+            if move is not None:
+                head += f" ({_cause_text(move, ch)})"
             lines.append(f"    {printable(ch.path)}: {printable(head)}")
             # the diff's own mark in the first column, where GitHub colours `-` and `+` lines
             lines += [_diff_line(line) for line in diff]
@@ -97,6 +109,9 @@ def render_markdown(report: RunReport, *, limit: int = LIMIT) -> str:
         head[-1:-1] = [
             f"**{unknown}** unknown offline (marked `?`): `reconciler plan` knows.",
         ]
+    moved = rollouts(report)
+    if moved:  # the blast radius of each template change, before anything else
+        head[1:1] = ["", *(f"- **{_cell(r.line())}**" for r in moved)]
     shown = [
         o
         for o in report.outcomes

@@ -4,6 +4,7 @@ every string that came from a user or a server is escaped before it reaches a te
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -23,9 +24,11 @@ from reconciler.engine.actions import (
     DeleteAssistant,
     DeleteResource,
     LeaveAccount,
+    MoveTemplate,
     OrgPlan,
     RetireOrg,
     StoreCredential,
+    TemplateMove,
     UpdateAssistant,
     UpdateResource,
     UpsertOrg,
@@ -33,6 +36,7 @@ from reconciler.engine.actions import (
 from reconciler.engine.diff import FieldChange
 from reconciler.engine.kinds import BY_NAME, KEYED
 from reconciler.redact import SENSITIVE, printable
+from reconciler.templates import parse_ref
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-", "adopt": "<="}
 _STYLE = {"create": "green", "update": "yellow", "delete": "red", "adopt": "cyan"}
@@ -62,6 +66,11 @@ def _title(action: Action) -> str:
             return f"assistant {role}{_id(vid)}" + (" [adopted]" if adopt else "")
         case AdoptAssistant(role=role, vapi_id=vid, note=note):
             return f"assistant {role} ({vid}): adopt, {note}"
+        case MoveTemplate(role=role, vapi_id=vid, before=before, after=after):
+            return (
+                f"assistant {role}{_id(vid)}: template {before or '(none)'} -> "
+                f"{after or '(none)'}, renders as before (nothing sent to Vapi)"
+            )
         case DeleteAssistant(role=role, vapi_id=vid, note=note):
             return f"assistant {role} ({vid or 'no id'}): {note}"
         case CreateResource(resource=kind, name=name):
@@ -178,6 +187,71 @@ class _Lines:
             console.print(Text("\n").join(self.lines))
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """The orgs a template change moves in this plan: from `before` to `after` (each a
+    `name@version`, or None: written in full in the org file)."""
+
+    before: str | None
+    after: str | None
+    orgs: tuple[str, ...]  # slugs
+    change: int  # orgs whose assistants change in Vapi
+    unchanged: int  # orgs whose assistants render as before (their overrides cover it)
+
+    def line(self) -> str:
+        """`template dental-receptionist 3 → 4: 37 orgs, 35 change, 2 unchanged through
+        overrides`."""
+        b = parse_ref(self.before) if self.before else None
+        a = parse_ref(self.after) if self.after else None
+        if a is not None and b is not None and a[0] == b[0]:
+            head = f"template {a[0]} {b[1]} → {a[1]}"
+        else:
+            head = f"template {self.before or '(none)'} → {self.after or '(none)'}"
+        n = len(self.orgs)
+        return (
+            f"{head}: {n} org{'s' if n != 1 else ''}, {self.change} change, "
+            f"{self.unchanged} unchanged through overrides"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "from": self.before,
+            "to": self.after,
+            "orgs": len(self.orgs),
+            "change": self.change,
+            "unchanged": self.unchanged,
+            "org_slugs": list(self.orgs),
+        }
+
+
+def rollouts(report: RunReport) -> list[Rollout]:
+    """The blast radius of the template changes in the plan, one entry per (from, to)."""
+    moved: dict[tuple[str | None, str | None], dict[str, bool]] = {}
+    for outcome in report.outcomes:
+        plan = outcome.plan
+        for move in plan.templates if plan else ():
+            orgs = moved.setdefault((move.before, move.after), {})
+            orgs[outcome.slug] = orgs.get(outcome.slug, False) or move.changes
+    out = [
+        Rollout(
+            before,
+            after,
+            tuple(sorted(orgs)),
+            sum(orgs.values()),
+            sum(not changes for changes in orgs.values()),
+        )
+        for (before, after), orgs in moved.items()
+    ]
+    return sorted(out, key=lambda r: (r.after or "", r.before or ""))
+
+
+def _move_of(plan: OrgPlan | None, action: Action) -> TemplateMove | None:
+    role = getattr(action, "role", None)
+    if plan is None or action.resource != "assistant" or role is None:
+        return None
+    return next((m for m in plan.templates if m.role == role), None)
+
+
 def render_text(
     report: RunReport, console: Console, *, verb: str = "Plan", quiet: bool = False
 ) -> None:
@@ -185,6 +259,8 @@ def render_text(
     `quiet`: only the summary and the problems (an org's error and warnings, failed files).
     Printed as one text: rich costs about as much per print as per line of it."""
     out = _Lines()
+    for rollout in rollouts(report):
+        out.print(f"[bold]{_safe(rollout.line())}[/bold]")
     for outcome in report.outcomes:
         plan = outcome.plan
         if quiet:
@@ -210,8 +286,11 @@ def render_text(
                 action, AdoptAssistant | DeleteAssistant | AdoptResource | DeleteResource
             ):
                 out.print(f"      [dim]({_safe(note)})[/dim]")
+            move = _move_of(plan, action)
             for ch in _changes(action):
                 head, lines = change_view(action.kind, ch)
+                if move is not None:
+                    head += f" ({_cause_text(move, ch)})"
                 out.print(f"      {_safe(ch.path)}: {_safe(head)}")
                 for diff_line in lines:
                     out.print(f"        {_diff_markup(diff_line)}")
@@ -255,7 +334,7 @@ def render_text(
     out.print_to(console)
 
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 """The JSON plan's contract version (docs/plan-format.md): bumped on any incompatible change."""
 
 
@@ -272,7 +351,12 @@ def address(slug: str, action: Action | None = None, *, role: str | None = None)
     match action:
         case StoreCredential(provider=p) | DeactivateCredential(provider=p):
             return f"org/{slug}/credential/{p}"
-        case CreateAssistant(role=r) | UpdateAssistant(role=r) | AdoptAssistant(role=r):
+        case (
+            CreateAssistant(role=r)
+            | UpdateAssistant(role=r)
+            | AdoptAssistant(role=r)
+            | MoveTemplate(role=r)
+        ):
             return f"org/{slug}/assistant/{r}"
         case DeleteAssistant(role=r):
             return f"org/{slug}/assistant/{r}"
@@ -294,7 +378,16 @@ def _reason(action: Action) -> str | None:
     return getattr(action, "note", "") or None
 
 
-def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
+def _cause_text(move: TemplateMove, ch: FieldChange) -> str:
+    cause = move.cause(ch.path, drift=ch.drift)
+    if cause == "template":
+        return f"from template {move.after}" if move.after else "from the org file"
+    return "from the org's overrides" if cause == "org" else "drift"
+
+
+def _change_json(
+    slug: str, org_id: str, action: Action, move: TemplateMove | None = None
+) -> dict[str, Any]:
     fields = _changes(action)
     before: dict[str, Any] | None = {ch.path: ch.old for ch in fields} or None
     after: dict[str, Any] | None = {ch.path: ch.new for ch in fields} or None
@@ -319,6 +412,7 @@ def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
         "after": after,
         "drift": any(ch.drift for ch in fields),
         "reason": reason,
+        "template": {"from": move.before, "to": move.after} if move is not None else None,
         "fields": [
             {
                 "path": ch.path,
@@ -326,6 +420,13 @@ def _change_json(slug: str, org_id: str, action: Action) -> dict[str, Any]:
                 "after": ch.new,
                 "drift": ch.drift,
                 "sensitive": ch.sensitive,
+                "cause": (
+                    move.cause(ch.path, drift=ch.drift)
+                    if move is not None
+                    else "drift"
+                    if ch.drift
+                    else "org"
+                ),
             }
             for ch in fields
         ],
@@ -349,6 +450,7 @@ def _other(slug: str, org_id: str, kind: str, addr: str, reason: str | None) -> 
         "after": None,
         "drift": False,
         "reason": reason,
+        "template": None,
         "fields": [],
     }
 
@@ -366,7 +468,10 @@ def report_json(report: RunReport) -> dict[str, Any]:
         if plan.blocked:
             reason = "; ".join(plan.blocked)
             mine.append(_other(o.slug, o.org_id, "blocked", address(o.slug), reason))
-        mine += [_change_json(o.slug, o.org_id, action) for action in plan.actions]
+        mine += [
+            _change_json(o.slug, o.org_id, action, _move_of(plan, action))
+            for action in plan.actions
+        ]
         for role in plan.unchanged:
             mine.append(_other(o.slug, o.org_id, "noop", address(o.slug, role=role), None))
         if plan.orphaned and not plan.actions:
@@ -421,6 +526,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
     }
     return {
         "format_version": FORMAT_VERSION,
+        "templates": [r.as_json() for r in rollouts(report)],
         "changes": changes,
         "warnings": warnings,
         "notes": notes,
@@ -475,8 +581,11 @@ def render_status(views: list[dict[str, Any]], console: Console, *, detail: bool
             )
         )
         for a in view["assistants"]:
+            made = f", template {a['template']}" if a.get("template") else ""
             console.print(
-                _safe(f"  assistant {a['role']}: {a['vapiAssistantId'] or '-'} ({a['status']})")
+                _safe(
+                    f"  assistant {a['role']}: {a['vapiAssistantId'] or '-'} ({a['status']}{made})"
+                )
             )
         for t in view["tools"]:
             console.print(_safe(f"  tool {t['name']}: {t['vapiToolId'] or '-'} ({t['status']})"))

@@ -26,7 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from reconciler import metrics
 from reconciler.controller.run import STOPPING, Controller, Options, OrgOutcome, RunReport
 from reconciler.engine.actions import RetireOrg
-from reconciler.engine.runplan import MAX_DELETES, bound_deletes
+from reconciler.engine.runplan import MAX_DELETES, MAX_TEMPLATE_ORGS, bound_deletes
 from reconciler.errors import ReconcilerError
 from reconciler.redact import printable
 from reconciler.spec.cache import DEFAULT_ENTRIES, SpecCache
@@ -51,6 +51,8 @@ class LoopConfig:
     jitter: float = 0.1  # fraction of the interval
     prune: bool = False
     max_deletes: int = MAX_DELETES  # of the whole run: every batch and orphan together
+    max_template_orgs: int = MAX_TEMPLATE_ORGS  # orgs a run may move to a template version
+    accept_rollouts: frozenset[str] = frozenset()  # `name@version`s that may move more
     git: GitSource | None = None
     backoff: Backoff = field(default_factory=Backoff)
     batch: int | None = None  # orgs claimed at a time (default: `MIN_BATCH` or 4 per worker)
@@ -207,6 +209,8 @@ class ReconcileLoop:
             orphans=orphans,
             max_deletes=self.config.max_deletes,
             defer_deletes=True,
+            max_template_orgs=self.config.max_template_orgs,
+            accept_rollouts=self.config.accept_rollouts,
         )
 
     def _apply_batch(
@@ -263,6 +267,8 @@ class ReconcileLoop:
             prune=True,
             orphans=len(specs) < len(deferred),
             max_deletes=self.config.max_deletes,
+            max_template_orgs=self.config.max_template_orgs,
+            accept_rollouts=self.config.accept_rollouts,
         )
         report = self.controller.apply(
             LoadResult(specs, []),

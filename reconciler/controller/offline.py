@@ -63,9 +63,11 @@ from reconciler.engine.actions import (
     DeactivateCredential,
     DeleteAssistant,
     DeleteResource,
+    MoveTemplate,
     OrgPlan,
     RetireOrg,
     StoreCredential,
+    TemplateMove,
     Unknown,
     UnknownResource,
     UpdateAssistant,
@@ -492,13 +494,41 @@ def _assistant_actions(
             if had != has or "changed" in kept.values():
                 fields.append(_sensitive_change("credentials"))
             why += [PROVIDER_KEY_UNKNOWN.format(p) for p, v in kept.items() if v == "unknown"]
+            made = (
+                old.templates.get(role) if old else None,
+                new.templates.get(role) if new else None,
+            )
             if fields:
-                actions.append(UpdateAssistant(role, "", {}, now, tuple(fields)))
+                actions.append(UpdateAssistant(role, "", {}, now, tuple(fields), template=made[1]))
             elif why:
                 unknown.append(Unknown("assistant", role, "; ".join(why)))
+            elif made[0] != made[1]:  # renders as before: only the record of the template
+                actions.append(MoveTemplate(role, "", made[0], made[1]))
             else:
                 unchanged.append(role)
     return actions, unchanged, unknown, warnings
+
+
+def _template_moves(
+    old: Organization | None, new: Organization | None, actions: list[Action]
+) -> tuple[TemplateMove, ...]:
+    """As `plan` shows them: each assistant of both revisions whose template changed."""
+    if old is None or new is None:
+        return ()
+    changed = {a.role for a in actions if isinstance(a, UpdateAssistant)}
+    before, after = old.templates, new.templates
+    both = set(old.spec.assistants.by_role()) & set(new.spec.assistants.by_role())
+    return tuple(
+        TemplateMove(
+            role,
+            before.get(role),
+            after.get(role),
+            role in changed,
+            new.overridden.get(role, frozenset()),
+        )
+        for role in sorted(both)
+        if before.get(role) != after.get(role)
+    )
 
 
 # -- orgs ------------------------------------------------------------------------------------
@@ -694,6 +724,7 @@ def offline_diff(
             warnings=(*tools.warnings, *warnings, *numbers.warnings),
             notes=tuple(notes),
             unknown=(*unknown, *tools.unknown, *unknown_roles, *numbers.unknown),
+            templates=_template_moves(was, now, assistants),
         )
         outcomes.append(OrgOutcome(slug, org_id, plan=plan))
     return RunReport(outcomes, problems, time.monotonic() - started)

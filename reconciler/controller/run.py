@@ -40,11 +40,13 @@ from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
 from reconciler.engine.runplan import (
     MAX_DELETES,
+    MAX_TEMPLATE_ORGS,
     FailedFile,
     KnownOrg,
     RunFacts,
     RunPlan,
     SpecFacts,
+    TemplateMoveFact,
     bound_deletes,
     plan_run,
 )
@@ -84,6 +86,8 @@ class Options:
     defer_deletes: bool = False
     adopt_by_name: bool = False
     accept_account_change: frozenset[str] = frozenset()  # slugs
+    max_template_orgs: int = MAX_TEMPLATE_ORGS  # orgs one run may move to a template version
+    accept_rollouts: frozenset[str] = frozenset()  # `name@version`s that may move more
 
 
 _Client = TypeVar("_Client", VapiReader, VapiWriter)
@@ -226,6 +230,20 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ReconcilerError):
         return printable(str(exc))
     return f"internal error: {type(exc).__name__}"  # never str(exc): it may hold anything
+
+
+def _template_moves(specs: Iterable[SpecFile], index: list[Any]) -> tuple[TemplateMoveFact, ...]:
+    """The specs' orgs whose assistants the specs now render from another template than the
+    one Postgres records (an assistant not written yet is new, not moved)."""
+    recorded = {row.org_id: row.templates for row in index}
+    out: list[TemplateMoveFact] = []
+    for spec in specs:
+        org_id = str(spec.org.metadata.id)
+        stored = recorded.get(org_id, {})
+        for role, ref in sorted(spec.org.templates.items()):
+            if role in stored and stored[role] != ref:
+                out.append(TemplateMoveFact(org_id, spec.org.metadata.slug, ref))
+    return tuple(out)
 
 
 def _shared_message(others: dict[str, str]) -> str:
@@ -438,6 +456,9 @@ class PlanController:
             prune=options.prune,
             max_deletes=options.max_deletes,
             saved={k: v.slug for k, v in saved.items()} if saved is not None else None,
+            moves=_template_moves(fleet.specs, index),
+            max_template_orgs=options.max_template_orgs,
+            accept_rollouts=options.accept_rollouts,
         )
 
     def _spec_facts(self, spec: SpecFile) -> SpecFacts:

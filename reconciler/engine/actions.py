@@ -64,6 +64,7 @@ class CreateAssistant:
     kind: Kind = "create"
     resource: str = "assistant"
     pending: tuple[Pending, ...] = ()  # ids of objects created earlier in the run
+    template: str | None = None  # `name@version` it is rendered from, recorded with it
 
     @property
     def name(self) -> str:
@@ -82,6 +83,7 @@ class UpdateAssistant:
     kind: Kind = "update"
     resource: str = "assistant"
     pending: tuple[Pending, ...] = ()  # ids of objects created earlier in the run
+    template: str | None = None  # `name@version` it is rendered from, recorded with it
 
     @property
     def name(self) -> str:
@@ -99,10 +101,48 @@ class AdoptAssistant:
     live: dict[str, Any] = field(default_factory=dict)  # what Vapi holds, masked
     kind: Kind = "adopt"
     resource: str = "assistant"
+    template: str | None = None  # `name@version` it is rendered from, recorded with it
 
     @property
     def name(self) -> str:
         return str(self.stored.get("name", ""))
+
+
+@dataclass(frozen=True)
+class MoveTemplate:
+    """The role's assistant is now made from template `after` (it was `before`), and renders
+    as it was for this org: only Postgres records the move; nothing is sent to Vapi."""
+
+    role: str
+    vapi_id: str
+    before: str | None
+    after: str | None
+    kind: Kind = "update"
+    resource: str = "assistant"
+
+
+@dataclass(frozen=True)
+class TemplateMove:
+    """One assistant of the org moving from one template (`name@version`) to another (None:
+    written in full in the org file); `changes`: its fields change in Vapi too."""
+
+    role: str
+    before: str | None
+    after: str | None
+    changes: bool
+    overridden: frozenset[str] = frozenset()  # paths the org's overrides set (cause: org)
+
+    def cause(self, path: str, *, drift: bool = False) -> str:
+        """Why a field of this assistant changes: `drift` (Vapi moved away), `org` (a value
+        the org's overrides set), else `template` (the move to `after`)."""
+        if drift:
+            return "drift"
+        for mine in self.overridden:
+            if mine == path or mine.startswith((f"{path}.", f"{path}[")):
+                return "org"
+            if path.startswith((f"{mine}.", f"{mine}[")):
+                return "org"
+        return "template"
 
 
 @dataclass(frozen=True)
@@ -207,6 +247,7 @@ Action = (
     | CreateAssistant
     | UpdateAssistant
     | AdoptAssistant
+    | MoveTemplate
     | DeleteAssistant
     | CreateResource
     | UpdateResource
@@ -261,6 +302,7 @@ class OrgPlan:
     findings: tuple[Finding, ...] = ()
     orphaned: str = ""  # the org's spec is gone: why, and what `--prune` would do
     unknown: tuple[Unknown, ...] = ()  # offline only (`diff --base`): what it cannot know
+    templates: tuple[TemplateMove, ...] = ()  # assistants moving to another template
 
     @property
     def deletes(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from reconciler.engine.actions import (
@@ -26,6 +27,7 @@ from reconciler.engine.actions import (
     DeleteAssistant,
     DeleteResource,
     LeaveAccount,
+    MoveTemplate,
     OrgPlan,
     Pending,
     RetireOrg,
@@ -149,9 +151,14 @@ class Applier:
                     for key, value in patch.items()
                     if value is not None
                 }
-                self._record(role, vapi_id, action.name, stored, self._masked(answer), sent)
+                answer_masked = self._masked(answer)
+                self._record(
+                    role, vapi_id, action.name, stored, answer_masked, sent, action.template
+                )
             case AdoptAssistant(role=role, vapi_id=vapi_id, stored=stored, live=live):
-                self._record(role, vapi_id, action.name, stored, live)
+                self._record(role, vapi_id, action.name, stored, live, template=action.template)
+            case MoveTemplate(role=role, vapi_id=vapi_id, after=after):
+                self.state.assistants.set_template(org_id, role, vapi_id, after)
             case DeleteAssistant(role=role, vapi_id=vapi_id, stray=stray):
                 if vapi_id is not None:
                     self._writer().delete_assistant(vapi_id)
@@ -220,7 +227,7 @@ class Applier:
             return action
         body = self._fill(action.body, action.pending)
         stored = self._fill(action.stored, action.pending)
-        return CreateAssistant(action.role, body, stored, action.changes, action.note)
+        return replace(action, body=body, stored=stored, pending=())
 
     def _masked_object(self, kind: str, answer: dict[str, Any]) -> dict[str, Any]:
         return masked_object(kind, strip_owned(answer), self.fingerprint)
@@ -272,9 +279,10 @@ class Applier:
         stored: dict[str, Any],
         applied: dict[str, Any],
         last_patch: dict[str, Any] | None = None,
+        template: str | None = None,
     ) -> None:
         self.state.assistants.record(
-            self.plan.org_id, role, vapi_id, name, stored, applied, last_patch
+            self.plan.org_id, role, vapi_id, name, stored, applied, last_patch, template
         )
 
     def _create(self, action: CreateAssistant) -> None:
@@ -301,7 +309,14 @@ class Applier:
                     then = "" if exc.says_next_run else "; the next run looks for it first"
                     raise ReconcilerError(f"{role}: {exc}{then}") from None
                 created = found
-            self._record(role, created["id"], action.name, action.stored, self._masked(created))
+            self._record(
+                role,
+                created["id"],
+                action.name,
+                action.stored,
+                self._masked(created),
+                template=action.template,
+            )
             self.created[role] = str(created["id"])
             self.ids[("assistant", role)] = str(created["id"])
             self.guard.answered(created)

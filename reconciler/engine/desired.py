@@ -95,7 +95,14 @@ def desired_org(
             if write_only
         }
         stored = mask_tree(body, fingerprint)
-        assistants[role] = DesiredAssistant(role, body, stored, write_only_by_key=under_keys)
+        assistants[role] = DesiredAssistant(
+            role,
+            body,
+            stored,
+            write_only_by_key=under_keys,
+            template=org.templates.get(role),
+            overridden=org.overridden.get(role, frozenset()),
+        )
     return DesiredOrg(
         org_id=org_id,
         slug=org.metadata.slug,

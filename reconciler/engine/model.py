@@ -87,6 +87,8 @@ class DesiredAssistant:
     # its write-only fields (`ResourceKind.write_only`) fingerprinted under each other master key id
     # of the ring: what we asked for under a key rotated out since still compares
     write_only_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    template: str | None = None  # `name@version` it is rendered from (None: written in full)
+    overridden: frozenset[str] = frozenset()  # paths of its values the org's overrides set
 
     @property
     def name(self) -> str:
@@ -159,6 +161,7 @@ class StoredAssistant:
     desired_config: dict[str, Any] | None = None  # what we asked for at our last write
     # our last PATCH, per field: {"sent": value, "before": the live value it replaced}
     last_patch: dict[str, Any] | None = None
+    template: str | None = None  # the template (`name@version`) of our last write
 
     @property
     def asked(self) -> dict[str, Any] | None:

@@ -103,6 +103,7 @@ def observed_from_rows(
                 a["pending_s"] if a["status"] == "creating" else None,
                 a.get("desired_config"),
                 a.get("last_patch"),
+                a.get("template"),
             )
             for a in row["assistants"]
         },

@@ -22,10 +22,12 @@ from reconciler.engine.actions import (
     DeleteResource,
     Finding,
     LeaveAccount,
+    MoveTemplate,
     OrgPlan,
     Pending,
     RetireOrg,
     StoreCredential,
+    TemplateMove,
     UpdateAssistant,
     UpsertOrg,
     known_after_apply,
@@ -171,7 +173,28 @@ def plan_org(
         parts.append(part)
     for part in reversed(parts):
         actions += part.removals
-    return result()
+    moves = template_moves(desired, observed, actions)
+    return replace(result(), templates=moves) if moves and not blocked else result()
+
+
+def template_moves(
+    desired: DesiredOrg, observed: ObservedOrg, actions: list[Action]
+) -> tuple[TemplateMove, ...]:
+    """The org's assistants that Postgres records as written from another template (or none)
+    than the spec now renders them from: what a template change moves. An assistant not
+    written yet is not moved (it is new); `changes`: its fields change in Vapi too."""
+    changed = {
+        a.role for a in actions if isinstance(a, CreateAssistant | UpdateAssistant | AdoptAssistant)
+    }
+    out: list[TemplateMove] = []
+    for role, want in sorted(desired.assistants.items()):
+        stored = observed.assistants.get(role)
+        if stored is None or stored.status != "ready" or stored.template == want.template:
+            continue
+        out.append(
+            TemplateMove(role, stored.template, want.template, role in changed, want.overridden)
+        )
+    return tuple(out)
 
 
 def _plan_assistants(
@@ -588,6 +611,7 @@ def _plan_assistant(
             tuple(field_changes({}, want.stored)),
             note,
             pending=pending,
+            template=want.template,
         )
         return _Kept([create], [], []), None
 
@@ -628,13 +652,23 @@ def _plan_assistant(
             adopt=adopt,
             before=before,
             pending=pending,
+            template=want.template,
         )
         return _Kept([update], warnings, notes), vapi_id
     if not in_sync:
         adopt_action = AdoptAssistant(
-            role, vapi_id, note or "record in Postgres", stored=want.stored, live=live
+            role,
+            vapi_id,
+            note or "record in Postgres",
+            stored=want.stored,
+            live=live,
+            template=want.template,
         )
         return _Kept([adopt_action], warnings, notes), vapi_id
+    if stored is not None and stored.template != want.template:
+        # the new version renders this org's assistant as it was: only the record moves
+        move = MoveTemplate(role, vapi_id, stored.template, want.template)
+        return _Kept([move], warnings, notes), vapi_id
     return _Kept([], warnings, notes), vapi_id
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 # the default lives in limits, which `reconciler --help` reads without loading this module
 from reconciler.engine.limits import MAX_DELETES as MAX_DELETES
+from reconciler.engine.limits import MAX_TEMPLATE_ORGS as MAX_TEMPLATE_ORGS
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,16 @@ class KnownOrg:
 
 
 @dataclass(frozen=True)
+class TemplateMoveFact:
+    """A spec's org whose assistant Postgres records as written from another template (or
+    none) than the spec now renders it from: `to` (`name@version`)."""
+
+    org_id: str
+    slug: str
+    to: str
+
+
+@dataclass(frozen=True)
 class RunFacts:
     specs: tuple[SpecFacts, ...]  # the specs this call runs
     known: tuple[KnownOrg, ...] = ()
@@ -59,6 +70,9 @@ class RunFacts:
     prune: bool = False
     max_deletes: int = MAX_DELETES
     saved: Mapping[str, str] | None = None  # `apply FILE`: org id -> slug of the saved plan
+    moves: tuple[TemplateMoveFact, ...] = ()  # over every spec of the run (serve: all batches)
+    max_template_orgs: int = MAX_TEMPLATE_ORGS
+    accept_rollouts: frozenset[str] = frozenset()  # `name@version`s moved past the bound
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,7 @@ def plan_run(facts: RunFacts) -> RunPlan:
             )
         )
     refused += _shared_keys(facts.specs, peers, {r.org_id for r in refused})
+    refused += bound_rollouts(facts, {r.org_id for r in refused})
     if facts.saved is not None:
         refused += _saved(facts, failing_ids, failing_slugs, {r.org_id for r in refused})
     out = {r.org_id for r in refused}
@@ -159,6 +174,38 @@ def plan_run(facts: RunFacts) -> RunPlan:
         held_back=held_back,
         max_deletes=facts.max_deletes,
     )
+
+
+def bound_rollouts(facts: RunFacts, refused: set[str]) -> list[Refusal]:
+    """A template version that would move more than `max_template_orgs` orgs in one run moves
+    none of them (unless accepted by name): each is refused whole, so it stays on its old
+    version with its other changes, and says how to go on."""
+    orgs: dict[str, set[str]] = {}
+    for move in facts.moves:
+        orgs.setdefault(move.to, set()).add(move.org_id)
+    over = {
+        ref: len(ids)
+        for ref, ids in orgs.items()
+        if len(ids) > facts.max_template_orgs and ref not in facts.accept_rollouts
+    }
+    out: list[Refusal] = []
+    here = {s.org_id: s.slug for s in facts.specs}
+    seen: set[str] = set()
+    for move in sorted(facts.moves, key=lambda m: (m.to, m.slug)):
+        if move.to not in over or move.org_id not in here or move.org_id in refused | seen:
+            continue
+        seen.add(move.org_id)
+        out.append(
+            Refusal(
+                move.org_id,
+                move.slug,
+                f"template rollout {move.to} would move {over[move.to]} orgs in one run, more "
+                f"than --max-template-orgs {facts.max_template_orgs}: none of them moves (each "
+                f"keeps its old version); to move them all, --accept-template-rollout {move.to}",
+                "TemplateRolloutBound",
+            )
+        )
+    return out
 
 
 def _shared_keys(

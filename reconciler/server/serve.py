@@ -30,7 +30,7 @@ import uvicorn
 from reconciler import metrics
 from reconciler.config import Settings
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
-from reconciler.engine.runplan import MAX_DELETES
+from reconciler.engine.runplan import MAX_DELETES, MAX_TEMPLATE_ORGS
 from reconciler.errors import ConfigError
 from reconciler.netpolicy import ForwardPolicy
 from reconciler.providers.job import VerifyJob
@@ -63,6 +63,8 @@ class ServeOptions:
     prune: bool = False
     max_deletes: int = MAX_DELETES
     log_format: str = "text"
+    max_template_orgs: int = MAX_TEMPLATE_ORGS
+    accept_rollouts: frozenset[str] = frozenset()
 
 
 def _vapi_metric(response: httpx.Response) -> None:
@@ -87,6 +89,8 @@ def serve(settings: Settings, options: ServeOptions) -> int:
             interval_s=options.interval_s,
             prune=options.prune,
             max_deletes=options.max_deletes,
+            max_template_orgs=options.max_template_orgs,
+            accept_rollouts=options.accept_rollouts,
             git=git,
             backoff=Backoff(base_s=options.interval_s, cap_s=settings.backoff_max_s),
         )

@@ -30,7 +30,12 @@ def org_view(row: dict[str, Any]) -> dict[str, Any]:
         "vapiAccountId": row["vapi_account_id"],
         "forwardsWebhooks": row["forwards"],
         "assistants": [
-            {"role": a["role"], "vapiAssistantId": a["vapi_assistant_id"], "status": a["status"]}
+            {
+                "role": a["role"],
+                "vapiAssistantId": a["vapi_assistant_id"],
+                "status": a["status"],
+                "template": a.get("template"),
+            }
             for a in row["assistants"]
         ],
         "phoneNumbers": [

@@ -936,14 +936,23 @@ def _template_problem(exc: TemplateError) -> Problem:
     return Problem(Path(exc.file), exc.field, f"template {exc.template}: {exc.message}")
 
 
+Made = tuple[dict[str, str], dict[str, frozenset[str]]]
+"""Each templated assistant's template (`name@version`) and overridden paths, by role."""
+
+
 def _expanded(
     path: Path, doc: dict[str, Any], templates: Templates
-) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """`doc` with its templated assistants rendered (`spec.templated`), or their problems."""
-    out, failed, _ = templates.expand(doc, str(path))
+) -> tuple[dict[str, Any] | None, list[Problem], Made]:
+    """`doc` with its templated assistants rendered (`spec.templated`), or their problems;
+    and what each templated assistant was made from (`Organization.made_from`)."""
+    out, failed, uses = templates.expand(doc, str(path))
     if failed:
-        return None, [_template_problem(e) for e in failed]
-    return out, []
+        return None, [_template_problem(e) for e in failed], ({}, {})
+    overridden = {
+        u.role: frozenset(p for p, o in u.rendered.origins.items() if o.source == "override")
+        for u in uses
+    }
+    return out, [], ({u.role: u.ref for u in uses}, overridden)
 
 
 def _check_bytes(
@@ -961,14 +970,14 @@ def _check_bytes(
         return None, [
             Problem(path, "kind", f"a template belongs under {TEMPLATES_DIR}/ of the specs folder")
         ]
-    rendered, problems = _expanded(path, doc, templates or Templates())
+    rendered, problems, made_from = _expanded(path, doc, templates or Templates())
     if rendered is None:
         return None, _locate(problems, data)
     if docs is not None:  # load_tree decrypts from it without parsing the same bytes again
         docs[path] = rendered
     masked, problems = _check_encrypted(path, rendered)
     try:
-        org = Organization.model_validate(masked)
+        org = Organization.model_validate(masked).made_from(*made_from)
     except ValidationError as exc:
         return None, _locate(problems + _pydantic_problems(path, exc), data)
     if org.metadata.slug != path.stem:
@@ -1119,7 +1128,7 @@ def check_decrypted(path: Path, doc: dict[str, Any]) -> list[Problem]:
     if "sops" in doc:
         return [Problem(path, "sops", "sops metadata in a decrypted document: remove it")]
     try:
-        rendered, problems = _expanded(path, doc, templates_near(path))
+        rendered, problems, _ = _expanded(path, doc, templates_near(path))
         if rendered is None:
             return problems
         org = Organization.model_validate(rendered)
@@ -1240,6 +1249,7 @@ def _decrypt_one(
     decrypt: Decrypt | None,
     validated: dict[str, Any] | None = None,
     templates: Templates | None = None,
+    made_from: Made | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
     """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
     would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed."""
@@ -1264,7 +1274,7 @@ def _decrypt_one(
         parsed, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
         if parsed is None:
             return None, problems
-        validated, problems = _expanded(path, parsed, templates or Templates())
+        validated, problems, made_from = _expanded(path, parsed, templates or Templates())
         if validated is None:
             return None, problems
     spec = decrypted.get("spec")
@@ -1276,7 +1286,7 @@ def _decrypt_one(
     doc = {k: v for k, v in validated.items() if k != "sops"}
     doc["spec"] = {**validated["spec"], "credentials": creds}
     try:
-        return Organization.model_validate(doc), []
+        return Organization.model_validate(doc).made_from(*(made_from or ({}, {}))), []
     except ValidationError as exc:
         return None, _pydantic_problems(path, exc)
 
@@ -1308,7 +1318,12 @@ def load_tree(
             return _contained(
                 spec.path,
                 lambda: _decrypt_one(
-                    spec.path, data, decrypt, docs.get(spec.path), checked.templates
+                    spec.path,
+                    data,
+                    decrypt,
+                    docs.get(spec.path),
+                    checked.templates,
+                    (spec.org.templates, spec.org.overridden),
                 ),
             )
 

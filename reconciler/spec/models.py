@@ -6,7 +6,15 @@ import re
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from reconciler.netpolicy import (
@@ -433,3 +441,29 @@ class Organization(_Strict):
     kind: Literal["Organization"]
     metadata: Metadata
     spec: OrgSpecBody = Field(default_factory=OrgSpecBody)
+    # role -> `name@version` of each assistant the loader rendered from a template (the file's
+    # `template:`): not a field of the file, which says it in the assistant itself
+    _templates: dict[str, str] = PrivateAttr(default_factory=dict)
+    # role -> the paths (`model.messages[0].content`) of a templated assistant's values that
+    # come from the org's `overrides`, not from the template
+    _overridden: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def templates(self) -> dict[str, str]:
+        """Each templated assistant's template (`name@version`), by role."""
+        return dict(self._templates)
+
+    @property
+    def overridden(self) -> dict[str, frozenset[str]]:
+        return dict(self._overridden)
+
+    def made_from(
+        self, templates: dict[str, str], overridden: dict[str, frozenset[str]] | None = None
+    ) -> Organization:
+        """This org, recording the templates its assistants were rendered from and which of
+        their values the org overrides (the loader's call, right after the org is built)."""
+        self._templates.clear()
+        self._templates.update(templates)
+        self._overridden.clear()
+        self._overridden.update(overridden or {})
+        return self

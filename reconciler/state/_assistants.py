@@ -96,19 +96,22 @@ class AssistantWriter(AssistantReader):
         desired: dict[str, Any],
         applied: dict[str, Any] | None = None,
         last_patch: dict[str, Any] | None = None,
+        template: str | None = None,
     ) -> None:
         """State row and mapping row together, in one transaction. `desired` is what we asked
         for, `applied` what Vapi answered, `last_patch` what a PATCH sent and replaced (all
-        with secret leaves fingerprinted)."""
+        with secret leaves fingerprinted); `template` the `name@version` it was rendered
+        from (None: written in full)."""
         with self._db.tx(3) as conn:
             conn.execute(
                 "INSERT INTO assistants (org_id, role, vapi_assistant_id, status, desired_config,"
-                " applied_config, last_patch) VALUES (%s, %s, %s, 'ready', %s, %s, %s)"
+                " applied_config, last_patch, template)"
+                " VALUES (%s, %s, %s, 'ready', %s, %s, %s, %s)"
                 " ON CONFLICT (org_id, role) DO UPDATE SET"
                 " vapi_assistant_id = EXCLUDED.vapi_assistant_id, status = 'ready',"
                 " desired_config = EXCLUDED.desired_config,"
                 " applied_config = EXCLUDED.applied_config, last_patch = EXCLUDED.last_patch,"
-                " create_started_at = NULL, updated_at = now()",
+                " template = EXCLUDED.template, create_started_at = NULL, updated_at = now()",
                 (
                     org_id,
                     role,
@@ -116,6 +119,7 @@ class AssistantWriter(AssistantReader):
                     config_jsonb(desired),
                     config_jsonb(applied or desired),
                     config_jsonb(last_patch) if last_patch else None,
+                    template,
                 ),
             )
             conn.execute(  # the one it replaces stays, inactive, for its late webhooks
@@ -138,6 +142,21 @@ class AssistantWriter(AssistantReader):
                 raise ReconcilerError(
                     f"assistant {vapi_id} is already mapped to another org: "
                     "do two specs share one Vapi account?"
+                )
+
+    def set_template(self, org_id: str, role: str, vapi_id: str, template: str | None) -> None:
+        """The assistant `vapi_id` of the role is now made from `template` (the new version
+        renders it as it was: nothing else changes). Raises when the row is not that one."""
+        with self._db.tx(1) as conn:
+            cur = conn.execute(
+                "UPDATE assistants SET template = %s, updated_at = now()"
+                " WHERE org_id = %s AND role = %s AND vapi_assistant_id = %s",
+                (template, org_id, role, vapi_id),
+            )
+            if cur.rowcount != 1:
+                raise ReconcilerError(
+                    f"{role}: its assistant {vapi_id} is no longer the one in Postgres: "
+                    "the next run plans it again"
                 )
 
     def forget(self, org_id: str, role: str, vapi_id: str | None) -> None:

@@ -32,7 +32,7 @@ SELECT o.id::text AS id, o.slug, o.name, o.vapi_account_id,
   COALESCE((SELECT json_agg(json_build_object(
       'role', a.role, 'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status,
       'desired_config', a.desired_config, 'applied_config', a.applied_config,
-      'last_patch', a.last_patch,
+      'last_patch', a.last_patch, 'template', a.template,
       'pending_s', EXTRACT(EPOCH FROM now() - a.create_started_at)))
     FROM assistants a WHERE a.org_id = o.id), '[]') AS assistants,
   COALESCE((SELECT json_agg(json_build_object(
@@ -85,7 +85,8 @@ SELECT o.id::text AS id, o.slug, o.name, o.status, o.status_message AS message, 
   o.status_changed_at, o.last_reconciled_at, o.last_attempted_revision,
   o.last_applied_revision, o.vapi_account_id, o.webhook_forward_url IS NOT NULL AS forwards,
   COALESCE((SELECT json_agg(json_build_object('role', a.role,
-      'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status) ORDER BY a.role)
+      'vapi_assistant_id', a.vapi_assistant_id, 'status', a.status, 'template', a.template)
+      ORDER BY a.role)
     FROM assistants a WHERE a.org_id = o.id), '[]') AS assistants,
   COALESCE((SELECT json_agg(json_build_object('provider', c.provider,
       'active', c.is_active, 'last_verified_at', c.last_verified_at,
@@ -113,6 +114,8 @@ class OrgIndexRow:
     org_id: str
     slug: str
     vapi_account_id: str | None
+    # role -> the template its assistant was last written from (None: written in full)
+    templates: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,10 +174,15 @@ class OrgReader(Repository):
         claims and orphans, in one query."""
         with self._db.read() as cur:
             rows = cur.execute(
-                "SELECT id::text AS org_id, slug, vapi_account_id FROM organizations"
-                " WHERE retired_at IS NULL"
+                "SELECT o.id::text AS org_id, o.slug, o.vapi_account_id,"
+                " (SELECT json_object_agg(a.role, a.template) FROM assistants a"
+                "   WHERE a.org_id = o.id AND a.status = 'ready') AS templates"
+                " FROM organizations o WHERE o.retired_at IS NULL"
             ).fetchall()
-        return [OrgIndexRow(r["org_id"], r["slug"], r["vapi_account_id"]) for r in rows]
+        return [
+            OrgIndexRow(r["org_id"], r["slug"], r["vapi_account_id"], r["templates"] or {})
+            for r in rows
+        ]
 
     def live_id(self, slug: str) -> str | None:
         """The id of the live org with this slug, if any (for `org retire`)."""

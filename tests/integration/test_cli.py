@@ -166,7 +166,7 @@ def test_plan_json(cli: Any, specs: SpecDir) -> None:
     run = cli("plan", str(specs.root), "--format", "json", "--detailed-exitcode")
     assert run.code == 2
     report = json.loads(run.out)
-    assert report["format_version"] == "2"
+    assert report["format_version"] == "3"
     changes = report["changes"]
     assert len(changes) == 2 * CHANGES_PER_ORG
     for change in changes:

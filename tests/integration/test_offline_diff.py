@@ -24,6 +24,7 @@ from tests.helpers import (
     twilio_number,
 )
 from tests.helpers.serve import base_env, run_cli
+from tests.helpers.templates import put, template, uses
 
 
 def reconciler(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -534,3 +535,24 @@ def test_diff_base_calls_a_file_that_fails_failing_never_gone(
         said = (run.stdout + run.stderr).lower()
         assert "bravo.yaml" in said
         assert "orphan" not in said and "gone" not in said and "retire" not in said
+
+
+def test_diff_base_shows_a_templates_blast_radius_offline(repo: Path, specs: SpecDir) -> None:
+    """Two orgs on a template at the base; the head moves both to version 2, which changes the
+    greeting: the same blast radius line and causes as `plan`, with no key or database."""
+    put(specs.root, "templates/front-desk.yaml", template())
+    put(specs.root, "templates/front-desk-2.yaml", template(2, firstMessage="Hi ${practiceName}!"))
+    docs = [org_doc(slug, assistants={"inbound": uses()}) for slug in ("alpha", "bravo")]
+    for doc in docs:
+        specs.write(doc)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    for doc in docs:  # only the plaintext part changes: no re-encryption
+        path = specs.root / f"{doc['metadata']['slug']}.yaml"
+        path.write_text(path.read_text().replace("front-desk@1", "front-desk@2"))
+    run = reconciler(repo, "diff", "specs", "--base", "main", "--detailed-exitcode")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "template front-desk 1 → 2: 2 orgs, 2 change, 0 unchanged through overrides" in (
+        run.stdout
+    )
+    assert "(from template front-desk@2)" in run.stdout

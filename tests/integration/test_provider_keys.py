@@ -132,6 +132,7 @@ def test_the_orgs_elevenlabs_key_reaches_its_assistants_and_rotates(
                 "after": SENSITIVE_CHANGED,
                 "drift": False,
                 "sensitive": True,
+                "cause": "org",  # the org's own key, not a template's
             }
         ]
     stats = emulator_stats(url)

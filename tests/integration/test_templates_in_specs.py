@@ -14,38 +14,9 @@ import yaml
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.loader import validate_tree
 from tests.helpers import SpecDir, live, org_doc, writes
+from tests.helpers.templates import put, template, uses
 
 ENC = "ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]"  # shaped as sops writes it
-
-TEMPLATE: dict[str, Any] = {
-    "apiVersion": "reconciler/v1",
-    "kind": "AssistantTemplate",
-    "metadata": {"name": "front-desk", "version": 1},
-    "parameters": {
-        "practiceName": {"type": "string", "maxLength": 24},
-        "voice": {"type": "enum", "values": ["burt", "rachel"], "default": "burt"},
-    },
-    "assistant": {
-        "name": "${practiceName} Front Desk",
-        "firstMessage": "Thanks for calling ${practiceName}.",
-        "model": {
-            "provider": "openai",
-            "model": "gpt-4o",
-            "messages": [{"role": "system", "content": "You answer for ${practiceName}."}],
-        },
-        "voice": {"provider": "11labs", "voiceId": "${voice}"},
-        "server": {"url": "https://hooks.example.com/vapi", "headers": {"x-api-key": "s3cr3t"}},
-    },
-}
-
-
-def template(version: int = 1, **changes: Any) -> dict[str, Any]:
-    body = {**TEMPLATE["assistant"], **changes}
-    return {**TEMPLATE, "metadata": {"name": "front-desk", "version": version}, "assistant": body}
-
-
-def uses(ref: str = "front-desk@1", **extra: Any) -> dict[str, Any]:
-    return {"template": ref, "with": {"practiceName": "Acme Dental"}, **extra}
 
 
 def offline_org(slug: str, assistants: dict[str, Any]) -> dict[str, Any]:
@@ -54,13 +25,6 @@ def offline_org(slug: str, assistants: dict[str, Any]) -> dict[str, Any]:
     doc["spec"]["credentials"] = {"vapi": {"apiKey": ENC, "webhookSecret": ENC}}
     doc["sops"] = {"age": [], "mac": ENC, "version": "3.11.0"}
     return doc
-
-
-def put(root: Path, name: str, doc: dict[str, Any]) -> Path:
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 @pytest.fixture
@@ -324,3 +288,85 @@ def test_a_templated_assistant_is_applied_like_any_other_and_converges(
     (assistant,) = live(emulator, key)
     assert assistant["firstMessage"] == "Hi Acme Dental!"
     assert writes(emulator) == done + 1
+
+
+def test_a_rollout_shows_its_blast_radius_is_bounded_and_records_each_orgs_version(
+    specs: SpecDir, cli: Any, emulator: str, pool: Any
+) -> None:
+    """Three orgs on front-desk@1 move to @2, whose only change is the greeting: two take it,
+    one overrides the greeting (unchanged through its override). Past --max-template-orgs none
+    moves; accepted by name, all do, and Postgres records each org's version."""
+    put(specs.root, "templates/front-desk.yaml", template())
+    put(specs.root, "templates/front-desk-2.yaml", template(2, firstMessage="Hi ${practiceName}!"))
+    own = {"firstMessage": "Our own greeting."}
+    docs = {
+        "alpha": org_doc("alpha", assistants={"inbound": uses()}),
+        "bravo": org_doc("bravo", assistants={"inbound": uses()}),
+        "kept": org_doc("kept", assistants={"inbound": uses(overrides=own)}),
+    }
+    for doc in docs.values():
+        specs.write(doc)
+    assert cli("apply", str(specs.root)).code == 0
+
+    def recorded() -> dict[str, str | None]:
+        with pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT o.slug, a.template FROM assistants a JOIN organizations o"
+                " ON o.id = a.org_id ORDER BY o.slug"
+            ).fetchall()
+        return dict(rows)
+
+    assert recorded() == {"alpha": "front-desk@1", "bravo": "front-desk@1", "kept": "front-desk@1"}
+    for doc in docs.values():
+        doc["spec"]["assistants"]["inbound"]["template"] = "front-desk@2"
+        specs.write(doc)
+
+    plan = cli("plan", str(specs.root), "--detailed-exitcode")
+    assert plan.code == 2, plan.out + plan.err
+    radius = "template front-desk 1 → 2: 3 orgs, 2 change, 1 unchanged through overrides"
+    heading = next(i for i, line in enumerate(plan.lines) if line.startswith("alpha ("))
+    assert plan.lines.index(radius) < heading  # the plan starts with it (after the progress)
+    assert (
+        'firstMessage: "Thanks for calling Acme Dental." -> "Hi Acme Dental!" (from template front-desk@2)'
+        in (plan.out)
+    )
+    assert (
+        "assistant inbound" in plan.out and "renders as before (nothing sent to Vapi)" in plan.out
+    )
+    as_json = json.loads(cli("plan", str(specs.root), "--format", "json").out)
+    assert as_json["templates"] == [
+        {
+            "from": "front-desk@1",
+            "to": "front-desk@2",
+            "orgs": 3,
+            "change": 2,
+            "unchanged": 1,
+            "org_slugs": ["alpha", "bravo", "kept"],
+        }
+    ]
+
+    done = writes(emulator)
+    bounded = cli("apply", str(specs.root), "--max-template-orgs", "2")
+    assert bounded.code == 1
+    for slug in docs:  # each refused by name, with how to go on
+        assert f"{slug}: failed: template rollout front-desk@2 would move 3 orgs in one run" in (
+            bounded.out
+        )
+    assert "--accept-template-rollout front-desk@2" in bounded.out
+    assert writes(emulator) == done  # none moved
+    assert set(recorded().values()) == {"front-desk@1"}
+
+    moved = cli(
+        "apply",
+        str(specs.root),
+        "--max-template-orgs",
+        "2",
+        "--accept-template-rollout",
+        "front-desk@2",
+    )
+    assert moved.code == 0, moved.out + moved.err
+    assert writes(emulator) == done + 2  # one PATCH each for alpha and bravo; kept: none
+    assert set(recorded().values()) == {"front-desk@2"}
+    again = cli("plan", str(specs.root), "--detailed-exitcode")
+    assert again.code == 0, again.out  # converged, the move recorded
+    assert "template front-desk" not in again.out

@@ -18,10 +18,12 @@ from reconciler.engine.actions import (
     DeleteAssistant,
     Finding,
     LeaveAccount,
+    MoveTemplate,
     OrgPlan,
     Pending,
     RetireOrg,
     StoreCredential,
+    TemplateMove,
     Unknown,
     UpdateAssistant,
     UpdateResource,
@@ -34,9 +36,11 @@ from reconciler.redact import SENSITIVE
 from reconciler.spec.loader import Problem
 from tests.helpers import ROOT
 
-GOLDEN = ROOT / "tests" / "golden" / "plan-v2.json"
+GOLDEN = ROOT / "tests" / "golden" / "plan-v3.json"
 ACME = "3f1c2d8e-6b0a-4a53-9d2e-1b7c9a0e4f11"
 GLOBEX = "9b2e4c71-0d3a-4f5e-8a6b-2c1d0e9f8a7b"
+DENTAL = "4c0b7e1a-2d3f-4a5b-8c6d-7e8f9a0b1c2d"
+SMILES = "6e1d2c3b-4a5f-4e6d-9c8b-0a1f2e3d4c5b"
 SHARED = "5d7a1e20-8c4b-4b9d-a3f2-6e0c1b2d3f40"
 GONE = "7a0b1c2d-3e4f-4a5b-8c6d-9e0f1a2b3c4d"
 LEFT = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
@@ -123,6 +127,42 @@ def sample() -> RunReport:
         orphaned="its spec is gone from the specs",
     )
     left = OrgPlan(LEFT, "left", (), orphaned="its spec is gone: `--prune` retires it")
+    # two orgs moved from dental-receptionist@3 to @4: one changes (the template's greeting;
+    # its own override of the prompt changes too), one renders as before
+    dental = OrgPlan(
+        DENTAL,
+        "dental",
+        (
+            UpdateAssistant(
+                "inbound",
+                "asst-dental",
+                {"firstMessage": "Hello!", "model": {"messages": []}},
+                changes=(
+                    FieldChange("firstMessage", "Hi", "Hello!"),
+                    FieldChange("model.messages[0].content", "Be kind.", "Be brief."),
+                    FieldChange("voice.voiceId", "burt", "sarah", drift=True),
+                ),
+                template="dental-receptionist@4",
+            ),
+        ),
+        templates=(
+            TemplateMove(
+                "inbound",
+                "dental-receptionist@3",
+                "dental-receptionist@4",
+                True,
+                frozenset({"model.messages[0].content"}),
+            ),
+        ),
+    )
+    smiles = OrgPlan(
+        SMILES,
+        "smiles",
+        (MoveTemplate("inbound", "asst-smiles", "dental-receptionist@3", "dental-receptionist@4"),),
+        templates=(
+            TemplateMove("inbound", "dental-receptionist@3", "dental-receptionist@4", False),
+        ),
+    )
     moved = OrgPlan(MOVED, "moved", (LeaveAccount("acct-old", "acct-new"),))
     offline = OrgPlan(  # as `diff --base` has it: what it cannot know offline
         OFFLINE,
@@ -138,6 +178,8 @@ def sample() -> RunReport:
         OrgOutcome("gone", GONE, plan=gone),
         OrgOutcome("left", LEFT, plan=left),
         OrgOutcome("moved", MOVED, plan=moved),
+        OrgOutcome("dental", DENTAL, plan=dental),
+        OrgOutcome("smiles", SMILES, plan=smiles),
         OrgOutcome("offline", OFFLINE, plan=offline),
         OrgOutcome("globex", GLOBEX, plan=globex),
         OrgOutcome("shared", SHARED, plan=shared, error="this Vapi account holds ..."),
@@ -158,7 +200,7 @@ def test_json_plan_matches_the_golden_file() -> None:
 
 def test_contract_basics() -> None:
     doc = report_json(sample())
-    assert doc["format_version"] == FORMAT_VERSION == "2"
+    assert doc["format_version"] == FORMAT_VERSION == "3"
     text = json.dumps(doc)
     assert "NEVER" not in text  # credentials are never in a plan
     actions = {c["address"]: c["action"] for c in doc["changes"]}
@@ -176,3 +218,55 @@ def test_contract_basics() -> None:
     assert actions["org/offline/credential/vapi"] == "unknown"
     assert doc["summary"]["unknown"] == 2
     assert doc["summary"]["blocked"] == 1 and doc["summary"]["orgs_skipped"] == 1
+
+
+def test_the_blast_radius_of_a_template_change_and_each_fields_cause() -> None:
+    doc = report_json(sample())
+    assert doc["templates"] == [
+        {
+            "from": "dental-receptionist@3",
+            "to": "dental-receptionist@4",
+            "orgs": 2,
+            "change": 1,
+            "unchanged": 1,
+            "org_slugs": ["dental", "smiles"],
+        }
+    ]
+    dental = next(c for c in doc["changes"] if c["address"] == "org/dental/assistant/inbound")
+    assert dental["template"] == {"from": "dental-receptionist@3", "to": "dental-receptionist@4"}
+    causes = {f["path"]: f["cause"] for f in dental["fields"]}
+    assert causes == {
+        "firstMessage": "template",
+        "model.messages[0].content": "org",
+        "voice.voiceId": "drift",
+    }
+    smiles = next(c for c in doc["changes"] if c["address"] == "org/smiles/assistant/inbound")
+    assert smiles["action"] == "update" and smiles["fields"] == []
+    acme = next(c for c in doc["changes"] if c["address"] == "org/acme/assistant/inbound")
+    assert acme["template"] is None
+    assert {f["cause"] for f in acme["fields"]} == {"drift", "org"}
+
+
+def test_text_and_markdown_plans_start_with_the_blast_radius() -> None:
+    import io
+
+    from rich.console import Console
+
+    from reconciler.cli.markdown import render_markdown
+    from reconciler.cli.render import render_text
+
+    buffer = io.StringIO()
+    render_text(sample(), Console(file=buffer, width=300, color_system=None))
+    text = buffer.getvalue().splitlines()
+    line = "template dental-receptionist 3 → 4: 2 orgs, 1 change, 1 unchanged through overrides"
+    assert text[0] == line
+    assert '      firstMessage: "Hi" -> "Hello!" (from template dental-receptionist@4)' in text
+    assert (
+        '      model.messages[0].content: "Be kind." -> "Be brief." (from the org\'s overrides)'
+        in text
+    )
+    assert any(
+        "assistant inbound (asst-smiles): template dental-receptionist@3 ->" in t for t in text
+    )
+    markdown = render_markdown(sample())
+    assert f"- **{line}**" in markdown.splitlines()[:4]

@@ -12,6 +12,7 @@ from reconciler.engine.runplan import (
     KnownOrg,
     RunFacts,
     SpecFacts,
+    TemplateMoveFact,
     bound_deletes,
     plan_run,
 )
@@ -87,6 +88,30 @@ def test_a_shared_vapi_key_refuses_both_orgs_even_across_batches() -> None:
     [refusal] = plan_run(batch).refused
     assert refusal.slug == "acme" and "twin" in refusal.reason
     assert plan_run(RunFacts(specs=(ACME, BETA))).refused == ()
+
+
+def test_a_template_version_moving_more_orgs_than_the_bound_moves_none_unless_accepted() -> None:
+    specs = tuple(SpecFacts(f"id-{i}", f"org-{i}") for i in range(4))
+    v4 = tuple(TemplateMoveFact(s.org_id, s.slug, "dental@4") for s in specs[:3])
+    other = TemplateMoveFact("id-3", "org-3", "vet@2")
+    facts = RunFacts(specs=specs, moves=(*v4, other), max_template_orgs=2)
+    run = plan_run(facts)
+    assert [r.slug for r in run.refused] == ["org-0", "org-1", "org-2"]  # all of dental@4
+    assert {s.slug for s in run.run} == {"org-3"}  # vet@2 moves one org: within the bound
+    first = run.refused[0]
+    assert first.stalled == "TemplateRolloutBound"
+    assert "template rollout dental@4 would move 3 orgs in one run, more than " in first.reason
+    assert "--max-template-orgs 2" in first.reason
+    assert "--accept-template-rollout dental@4" in first.reason
+    # the bound counts the whole run, also from a batch (serve) that holds one of them
+    batch = RunFacts(specs=specs[:1], moves=facts.moves, max_template_orgs=2)
+    assert [r.slug for r in plan_run(batch).refused] == ["org-0"]
+    # accepted by name, or within the bound: nothing refused
+    accepted = RunFacts(
+        specs=specs, moves=facts.moves, max_template_orgs=2, accept_rollouts=frozenset({"dental@4"})
+    )
+    assert plan_run(accepted).refused == ()
+    assert plan_run(RunFacts(specs=specs, moves=facts.moves, max_template_orgs=3)).refused == ()
 
 
 def test_a_saved_plan_runs_its_orgs_only_and_names_the_missing_ones_truthfully() -> None:
