@@ -70,6 +70,7 @@ from reconciler.vapi.emulator import fingerprint, running_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("inbound", "outbound")
+TEMPLATE = "chaos-desk"
 START_ORGS, MAX_ORGS = 3, 6
 HOOK_URL = "https://hooks.example.com/webhooks/vapi"
 VAPI_TIMEOUT_S = 1.0  # the apply processes' client timeout: delays below go past it
@@ -106,6 +107,9 @@ class Org:
     assistants: dict[str, dict[str, Any]]  # role -> fields, `tools: [name]` among them
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # spec.tools
     numbers: dict[str, str | None] = field(default_factory=dict)  # number -> role (None: unbound)
+    # role -> the version of the `chaos-desk` template it is made from (its fields then go
+    # through the template: `with` and `overrides`, and the greeting gains " v<version>")
+    templated: dict[str, int] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -115,11 +119,34 @@ class Org:
         """The org's numbers, in the spec or not: its own, never another org's."""
         return tuple(f"+1415555{self.index:02d}{j:02d}" for j in range(len(ROLES)))
 
+    def expected(self, role: str) -> dict[str, Any]:
+        """The assistant's fields as Vapi must end up holding them."""
+        fields = self.assistants[role]
+        version = self.templated.get(role)
+        if version is None:
+            return fields
+        return {**fields, "firstMessage": f"{fields['firstMessage']} v{version}"}
+
+    def spec_assistant(self, role: str) -> dict[str, Any]:
+        fields = self.assistants[role]
+        version = self.templated.get(role)
+        if version is None:
+            return fields
+        return {
+            "template": f"{TEMPLATE}@{version}",
+            "with": {"name": fields["name"], "greeting": fields["firstMessage"]},
+            "overrides": {
+                "model": {"temperature": fields["model"]["temperature"]},
+                "tools": fields["tools"],
+            },
+        }
+
     def doc(self) -> dict[str, Any]:
         credentials: dict[str, Any] = {
             "vapi": {"apiKey": self.api_key, "webhookSecret": self.secret}
         }
-        spec: dict[str, Any] = {"credentials": credentials, "assistants": self.assistants}
+        assistants = {role: self.spec_assistant(role) for role in self.assistants}
+        spec: dict[str, Any] = {"credentials": credentials, "assistants": assistants}
         if self.tools:
             spec["tools"] = self.tools
         if self.numbers:
@@ -144,6 +171,7 @@ class World:
     seed: int
     orgs: list[Org] = field(default_factory=list)
     present: set[int] = field(default_factory=set)
+    template_version: int = 1  # the newest version of `chaos-desk`; every one stays written
 
     def current(self) -> list[Org]:
         return [o for o in self.orgs if o.index in self.present]
@@ -231,6 +259,7 @@ def remove_role(world: World, rng: random.Random) -> str | None:
     org = rng.choice(full)
     role = rng.choice(sorted(org.assistants))
     del org.assistants[role]
+    org.templated.pop(role, None)
     (other,) = org.assistants
     for number, bound in org.numbers.items():  # its numbers are answered by the other one
         if bound == role:
@@ -250,6 +279,44 @@ def edit_field(world: World, rng: random.Random) -> str | None:
     else:
         fields["model"] = {**fields["model"], "temperature": temperature(rng)}
     return f"~{org.slug}.{role}.{what}"
+
+
+def template_doc(version: int) -> dict[str, Any]:
+    """`chaos-desk@version`: what a templated assistant is made from; each version changes
+    the greeting, so moving to it is an update of every org that uses it."""
+    return {
+        "apiVersion": "reconciler/v1",
+        "kind": "AssistantTemplate",
+        "metadata": {"name": TEMPLATE, "version": version},
+        "parameters": {"name": {"type": "string", "maxLength": 40}, "greeting": {"type": "string"}},
+        "assistant": {
+            "name": "${name}",
+            "firstMessage": f"${{greeting}} v{version}",
+            "model": {"provider": "openai", "model": "gpt-4o-mini"},
+            "server": {"url": HOOK_URL},
+        },
+    }
+
+
+def template_role(world: World, rng: random.Random) -> str | None:
+    """One assistant moves onto the newest template version, or back to its own fields."""
+    org = rng.choice(world.current())
+    role = rng.choice(sorted(org.assistants))
+    if role in org.templated:
+        del org.templated[role]
+        return f"-{org.slug}.{role}.template"
+    org.templated[role] = world.template_version
+    return f"+{org.slug}.{role}.template@{world.template_version}"
+
+
+def roll_template(world: World, rng: random.Random) -> str | None:
+    """A new template version, and every assistant made from the template moves to it (a
+    rollout in one commit: within --max-template-orgs)."""
+    world.template_version += 1
+    for org in world.orgs:
+        for role in org.templated:
+            org.templated[role] = world.template_version
+    return f"~{TEMPLATE}@{world.template_version}"
 
 
 def rotate_secret(world: World, rng: random.Random) -> str | None:
@@ -331,8 +398,10 @@ CHANGES = (
     retool,
     rebind_number,
     toggle_number,
+    template_role,
+    roll_template,
 )
-WEIGHTS = (3, 2, 3, 3, 3, 1, 1, 2, 1, 2, 2)
+WEIGHTS = (3, 2, 3, 3, 3, 1, 1, 2, 1, 2, 2, 2, 1)
 
 
 def change_specs(world: World, rng: random.Random) -> list[str]:
@@ -658,7 +727,7 @@ def stored_credentials(
 
 def field_problems(org: Org, role: str, live: dict[str, Any]) -> list[str]:
     """The assistant carries what the spec says, with the current webhook secret."""
-    want = org.assistants[role]
+    want = org.expected(role)
     where = f"{org.slug}.{role} {live.get('id')}"
     problems = [
         f"{where}: {name} is {live.get(name)!r}, spec says {want[name]!r}"
@@ -675,6 +744,29 @@ def field_problems(org: Org, role: str, live: dict[str, Any]) -> list[str]:
     if (server.get("headers") or {}).get("x-vapi-secret") != org.secret:
         problems.append(f"{where}: server.headers lacks the current webhook secret")
     return problems
+
+
+def recorded_templates(conn: psycopg.Connection[Any]) -> dict[str, dict[str, str | None]]:
+    """org id -> role -> the template Postgres records its assistant was written from."""
+    if not has_column(conn, "assistants", "template"):
+        return {}
+    out: dict[str, dict[str, str | None]] = {}
+    for org_id, role, template in conn.execute(
+        "SELECT org_id::text, role, template FROM assistants"
+    ).fetchall():
+        out.setdefault(org_id, {})[role] = template
+    return out
+
+
+def template_problems(org: Org, recorded: dict[str, str | None]) -> list[str]:
+    """Each assistant's recorded template is the one its spec renders it from (None: written
+    in full), so the next plan has no template move left."""
+    return [
+        f"{org.slug}.{role}: Postgres records template {recorded.get(role)!r}, spec uses {want!r}"
+        for role in sorted(org.assistants)
+        if recorded.get(role)
+        != (want := (f"{TEMPLATE}@{org.templated[role]}" if role in org.templated else None))
+    ]
 
 
 def final_org_problems(
@@ -935,6 +1027,10 @@ class Chaos:
             "creation_rules:\n  - path_regex: \\.yaml$\n    encrypted_regex: ^credentials$\n"
             f"    mac_only_encrypted: true\n    age: {self.public_key}\n"
         )
+        for version in range(1, self.world.template_version + 1):
+            template = root / "templates" / f"{TEMPLATE}-{version}.yaml"
+            template.parent.mkdir(exist_ok=True)
+            template.write_text(yaml.safe_dump(template_doc(version), sort_keys=False))
         for org in self.world.current():
             path = root / f"{org.slug}.yaml"
             text = yaml.safe_dump(org.doc(), sort_keys=False)
@@ -1121,6 +1217,7 @@ class Chaos:
         )
 
     def check_final(self) -> list[str]:
+        recorded = recorded_templates(self.conn)
         mapped = active_mappings(self.conn)
         mapped_resources, rows = active_resource_mappings(self.conn), resource_rows(self.conn)
         vapi, problems = stored_credentials(self.conn, self.key)
@@ -1142,6 +1239,7 @@ class Chaos:
                     mapped_resources.get(org.org_id, []),
                     rows.get(org.org_id, {}),
                 )
+                problems += template_problems(org, recorded.get(org.org_id, {}))
             else:  # a removed org's account is left as it was: only no duplicates
                 problems += duplicate_problems(org, live)
                 problems += resource_duplicates(org, resources)

@@ -948,10 +948,7 @@ def _expanded(
     out, failed, uses = templates.expand(doc, str(path))
     if failed:
         return None, [_template_problem(e) for e in failed], ({}, {})
-    overridden = {
-        u.role: frozenset(p for p, o in u.rendered.origins.items() if o.source == "override")
-        for u in uses
-    }
+    overridden = {u.role: u.rendered.overridden for u in uses}
     return out, [], ({u.role: u.ref for u in uses}, overridden)
 
 

@@ -130,6 +130,23 @@ def plain(node: Node) -> Any:
     return unwrap(node)[0]
 
 
+def plain_and_overridden(node: Node) -> tuple[Any, frozenset[str]]:
+    """The plain value of a tree and the paths of its leaves that an override set: what the
+    loader needs, without a path for every leaf (`unwrap` gives them all)."""
+    overridden: list[str] = []
+
+    def walk(n: Node, at: Path) -> Any:
+        if isinstance(n, Leaf):
+            if n.origin.source == "override":
+                overridden.append(format_path(at))
+            return n.value
+        if isinstance(n, dict):
+            return {k: walk(v, (*at, k)) for k, v in n.items()}
+        return [walk(v, (*at, i)) for i, v in enumerate(n)]
+
+    return walk(node, ()), frozenset(overridden)
+
+
 _ABSENT = object()
 
 

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
 
 from reconciler.spec.models import AssistantSpec
-from reconciler.templates._merge import Leaf, MergeError, Node, Path, format_path, merge, unwrap
+from reconciler.templates._merge import (
+    Leaf,
+    MergeError,
+    Node,
+    Path,
+    format_path,
+    merge,
+    plain_and_overridden,
+    unwrap,
+)
 from reconciler.templates._model import (
     ASSISTANT_FIELDS,
     AssistantTemplate,
@@ -98,6 +108,10 @@ class Template:
     def ref(self) -> str:
         return self.model.ref
 
+    @cached_property
+    def compiled(self) -> Compiled:
+        return _compile(self.model.assistant, self.ref)
+
     def error(self, path: Path, message: str) -> TemplateError:
         return TemplateError(self.source, format_path(path), self.ref, message)
 
@@ -143,11 +157,17 @@ def load_template(data: object, source: str) -> Template:
 @dataclass(frozen=True)
 class Rendered:
     """An org's effective assistant: the plain body, the same checked as an assistant spec,
-    and the origin of each leaf by its path (`model.messages[0].content`)."""
+    the paths of the values the org's overrides set, and (`origins`, on demand) the origin of
+    each leaf by its path (`model.messages[0].content`)."""
 
     assistant: dict[str, Any]
     spec: AssistantSpec
-    origins: dict[str, Origin]
+    overridden: frozenset[str]
+    tree: Node = field(repr=False)
+
+    @cached_property
+    def origins(self) -> dict[str, Origin]:
+        return unwrap(self.tree)[1]
 
 
 def _text(value: ParameterValue) -> str:
@@ -155,19 +175,72 @@ def _text(value: ParameterValue) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _substitute(value: Any, values: Mapping[str, tuple[ParameterValue, str]], ref: str) -> Node:
-    """The body with parameters substituted, every leaf with its origin."""
+@dataclass(frozen=True)
+class _Text:
+    """A string of the template body, scanned once: its pieces and the parameters it uses."""
+
+    parts: tuple[str | Ref, ...]
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Static:
+    """A part of the body that uses no parameter: the same tree for every org (merging
+    copies what it changes, so sharing it is safe)."""
+
+    node: Node
+
+
+Compiled = dict[str, "Compiled"] | list["Compiled"] | Leaf | _Text | _Static
+
+
+def _static(node: Compiled) -> bool:
+    return isinstance(node, Leaf | _Static)
+
+
+def _node(part: Compiled) -> Node:
+    """A static part as a merged tree's node."""
+    assert isinstance(part, Leaf | _Static)
+    return part.node if isinstance(part, _Static) else part
+
+
+def _compile(value: Any, ref: str) -> Compiled:
+    """The template body with each string scanned and each other leaf wrapped, once per
+    template: rendering an org is then a walk that joins pieces, past the static parts."""
     if isinstance(value, Mapping):
+        fields = {k: _compile(v, ref) for k, v in value.items()}
+        if all(_static(p) for p in fields.values()):
+            return _Static({k: _node(p) for k, p in fields.items()})
+        return fields
+    if isinstance(value, list):
+        items = [_compile(v, ref) for v in value]
+        if all(_static(p) for p in items):
+            return _Static([_node(p) for p in items])
+        return items
+    if not isinstance(value, str):
+        return Leaf(value, Origin("template", ref))
+    pieces = tuple(scan(value))
+    names = tuple(dict.fromkeys(p.name for p in pieces if isinstance(p, Ref)))
+    if not names:
+        return Leaf("".join(p for p in pieces if isinstance(p, str)), Origin("template", ref))
+    return _Text(pieces, names)
+
+
+def _substitute(
+    value: Compiled, values: Mapping[str, tuple[ParameterValue, str]], ref: str
+) -> Node:
+    """The compiled body with parameters substituted, every leaf with its origin."""
+    if isinstance(value, dict):
         return {k: _substitute(v, values, ref) for k, v in value.items()}
     if isinstance(value, list):
         return [_substitute(v, values, ref) for v in value]
-    if not isinstance(value, str):
-        return Leaf(value, Origin("template", ref))
-    parts = scan(value)
-    names = tuple(dict.fromkeys(p.name for p in parts if isinstance(p, Ref)))
-    text = "".join(p if isinstance(p, str) else _text(values[p.name][0]) for p in parts)
-    given = tuple(n for n in names if values[n][1] == "with")
-    defaults = tuple(n for n in names if values[n][1] == "default")
+    if isinstance(value, Leaf):
+        return value  # shared: leaves are never changed, only replaced
+    if isinstance(value, _Static):
+        return value.node
+    text = "".join(p if isinstance(p, str) else _text(values[p.name][0]) for p in value.parts)
+    given = tuple(n for n in value.names if values[n][1] == "with")
+    defaults = tuple(n for n in value.names if values[n][1] == "default")
     source: Source = "with" if given else "default" if defaults else "template"
     return Leaf(text, Origin(source, ref, given, defaults))
 
@@ -210,7 +283,7 @@ def render(template: Template, use: TemplateUse, *, org_file: str, field: str = 
     if use.template != ref:
         raise fail(("template",), f"{use.template} asked for, {ref} given")
     values = resolve(template.model.parameters, use.with_, fail)
-    body = _substitute(template.model.assistant, values, ref)
+    body = _substitute(template.compiled, values, ref)
     for key in use.overrides:
         if key not in ASSISTANT_FIELDS:
             raise fail(("overrides", key), f"{key} is not a field of the assistant spec")
@@ -218,7 +291,7 @@ def render(template: Template, use: TemplateUse, *, org_file: str, field: str = 
         merged = merge(body, use.overrides, Origin("override", ref))
     except MergeError as exc:
         raise fail(("overrides", *exc.path), exc.message) from None
-    assistant, origins = unwrap(merged)
+    assistant, overridden = plain_and_overridden(merged)
     try:
         spec = AssistantSpec.model_validate(assistant, strict=True)
     except ValidationError as exc:
@@ -226,4 +299,4 @@ def render(template: Template, use: TemplateUse, *, org_file: str, field: str = 
         raise fail(
             tuple(path.split(".")), f"the rendered assistant is refused: {message}"
         ) from None
-    return Rendered(assistant, spec, origins)
+    return Rendered(assistant, spec, overridden, merged)

@@ -49,6 +49,38 @@ def test_chaos_rounds_keep_every_invariant(server_url: str) -> None:
     assert any(line.startswith("final ") and line.endswith("| ok") for line in lines), lines
 
 
+# Seed 925's 3 rounds put two assistants on the `chaos-desk` template (one in the round that
+# adds an org) and then roll the template to version 2, while POSTs of tools and PATCHes of
+# assistants lose their answers after the commit; the final check also holds Postgres's record
+# of each assistant's template to its spec (`chaos.template_problems`).
+TEMPLATE_SEED = 925
+
+
+def test_chaos_with_template_changes_keeps_every_invariant(server_url: str) -> None:
+    lines: list[str] = []
+    result = chaos.run(ROUNDS, TEMPLATE_SEED, server_url, say=lines.append)
+    assert not result.violations, "\n".join(v.describe(TEMPLATE_SEED) for v in result.violations)
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert any(".template@1" in line for line in rounds[:-1]), rounds
+    assert "~chaos-desk@2" in rounds[-1]  # the rollout, under faults
+    assert " error_after_commit " in rounds[-1]
+    assert any(line.startswith("final ") and line.endswith("| ok") for line in lines), lines
+
+
+def test_a_wrong_template_record_is_a_violation() -> None:
+    org = _org()
+    org.templated = {"inbound": 2}
+    assert chaos.template_problems(org, {"inbound": "chaos-desk@2", "outbound": None}) == []
+    assert chaos.template_problems(org, {"inbound": "chaos-desk@1", "outbound": None}) == [
+        "org-0.inbound: Postgres records template 'chaos-desk@1', spec uses 'chaos-desk@2'"
+    ]
+    assert chaos.template_problems(org, {"inbound": "chaos-desk@2"}) == []  # outbound: None
+    org.templated = {}
+    assert chaos.template_problems(org, {"inbound": "chaos-desk@2", "outbound": None}) == [
+        "org-0.inbound: Postgres records template 'chaos-desk@2', spec uses None"
+    ]
+
+
 def _org() -> chaos.Org:
     org = chaos.Org(0, str(uuid.uuid4()), f"chaos-{uuid.uuid4().hex[:8]}", "whsec-x", {})
     org.assistants["inbound"] = {

@@ -929,3 +929,23 @@ def test_docs_list_every_declared_list_path() -> None:
     assert rows == set(LIST_RULES), "docs/templates.md's merge table differs from LIST_RULES"
     for rule in LIST_RULES.values():
         assert f"| `{rule.path}` | {rule.merge_key} |" in doc
+
+
+def test_one_template_renders_many_orgs_and_none_sees_anothers_values() -> None:
+    """The template body is compiled once and shared: each org's parameters and overrides stay
+    its own, whatever was rendered before it."""
+    shared = template()
+    first = render(
+        shared,
+        use({"model": {"messages": [{"role": "user", "content": "Org one only."}]}}),
+        org_file=ORG_FILE,
+        field=FIELD,
+    )
+    second = render(shared, use(practiceName="Other"), org_file=ORG_FILE, field=FIELD)
+    again = render(shared, use(), org_file=ORG_FILE, field=FIELD)
+    assert "Org one only." in str(first.assistant) and "Org one only." not in str(second.assistant)
+    assert "Other" in str(second.assistant) and "Other" not in str(again.assistant)
+    assert again.assistant == rendered()
+    assert first.overridden == {"model.messages[2].role", "model.messages[2].content"}  # new
+    assert second.overridden == frozenset() and again.overridden == frozenset()
+    assert {p for p, o in first.origins.items() if o.source == "override"} == first.overridden
