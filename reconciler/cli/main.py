@@ -395,19 +395,50 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from reconciler.cli.render import render_status
     from reconciler.config import load_settings
+    from reconciler.redact import printable
     from reconciler.server.runtime import runtime
     from reconciler.server.views import org_view
 
     with runtime(load_settings(), write=False) as rt:
         rows = rt.state.orgs.statuses(args.org)
+        rollouts = [r.as_view() for r in rt.state.rollouts.all().values()]
     if args.org and not rows:
         print(f"error: no org with slug {args.org} in Postgres", file=sys.stderr)
         return EXIT_ERROR
     views = [org_view(r) for r in rows]
     if args.format == "json":
-        print(json.dumps({"orgs": views}, indent=2, default=str))
+        print(json.dumps({"orgs": views, "rollouts": rollouts}, indent=2, default=str))
     else:
         render_status(views, _out(), detail=bool(args.org))
+        for r in rollouts:
+            print(printable(_rollout_text(r)))
+    return EXIT_OK
+
+
+def _rollout_text(r: dict[str, Any]) -> str:
+    state = (
+        "done"
+        if r["done"]
+        else f"HALTED since {r['haltedAt']}: {r['haltedReason']}"
+        if r["halted"]
+        else "under way"
+    )
+    return f"rollout {r['template']}: wave {r['wave']} of {r['waves']}, {state}"
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """`rollout resume NAME@VERSION`: a halted template rollout goes on with its next run."""
+    from reconciler.config import load_settings
+    from reconciler.redact import printable
+    from reconciler.server.runtime import runtime
+
+    with runtime(load_settings(), write=True) as rt:
+        why = rt.state.rollouts.resume(args.template)
+        rows = rt.state.rollouts.all()
+    if why is not None:
+        print(f"error: {printable(why)}", file=sys.stderr)
+        return EXIT_ERROR
+    print(printable(_rollout_text(rows[args.template].as_view()).replace("under way", "resumed")))
     return EXIT_OK
 
 
@@ -740,6 +771,15 @@ def build_parser() -> argparse.ArgumentParser:
     _template_bound(p)
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("rollout", help="template rollouts in waves")
+    rsub = p.add_subparsers(dest="rollout_command", required=True)
+    r = rsub.add_parser(
+        "resume",
+        help="let a halted template rollout go on (its wave's orgs are judged again)",
+    )
+    r.add_argument("template", metavar="NAME@VERSION")
+    r.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("org", help="one org's lifecycle")
     orgsub = p.add_subparsers(dest="org_command", required=True)

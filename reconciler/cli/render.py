@@ -35,6 +35,7 @@ from reconciler.engine.actions import (
 )
 from reconciler.engine.diff import FieldChange
 from reconciler.engine.kinds import BY_NAME, KEYED
+from reconciler.engine.rollouts import Decision
 from reconciler.redact import SENSITIVE, printable
 from reconciler.templates import parse_ref
 
@@ -245,6 +246,21 @@ def rollouts(report: RunReport) -> list[Rollout]:
     return sorted(out, key=lambda r: (r.after or "", r.before or ""))
 
 
+def wave_line(d: Decision) -> str:
+    """`rollout dental-receptionist@4: wave 2 of 3 (acme, bravo), 12 org(s) held`, and why
+    it is halted."""
+    wave = ", ".join(d.members[d.wave - 1]) if d.wave <= len(d.members) else ""
+    text = f"rollout {d.template}: wave {d.wave} of {d.waves}" + (f" ({wave})" if wave else "")
+    text += f", {len(d.held)} org(s) held on their old version" if d.held else ""
+    if d.step == "advance":
+        text += f" (wave {d.wave - 1} done and soaked: wave {d.wave} starts now)"
+    elif d.step == "finish":
+        text += " (done: every org moved)"
+    if d.halted:
+        text += f"; HALTED: {d.halted} (`reconciler rollout resume {d.template}` goes on)"
+    return text
+
+
 def _move_of(plan: OrgPlan | None, action: Action) -> TemplateMove | None:
     role = getattr(action, "role", None)
     if plan is None or action.resource != "assistant" or role is None:
@@ -261,6 +277,8 @@ def render_text(
     out = _Lines()
     for rollout in rollouts(report):
         out.print(f"[bold]{_safe(rollout.line())}[/bold]")
+    for decision in report.rollouts:
+        out.print(f"[bold]{_safe(wave_line(decision))}[/bold]")
     for outcome in report.outcomes:
         plan = outcome.plan
         if quiet:
@@ -527,6 +545,18 @@ def report_json(report: RunReport) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "templates": [r.as_json() for r in rollouts(report)],
+        "rollouts": [
+            {
+                "template": d.template,
+                "wave": d.wave,
+                "waves": d.waves,
+                "step": d.step,
+                "members": [list(m) for m in d.members],
+                "held": len(d.held),
+                "halted": d.halted,
+            }
+            for d in report.rollouts
+        ],
         "changes": changes,
         "warnings": warnings,
         "notes": notes,

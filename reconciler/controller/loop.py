@@ -220,6 +220,9 @@ class ReconcileLoop:
             [s for s in loaded.specs if str(s.org.metadata.id) in claimed],
             loaded.problems if first else [],  # spec problems: reported by the first batch
             loaded.failed_ids if first else {},
+            loaded.templates,
+            loaded.lock_path,
+            loaded.all_specs,
         )
         report = self.controller.apply(
             subset, command="serve", revision=revision, peers=loaded, options=self._options()

@@ -38,6 +38,7 @@ from reconciler.engine.model import (
 )
 from reconciler.engine.observe import observed_from_rows
 from reconciler.engine.planner import CREATE_GRACE_S, plan_org
+from reconciler.engine.rollouts import Decision, Mover, Row, decide, waves_of
 from reconciler.engine.runplan import (
     MAX_DELETES,
     MAX_TEMPLATE_ORGS,
@@ -161,6 +162,7 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)  # the run's, not failures
     failing: list[str] = field(default_factory=list)  # slugs of known orgs whose file failed
     failed_ids: dict[Path, str] = field(default_factory=dict)  # org ids named by failed files
+    rollouts: list[Decision] = field(default_factory=list)  # template rollouts in waves
 
     @property
     def failed(self) -> list[OrgOutcome]:
@@ -230,6 +232,18 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ReconcilerError):
         return printable(str(exc))
     return f"internal error: {type(exc).__name__}"  # never str(exc): it may hold anything
+
+
+def _held_roles(spec: SpecFile, rollouts: Iterable[Decision]) -> dict[str, str]:
+    """The org's templated assistants that a rollout keeps on their old version, and why."""
+    org_id, slug = str(spec.org.metadata.id), spec.org.metadata.slug
+    out: dict[str, str] = {}
+    for decision in rollouts:
+        if org_id in decision.held:
+            for role, ref in spec.org.templates.items():
+                if ref == decision.template:
+                    out[role] = decision.held_note(slug)
+    return out
 
 
 def _template_moves(specs: Iterable[SpecFile], index: list[Any]) -> tuple[TemplateMoveFact, ...]:
@@ -437,8 +451,11 @@ class PlanController:
         options: Options,
         index: list[Any],
         saved: dict[str, OrgStamp] | None = None,
+        *,
+        held: set[str] | frozenset[str] = frozenset(),
     ) -> RunFacts:
-        """What the run's rules are decided from, as plain values (a key as its digest)."""
+        """What the run's rules are decided from, as plain values (a key as its digest);
+        `held`: orgs a rollout's later wave keeps on their old version (they do not move)."""
         fleet = peers or loaded
         failed = {
             **{p.path: FailedFile(str(p.path), p.path.stem) for p in fleet.problems},
@@ -456,10 +473,49 @@ class PlanController:
             prune=options.prune,
             max_deletes=options.max_deletes,
             saved={k: v.slug for k, v in saved.items()} if saved is not None else None,
-            moves=_template_moves(fleet.specs, index),
+            moves=tuple(m for m in _template_moves(fleet.specs, index) if m.org_id not in held),
             max_template_orgs=options.max_template_orgs,
             accept_rollouts=options.accept_rollouts,
         )
+
+    def _rollouts(self, fleet: LoadResult, index: list[Any]) -> tuple[Decision, ...]:
+        """Each template rollout in waves under way or wanted: its gate and step in this run
+        (`engine.rollouts.decide`). A rollout is wanted when an org moves to a version whose
+        template declares waves; Postgres is read only then."""
+        declared = {
+            ref: waves_of(t.model.rollout.model_dump())
+            for ref, t in fleet.templates.usable.items()
+            if t.model.rollout is not None
+        }
+        if not declared:
+            return ()
+        recorded = {row.org_id: row for row in index}
+        movers: dict[str, list[Mover]] = {}
+        for spec in fleet.all_specs:
+            org_id = str(spec.org.metadata.id)
+            row = recorded.get(org_id)
+            if row is None:
+                continue  # new: nothing to move
+            on = [(role, ref) for role, ref in spec.org.templates.items() if ref in declared]
+            for ref in sorted({ref for _, ref in on}):
+                roles = [role for role, r in on if r == ref and role in row.templates]
+                if roles:
+                    moved = all(row.templates[role] == ref for role in roles)
+                    movers.setdefault(ref, []).append(
+                        Mover(org_id, spec.org.metadata.slug, moved, row.status)
+                    )
+        wanted = {ref for ref, ms in movers.items() if any(not m.moved for m in ms)}
+        rows = self.state.rollouts.all() if movers else {}
+        out: list[Decision] = []
+        for ref in sorted(wanted | {r for r in rows if r in movers and not rows[r].done}):
+            stored = rows.get(ref)
+            row = (
+                Row(stored.wave, stored.wave_ready_s, stored.halted_reason, stored.done)
+                if stored is not None
+                else None
+            )
+            out.append(decide(ref, declared[ref], movers[ref], row))
+        return tuple(out)
 
     def _spec_facts(self, spec: SpecFile) -> SpecFacts:
         vapi = spec.org.spec.credentials.vapi
@@ -487,7 +543,10 @@ class PlanController:
         fleet. `only`: these org ids and no other (the end of a serve run)."""
         options = options or Options()
         index = self.state.orgs.index()
-        run = plan_run(self._facts(loaded, peers, options, index, saved))
+        rollouts = self._rollouts(peers or loaded, index)
+        held = {org_id for d in rollouts for org_id in d.held}
+        run = plan_run(self._facts(loaded, peers, options, index, saved, held=held))
+        run = replace(run, rollouts=rollouts)
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
         for spec in loaded.specs:
             md = spec.org.metadata
@@ -506,6 +565,8 @@ class PlanController:
                 outcome.stalled = "SpecInvalid"
                 out.append((None, outcome))
                 continue
+            if str(md.id) in held:
+                desired = replace(desired, held=_held_roles(spec, rollouts))
             out.append((desired, outcome))
         here = {s.org_id for s in run.run} | {o.org_id for _, o in out}
         for refusal in run.refused:  # a saved plan's org that is not here
@@ -817,6 +878,7 @@ class PlanController:
         outcomes = self._each(items, decide, progress, final=True)
         report = RunReport(outcomes, list(loaded.problems), time.monotonic() - started)
         report.failing = [k.slug for k in run.failing] if run else []
+        report.rollouts = list(run.rollouts) if run else []
         if options.prune:
             bound = bound_deletes(_planned_deletes(outcomes), options.max_deletes)
             if not bound.allowed:
@@ -870,11 +932,28 @@ class Controller(PlanController):
                 options = replace(options, prune=False)
         started = time.monotonic()
         items, accounts, run = self._desired(loaded, peers, options, saved, only)
+        self._record_rollouts(run.rollouts)
         report = self._apply_items(
             items, accounts, options, run, loaded, command, revision, started, saved, progress
         )
         report.notes[:0] = notes
         return report
+
+    def _record_rollouts(self, rollouts: Iterable[Decision]) -> None:
+        """Each rollout's step decided for this run, before any org of it runs (a step is
+        conditional in SQL: two replicas deciding the same step record it once)."""
+        book = self.writer.rollouts
+        for d in rollouts:
+            if d.step == "start":
+                book.start(d.template, d.waves)
+            elif d.step in ("ready", "unready"):
+                book.ready(d.template, d.wave, d.step == "ready")
+            elif d.step == "advance":
+                book.advance(d.template, d.wave - 1)
+            elif d.step == "halt":
+                book.halt(d.template, d.reason)
+            elif d.step == "finish":
+                book.finish(d.template)
 
     def retire(self, slug: str, *, max_deletes: int = MAX_DELETES) -> RunReport:
         """`reconciler org retire SLUG`: as `apply --prune` does for an org whose spec is gone."""
@@ -936,6 +1015,7 @@ class Controller(PlanController):
         report.failed_ids = dict(loaded.failed_ids)
         report.run_id = run_id
         report.failing = [k.slug for k in run.failing] if run is not None else []
+        report.rollouts = list(run.rollouts) if run is not None else []
         self._record_run(state, run_id, report, accounts, revision)
         return report
 

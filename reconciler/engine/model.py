@@ -126,6 +126,8 @@ class DesiredOrg:
     source: str = ""
     forward_url: str | None = None
     adopt_by_name: bool = False  # `spec.adopt: byName`
+    # role -> why its templated assistant stays as it is in this run (a rollout's later wave)
+    held: dict[str, str] = field(default_factory=dict)
     # set: the org is to be retired (its spec is gone, or `org retire`), and says why; its
     # credentials are then the stored ones (the Vapi key lists the account to clean)
     retire: str = ""

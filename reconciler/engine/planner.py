@@ -188,6 +188,8 @@ def template_moves(
     }
     out: list[TemplateMove] = []
     for role, want in sorted(desired.assistants.items()):
+        if role in desired.held:
+            continue  # a later wave: not moving in this run
         stored = observed.assistants.get(role)
         if stored is None or stored.status != "ready" or stored.template == want.template:
             continue
@@ -221,6 +223,12 @@ def _plan_assistants(
             gone, said = _plan_absent_role(role, observed, tagged, prune)
             p.removals += gone
             p.warnings += said
+            continue
+        if role in desired.held and (kept_id := _known_id(observed, role, tagged)) is not None:
+            # a later wave of a template rollout: left exactly as it is in this run
+            p.ids[role] = kept_id
+            p.notes.append(f"{role}: {desired.held[role]}")
+            p.unchanged.append(role)
             continue
         if _create_outcome_pending(observed, role, tagged, create_grace_s):
             pending = observed.assistants[role].pending_s or 0.0
@@ -330,6 +338,19 @@ def _account_change(desired: DesiredOrg, observed: ObservedOrg) -> tuple[str, st
     if not now and key_changed and had:
         return recorded, ""  # not known until something is created there
     return None
+
+
+def _known_id(observed: ObservedOrg, role: str, tagged: list[dict[str, Any]]) -> str | None:
+    """The role's assistant in the account, as Postgres or its tag knows it."""
+    live = {str(a["id"]) for a in observed.live or []}
+    mapping, stored = observed.mappings.get(role), observed.assistants.get(role)
+    for known in (
+        mapping.vapi_assistant_id if mapping else None,
+        stored.vapi_assistant_id if stored else None,
+    ):
+        if known and known in live:
+            return known
+    return str(tagged[0]["id"]) if tagged else None
 
 
 def _known_live(observed: ObservedOrg, org_id: str, role: str) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 # the default lives in limits, which `reconciler --help` reads without loading this module
 from reconciler.engine.limits import MAX_DELETES as MAX_DELETES
 from reconciler.engine.limits import MAX_TEMPLATE_ORGS as MAX_TEMPLATE_ORGS
+from reconciler.engine.rollouts import Decision
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class RunPlan:
     retire_orphans: bool  # orphans may be retired in this run
     held_back: str  # why orphans are not retired although `--prune` was asked ("" if not)
     max_deletes: int
+    # template rollouts in waves (`engine.rollouts`): each one's gate and step in this run
+    rollouts: tuple[Decision, ...] = ()
 
     def refusal(self, org_id: str) -> Refusal | None:
         return next((r for r in self.refused if r.org_id == org_id), None)

@@ -89,6 +89,10 @@ def build_app(parts: ServerParts) -> Starlette:
         rows = await run_in_threadpool(parts.state.orgs.statuses, None)
         return _json(200, {"orgs": [org_view(r) for r in rows]})
 
+    async def rollouts(request: Request) -> Response:
+        rows = await run_in_threadpool(parts.state.rollouts.all)
+        return _json(200, {"rollouts": [r.as_view() for r in rows.values()]})
+
     async def org(request: Request) -> Response:
         slug = request.path_params["slug"]
         rows = await run_in_threadpool(parts.state.orgs.statuses, slug)
@@ -108,6 +112,7 @@ def build_app(parts: ServerParts) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/api/orgs", guarded(orgs), methods=["GET"]),
         Route("/api/orgs/{slug}", guarded(org), methods=["GET"]),
+        Route("/api/rollouts", guarded(rollouts), methods=["GET"]),
         Route("/api/reconcile", guarded(reconcile), methods=["POST"]),
     ]
     if parts.webhooks is not None:

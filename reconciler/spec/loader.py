@@ -136,6 +136,13 @@ class LoadResult:
     # the tree's templates (`templates/`), with the lock as `validate` would write it
     templates: Templates = field(default_factory=Templates)
     lock_path: Path | None = None
+    # every spec that loaded, when `specs` is a selection of them (`--org`): a template
+    # rollout's waves are drawn over all the orgs that use it
+    fleet: list[SpecFile] | None = None
+
+    @property
+    def all_specs(self) -> list[SpecFile]:
+        return self.fleet if self.fleet is not None else self.specs
 
     @property
     def bad_paths(self) -> set[Path]:
@@ -1371,4 +1378,7 @@ def slugs_filter(loaded: LoadResult, slugs: Iterable[str]) -> LoadResult:
         [s for s in loaded.specs if s.org.metadata.slug in wanted],
         problems,
         {p: i for p, i in loaded.failed_ids.items() if p.stem in wanted},
+        loaded.templates,
+        loaded.lock_path,
+        loaded.all_specs,
     )

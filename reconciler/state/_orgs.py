@@ -116,6 +116,7 @@ class OrgIndexRow:
     vapi_account_id: str | None
     # role -> the template its assistant was last written from (None: written in full)
     templates: dict[str, str | None] = field(default_factory=dict)
+    status: str | None = None  # its last status (Ready, Failed, ...)
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,15 @@ class OrgReader(Repository):
         claims and orphans, in one query."""
         with self._db.read() as cur:
             rows = cur.execute(
-                "SELECT o.id::text AS org_id, o.slug, o.vapi_account_id,"
+                "SELECT o.id::text AS org_id, o.slug, o.vapi_account_id, o.status,"
                 " (SELECT json_object_agg(a.role, a.template) FROM assistants a"
                 "   WHERE a.org_id = o.id AND a.status = 'ready') AS templates"
                 " FROM organizations o WHERE o.retired_at IS NULL"
             ).fetchall()
         return [
-            OrgIndexRow(r["org_id"], r["slug"], r["vapi_account_id"], r["templates"] or {})
+            OrgIndexRow(
+                r["org_id"], r["slug"], r["vapi_account_id"], r["templates"] or {}, r["status"]
+            )
             for r in rows
         ]
 

@@ -1,8 +1,8 @@
 """The two typed faces of the state: `StateReader` only reads (for `plan` and the resolver),
 `StateWriter` adds the writes, each in one transaction with what it describes. Each face is
 one repository per aggregate (`orgs`, `credentials`, `assistants`, `resources`, `accounts`,
-`runs`, `health`), all sharing one pool, outage breaker and statement counter; a reader's
-repositories have no write method, so `plan` cannot write by construction.
+`runs`, `health`, `rollouts`), all sharing one pool, outage breaker and statement counter; a
+reader's repositories have no write method, so `plan` cannot write by construction.
 
 The queries live in the private modules beside this one (`_orgs`, `_credentials`, ...); this
 module is their only public import path.
@@ -42,6 +42,7 @@ from reconciler.state._orgs import (
     OrgWriter,
 )
 from reconciler.state._resources import ResourceReader, ResourceWriter
+from reconciler.state._rollouts import RolloutReader, RolloutRow, RolloutWriter
 from reconciler.state._runs import RUN_ROWS_KEPT, RunWriter
 
 __all__ = [
@@ -67,6 +68,9 @@ __all__ = [
     "OrgWriter",
     "ResourceReader",
     "ResourceWriter",
+    "RolloutReader",
+    "RolloutRow",
+    "RolloutWriter",
     "RunWriter",
     "StateError",
     "StateReader",
@@ -88,6 +92,7 @@ class StateReader:
     resources: ResourceReader
     accounts: AccountReader
     health: HealthReader
+    rollouts: RolloutReader
 
     def __init__(
         self,
@@ -108,6 +113,7 @@ class StateReader:
         self.resources = ResourceReader(db)
         self.accounts = AccountReader(db)
         self.health = HealthReader(db)
+        self.rollouts = RolloutReader(db)
 
     @property
     def queries(self) -> int:
@@ -124,6 +130,7 @@ class StateWriter(StateReader):
     resources: ResourceWriter
     accounts: AccountWriter
     runs: RunWriter
+    rollouts: RolloutWriter
 
     def _compose(self, db: Db) -> None:
         self.orgs = OrgWriter(db)
@@ -133,3 +140,4 @@ class StateWriter(StateReader):
         self.accounts = AccountWriter(db)
         self.health = HealthReader(db)
         self.runs = RunWriter(db)
+        self.rollouts = RolloutWriter(db)

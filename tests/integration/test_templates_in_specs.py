@@ -13,7 +13,7 @@ import yaml
 
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.loader import validate_tree
-from tests.helpers import SpecDir, live, org_doc, writes
+from tests.helpers import SpecDir, clear_faults, fault, live, org_doc, writes
 from tests.helpers.templates import put, template, uses
 
 ENC = "ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]"  # shaped as sops writes it
@@ -370,3 +370,75 @@ def test_a_rollout_shows_its_blast_radius_is_bounded_and_records_each_orgs_versi
     again = cli("plan", str(specs.root), "--detailed-exitcode")
     assert again.code == 0, again.out  # converged, the move recorded
     assert "template front-desk" not in again.out
+
+
+def test_a_rollout_in_waves_moves_one_wave_at_a_time_halts_on_a_failure_and_resumes(
+    specs: SpecDir, cli: Any, emulator: str, pool: Any
+) -> None:
+    """front-desk@2 declares two waves: alpha first, then everyone. Runs move alpha only; the
+    others stay on version 1 (nothing sent for them) until alpha has been Ready on 2 for its
+    soak (0 s here: the run after it is seen Ready). A failure of alpha halts the rollout; the
+    others wait until `rollout resume`."""
+    put(specs.root, "templates/front-desk.yaml", template())
+    v2 = template(2, firstMessage="Hi ${practiceName}!")
+    v2["rollout"] = {"waves": [{"orgs": ["alpha"], "soakSeconds": 0}, {"percent": 100}]}
+    put(specs.root, "templates/front-desk-2.yaml", v2)
+    docs = {s: org_doc(s, assistants={"inbound": uses()}) for s in ("alpha", "bravo", "charlie")}
+    for doc in docs.values():
+        specs.write(doc)
+    assert cli("apply", str(specs.root)).code == 0
+
+    def greetings() -> dict[str, str]:
+        return {
+            slug: live(emulator, doc["spec"]["credentials"]["vapi"]["apiKey"])[0]["firstMessage"]
+            for slug, doc in docs.items()
+        }
+
+    def rollout() -> tuple[Any, ...]:
+        with pool.connection() as conn:
+            row = conn.execute(
+                "SELECT wave, halted_reason, done_at IS NOT NULL FROM template_rollouts"
+            ).fetchone()
+        return tuple(row) if row else ()
+
+    old, new = "Thanks for calling Acme Dental.", "Hi Acme Dental!"
+    for doc in docs.values():
+        doc["spec"]["assistants"]["inbound"]["template"] = "front-desk@2"
+        specs.write(doc)
+
+    # alpha's move fails (Vapi refuses its PATCH): the first wave fails
+    fault(emulator, method="PATCH", path="/assistant/{id}", mode="error", status=400, times=None)
+    first = cli("apply", str(specs.root))
+    assert first.code == 1
+    assert "rollout front-desk@2: wave 1 of 2 (alpha), 2 org(s) held on their old version" in (
+        first.out
+    )
+    assert greetings() == {"alpha": old, "bravo": old, "charlie": old}
+    assert rollout() == (1, None, False)
+    clear_faults(emulator)
+    halted = cli("apply", str(specs.root))  # sees alpha Failed: halts, alpha tries again
+    assert "HALTED: org alpha of wave 1 failed" in halted.out
+    assert rollout() == (1, "org alpha of wave 1 failed", False)
+    assert greetings() == {"alpha": new, "bravo": old, "charlie": old}
+    still = cli("apply", str(specs.root))  # alpha is Ready now, but only the operator resumes
+    assert rollout()[:2] == (1, "org alpha of wave 1 failed")
+    held = "inbound: held by the rollout of front-desk@2 until its wave 2 (halted: org alpha"
+    assert still.out.count(held) == 2  # bravo and charlie, each told why
+    assert greetings() == {"alpha": new, "bravo": old, "charlie": old}
+    status = cli("status", "--format", "json")
+    assert json.loads(status.out)["rollouts"][0]["haltedReason"] == "org alpha of wave 1 failed"
+
+    resumed = cli("rollout", "resume", "front-desk@2")
+    assert resumed.code == 0 and "rollout front-desk@2: wave 1 of 2, resumed" in resumed.out
+    assert cli("rollout", "resume", "front-desk@2").code == 1  # not halted any more
+    cli("apply", str(specs.root))  # wave 1 Ready on version 2: its soak starts
+    assert greetings()["bravo"] == old
+    moved = cli("apply", str(specs.root))  # soaked: wave 2 starts and moves in this run
+    assert moved.code == 0, moved.out + moved.err
+    assert greetings() == {"alpha": new, "bravo": new, "charlie": new}
+    assert rollout() == (2, None, False)
+    cli("apply", str(specs.root))  # wave 2 Ready
+    cli("apply", str(specs.root))  # soaked: done
+    assert rollout() == (2, None, True)
+    final = cli("plan", str(specs.root), "--detailed-exitcode")
+    assert final.code == 0, final.out
