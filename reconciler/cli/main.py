@@ -423,7 +423,8 @@ def _rollout_text(r: dict[str, Any]) -> str:
         if r["halted"]
         else "under way"
     )
-    return f"rollout {r['template']}: wave {r['wave']} of {r['waves']}, {state}"
+    done = f"{r['orgsDone']} org(s) on it"
+    return f"rollout {r['template']}: wave {r['wave']} of {r['waves']}, {done}, {state}"
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:

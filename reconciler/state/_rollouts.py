@@ -19,6 +19,7 @@ class RolloutRow:
     done: bool
     halted_at: str | None = None  # ISO time, for status
     started_at: str | None = None
+    orgs_done: int = 0  # live orgs with an assistant recorded on the version
 
     def as_view(self) -> dict[str, object]:
         return {
@@ -29,6 +30,7 @@ class RolloutRow:
             "haltedReason": self.halted_reason,
             "haltedAt": self.halted_at,
             "done": self.done,
+            "orgsDone": self.orgs_done,
             "startedAt": self.started_at,
         }
 
@@ -37,8 +39,10 @@ _SELECT = (
     "SELECT template, wave, waves,"
     " EXTRACT(EPOCH FROM now() - wave_started_at)::float8 AS wave_started_s,"
     " EXTRACT(EPOCH FROM now() - wave_ready_at)::float8 AS wave_ready_s,"
-    " halted_reason, done_at IS NOT NULL AS done, halted_at::text, started_at::text"
-    " FROM template_rollouts"
+    " halted_reason, done_at IS NOT NULL AS done, halted_at::text, started_at::text,"
+    " (SELECT count(DISTINCT a.org_id)::int FROM assistants a JOIN organizations o"
+    "   ON o.id = a.org_id AND o.retired_at IS NULL WHERE a.template = r.template) AS orgs_done"
+    " FROM template_rollouts r"
 )
 
 
