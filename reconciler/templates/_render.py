@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from reconciler.redact import is_sensitive_key
 from reconciler.spec.models import AssistantSpec
 from reconciler.templates._merge import (
     Leaf,
@@ -143,6 +144,13 @@ def load_template(data: object, source: str) -> Template:
             refs = [p.name for p in scan(text) if isinstance(p, Ref)]
         except ValueError as exc:
             raise template.error(path, str(exc)) from None
+        if refs and _secret_place(path):
+            raise template.error(
+                path,
+                "secrets are never parameters: this value is masked as a secret (a header "
+                "value, or under a key with a secret word); the org's credentials stay in "
+                "spec.credentials",
+            )
         for name in refs:
             if name not in model.parameters:
                 declared = ", ".join(model.parameters) or "none"
@@ -152,6 +160,13 @@ def load_template(data: object, source: str) -> Template:
         if name not in used:
             raise template.error(("parameters", name), f"parameter {name} is never used")
     return template
+
+
+def _secret_place(path: Path) -> bool:
+    """Where the plan masks a value as a secret: every `headers` value, and every value under
+    a key with a secret word (`redact.is_sensitive_key`)."""
+    keys = [p for p in path if isinstance(p, str)]
+    return "headers" in keys[:-1] or any(is_sensitive_key(k) for k in keys)
 
 
 @dataclass(frozen=True)

@@ -949,3 +949,30 @@ def test_one_template_renders_many_orgs_and_none_sees_anothers_values() -> None:
     assert first.overridden == {"model.messages[2].role", "model.messages[2].content"}  # new
     assert second.overridden == frozenset() and again.overridden == frozenset()
     assert {p for p, o in first.origins.items() if o.source == "override"} == first.overridden
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (
+            {"server": {"url": "https://x", "headers": {"x-token": "${practiceName}"}}},
+            "assistant.server.headers.x-token",
+        ),
+        ({"metadata": {"apiKey": "key-${practiceName}"}}, "assistant.metadata.apiKey"),
+        (
+            {"voice": {"provider": "11labs", "secretNote": "${practiceName}"}},
+            "assistant.voice.secretNote",
+        ),
+    ],
+    ids=["header", "api-key", "secret-word"],
+)
+def test_secrets_are_never_parameters(body: dict[str, Any], field: str) -> None:
+    """A parameter where the plan masks a value as a secret would carry a secret from an org
+    file's plaintext `with` to Vapi: refused where the template is read."""
+    data = copy.deepcopy(BASE)
+    data["assistant"].update(body)
+    with pytest.raises(TemplateError) as caught:
+        load_template(data, TEMPLATE_FILE)
+    assert caught.value.field == field
+    assert "secrets are never parameters" in str(caught.value)
+    assert "\n" not in str(caught.value)
