@@ -43,6 +43,9 @@ from reconciler.templates._model import (
     value_problem,
 )
 
+MAX_RENDERED_CHARS = 1024 * 1024
+"""The text a rendering may make from parameters, as a spec file may hold (1 MiB): a long
+value used many times by a template is refused before it is built."""
 _TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)(?P<close>\})?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -112,6 +115,30 @@ class Template:
     @cached_property
     def compiled(self) -> Compiled:
         return _compile(self.model.assistant, self.ref)
+
+    @cached_property
+    def references(self) -> tuple[int, dict[str, int]]:
+        """The length of the literal text around parameters, and how often each parameter
+        is used: what a rendering's size is known from before it is made."""
+        literal, uses = 0, dict.fromkeys(self.model.parameters, 0)
+
+        def walk(node: Compiled) -> None:
+            nonlocal literal
+            if isinstance(node, dict):
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+            elif isinstance(node, _Text):
+                for part in node.parts:
+                    if isinstance(part, str):
+                        literal += len(part)
+                    else:
+                        uses[part.name] += 1
+
+        walk(self.compiled)
+        return literal, uses
 
     def error(self, path: Path, message: str) -> TemplateError:
         return TemplateError(self.source, format_path(path), self.ref, message)
@@ -298,6 +325,14 @@ def render(template: Template, use: TemplateUse, *, org_file: str, field: str = 
     if use.template != ref:
         raise fail(("template",), f"{use.template} asked for, {ref} given")
     values = resolve(template.model.parameters, use.with_, fail)
+    literal, uses = template.references
+    size = literal + sum(n * len(_text(values[name][0])) for name, n in uses.items())
+    if size > MAX_RENDERED_CHARS:
+        raise fail(
+            ("with",),
+            f"the parameters would render {size:,} characters of text, over "
+            f"{MAX_RENDERED_CHARS:,} (a value used many times by the template)",
+        )
     body = _substitute(template.compiled, values, ref)
     for key in use.overrides:
         if key not in ASSISTANT_FIELDS:

@@ -976,3 +976,25 @@ def test_secrets_are_never_parameters(body: dict[str, Any], field: str) -> None:
     assert caught.value.field == field
     assert "secrets are never parameters" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_value_used_many_times_cannot_blow_the_rendering_up() -> None:
+    """A 300 KiB value of a parameter the template uses four times would make 1.2 MiB of text:
+    refused before anything is built, naming `with`."""
+    data = copy.deepcopy(BASE)
+    data["parameters"]["blob"] = {"type": "string"}
+    data["assistant"]["endCallPhrases"] = ["${blob}", "${blob}", "a ${blob}", "${blob}!"]
+    big = load_template(data, TEMPLATE_FILE)
+    given = TemplateUse.model_validate(
+        {"template": REF, "with": {"practiceName": "Acme", "blob": "x" * (300 * 1024)}}
+    )
+    with pytest.raises(TemplateError) as caught:
+        render(big, given, org_file=ORG_FILE, field=FIELD)
+    assert caught.value.field.endswith(".with")
+    assert "over 1,048,576" in caught.value.message
+    small = TemplateUse.model_validate(
+        {"template": REF, "with": {"practiceName": "Acme", "blob": "x" * 1000}}
+    )
+    assert render(big, small, org_file=ORG_FILE, field=FIELD).assistant["endCallPhrases"][3] == (
+        "x" * 1000 + "!"
+    )
