@@ -5,6 +5,7 @@ org labels are slugs from our own specs, the rest are fixed words or HTTP method
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -141,3 +142,45 @@ CREDENTIAL_AUDIT_ROWS = LiveCounters(
     "pending rows were past their bound, or the store closed before they could be written).",
     ["fate"],
 )
+
+
+class OrgWebhooks:
+    """This process's webhook outcomes per org (slug), in one-minute buckets over the last
+    `window_s`: what a template rollout asks before it moves on (a wave whose orgs' webhooks
+    start failing halts it). Slugs are those of resolved orgs (our own specs), so the table is
+    bounded by the fleet; each org keeps at most `window_s / 60` buckets."""
+
+    FAILED = frozenset(
+        {"bad_secret", "bad_signature", "unavailable", "forward_failed", "forward_refused"}
+    )
+    OK = frozenset({"forwarded", "accepted"})
+
+    def __init__(self, window_s: float = 600.0) -> None:
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._buckets: dict[str, dict[int, list[int]]] = {}
+
+    def record(self, slug: str | None, outcome: str, now: float | None = None) -> None:
+        if not slug or (outcome not in self.FAILED and outcome not in self.OK):
+            return
+        minute = int((time.monotonic() if now is None else now) // 60)
+        with self._lock:
+            buckets = self._buckets.setdefault(slug, {})
+            counts = buckets.setdefault(minute, [0, 0])
+            counts[outcome in self.FAILED] += 1
+            oldest = minute - int(self.window_s // 60)
+            for old in [m for m in buckets if m < oldest]:
+                del buckets[old]
+
+    def counts(self, slug: str, since_s: float, now: float | None = None) -> tuple[int, int]:
+        """(ok, failed) over the last `since_s` seconds (at most the window), by minute."""
+        minute = int((time.monotonic() if now is None else now) // 60)
+        first = minute - int(min(since_s, self.window_s) // 60)
+        with self._lock:
+            buckets = dict(self._buckets.get(slug, {}))
+        ok = sum(c[0] for m, c in buckets.items() if m >= first)
+        failed = sum(c[1] for m, c in buckets.items() if m >= first)
+        return ok, failed
+
+
+ORG_WEBHOOKS = OrgWebhooks()

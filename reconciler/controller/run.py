@@ -53,6 +53,7 @@ from reconciler.engine.runplan import (
 )
 from reconciler.engine.stamp import OrgStamp, stale, stamp
 from reconciler.errors import MasterKeyRefused, ReconcilerError
+from reconciler.metrics import ORG_WEBHOOKS
 from reconciler.redact import SENSITIVE, mask_tree, printable
 from reconciler.secrets.crypto import Keys, UnknownKeyId, as_ring
 from reconciler.spec.loader import LoadResult, Problem, SpecFile
@@ -232,6 +233,20 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ReconcilerError):
         return printable(str(exc))
     return f"internal error: {type(exc).__name__}"  # never str(exc): it may hold anything
+
+
+WEBHOOK_HALT_FAILED = 5
+"""Failed webhooks of one org (and at least half of its webhooks) since its rollout wave
+began, as this process saw them, that halt the rollout."""
+
+
+def webhooks_failing(slug: str, since_s: float) -> str | None:
+    """How the org's webhooks fail since `since_s` seconds ago (this process's window of
+    `metrics.ORG_WEBHOOKS`), when they do enough to halt a rollout."""
+    ok, failed = ORG_WEBHOOKS.counts(slug, since_s)
+    if failed >= WEBHOOK_HALT_FAILED and failed * 2 >= ok + failed:
+        return f"{failed} of {ok + failed} webhooks failed"
+    return None
 
 
 def _held_roles(spec: SpecFile, rollouts: Iterable[Decision]) -> dict[str, str]:
@@ -506,6 +521,12 @@ class PlanController:
                     )
         wanted = {ref for ref, ms in movers.items() if any(not m.moved for m in ms)}
         rows = self.state.rollouts.all() if movers else {}
+        for ref, ms in movers.items():  # this process's webhooks of the orgs moved
+            since = rows[ref].wave_started_s if ref in rows else 0.0
+            movers[ref] = [
+                replace(m, webhooks_failing=webhooks_failing(m.slug, since)) if m.moved else m
+                for m in ms
+            ]
         out: list[Decision] = []
         for ref in sorted(wanted | {r for r in rows if r in movers and not rows[r].done}):
             stored = rows.get(ref)

@@ -8,7 +8,8 @@ A template may declare `rollout.waves`: named orgs first, then shares of all the
 with a soak time. The orgs of waves not started yet are *held*: their templated assistants are
 left as they are (the planner plans nothing for them) until their wave starts. A wave starts
 when every org of the one before has been Ready on the new version for its soak time. An org
-of the wave under way that fails (Failed or Stalled) halts the rollout: no new wave until the
+of the wave under way that fails (Failed or Stalled), or whose webhooks start failing (as the
+process deciding saw them: `webhooks_failing`), halts the rollout: no new wave until the
 operator resumes it (`reconciler rollout resume`). Orgs that no wave names belong to the last.
 """
 
@@ -38,6 +39,7 @@ class Mover:
     slug: str
     moved: bool  # Postgres records every such assistant on the new version already
     status: str | None  # its last status (Ready, Failed, ...), None: never reconciled
+    webhooks_failing: str | None = None  # how its webhooks fail since the wave began, if so
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ def decide(
     failing = sorted(m.slug for m in current if m.status in FAILING)
     if failing:
         reason = f"org {', '.join(failing)} of wave {wave} failed"
+        return _decision(template, groups, members, wave, "halt", reason, reason)
+    hooks = sorted((m.slug, m.webhooks_failing) for m in current if m.webhooks_failing)
+    if hooks:
+        told = "; ".join(f"{slug}: {why}" for slug, why in hooks)
+        reason = f"webhooks of wave {wave} are failing ({told})"
         return _decision(template, groups, members, wave, "halt", reason, reason)
     ready = all(m.moved and m.status == "Ready" for m in current)
     if not ready:

@@ -40,7 +40,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.bounded import ACCEPT_ENCODING, AnswerTooLarge, UndecodableAnswer, aread_limited
-from reconciler.metrics import WEBHOOK_REQUESTS
+from reconciler.metrics import ORG_WEBHOOKS, WEBHOOK_REQUESTS
 from reconciler.netpolicy import ForwardPolicy, ForwardRefused
 from reconciler.secrets.crypto import Keys
 from reconciler.webhooks.guard import guarded_transport
@@ -138,8 +138,11 @@ class _BodyTimeout(WebhookError, _Unread):
     outcome = "body_timeout"
 
 
-def _count(outcome: str) -> None:
+def _count(outcome: str, org_slug: str | None = None) -> None:
+    """The outcome, in the metric and (with the org, when known) in this process's per-org
+    window that a template rollout asks (`metrics.ORG_WEBHOOKS`)."""
     _OUTCOMES[outcome].inc()
+    ORG_WEBHOOKS.record(org_slug, outcome)
 
 
 async def _send(
@@ -161,7 +164,7 @@ async def _send_json(send: Send, status: int, doc: dict[str, str], *, close: boo
 
 
 async def _refuse(send: Send, exc: WebhookError) -> None:
-    _count(exc.outcome)
+    _count(exc.outcome, getattr(exc, "org_slug", None))
     if isinstance(exc, VerificationUnavailable):
         log.warning(
             "webhook refused (503 %s, org %s): %s", exc.outcome, exc.org_slug or "-", exc.reason
@@ -348,7 +351,7 @@ class WebhookEndpoint:
         resolved, body = verified
         target = resolved.forward_url or self.forward_url
         if target is None:
-            _count("accepted")
+            _count("accepted", resolved.slug)
             await _send_json(send, 200, {"orgId": resolved.org_id, "slug": resolved.slug})
             return
         if not await self._admit(resolved, send):
@@ -433,7 +436,7 @@ class WebhookEndpoint:
         except AnswerTooLarge:
             await self._forward_failed(send, resolved, 502, TOO_LARGE_ANSWER_MESSAGE, "too large")
         except ForwardRefused as exc:  # the reason names the kind of address, never the URL
-            _count("forward_refused")
+            _count("forward_refused", resolved.slug)
             log.warning(
                 "webhook of org %s not forwarded (502): its forward URL is refused (%s)",
                 resolved.slug,
@@ -445,7 +448,7 @@ class WebhookEndpoint:
         except Exception as exc:  # connection refused, reset, bad URL, ...: never a traceback
             await self._forward_failed(send, resolved, 502, UNREACHABLE_MESSAGE, type(exc).__name__)
         else:
-            _count("forwarded")
+            _count("forwarded", resolved.slug)
             log.debug("webhook of org %s forwarded: answered %d", resolved.slug, status)
             await _send(send, status, answer, answer_type)
 
@@ -471,7 +474,7 @@ class WebhookEndpoint:
     async def _forward_failed(
         send: Send, resolved: ResolvedWebhook, status: int, message: str, why: str
     ) -> None:
-        _count("forward_failed")
+        _count("forward_failed", resolved.slug)
         log.warning("webhook of org %s not forwarded (%d): %s", resolved.slug, status, why)
         await _send_json(send, status, {"error": message})
 
@@ -573,7 +576,7 @@ class VapiWebhookMiddleware:
         if verified is None:
             return
         resolved, body = verified
-        _count("accepted")
+        _count("accepted", resolved.slug)
         replayed = False
 
         async def replay() -> Message:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,35 @@ def test_a_rollout_in_waves_moves_one_wave_at_a_time_halts_on_a_failure_and_resu
     assert rollout() == (2, None, True)
     final = cli("plan", str(specs.root), "--detailed-exitcode")
     assert final.code == 0, final.out
+
+
+def test_a_wave_whose_webhooks_start_failing_halts_the_rollout(
+    specs: SpecDir, cli: Any, emulator: str, pool: Any
+) -> None:
+    """The first wave's org moved and is Ready, but this process's webhook endpoint saw most of
+    its webhooks fail since: the rollout halts instead of starting the next wave."""
+    from reconciler.controller.run import WEBHOOK_HALT_FAILED
+    from reconciler.metrics import ORG_WEBHOOKS
+
+    first, rest = f"wh-{uuid.uuid4().hex[:6]}", f"wh-{uuid.uuid4().hex[:6]}"
+    put(specs.root, "templates/front-desk.yaml", template())
+    v2 = template(2, firstMessage="Hi ${practiceName}!")
+    v2["rollout"] = {"waves": [{"orgs": [first], "soakSeconds": 0}, {"percent": 100}]}
+    put(specs.root, "templates/front-desk-2.yaml", v2)
+    docs = [org_doc(s, assistants={"inbound": uses()}) for s in (first, rest)]
+    for doc in docs:
+        specs.write(doc)
+    assert cli("apply", str(specs.root)).code == 0
+    for doc in docs:
+        doc["spec"]["assistants"]["inbound"]["template"] = "front-desk@2"
+        specs.write(doc)
+    assert cli("apply", str(specs.root)).code == 0  # the first org moves
+    for _ in range(WEBHOOK_HALT_FAILED):
+        ORG_WEBHOOKS.record(first, "forward_failed")
+    halted = cli("apply", str(specs.root))
+    assert f"HALTED: webhooks of wave 1 are failing ({first}: " in halted.out
+    with pool.connection() as conn:
+        (reason,) = conn.execute("SELECT halted_reason FROM template_rollouts").fetchone()
+    assert reason.startswith(f"webhooks of wave 1 are failing ({first}: {WEBHOOK_HALT_FAILED} of")
+    key = docs[1]["spec"]["credentials"]["vapi"]["apiKey"]
+    assert live(emulator, key)[0]["firstMessage"] == "Thanks for calling Acme Dental."  # held

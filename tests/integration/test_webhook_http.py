@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from reconciler.metrics import REGISTRY
+from reconciler.metrics import ORG_WEBHOOKS, REGISTRY
 from reconciler.netpolicy import ForwardPolicy
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.db import open_pool
@@ -151,6 +151,22 @@ def test_refusals_are_401_with_a_fixed_message(
     }
     assert "acme" not in resp.text
     assert counted(before) == {expected.outcome: 1}
+
+
+def test_each_orgs_outcomes_are_counted_for_its_template_rollout(
+    two: tuple[Org, Org], client: httpx.Client
+) -> None:
+    """A rollout halts a wave whose orgs' webhooks start failing: each outcome is counted for
+    the org it resolved to (a bad secret too), and for no other."""
+    acme, _ = two
+    before = ORG_WEBHOOKS.counts("acme", 600), ORG_WEBHOOKS.counts("globex", 600)
+    raw = body(acme.inbound)
+    assert client.post(PATH, content=raw, headers={"x-vapi-secret": acme.secret}).is_success
+    wrong = client.post(PATH, content=raw, headers={"x-vapi-secret": "not-the-secret"})
+    assert wrong.status_code == 401
+    ok, failed = ORG_WEBHOOKS.counts("acme", 600)
+    assert (ok - before[0][0], failed - before[0][1]) == (1, 1)
+    assert ORG_WEBHOOKS.counts("globex", 600) == before[1]
 
 
 def test_an_org_without_a_credential_refuses_everything(

@@ -90,3 +90,51 @@ def test_waves_of_reads_the_templates_declaration() -> None:
     declared = {"waves": [{"orgs": ["a"], "soakSeconds": 60}, {"percent": 100}]}
     assert waves_of(declared) == [WaveSpec(("a",), None, 60.0), WaveSpec(None, 100, 0.0)]
     assert waves_of(None) == []
+
+
+def test_webhooks_failing_in_the_wave_halt_the_rollout() -> None:
+    moved = [
+        Mover("id-alpha", "alpha", True, "Ready", "7 of 9 webhooks failed"),
+        *movers(*SLUGS[1:]),
+    ]
+    halt = decide(REF, NAMED_THEN_HALF_THEN_ALL, moved, Row(1, None, None, False))
+    assert halt.step == "halt"
+    assert halt.reason == "webhooks of wave 1 are failing (alpha: 7 of 9 webhooks failed)"
+
+
+def test_the_per_org_webhook_window_counts_by_minute_and_forgets_old_ones() -> None:
+    from reconciler.metrics import OrgWebhooks
+
+    window = OrgWebhooks(window_s=600)
+    t0 = 6_000_000.0
+    for outcome in ("forwarded", "forward_failed", "bad_secret", "busy", "malformed"):
+        window.record("acme", outcome, now=t0)
+    window.record(None, "bad_secret", now=t0)  # no org: not counted for any
+    window.record("beta", "accepted", now=t0)
+    assert window.counts("acme", 600, now=t0) == (1, 2)  # busy, malformed: not the org's
+    assert window.counts("beta", 600, now=t0) == (1, 0)
+    later = t0 + 5 * 60
+    window.record("acme", "unavailable", now=later)
+    assert window.counts("acme", 60, now=later) == (0, 1)  # the last minute only
+    assert window.counts("acme", 600, now=later) == (1, 3)
+    much_later = t0 + 20 * 60
+    window.record("acme", "accepted", now=much_later)  # the old minutes go
+    assert window.counts("acme", 3600, now=much_later) == (1, 0)
+
+
+def test_a_process_halts_on_enough_failed_webhooks_of_an_org() -> None:
+    from reconciler.controller.run import WEBHOOK_HALT_FAILED, webhooks_failing
+    from reconciler.metrics import ORG_WEBHOOKS
+
+    slug = "rollout-webhooks-unit"
+    for _ in range(WEBHOOK_HALT_FAILED - 1):
+        ORG_WEBHOOKS.record(slug, "forward_failed")
+    assert webhooks_failing(slug, 600) is None  # not enough yet
+    ORG_WEBHOOKS.record(slug, "forward_failed")
+    assert (
+        webhooks_failing(slug, 600)
+        == f"{WEBHOOK_HALT_FAILED} of {WEBHOOK_HALT_FAILED} webhooks failed"
+    )
+    for _ in range(WEBHOOK_HALT_FAILED + 1):
+        ORG_WEBHOOKS.record(slug, "forwarded")
+    assert webhooks_failing(slug, 600) is None  # most of them succeed
