@@ -1,8 +1,9 @@
 """Templates: what rendering adds to `validate`, and an offline plan of a rollout.
 
 N org files (default 1,000), committed as sops writes them (credentials as ciphertext-shaped
-values: `validate` and `diff --base` never decrypt), each with an inbound assistant made from
-one of 5 templates (its own parameters, and an override of one list item and one field) and an
+values: `validate` and `diff --base` never decrypt), shaped as the examples are (Vapi and
+Twilio credentials, two tools, a SIP number), each with an inbound assistant made from one of
+5 templates (its own parameters, and an override of one list item and one field) and an
 outbound assistant written in full. The same orgs with both assistants written in full, as
 the templates render them, are the baseline. Timed, each several times (CPU of this process,
 `time.process_time`; medians), in one run:
@@ -75,16 +76,44 @@ def org(i: int, inbound: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": "reconciler/v1",
         "kind": "Organization",
         "metadata": {"id": str(uuid.UUID(int=i + 1)), "slug": slug, "name": f"Org {i}"},
-        "spec": {
-            "credentials": {"vapi": {"apiKey": ENC, "webhookSecret": ENC}},
+        "spec": {  # as the examples are: two providers, two tools, a number
+            "credentials": {
+                "vapi": {"apiKey": ENC, "webhookSecret": ENC},
+                "twilio": {"accountSid": ENC, "authToken": ENC},
+            },
             "assistants": {
                 "inbound": inbound,
                 "outbound": {
                     "name": f"{slug} reminders",
                     "firstMessage": "Hi, about your appointment.",
-                    "model": {"provider": "openai", "model": "gpt-4o-mini"},
+                    "model": {
+                        "provider": "openai",
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "system", "content": "Confirm appointments."}],
+                    },
+                    "voice": {"provider": "11labs", "voiceId": "sarah"},
+                    "maxDurationSeconds": 300,
+                    "server": {"url": "https://hooks.example.com/vapi"},
                 },
             },
+            "tools": {
+                "book_appointment": {
+                    "type": "function",
+                    "function": {
+                        "description": "Book, move or cancel an appointment.",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"patient": {"type": "string"}},
+                            "required": ["patient"],
+                        },
+                    },
+                    "server": {"url": "https://hooks.example.com/vapi"},
+                },
+                "end_call": {"type": "endCall"},
+            },
+            "phoneNumbers": [
+                {"provider": "vapi", "sipUri": f"sip:{slug}@sip.vapi.ai", "assistant": "inbound"}
+            ],
         },
         "sops": {"age": [], "mac": ENC, "version": "3.11.0"},
     }
