@@ -498,9 +498,9 @@ class PlanController:
         (`engine.rollouts.decide`). A rollout is wanted when an org moves to a version whose
         template declares waves; Postgres is read only then."""
         declared = {
-            ref: waves_of(t.model.rollout.model_dump())
+            ref: waves_of(rollout.model_dump())
             for ref, t in fleet.templates.usable.items()
-            if t.model.rollout is not None
+            if (rollout := getattr(t.model, "rollout", None)) is not None
         }
         if not declared:
             return ()

@@ -67,7 +67,7 @@ from reconciler.spec.cache import SpecCache, digest
 from reconciler.spec.models import Organization
 from reconciler.spec.templated import (
     LOCK_NAME,
-    TEMPLATE_KIND,
+    TEMPLATE_KINDS,
     TEMPLATES_DIR,
     Templates,
     build,
@@ -970,7 +970,7 @@ def _check_bytes(
         return None, problems
     if docs is not None:  # its `metadata.id` names a failing org, whatever fails next
         docs[path] = doc
-    if doc.get("kind") == TEMPLATE_KIND:
+    if doc.get("kind") in TEMPLATE_KINDS:
         return None, [
             Problem(path, "kind", f"a template belongs under {TEMPLATES_DIR}/ of the specs folder")
         ]

@@ -1,12 +1,13 @@
 """The templates of a specs tree, and org documents with their templated assistants rendered.
 
 Template files are the YAML files under `templates/` of the specs folder (`TEMPLATES_DIR`),
-each one `kind: AssistantTemplate`; their version lock is `templates/templates.lock` there.
-An org's assistant that says `template: NAME@VERSION` is replaced, before the org is checked,
-by the assistant that template renders with the org's `with` and `overrides`
-(`reconciler.templates.render`): the rest of the product (planner, state, Vapi) sees an
-ordinary assistant. A template that fails its checks or its lock is refused, and so is every
-org that uses it (its file's problem), so no org is planned from a template that is wrong.
+each one `kind: AssistantTemplate` or `kind: ToolTemplate`; their version lock is
+`templates/templates.lock` there. An org's assistant (or tool) that says
+`template: NAME@VERSION` is replaced, before the org is checked, by what that template
+renders with the org's `with` and `overrides` (`reconciler.templates.render`): the rest of the
+product (planner, state, Vapi) sees an ordinary assistant (or tool). A template that fails its
+checks or its lock is refused, and so is every org that uses it (its file's problem), so no
+org is planned from a template that is wrong.
 
 Pure: the loader reads the files (bounded, as every spec file) and hands this module their
 parsed documents.
@@ -36,7 +37,7 @@ from reconciler.templates import (
 
 TEMPLATES_DIR = "templates"
 LOCK_NAME = LOCK_PATH.rsplit("/", 1)[-1]
-TEMPLATE_KIND = "AssistantTemplate"
+TEMPLATE_KINDS = frozenset({"AssistantTemplate", "ToolTemplate"})
 # every `template: name@version` in an org file's bytes (a prompt that quotes one only adds to
 # the cache key): what a cached outcome of that file depends on besides its own bytes
 _REF_IN_BYTES = re.compile(rb"""template["']?\s*:\s*["']?([a-z0-9][a-z0-9-]{0,62}@[0-9]{1,9})""")
@@ -75,36 +76,52 @@ class Templates:
     def expand(
         self, doc: dict[str, Any], org_file: str
     ) -> tuple[dict[str, Any], list[TemplateError], tuple[Use, ...]]:
-        """`doc` with each templated assistant rendered; the problems (one per assistant
-        that could not be) and the uses. The document is not modified."""
+        """`doc` with each templated assistant and tool rendered; the problems (one per one
+        that could not be) and the assistants' uses. The document is not modified."""
         spec = doc.get("spec")
-        assistants = spec.get("assistants") if isinstance(spec, dict) else None
-        if (
-            not isinstance(spec, dict)
-            or not isinstance(assistants, dict)
-            or not any(isinstance(a, dict) and "template" in a for a in assistants.values())
-        ):
+        if not isinstance(spec, dict):
             return doc, [], ()
         problems: list[TemplateError] = []
         uses: list[Use] = []
-        out = dict(assistants)
-        for role, body in assistants.items():
-            if not (isinstance(body, dict) and "template" in body):
+        out = dict(spec)
+        for section, made in (("assistants", "assistant"), ("tools", "tool")):
+            entries = spec.get(section)
+            if not isinstance(entries, dict) or not any(
+                isinstance(e, dict) and "template" in e for e in entries.values()
+            ):
                 continue
-            where = f"spec.assistants.{role}"
-            try:
-                use = parse_use(body, org_file=org_file, field=where)
-                template = self.usable.get(use.template)
-                if template is None:
-                    problems.append(self._missing(use.template, org_file, where))
+            rendered_entries = dict(entries)
+            for name, body in entries.items():
+                if not (isinstance(body, dict) and "template" in body):
                     continue
-                rendered = render(template, use, org_file=org_file, field=where)
-            except TemplateError as exc:
-                problems.append(exc)
-                continue
-            out[role] = rendered.assistant
-            uses.append(Use(str(role), use.template, rendered))
-        return {**doc, "spec": {**spec, "assistants": out}}, problems, tuple(uses)
+                where = f"spec.{section}.{name}"
+                try:
+                    use = parse_use(body, org_file=org_file, field=where)
+                    template = self.usable.get(use.template)
+                    if template is None:
+                        problems.append(self._missing(use.template, org_file, where))
+                        continue
+                    if template.of != made:
+                        problems.append(
+                            TemplateError(
+                                org_file,
+                                f"{where}.template",
+                                use.template,
+                                f"{template.ref} makes {template.of}s, not {made}s",
+                            )
+                        )
+                        continue
+                    rendered = render(template, use, org_file=org_file, field=where)
+                except TemplateError as exc:
+                    problems.append(exc)
+                    continue
+                rendered_entries[name] = rendered.assistant
+                if made == "assistant":
+                    uses.append(Use(str(name), use.template, rendered))
+            out[section] = rendered_entries
+        if out == spec:
+            return doc, problems, tuple(uses)
+        return {**doc, "spec": out}, problems, tuple(uses)
 
     def _missing(self, ref: str, org_file: str, where: str) -> TemplateError:
         if ref in self.refused:

@@ -1,7 +1,8 @@
 """Assistant templates, the pure core: one assistant design for many orgs.
 
-A `kind: AssistantTemplate` file has typed parameters and an assistant body; an org's
-assistant says `template: NAME@VERSION`, `with:` and `overrides:`. This package checks
+A `kind: AssistantTemplate` file has typed parameters and an assistant body (a `kind:
+ToolTemplate` file, a tool body); an org's assistant (or tool) says `template: NAME@VERSION`,
+`with:` and `overrides:`. This package checks
 templates, renders an org's assistant (substitution, then the closed merge rules of
 `LIST_RULES`, then the assistant spec's own check) with the origin of every value, and pins
 each version's content in a lock. Pure: no I/O, network, database or clock; the callers
@@ -26,6 +27,7 @@ from reconciler.templates._model import (
     Rollout,
     TemplateError,
     TemplateUse,
+    ToolTemplate,
     Wave,
     parse_ref,
     parse_use,
@@ -45,6 +47,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "TemplateUse",
+    "ToolTemplate",
     "Wave",
     "canonical_json",
     "check_lock",

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.templates._model import REF_PATTERN, AssistantTemplate, TemplateError, parse_ref
+from reconciler.templates._model import REF_PATTERN, AnyTemplate, TemplateError, parse_ref
 from reconciler.templates._render import Template
 
 LOCK_PATH = "templates/templates.lock"  # relative to the specs directory
@@ -34,7 +34,7 @@ def canonical_json(value: Any) -> bytes:
     ).encode()
 
 
-def digest(template: AssistantTemplate) -> str:
+def digest(template: AnyTemplate) -> str:
     """`sha256:<hex>` of the template's canonical JSON (as written: defaults the code adds
     later do not change an old version's digest)."""
     content = template.model_dump(mode="json", by_alias=True, exclude_unset=True)

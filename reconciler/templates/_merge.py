@@ -56,6 +56,9 @@ LIST_RULES: dict[str, ListRule] = {
         ListRule("credentialIds", (), "Vapi credential ids"),
         ListRule("transcriber.keywords", (), "words the transcriber boosts"),
         ListRule("transcriber.keyterm", (), "terms the transcriber boosts"),
+        ListRule(
+            "function.parameters.required", (), "a function tool's required arguments (tools)"
+        ),
     )
 }
 

@@ -1,5 +1,6 @@
-"""The files and values of templates: `kind: AssistantTemplate`, an org's use of one, where a
-rendered value came from, and the one-line error every check raises."""
+"""The files and values of templates: `kind: AssistantTemplate` and `kind: ToolTemplate`, an
+org's use of one, where a rendered value came from, and the one-line error every check
+raises."""
 
 from __future__ import annotations
 
@@ -156,6 +157,28 @@ class AssistantTemplate(_Strict):
     def ref(self) -> str:
         """`name@version`, as an org writes it."""
         return f"{self.metadata.name}@{self.metadata.version}"
+
+
+class ToolTemplate(_Strict):
+    """A tool template file: as an assistant template, with a `tool` body of the shape of a
+    `spec.tools` entry (its fields are Vapi's, by `type`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="ToolTemplate")
+
+    apiVersion: Literal["reconciler/v1"]
+    kind: Literal["ToolTemplate"]
+    metadata: TemplateMetadata
+    parameters: dict[Annotated[str, Field(pattern=PARAMETER_NAME_PATTERN)], Parameter] = Field(
+        default_factory=dict
+    )
+    tool: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.metadata.name}@{self.metadata.version}"
+
+
+AnyTemplate = AssistantTemplate | ToolTemplate
 
 
 class TemplateUse(_Strict):

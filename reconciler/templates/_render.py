@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from reconciler.redact import is_sensitive_key
-from reconciler.spec.models import AssistantSpec
+from reconciler.spec.models import AssistantSpec, ToolSpec
 from reconciler.templates._merge import (
     Leaf,
     MergeError,
@@ -32,6 +32,7 @@ from reconciler.templates._merge import (
 )
 from reconciler.templates._model import (
     ASSISTANT_FIELDS,
+    AnyTemplate,
     AssistantTemplate,
     Origin,
     Parameter,
@@ -39,6 +40,7 @@ from reconciler.templates._model import (
     Source,
     TemplateError,
     TemplateUse,
+    ToolTemplate,
     one_line,
     value_problem,
 )
@@ -106,15 +108,30 @@ class Template:
     """A checked template file and where it was read from (named in every error)."""
 
     source: str
-    model: AssistantTemplate
+    model: AnyTemplate
 
     @property
     def ref(self) -> str:
         return self.model.ref
 
+    @property
+    def of(self) -> Literal["assistant", "tool"]:
+        """What it makes: its body's key in the file, and what an org uses it for."""
+        return "tool" if isinstance(self.model, ToolTemplate) else "assistant"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.model.tool if isinstance(self.model, ToolTemplate) else self.model.assistant
+
+    @property
+    def fields(self) -> frozenset[str] | None:
+        """The top-level keys its body and an override may set (None: any, as a tool's fields
+        are Vapi's by `type`)."""
+        return None if isinstance(self.model, ToolTemplate) else ASSISTANT_FIELDS
+
     @cached_property
     def compiled(self) -> Compiled:
-        return _compile(self.model.assistant, self.ref)
+        return _compile(self.body, self.ref)
 
     @cached_property
     def references(self) -> tuple[int, dict[str, int]]:
@@ -146,27 +163,33 @@ class Template:
 
 def load_template(data: object, source: str) -> Template:
     """A template file's parsed YAML checked: its shape, that its body sets only fields of
-    the assistant spec, that every `${name}` is a declared parameter and every parameter is
-    used. Raises TemplateError (one line)."""
+    the assistant spec (a tool template: any), that every `${name}` is a declared parameter
+    and every parameter is used. Raises TemplateError (one line)."""
     ref = "?"
     if isinstance(data, Mapping) and isinstance(data.get("metadata"), Mapping):
         name, version = data["metadata"].get("name"), data["metadata"].get("version")
         ref = f"{name}@{version}"
+    kind: type[AnyTemplate] = (
+        ToolTemplate
+        if isinstance(data, Mapping) and data.get("kind") == "ToolTemplate"
+        else AssistantTemplate
+    )
     try:
-        model = AssistantTemplate.model_validate(data)
+        model = kind.model_validate(data)
     except ValidationError as exc:
         field, message = one_line(exc)
         raise TemplateError(source, field, ref, message) from None
     template = Template(source, model)
-    body = model.assistant
+    body, at = template.body, template.of
+    fields = template.fields
     for key in body:
-        if key not in ASSISTANT_FIELDS:
-            raise template.error(("assistant", key), f"{key} is not a field of the assistant spec")
-    for path, key in _keys(body, ("assistant",)):
+        if fields is not None and key not in fields:
+            raise template.error((at, key), f"{key} is not a field of the assistant spec")
+    for path, key in _keys(body, (at,)):
         if key.startswith("$") or "${" in key:
             raise template.error(path, "keys are never substituted nor directives in a template")
     used: set[str] = set()
-    for path, text in _strings(body, ("assistant",)):
+    for path, text in _strings(body, (at,)):
         try:
             refs = [p.name for p in scan(text) if isinstance(p, Ref)]
         except ValueError as exc:
@@ -202,8 +225,8 @@ class Rendered:
     the paths of the values the org's overrides set, and (`origins`, on demand) the origin of
     each leaf by its path (`model.messages[0].content`)."""
 
-    assistant: dict[str, Any]
-    spec: AssistantSpec
+    assistant: dict[str, Any]  # what it makes: an assistant, or a tool
+    spec: AssistantSpec | ToolSpec
     overridden: frozenset[str]
     tree: Node = field(repr=False)
 
@@ -334,19 +357,23 @@ def render(template: Template, use: TemplateUse, *, org_file: str, field: str = 
             f"{MAX_RENDERED_CHARS:,} (a value used many times by the template)",
         )
     body = _substitute(template.compiled, values, ref)
+    fields = template.fields
     for key in use.overrides:
-        if key not in ASSISTANT_FIELDS:
+        if fields is not None and key not in fields:
             raise fail(("overrides", key), f"{key} is not a field of the assistant spec")
     try:
         merged = merge(body, use.overrides, Origin("override", ref))
     except MergeError as exc:
         raise fail(("overrides", *exc.path), exc.message) from None
-    assistant, overridden = plain_and_overridden(merged)
+    made, overridden = plain_and_overridden(merged)
+    checked: type[AssistantSpec] | type[ToolSpec] = (
+        ToolSpec if template.of == "tool" else AssistantSpec
+    )
     try:
-        spec = AssistantSpec.model_validate(assistant, strict=True)
+        spec = checked.model_validate(made, strict=True)
     except ValidationError as exc:
         path, message = one_line(exc)
         raise fail(
-            tuple(path.split(".")), f"the rendered assistant is refused: {message}"
+            tuple(path.split(".")), f"the rendered {template.of} is refused: {message}"
         ) from None
-    return Rendered(assistant, spec, overridden, merged)
+    return Rendered(made, spec, overridden, merged)

@@ -477,3 +477,59 @@ def test_a_wave_whose_webhooks_start_failing_halts_the_rollout(
     assert reason.startswith(f"webhooks of wave 1 are failing ({first}: {WEBHOOK_HALT_FAILED} of")
     key = docs[1]["spec"]["credentials"]["vapi"]["apiKey"]
     assert live(emulator, key)[0]["firstMessage"] == "Thanks for calling Acme Dental."  # held
+
+
+def test_a_tool_from_a_tool_template_is_created_and_its_assistant_refers_to_it(
+    specs: SpecDir, cli: Any, emulator: str, tmp_path: Path
+) -> None:
+    """`kind: ToolTemplate`: the org's spec.tools entry names it, the tool is created with
+    the rendered body, and an assistant's `tools: [name]` refers to it as to any tool."""
+    tool = {
+        "apiVersion": "reconciler/v1",
+        "kind": "ToolTemplate",
+        "metadata": {"name": "booking", "version": 1},
+        "parameters": {"practiceName": {"type": "string"}},
+        "tool": {
+            "type": "function",
+            "function": {"description": "Book a visit at ${practiceName}"},
+            "server": {"url": "https://hooks.example.com/vapi"},
+        },
+    }
+    put(specs.root, "templates/booking.yaml", tool)
+    model = {"provider": "openai", "model": "gpt-4o"}
+    doc = org_doc(
+        "acme",
+        assistants={"inbound": {"name": "Front desk", "model": model, "tools": ["book"]}},
+    )
+    doc["spec"]["tools"] = {"book": {"template": "booking@1", "with": {"practiceName": "Acme"}}}
+    specs.write(doc)
+    run = cli("apply", str(specs.root))
+    assert run.code == 0, run.out + run.err
+    key = doc["spec"]["credentials"]["vapi"]["apiKey"]
+    tools = _http_get(emulator, "/tool", key)
+    (made,) = [t for t in tools if t.get("type") == "function"]
+    assert made["function"] == {"name": "book", "description": "Book a visit at Acme"}
+    (assistant,) = live(emulator, key)
+    assert assistant["model"]["toolIds"] == [made["id"]]
+    assert cli("plan", str(specs.root), "--detailed-exitcode").code == 0
+    # an assistant template where a tool is wanted (or the other way round): one line
+    tree = tmp_path / "offline"
+    put(tree, "templates/booking.yaml", tool)
+    wrong = offline_org("acme", {"inbound": uses("booking@1")})
+    put(tree, "acme.yaml", wrong)
+    problems = [str(p) for p in validate_tree(tree).problems]
+    assert any(
+        "spec.assistants.inbound.template: template booking@1: booking@1 makes tools, not "
+        "assistants" in p
+        for p in problems
+    ), problems
+
+
+def _http_get(emulator: str, path: str, key: str) -> list[dict[str, Any]]:
+    import httpx
+
+    with httpx.Client(base_url=emulator, timeout=10) as http:
+        answer = http.get(path, headers={"Authorization": f"Bearer {key}"})
+        answer.raise_for_status()
+        listed: list[dict[str, Any]] = answer.json()
+    return listed

@@ -204,7 +204,37 @@ MERGE_TABLE: list[tuple[str, str, Any, Any]] = [
     ("credentialIds", "a set", [{"$delete": True, "value": "cred-1"}, "cred-2"], ["cred-2"]),
     ("transcriber.keywords", "a set", ["Smile:1"], ["Acme:2", "Smile:1"]),
     ("transcriber.keyterm", "a set", ["crown"], ["molar", "crown"]),
+    ("function.parameters.required", "a set (a tool)", ["when", "patient"], ["patient", "when"]),
 ]
+
+TOOL_REF = "book-tool@1"
+TOOL_BASE: dict[str, Any] = {
+    "apiVersion": "reconciler/v1",
+    "kind": "ToolTemplate",
+    "metadata": {"name": "book-tool", "version": 1},
+    "parameters": {"practiceName": {"type": "string"}},
+    "tool": {
+        "type": "function",
+        "function": {
+            "name": "book",
+            "description": "Book a visit at ${practiceName}",
+            "parameters": {
+                "type": "object",
+                "properties": {"patient": {"type": "string"}, "when": {"type": "string"}},
+                "required": ["patient"],
+            },
+        },
+        "server": {"url": "https://hooks.example.com/vapi"},
+    },
+}
+
+
+def rendered_tool(overrides: dict[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
+    made = load_template(data or copy.deepcopy(TOOL_BASE), "specs/templates/book-tool.yaml")
+    given = TemplateUse.model_validate(
+        {"template": TOOL_REF, "with": {"practiceName": "Acme"}, "overrides": overrides}
+    )
+    return render(made, given, org_file=ORG_FILE, field="spec.tools.book").assistant
 
 
 def nest(path: str, value: Any) -> dict[str, Any]:
@@ -218,7 +248,8 @@ def nest(path: str, value: Any) -> dict[str, Any]:
     [pytest.param(p, o, e, id=f"{p}: {why}") for p, why, o, e in MERGE_TABLE],
 )
 def test_merge_table(path: str, override: Any, expected: Any) -> None:
-    assert at(rendered(nest(path, override)), path) == expected
+    made = rendered_tool if path.startswith("function.") else rendered
+    assert at(made(nest(path, override)), path) == expected
 
 
 def test_merge_table_covers_every_declared_list_path() -> None:
@@ -234,6 +265,13 @@ def test_every_declared_list_path_accepts_replace_and_merges_into_nothing(path: 
     item: Any = {k.split(".")[0]: "x" for k in rule.keys[:1]} if rule.keys else "x"
     if rule.keys and rule.keys[0] == "function.name":
         item = {"type": "function", "function": {"name": "x"}}
+    if path.startswith("function."):  # a tool's
+        out = rendered_tool(nest(path, {"$patch": "replace", "items": [item]}))
+        assert at(out, path) == [item]
+        data = copy.deepcopy(TOOL_BASE)
+        data["tool"]["function"]["parameters"].pop("required")
+        assert at(rendered_tool(nest(path, [item]), data), path) == [item]
+        return
     out = rendered(nest(path, {"$patch": "replace", "items": [item]}))
     assert at(out, path) == [item]
     data = copy.deepcopy(BASE)
@@ -998,3 +1036,22 @@ def test_a_value_used_many_times_cannot_blow_the_rendering_up() -> None:
     assert render(big, small, org_file=ORG_FILE, field=FIELD).assistant["endCallPhrases"][3] == (
         "x" * 1000 + "!"
     )
+
+
+def test_a_tool_template_renders_a_tool_checked_as_one() -> None:
+    """A ToolTemplate's body is a spec.tools entry: parameters substituted, overrides merged
+    (its keys are Vapi's: any top-level field), the result checked as a tool."""
+    out = rendered_tool({"async": True, "function": {"description": "Book it"}})
+    assert out["function"]["description"] == "Book it"
+    assert out["function"]["parameters"]["required"] == ["patient"]
+    assert out["async"] is True and out["type"] == "function"
+    plain = rendered_tool({})
+    assert plain["function"]["description"] == "Book a visit at Acme"
+    refused = copy.deepcopy(TOOL_BASE)
+    refused["tool"]["id"] = "tool-1"  # a field Vapi sets
+    with pytest.raises(TemplateError) as caught:
+        rendered_tool({}, refused)
+    assert "the rendered tool is refused" in caught.value.message
+    with pytest.raises(TemplateError) as caught:
+        load_template({**copy.deepcopy(TOOL_BASE), "rollout": {"waves": [{"percent": 100}]}}, "t")
+    assert "rollout" in str(caught.value)  # waves are for assistant templates
