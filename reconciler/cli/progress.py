@@ -135,7 +135,13 @@ class OrgProgress:
                 return
             text, style = org_line(outcome, applied=self.applied)
             try:
-                self.console.print(Text(text, style=style))  # no markup to parse
+                if self._bar is None and not self.console.is_terminal:
+                    # plain, one line however long, and at once: rich's renderer costs about
+                    # a millisecond a line, which a no-op apply of many orgs would notice
+                    self.console.file.write(text + "\n")
+                    self.console.file.flush()
+                else:
+                    self.console.print(Text(text, style=style))  # no markup to parse
             except OSError:  # BrokenPipeError: `| head` has what it wanted; the run goes on
                 self.closed = True
 
