@@ -173,9 +173,10 @@ class OrgWebhooks:
                 del buckets[old]
 
     def counts(self, slug: str, since_s: float, now: float | None = None) -> tuple[int, int]:
-        """(ok, failed) over the last `since_s` seconds (at most the window), by minute."""
-        minute = int((time.monotonic() if now is None else now) // 60)
-        first = minute - int(min(since_s, self.window_s) // 60)
+        """(ok, failed) in the minutes that the last `since_s` seconds (at most the window)
+        touch: whole minutes, so a span that began just before a minute's turn keeps it."""
+        at = time.monotonic() if now is None else now
+        first = int((at - min(max(since_s, 0.0), self.window_s)) // 60)
         with self._lock:
             buckets = dict(self._buckets.get(slug, {}))
         ok = sum(c[0] for m, c in buckets.items() if m >= first)

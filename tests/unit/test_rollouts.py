@@ -138,3 +138,16 @@ def test_a_process_halts_on_enough_failed_webhooks_of_an_org() -> None:
     for _ in range(WEBHOOK_HALT_FAILED + 1):
         ORG_WEBHOOKS.record(slug, "forwarded")
     assert webhooks_failing(slug, 600) is None  # most of them succeed
+
+
+def test_a_short_span_keeps_the_minute_it_began_in() -> None:
+    """Failures seen a second before a minute's turn still count for a wave that began two
+    seconds before the turn."""
+    from reconciler.metrics import OrgWebhooks
+
+    window = OrgWebhooks()
+    turn = 6_000_000.0 - (6_000_000.0 % 60) + 60  # a minute's turn
+    for _ in range(3):
+        window.record("acme", "bad_secret", now=turn - 1)
+    assert window.counts("acme", 2.0, now=turn + 0.5) == (0, 3)
+    assert window.counts("acme", 0.5, now=turn + 0.5) == (0, 0)  # began after them
