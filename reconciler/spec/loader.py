@@ -1057,9 +1057,24 @@ def templates_dir(root: Path) -> Path:
     return base / TEMPLATES_DIR
 
 
+def _outside(tdir: Path) -> Problem | None:
+    """`templates/` that is a link to outside its specs folder: refused unopened, lock
+    included, as the walk refuses any such link."""
+    if not tdir.is_symlink():
+        return None
+    try:
+        inside = tdir.resolve(strict=True).is_relative_to(tdir.parent.resolve(strict=True))
+    except (OSError, RuntimeError) as exc:
+        return Problem(tdir, "", _broken_link(exc))
+    return None if inside else Problem(tdir, "", "symlink to outside the specs directory: refused")
+
+
 def _load_templates(tdir: Path, found: list[_Found]) -> tuple[Templates, Path, list[Problem]]:
     """The templates of the files `found` under `tdir`, held to `tdir`'s lock."""
     lock_path = tdir / LOCK_NAME
+    refused = _outside(tdir)
+    if refused is not None:
+        return Templates(), lock_path, [refused]
     problems: list[Problem] = []
     lock_data: object = None
     if lock_path.exists():
@@ -1101,7 +1116,7 @@ def templates_near(path: Path) -> Templates:
     """The templates an org file at `path` may use (`templates/` of its folder); a broken
     template is refused, not reported here (`validate` reports it)."""
     tdir = templates_dir(path)
-    found, _ = _walk(tdir) if tdir.is_dir() else ([], [])
+    found, _ = _walk(tdir) if tdir.is_dir() and _outside(tdir) is None else ([], [])
     return _load_templates(tdir, found)[0]
 
 
@@ -1193,12 +1208,12 @@ def _validate(
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
     tdir = templates_dir(root)
     in_tdir = [f for f in found if f.path.is_relative_to(tdir)]
-    if root.is_file() and tdir.is_dir():
+    if root.is_file() and tdir.is_dir() and _outside(tdir) is None:
         in_tdir, walk_problems = _walk(tdir)
         problems += walk_problems
     found = [f for f in found if not f.path.is_relative_to(tdir)]
     templates, lock_path, template_problems = _load_templates(tdir, in_tdir)
-    problems += template_problems
+    problems += [p for p in template_problems if p not in problems]  # a link: once
     checked: list[tuple[Path, Organization]] = []
     sources: dict[Path, bytes] = {}
     for spec in found:

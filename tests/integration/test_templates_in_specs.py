@@ -533,3 +533,26 @@ def _http_get(emulator: str, path: str, key: str) -> list[dict[str, Any]]:
         answer.raise_for_status()
         listed: list[dict[str, Any]] = answer.json()
     return listed
+
+
+def test_a_templates_folder_linked_outside_the_specs_is_refused_unread(
+    tree: Path, tmp_path: Path, cli: Any
+) -> None:
+    """`templates/` may not lead out of the specs folder (as no spec file may): its templates
+    and its lock are not read, whether the folder or one file is validated."""
+    elsewhere = tmp_path / "elsewhere"
+    put(elsewhere, "front-desk.yaml", template())
+    (elsewhere / "templates.lock").write_text("not: [a lock")
+    real = tree / "templates"
+    for child in real.iterdir():
+        child.unlink()
+    real.rmdir()
+    real.symlink_to(elsewhere, target_is_directory=True)
+    for root in (tree, tree / "acme.yaml"):
+        problems = [str(p) for p in validate_tree(root).problems]
+        assert f"{real}: symlink to outside the specs directory: refused" in problems, problems
+        assert sum("symlink" in p for p in problems) == 1, problems
+        assert any("template front-desk@1: not found under templates/" in p for p in problems)
+        assert not any("templates.lock" in p for p in problems)  # never opened
+    check = cli("validate", str(tree))
+    assert check.code == 1 and not (elsewhere / "templates.lock").read_text().startswith("#")
