@@ -139,19 +139,14 @@ class Rollout(_Strict):
     waves: Annotated[list[Wave], Field(min_length=1)]
 
 
-class AssistantTemplate(_Strict):
-    """One template file: a name, an integer version, typed parameters and the body."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="AssistantTemplate")
+class _TemplateFile(_Strict):
+    """What every template file has: a name, an integer version and typed parameters."""
 
     apiVersion: Literal["reconciler/v1"]
-    kind: Literal["AssistantTemplate"]
     metadata: TemplateMetadata
     parameters: dict[Annotated[str, Field(pattern=PARAMETER_NAME_PATTERN)], Parameter] = Field(
         default_factory=dict
     )
-    assistant: dict[str, Any]
-    rollout: Rollout | None = None
 
     @property
     def ref(self) -> str:
@@ -159,23 +154,24 @@ class AssistantTemplate(_Strict):
         return f"{self.metadata.name}@{self.metadata.version}"
 
 
-class ToolTemplate(_Strict):
+class AssistantTemplate(_TemplateFile):
+    """One assistant template file: the common parts, the body, and optional waves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="AssistantTemplate")
+
+    kind: Literal["AssistantTemplate"]
+    assistant: dict[str, Any]
+    rollout: Rollout | None = None
+
+
+class ToolTemplate(_TemplateFile):
     """A tool template file: as an assistant template, with a `tool` body of the shape of a
-    `spec.tools` entry (its fields are Vapi's, by `type`)."""
+    `spec.tools` entry (its fields are Vapi's, by `type`); no waves."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="ToolTemplate")
 
-    apiVersion: Literal["reconciler/v1"]
     kind: Literal["ToolTemplate"]
-    metadata: TemplateMetadata
-    parameters: dict[Annotated[str, Field(pattern=PARAMETER_NAME_PATTERN)], Parameter] = Field(
-        default_factory=dict
-    )
     tool: dict[str, Any]
-
-    @property
-    def ref(self) -> str:
-        return f"{self.metadata.name}@{self.metadata.version}"
 
 
 AnyTemplate = AssistantTemplate | ToolTemplate
