@@ -91,9 +91,11 @@ def _document(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _uses(path: Path, templates: Templates) -> tuple[dict[str, Any], tuple[Use, ...]]:
+def _uses(
+    doc: dict[str, Any], path: Path, templates: Templates
+) -> tuple[dict[str, Any], tuple[Use, ...]]:
     """The org file's assistants as checked, and each templated one's rendering (origins)."""
-    expanded, failed, uses = templates.expand(_document(path), str(path))
+    expanded, failed, uses = templates.expand(doc, str(path))
     if failed:
         raise failed[0]
     return expanded["spec"]["assistants"], uses
@@ -115,7 +117,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"error: no valid spec with slug {printable(args.org)}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        assistants, uses = _uses(path, result.templates)
+        assistants, uses = _uses(_document(path), path, result.templates)
     except TemplateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -196,18 +198,21 @@ def _preview(args: argparse.Namespace, result: loader.LoadResult) -> int:
     name = wanted[0]
     moved = same = failed = 0
     for spec in sorted(result.specs, key=lambda s: s.org.metadata.slug):
+        if not any(_name(ref) == name for ref in spec.org.templates.values()):
+            continue  # does not use it: its file is not read again
+        doc = _document(spec.path)
         try:
-            assistants, uses = _uses(spec.path, result.templates)
+            _, uses = _uses(doc, spec.path, result.templates)
         except TemplateError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        del assistants
         for use in uses:
-            if use.ref.rsplit("@", 1)[0] != name or use.ref == args.template:
+            if _name(use.ref) != name or use.ref == args.template:
                 continue
             where = f"{spec.org.metadata.slug}/{use.role}"
-            raw = _raw_use(spec.path, use.role)
+            written = doc["spec"]["assistants"][use.role]  # its own with and overrides
+            raw = {k: v for k, v in written.items() if k in ("with", "overrides")}
             try:
                 after = render(
                     target,
@@ -239,7 +244,5 @@ def _preview(args: argparse.Namespace, result: loader.LoadResult) -> int:
     return EXIT_ERROR if failed or result.problems else EXIT_OK
 
 
-def _raw_use(path: Path, role: str) -> dict[str, Any]:
-    """The org file's own `template`/`with`/`overrides` of `role`, as written."""
-    body = _document(path)["spec"]["assistants"][role]
-    return {k: v for k, v in body.items() if k in ("template", "with", "overrides")}
+def _name(ref: str) -> str:
+    return ref.rsplit("@", 1)[0]

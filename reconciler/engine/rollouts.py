@@ -144,8 +144,7 @@ def _decision(
     halted: str | None,
     reason: str = "",
 ) -> Decision:
-    started = {m.org_id for g in groups[:wave] for m in g}
-    held = frozenset(m.org_id for g in groups[wave:] for m in g if not m.moved) - started
+    held = frozenset(m.org_id for g in groups[wave:] for m in g if not m.moved)
     return Decision(template, len(groups), wave, step, held, members, halted, reason)
 
 

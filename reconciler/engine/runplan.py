@@ -195,7 +195,9 @@ def bound_rollouts(facts: RunFacts, refused: set[str]) -> list[Refusal]:
     here = {s.org_id: s.slug for s in facts.specs}
     seen: set[str] = set()
     for move in sorted(facts.moves, key=lambda m: (m.to, m.slug)):
-        if move.to not in over or move.org_id not in here or move.org_id in refused | seen:
+        if move.to not in over or move.org_id not in here or move.org_id in refused:
+            continue
+        if move.org_id in seen:
             continue
         seen.add(move.org_id)
         out.append(

@@ -1075,18 +1075,7 @@ def _load_templates(tdir: Path, found: list[_Found]) -> tuple[Templates, Path, l
     refused = _outside(tdir)
     if refused is not None:
         return Templates(), lock_path, [refused]
-    problems: list[Problem] = []
-    lock_data: object = None
-    if lock_path.exists():
-        data, read = read_spec(lock_path, lock_path)
-        lock_data, parsed = parse_yaml(lock_path, data) if data is not None else (None, read)
-        problems += parsed if data is None or lock_data is None else []
-        if data is not None and lock_data is None:
-            lock_data = {}  # unreadable: refused below, never written over
-    lock, lock_problems = lock_from(lock_data, str(lock_path))
-    if problems:
-        lock = None
-    problems += [_template_problem(e) for e in lock_problems]
+    lock, problems = _read_lock(lock_path)
     files: list[tuple[str, dict[str, Any]]] = []
     for spec in found:
         data, read = _read_spec(spec.path, spec.real, spec.ident)
@@ -1098,6 +1087,23 @@ def _load_templates(tdir: Path, found: list[_Found]) -> tuple[Templates, Path, l
     templates, failed = build(files, lock, str(lock_path))
     problems += [_template_problem(e) for e in failed]
     return templates, lock_path, problems
+
+
+def _read_lock(path: Path) -> tuple[Lock | None, list[Problem]]:
+    """The templates' lock (no file, or an empty one: an empty lock), or None and why: a lock
+    that cannot be read or is not one trusts no template, and is never written over."""
+    if not path.exists():
+        return Lock(), []
+    data, problems = read_spec(path, path)
+    if data is None:
+        return None, problems
+    doc: dict[str, Any] | None = None
+    if data.strip():
+        doc, problems = parse_yaml(path, data)
+        if doc is None:
+            return None, problems
+    lock, failed = lock_from(doc, str(path))
+    return lock, [_template_problem(e) for e in failed]
 
 
 def write_lock(path: Path, lock: Lock) -> None:

@@ -84,6 +84,7 @@ class Templates:
         problems: list[TemplateError] = []
         uses: list[Use] = []
         out = dict(spec)
+        changed = False
         for section, made in (("assistants", "assistant"), ("tools", "tool")):
             entries = spec.get(section)
             if not isinstance(entries, dict) or not any(
@@ -116,12 +117,11 @@ class Templates:
                     problems.append(exc)
                     continue
                 rendered_entries[name] = rendered.assistant
+                changed = True
                 if made == "assistant":
                     uses.append(Use(str(name), use.template, rendered))
             out[section] = rendered_entries
-        if out == spec:
-            return doc, problems, tuple(uses)
-        return {**doc, "spec": out}, problems, tuple(uses)
+        return ({**doc, "spec": out} if changed else doc), problems, tuple(uses)
 
     def _missing(self, ref: str, org_file: str, where: str) -> TemplateError:
         if ref in self.refused:

@@ -556,3 +556,16 @@ def test_a_templates_folder_linked_outside_the_specs_is_refused_unread(
         assert not any("templates.lock" in p for p in problems)  # never opened
     check = cli("validate", str(tree))
     assert check.code == 1 and not (elsewhere / "templates.lock").read_text().startswith("#")
+
+
+def test_an_unparsable_lock_is_one_line_and_an_empty_one_is_an_empty_lock(tree: Path) -> None:
+    lock = tree / "templates" / "templates.lock"
+    lock.write_text("not: [yaml\n")
+    problems = [str(p) for p in validate_tree(tree).problems]
+    assert [p for p in problems if p.startswith(str(lock))] == [
+        f"{lock}: invalid YAML (line 2): expected ',' or ']', but got '<stream end>'"
+    ]
+    assert any("template front-desk@1: refused: see" in p for p in problems)
+    lock.write_text("")
+    result = validate_tree(tree)
+    assert not result.problems and result.templates.lock_changed  # to be recorded
