@@ -153,6 +153,40 @@ class OrgOutcome:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class _Look:
+    """What an org's look without its lock saw, when its plan had something to do: the
+    Postgres row it was planned from and the account's listing (raw, until planned under the
+    lock), reused under the lock when nothing can have moved since (`_reusable`)."""
+
+    row: dict[str, Any] | None
+    live: list[dict[str, Any]] | None = field(repr=False)
+    live_resources: dict[str, list[dict[str, Any]]] = field(repr=False)
+    asked: int
+    vapi_error: VapiError | None
+    listed: bool
+
+    def reusable(self, row: dict[str, Any] | None) -> bool:
+        """The listing still stands for the org: it failed (listed again it would fail
+        again, and nothing is planned in Vapi without it), or Postgres shows the org exactly
+        as before it and no create in flight. Every Vapi write of an org is made under its
+        lock and leaves a mark in Postgres first (create-pending) or a changed row after (an
+        update or a delete answered), so an unchanged row with no pending mark means no
+        replica created anything in the account since the listing."""
+        if not self.listed:
+            return True
+        return row == self.row and not _pending(row)
+
+
+def _pending(row: dict[str, Any] | None) -> bool:
+    """A create of the org whose outcome is not recorded yet (an assistant or an object of
+    another kind marked create-pending)."""
+    return any(
+        o.get("pending_s") is not None
+        for o in [*((row or {}).get("assistants") or ()), *((row or {}).get("resources") or ())]
+    )
+
+
 @dataclass
 class RunReport:
     outcomes: list[OrgOutcome] = field(default_factory=list)
@@ -1011,15 +1045,29 @@ class Controller(PlanController):
         state = self.writer
         run_id = state.runs.start(command, len(items))
         budget = _DeleteBudget(options.max_deletes)
+        # one read for every org: a converged org is known without its lock (`_look`)
+        looking = saved is None
+        rows = (
+            state.orgs.observe([d.org_id for d, o in items if d is not None and o.ok])
+            if looking
+            else {}
+        )
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            looked = None
+            if looking and not desired.retire:
+                looked = self._look(
+                    desired, outcome, rows.get(desired.org_id), options, run, accounts
+                )
+                if looked is None:
+                    return  # converged: nothing to write, so no lock taken
             with state.orgs.lock(desired.org_id, wait_s=self.lock_wait_s) as lock:
                 if not lock.held:
                     waited = f" (waited {self.lock_wait_s:g}s)" if self.lock_wait_s > 0 else ""
                     outcome.skipped = f"another reconciler is applying this org{waited}"
                     return
                 self._apply_org(
-                    state, desired, outcome, options, run, lock, accounts, budget, saved
+                    state, desired, outcome, options, run, lock, accounts, budget, saved, looked
                 )
 
         leaving = [item for item in items if item[0] is not None and item[0].retire]
@@ -1040,6 +1088,35 @@ class Controller(PlanController):
         self._record_run(state, run_id, report, accounts, revision)
         return report
 
+    def _look(
+        self,
+        desired: DesiredOrg,
+        outcome: OrgOutcome,
+        row: dict[str, Any] | None,
+        options: Options,
+        run: RunPlan | None,
+        accounts: AccountRegistry,
+    ) -> _Look | None:
+        """The org planned from the run's first read of Postgres and a listing of its
+        account, without its lock. None when that plan has nothing to do: the org is converged
+        and done (no lock, no statement of its own). Else what was seen, for `_apply_org`, which
+        plans again under the lock (the same listing when nothing can have moved since)."""
+        asked = accounts.mark()
+        reader = self._client(desired, VapiReader)
+        live = self._list_live(reader, outcome)
+        self._list_kinds(reader, desired, row, outcome)
+        seen = account_ids([*(live or ()), *_flat(outcome.live_resources)])
+        accounts.see(desired.org_id, desired.slug, seen, asked_at=asked)
+        looked = _Look(row, live, outcome.live_resources, asked, outcome.vapi_error, outcome.listed)
+        held = self._held_elsewhere([desired], {desired.org_id: row} if row else {})
+        observed = self._observed(row, live, desired, accounts, outcome, held.get(desired.org_id))
+        outcome.live = None
+        plan = self._plan(desired, observed, options, run)
+        if plan.actions or plan.blocked or outcome.vapi_error is not None:
+            return looked
+        outcome.plan, outcome.done = plan, []
+        return None
+
     def _apply_org(
         self,
         state: StateWriter,
@@ -1051,15 +1128,23 @@ class Controller(PlanController):
         accounts: AccountRegistry,
         budget: _DeleteBudget,
         saved: dict[str, OrgStamp] | None = None,
+        looked: _Look | None = None,
     ) -> None:
         writer = self._client(desired, VapiWriter)
         row = state.orgs.observe([desired.org_id]).get(desired.org_id)  # re-read under the lock
         left_alone = desired.retire == ORPHANED and not (run is not None and run.retire_orphans)
         if left_alone:  # an orphan not retired in this run: nothing to list its account for
             writer = None
-        asked = accounts.mark()
-        live = self._list_live(writer, outcome)
-        self._list_kinds(writer, desired, row, outcome)
+        if looked is not None and looked.reusable(row):
+            asked, live = looked.asked, looked.live
+            outcome.live, outcome.listed = looked.live, looked.listed
+            outcome.live_resources = looked.live_resources
+            outcome.vapi_error = looked.vapi_error
+        else:
+            outcome.vapi_error, outcome.listed = None, False
+            asked = accounts.mark()
+            live = self._list_live(writer, outcome)
+            self._list_kinds(writer, desired, row, outcome)
         if desired.retire != ORPHANED:  # an orphan claims no account (`_desired`)
             seen = account_ids([*(live or ()), *_flat(outcome.live_resources)])
             accounts.see(desired.org_id, desired.slug, seen, asked_at=asked)

@@ -386,11 +386,60 @@ def test_lock_wait_takes_the_org_once_the_other_reconciler_is_done(
     assert report.ok and not report.skipped
     assert len(live(emulator, key_of(doc))) == 2
 
+    doc["spec"]["assistants"]["inbound"]["firstMessage"] = "Hello again!"  # work to do
     hold_lock(state, doc["metadata"]["id"], 3)
     with http_client(emulator, timeout_s=5) as http:
         ctl = Controller(state, http, master_key, retry=FAST_RETRY, lock_wait_s=0.3)
         report = ctl.apply(loaded(doc))
     assert "waited 0.3s" in (report.skipped[0].skipped or "")
+
+
+def test_a_converged_org_is_known_without_its_lock(
+    controller: Controller, state: StateWriter, emulator: str
+) -> None:
+    """A no-op needs no lock: an org held by another reconciler is reported converged when
+    its account and Postgres already agree with its spec, and the run sends no statement of
+    its own for any converged org (one read for all of them)."""
+    docs = [org_doc(f"org{i:02d}") for i in range(16)]
+    assert controller.apply(loaded(*docs)).ok
+    hold_lock(state, docs[0]["metadata"]["id"], 1.5)
+    before = state.queries
+    report = controller.apply(loaded(*docs))
+    assert report.ok and not report.skipped and not report.has_changes
+    run_own = state.queries - before  # the index, the run's row, the first read, the statuses
+    assert run_own < len(docs)  # two per org (the lock, the re-read) would be 32 more
+    docs[1]["spec"]["assistants"]["inbound"]["firstMessage"] = "Changed"
+    before = state.queries
+    report = controller.apply(loaded(*docs))
+    assert report.ok and report.counts()["update"] == 1
+    # the changed org's lock and re-read under it, and its state's write
+    assert state.queries - before >= run_own + 3
+
+
+def test_a_look_outdated_by_another_reconciler_is_listed_again_under_the_lock(
+    state: StateWriter, emulator: str, master_key: MasterKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between an org's look (no lock) and its lock, another reconciler creates its
+    assistants: Postgres no longer shows what the look saw, so the account is listed again
+    under the lock and nothing is created twice."""
+    doc = org_doc("alpha")
+    with http_client(emulator, timeout_s=5) as http:
+        first = Controller(state, http, master_key, retry=FAST_RETRY, lock_wait_s=5)
+        other = Controller(state, http, master_key, retry=FAST_RETRY)
+        look = first._look
+
+        def look_then_other_applies(*args: Any, **kwargs: Any) -> Any:
+            seen = look(*args, **kwargs)
+            assert seen is not None and seen.live == []  # an empty account: two creates
+            assert other.apply(loaded(doc)).ok
+            assert len(live(emulator, key_of(doc))) == 2
+            return seen
+
+        monkeypatch.setattr(first, "_look", look_then_other_applies)
+        report = first.apply(loaded(doc))
+    [outcome] = report.outcomes
+    assert outcome.ok and not [a for a in outcome.done or () if a.resource == "assistant"]
+    assert len(live(emulator, key_of(doc))) == 2
 
 
 # -- a database that dies mid-run --------------------------------------------------------------
