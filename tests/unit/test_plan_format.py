@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from reconciler.cli.render import FORMAT_VERSION, report_json
@@ -270,3 +271,35 @@ def test_text_and_markdown_plans_start_with_the_blast_radius() -> None:
     )
     markdown = render_markdown(sample())
     assert f"- **{line}**" in markdown.splitlines()[:4]
+
+
+def test_a_piped_text_plan_is_what_rich_would_print() -> None:
+    """To a pipe or a file the text plan skips rich's styled text: the same characters. Names
+    and values are text whatever their brackets (never read as markup)."""
+    import io
+
+    from rich.console import Console
+
+    from reconciler.cli.render import render_text
+
+    report = sample()
+    odd = UpdateAssistant(
+        role="inbound",
+        vapi_id="asst-odd",
+        patch={},
+        changes=(FieldChange("metadata.x[/", "a", "]b"), FieldChange("y", "[/red]", "[red]")),
+    )
+    outcome = report.outcomes[0]
+    assert outcome.plan is not None
+    outcome.plan = replace(outcome.plan, actions=(*outcome.plan.actions, odd))
+    outcome.error = "boom [bold]not a tag[/bold] \\[x] trailing \\"
+    piped, styled = io.StringIO(), io.StringIO()
+    render_text(report, Console(file=piped, color_system=None, soft_wrap=True))
+    render_text(
+        report, Console(file=styled, color_system=None, force_terminal=True, soft_wrap=True)
+    )
+    assert piped.getvalue() == styled.getvalue()
+    text = piped.getvalue()
+    assert "x error: boom [bold]not a tag[/bold] \\[x] trailing \\" in text
+    assert '      metadata.x[/: "a" -> "]b"' in text
+    assert '      y: "[/red]" -> "[red]"' in text
