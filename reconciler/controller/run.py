@@ -122,6 +122,9 @@ class _Interim:
         self.progress.org_done(outcome, final=False)
 
 
+_VIEWS_KEPT = 100_000  # specs' facts remembered (`PlanController._spec_view`): ~300 B each
+
+
 def pool_size(concurrency: int) -> int:
     """Postgres connections a controller needs: each org in flight holds its lock's connection
     and needs one more for its reads and writes; two spare for the run's own statements."""
@@ -169,10 +172,11 @@ class _Look:
     def reusable(self, row: dict[str, Any] | None) -> bool:
         """The listing still stands for the org: it failed (listed again it would fail
         again, and nothing is planned in Vapi without it), or Postgres shows the org exactly
-        as before it and no create in flight. Every Vapi write of an org is made under its
-        lock and leaves a mark in Postgres first (create-pending) or a changed row after (an
-        update or a delete answered), so an unchanged row with no pending mark means no
-        replica created anything in the account since the listing."""
+        as before it and no create in flight. Every create of an org is made under its lock
+        after its create-pending mark is committed, and every answered write changes the row,
+        so an unchanged row with no pending mark means no replica created anything in the
+        account since the listing (a write whose answer was lost is at worst sent again: an
+        update or a delete, never a create)."""
         if not self.listed:
             return True
         return row == self.row and not _pending(row)
@@ -295,17 +299,19 @@ def _held_roles(spec: SpecFile, rollouts: Iterable[Decision]) -> dict[str, str]:
     return out
 
 
-def _template_moves(specs: Iterable[SpecFile], index: list[Any]) -> tuple[TemplateMoveFact, ...]:
-    """The specs' orgs whose assistants the specs now render from another template than the
-    one Postgres records (an assistant not written yet is new, not moved)."""
+def _template_moves(
+    specs: Iterable[tuple[SpecFacts, tuple[tuple[str, str], ...]]], index: list[Any]
+) -> tuple[TemplateMoveFact, ...]:
+    """The specs' orgs (their facts and templates by role) whose assistants the specs now
+    render from another template than the one Postgres records (an assistant not written yet
+    is new, not moved)."""
     recorded = {row.org_id: row.templates for row in index}
     out: list[TemplateMoveFact] = []
-    for spec in specs:
-        org_id = str(spec.org.metadata.id)
-        stored = recorded.get(org_id, {})
-        for role, ref in sorted(spec.org.templates.items()):
+    for facts, templates in specs:
+        stored = recorded.get(facts.org_id, {})
+        for role, ref in templates:
             if role in stored and stored[role] != ref:
-                out.append(TemplateMoveFact(org_id, spec.org.metadata.slug, ref))
+                out.append(TemplateMoveFact(facts.org_id, facts.slug, ref))
     return tuple(out)
 
 
@@ -475,6 +481,8 @@ class PlanController:
         self.lock_wait_s = lock_wait_s
         self.secret_grace_s = secret_grace_s
         self.stopping = threading.Event()  # set: orgs not yet started are skipped
+        # (path, file digest) -> its facts: `serve` asks them of the whole fleet each batch
+        self._spec_views: dict[tuple[Path, str], tuple[SpecFacts, tuple[tuple[str, str], ...]]] = {}
 
     def master_key_refusal(self) -> str | None:
         """One line when this process's active master key is not the one Postgres records
@@ -522,7 +530,11 @@ class PlanController:
             prune=options.prune,
             max_deletes=options.max_deletes,
             saved={k: v.slug for k, v in saved.items()} if saved is not None else None,
-            moves=tuple(m for m in _template_moves(fleet.specs, index) if m.org_id not in held),
+            moves=tuple(
+                m
+                for m in _template_moves(map(self._spec_view, fleet.specs), index)
+                if m.org_id not in held
+            ),
             max_template_orgs=options.max_template_orgs,
             accept_rollouts=options.accept_rollouts,
         )
@@ -573,11 +585,29 @@ class PlanController:
         return tuple(out)
 
     def _spec_facts(self, spec: SpecFile) -> SpecFacts:
+        return self._spec_view(spec)[0]
+
+    def _spec_view(self, spec: SpecFile) -> tuple[SpecFacts, tuple[tuple[str, str], ...]]:
+        """A spec's facts and its templates by role, remembered by the file's digest: a
+        `serve` run asks them of every spec of the fleet for each batch it claims (a keyed
+        digest each), and again each run."""
+        seen = self._spec_views
+        known = seen.get((spec.path, spec.digest)) if spec.digest else None
+        if known is not None:
+            return known
         vapi = spec.org.spec.credentials.vapi
         digest = None
         if vapi is not None:
             digest = self.key.fingerprint({"vapiApiKey": vapi.api_key.get_secret_value()})
-        return SpecFacts(str(spec.org.metadata.id), spec.org.metadata.slug, digest)
+        view = (
+            SpecFacts(str(spec.org.metadata.id), spec.org.metadata.slug, digest),
+            tuple(sorted(spec.org.templates.items())),
+        )
+        if spec.digest:
+            if len(seen) >= _VIEWS_KEPT:  # files changed many times: start again
+                seen.clear()
+            seen[(spec.path, spec.digest)] = view
+        return view
 
     def run_plan(
         self, loaded: LoadResult, *, peers: LoadResult | None = None, options: Options

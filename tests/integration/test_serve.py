@@ -439,6 +439,27 @@ def test_loop_decrypts_only_new_or_changed_files(
     assert calls == ["gamma.yaml"]
 
 
+def test_a_key_changed_in_a_file_is_seen_by_the_next_run(
+    controller: Controller, state: StateWriter, specs: SpecDir
+) -> None:
+    """The run's facts of each spec (its key's digest) are remembered by the file's digest
+    between batches and runs: a file given another org's key is refused with it next run."""
+    acme, beta = org_doc("acme"), org_doc("beta")
+    specs.write(acme)
+    specs.write(beta)
+    loop = ReconcileLoop(controller, state, LoopConfig(specs.root, interval_s=60), replica="test")
+    first = loop.run_once()
+    assert first is not None and first.ok
+    beta["spec"]["credentials"]["vapi"]["apiKey"] = key_of(acme)
+    specs.write(beta)
+    loop.trigger()
+    again = loop.run_once()
+    assert again is not None
+    refused = {o.slug: o.error or "" for o in again.outcomes}
+    assert "shares its Vapi API key with beta" in refused["acme"], refused
+    assert "shares its Vapi API key with acme" in refused["beta"], refused
+
+
 # -- 5. SIGTERM --------------------------------------------------------------------------------
 
 
