@@ -160,7 +160,7 @@ class OrgOutcome:
 class _Look:
     """What an org's look without its lock saw, when its plan had something to do: the
     Postgres row it was planned from and the account's listing (raw, until planned under the
-    lock), reused under the lock when nothing can have moved since (`_reusable`)."""
+    lock), reused under the lock when nothing can have moved since (`reusable`)."""
 
     row: dict[str, Any] | None
     live: list[dict[str, Any]] | None = field(repr=False)
