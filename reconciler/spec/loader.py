@@ -1275,15 +1275,18 @@ def _decrypt_one(
     validated: dict[str, Any] | None = None,
     templates: Templates | None = None,
     made_from: Made | None = None,
+    *,
+    binary: bool = True,
 ) -> tuple[Organization | None, list[Problem]]:
     """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
-    would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed."""
+    would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed;
+    `binary` False: `NeedsBinary` raised where the `sops` binary would be asked."""
     plain: dict[str, Any] | bytes
     try:
         if decrypt is None:
             from reconciler.secrets import native
 
-            plain = native.decrypt_document(path, data, keep=_native_keep)
+            plain = native.decrypt_document(path, data, keep=_native_keep, binary=binary)
         else:
             plain = decrypt(path, data)
     except DecryptionError as exc:
@@ -1336,7 +1339,7 @@ def load_tree(
     checked, sources = _validate(root, cache, docs)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
 
-    def one(spec: SpecFile) -> tuple[Organization | None, list[Problem]]:
+    def one(spec: SpecFile, binary: bool = True) -> tuple[Organization | None, list[Problem]]:
         data = sources[spec.path]
 
         def run() -> Outcome:
@@ -1349,6 +1352,7 @@ def load_tree(
                     docs.get(spec.path),
                     checked.templates,
                     (spec.org.templates, spec.org.overridden),
+                    binary=binary,
                 ),
             )
 
@@ -1359,9 +1363,23 @@ def load_tree(
         return org, list(problems)
 
     results: dict[Path, tuple[Organization | None, list[Problem]]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for spec, outcome in zip(needs_sops, pool.map(one, needs_sops), strict=True):
-            results[spec.path] = outcome
+    pooled = needs_sops
+    if decrypt is None:
+        # In this thread: the native path holds the interpreter lock throughout, so threads
+        # would only take turns (about a tenth more CPU). A file it cannot settle alone goes
+        # to the pool, where `sops` processes run side by side.
+        from reconciler.secrets.native import NeedsBinary
+
+        pooled = []
+        for spec in needs_sops:
+            try:
+                results[spec.path] = one(spec, binary=False)
+            except NeedsBinary:
+                pooled.append(spec)
+    if pooled:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for spec, outcome in zip(pooled, pool.map(one, pooled), strict=True):
+                results[spec.path] = outcome
     specs: list[SpecFile] = []
     problems = list(checked.problems)
     for spec in checked.specs:

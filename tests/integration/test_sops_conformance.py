@@ -714,6 +714,46 @@ def test_load_tree_decrypts_natively_by_default(
         assert a.org.spec.credentials == b.org.spec.credentials
 
 
+def test_load_tree_decrypts_natively_in_its_thread_and_sends_the_rest_to_sops_side_by_side(
+    specs: SpecDir, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_stats: None
+) -> None:
+    """Native decryption runs in the caller's thread (it holds the interpreter lock: threads
+    would only take turns); a file it cannot settle alone is decrypted by `sops` in the pool,
+    several at once, and counted once."""
+    import threading
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for i in range(6):
+        specs.write(org_doc(f"org-{i:02d}"))
+    natively = native.decrypt_native_tree
+    native_threads: set[str] = set()
+    binary_threads: set[str] = set()
+
+    def some_to_the_binary(path: Path, data: bytes, env: Any = None) -> dict[str, Any]:
+        native_threads.add(threading.current_thread().name)
+        if path.name in ("org-01.yaml", "org-04.yaml"):
+            raise native.Fallback("this test sends it to the binary")
+        return natively(path, data, env)
+
+    binary = sops.decrypt_bytes
+
+    def counted_binary(path: Path, data: bytes, env: Any = None) -> bytes:
+        binary_threads.add(threading.current_thread().name)
+        return binary(path, data, env)
+
+    monkeypatch.setattr(native, "decrypt_native_tree", some_to_the_binary)
+    monkeypatch.setattr(sops, "decrypt_bytes", counted_binary)
+    loaded = load_tree(specs.root)
+    assert loaded.problems == [] and len(loaded.specs) == 6
+    assert native.stats() == {
+        "native": 4,
+        "fallback": 2,
+        "fallback:this test sends it to the binary": 2,
+    }
+    assert threading.current_thread().name in native_threads
+    assert binary_threads and threading.current_thread().name not in binary_threads
+
+
 @pytest.mark.parametrize("path", ["native", "binary"])
 def test_a_number_sops_rewrote_reaches_vapi_as_that_number_and_stays_converged(
     specs: SpecDir, cli: Any, emulator: str, monkeypatch: pytest.MonkeyPatch, path: str

@@ -132,18 +132,26 @@ def _never(tree: dict[str, Any]) -> bool:
     return False
 
 
+class NeedsBinary(Exception):
+    """`decrypt_document(binary=False)`: the native path alone cannot settle this file (it
+    would ask the `sops` binary); nothing was counted."""
+
+
 def decrypt_document(
     path: Path,
     data: bytes,
     env: dict[str, str] | None = None,
     *,
     keep: Callable[[dict[str, Any]], bool],
+    binary: bool = True,
 ) -> dict[str, Any] | bytes:
     """`decrypt_bytes`, except that a tree the native path decrypted (every check made: the
     data key opened with the real key, each value and the MAC verified) is returned as is
     when `keep(tree)` holds, instead of emitted as YAML for the caller to parse again: the
     caller's `keep` says it reads the tree as it would read that YAML (`spec.loader`). A tree
-    it does not keep is emitted, as `decrypt_bytes` does; the binary's output is its bytes."""
+    it does not keep is emitted, as `decrypt_bytes` does; the binary's output is its bytes.
+    `binary` False: `NeedsBinary` instead of asking the binary (the caller asks again where
+    `sops` processes may run side by side)."""
     if len(data) > sops.MAX_INPUT_BYTES:
         raise DecryptionError(f"{path}: larger than {sops.MAX_INPUT_BYTES} bytes: refused")
     out: dict[str, Any] | bytes
@@ -151,27 +159,33 @@ def decrypt_document(
         tree = decrypt_native_tree(path, data, env)
         out = tree if keep(tree) else _emitted(tree)
     except Fallback as exc:
+        if not binary:
+            raise NeedsBinary from None
         _count("fallback")
         _count(f"fallback:{exc.reason}")
         log.debug("%s: decrypted by the sops binary (%s)", path, exc.reason)
         return sops.decrypt_bytes(path, data, env)
     except Suspect as exc:
+        if not binary:
+            raise NeedsBinary from None
         try:
             sops.sops_binary()
         except DecryptionError:  # no binary to ask: the native verdict stands
             _count("unconfirmed")
             raise exc from None
         try:
-            binary = sops.decrypt_bytes(path, data, env)
+            overruled = sops.decrypt_bytes(path, data, env)
         except DecryptionError:
             _count("confirmed")
             raise
         _count("overruled")
         log.warning("%s: sops decrypted what the native path refused (%s)", path, exc.reason)
-        return binary
+        return overruled
     except DecryptionError:
         raise
     except Exception as exc:  # a bug here must cost a sops process, never the file
+        if not binary:
+            raise NeedsBinary from None
         _count("fallback")
         _count("fallback:internal error")
         # the type only: a message could quote a value
@@ -230,6 +244,7 @@ __all__ = [
     "MAC_ONLY_ENCRYPTED_INIT",
     "Comment",
     "Fallback",
+    "NeedsBinary",
     "Suspect",
     "Unsure",
     "additional_data",
