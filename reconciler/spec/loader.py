@@ -64,7 +64,7 @@ from reconciler.errors import DecryptionError
 from reconciler.redact import printable
 from reconciler.secrets import sops
 from reconciler.spec.cache import SpecCache, digest
-from reconciler.spec.models import Organization
+from reconciler.spec.models import Credentials, Organization
 from reconciler.spec.templated import (
     LOCK_NAME,
     TEMPLATE_KINDS,
@@ -1277,10 +1277,12 @@ def _decrypt_one(
     made_from: Made | None = None,
     *,
     binary: bool = True,
+    checked: Organization | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
     """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
     would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed;
-    `binary` False: `NeedsBinary` raised where the `sops` binary would be asked."""
+    `binary` False: `NeedsBinary` raised where the `sops` binary would be asked. `checked`:
+    the org `validated` gave with its credentials masked (`_with_credentials`)."""
     plain: dict[str, Any] | bytes
     try:
         if decrypt is None:
@@ -1311,12 +1313,45 @@ def _decrypt_one(
         return None, [Problem(path, "spec.credentials", "missing from sops's output")]
     # Only the secrets come from sops: the rest is the document that was validated (sops reads
     # YAML 1.2 and rewrites some scalars, e.g. dates).
+    if checked is not None:
+        org = _with_credentials(checked, validated, creds)
+        if org is not None:
+            return org.made_from(*(made_from or ({}, {}))), []
     doc = {k: v for k, v in validated.items() if k != "sops"}
     doc["spec"] = {**validated["spec"], "credentials": creds}
     try:
         return Organization.model_validate(doc).made_from(*(made_from or ({}, {}))), []
     except ValidationError as exc:
         return None, _pydantic_problems(path, exc)
+
+
+def _with_credentials(
+    checked: Organization, validated: dict[str, Any], creds: Any
+) -> Organization | None:
+    """`checked` (validated with its credentials masked) holding the decrypted credentials,
+    validated on their own: every check of the org that reads its credentials reads only
+    which are given, and the decrypted ones have the masked ones' shape. None when they do
+    not, or do not validate: the whole org is validated again (and its problems located)."""
+    spec = validated.get("spec")
+    masked = spec.get("credentials") if isinstance(spec, dict) else None
+    if _shape(creds) != _shape(masked):
+        return None
+    try:
+        real = Credentials.model_validate(creds)
+    except ValidationError:
+        return None
+    return checked.model_copy(
+        update={"spec": checked.spec.model_copy(update={"credentials": real})}
+    )
+
+
+def _shape(node: Any) -> Any:
+    """The keys and list lengths of a tree, its leaves left out."""
+    if isinstance(node, dict):
+        return {k: _shape(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_shape(v) for v in node]
+    return None
 
 
 def load_tree(
@@ -1353,6 +1388,7 @@ def load_tree(
                     checked.templates,
                     (spec.org.templates, spec.org.overridden),
                     binary=binary,
+                    checked=spec.org,
                 ),
             )
 

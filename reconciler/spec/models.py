@@ -462,8 +462,6 @@ class Organization(_Strict):
     ) -> Organization:
         """This org, recording the templates its assistants were rendered from and which of
         their values the org overrides (the loader's call, right after the org is built)."""
-        self._templates.clear()
-        self._templates.update(templates)
-        self._overridden.clear()
-        self._overridden.update(overridden or {})
+        self._templates = dict(templates)  # its own: a copy of the org never shares them
+        self._overridden = dict(overridden or {})
         return self

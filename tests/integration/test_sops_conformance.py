@@ -754,6 +754,56 @@ def test_load_tree_decrypts_natively_in_its_thread_and_sends_the_rest_to_sops_si
     assert binary_threads and threading.current_thread().name not in binary_threads
 
 
+def test_decrypted_credentials_joined_to_the_checked_org_equal_a_whole_validation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The loader validates an org once with its credentials masked, then only the decrypted
+    credentials: the result is the org a validation of the whole decrypted document gives
+    (every provider, templated assistants), and a credential that fails, or credentials of
+    another shape, are validated with the whole document as before (the same problems)."""
+    from reconciler.spec import loader
+    from tests.helpers import ROOT
+
+    examples = ROOT / "specs" / "examples"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(examples / "demo.agekey"))
+    checked, sources = loader._validate(examples, None, docs := {})
+    assert checked.specs and not checked.problems
+    for spec in checked.specs:
+        made = (spec.org.templates, spec.org.overridden)
+        args = (spec.path, sources[spec.path], None, docs[spec.path], checked.templates, made)
+        joined, problems = loader._decrypt_one(*args, checked=spec.org)
+        whole, whole_problems = loader._decrypt_one(*args)
+        assert joined is not None and whole is not None and not problems and not whole_problems
+        assert joined == whole
+        assert joined.spec.credentials.revealed() == whole.spec.credentials.revealed()
+        assert (joined.templates, joined.overridden) == (whole.templates, whole.overridden)
+        before = spec.org.templates
+        joined.made_from({"other": "x@1"})  # its own record, not the checked org's
+        assert spec.org.templates == before
+
+    spec = next(s for s in checked.specs if s.org.spec.credentials.twilio is not None)
+    made = (spec.org.templates, spec.org.overridden)
+    real = native.decrypt_document
+    for change in (
+        lambda c: c["vapi"].update(apiKey="has a space "),  # fails its own check
+        lambda c: c.update(unknown={"x": "y"}),  # another shape, refused by the model
+        lambda c: c.pop("vapi"),  # another shape: the org's own check needs the key
+    ):
+
+        def changed(*a: Any, change: Callable[[Any], None] = change, **k: Any) -> Any:
+            tree = real(*a, **k)
+            change(tree["spec"]["credentials"])
+            return tree
+
+        monkeypatch.setattr(native, "decrypt_document", changed)
+        args = (spec.path, sources[spec.path], None, docs[spec.path], checked.templates, made)
+        joined, problems = loader._decrypt_one(*args, checked=spec.org)
+        whole, whole_problems = loader._decrypt_one(*args)
+        assert joined is None and whole is None
+        assert problems == whole_problems and problems
+
+
 @pytest.mark.parametrize("path", ["native", "binary"])
 def test_a_number_sops_rewrote_reaches_vapi_as_that_number_and_stays_converged(
     specs: SpecDir, cli: Any, emulator: str, monkeypatch: pytest.MonkeyPatch, path: str
