@@ -170,16 +170,19 @@ class _Look:
     listed: bool
 
     def reusable(self, row: dict[str, Any] | None) -> bool:
-        """The listing still stands for the org: it failed (listed again it would fail
-        again, and nothing is planned in Vapi without it), or Postgres shows the org exactly
-        as before it and no create in flight. Every create of an org is made under its lock
-        after its create-pending mark is committed, and every answered write changes the row,
-        so an unchanged row with no pending mark means no replica created anything in the
-        account since the listing (a write whose answer was lost is at worst sent again: an
-        update or a delete, never a create)."""
+        """The listing still stands for the org under its lock. A listing that failed is not
+        asked for again in this run (each account is asked once a run, as before the look;
+        nothing is planned in Vapi without it). One that answered stands when Postgres shows
+        the org exactly as before it, with no create in flight: every create of an org is
+        made under its lock after its create-pending mark is committed, and every answered
+        write changes the row, so no replica created anything in the account since the
+        listing (a write whose answer was lost is at worst sent again: an update or a delete,
+        never a create). Except for an org Postgres did not hold yet: a new org refused after
+        its create was answered (`_forget_if_new`, a shared account) leaves no row, as before,
+        while its assistant stays in Vapi; so a new org is always listed again."""
         if not self.listed:
             return True
-        return row == self.row and not _pending(row)
+        return self.row is not None and row == self.row and not _pending(row)
 
 
 def _pending(row: dict[str, Any] | None) -> bool:
@@ -1076,19 +1079,19 @@ class Controller(PlanController):
         run_id = state.runs.start(command, len(items))
         budget = _DeleteBudget(options.max_deletes)
         # one read for every org: a converged org is known without its lock (`_look`)
-        looking = saved is None
-        rows = (
-            state.orgs.observe([d.org_id for d, o in items if d is not None and o.ok])
-            if looking
-            else {}
-        )
+        looking, rows = saved is None, {}
+        if looking:
+            try:
+                rows = state.orgs.observe([d.org_id for d, o in items if d is not None and o.ok])
+            except StateError:  # each org meets the trouble on its own, under its lock
+                looking = False
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             looked = None
-            if looking and not desired.retire:
-                looked = self._look(
-                    desired, outcome, rows.get(desired.org_id), options, run, accounts
-                )
+            row = rows.get(desired.org_id)
+            # a new org (no row yet) always has something to do: straight to its lock
+            if looking and not desired.retire and row is not None:
+                looked = self._look(desired, outcome, row, options, run, accounts)
                 if looked is None:
                     return  # converged: nothing to write, so no lock taken
             with state.orgs.lock(desired.org_id, wait_s=self.lock_wait_s) as lock:

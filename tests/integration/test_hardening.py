@@ -17,11 +17,11 @@ from psycopg_pool import ConnectionPool
 from rich.console import Console
 
 from reconciler.cli.render import render_text, report_json
-from reconciler.controller.run import Controller
+from reconciler.controller.run import Controller, _Look
 from reconciler.engine.model import tag_of
 from reconciler.secrets.crypto import MasterKey
 from reconciler.state.db import open_pool
-from reconciler.state.store import StateWriter
+from reconciler.state.store import StateError, StateWriter
 from reconciler.vapi.client import RetryPolicy, VapiReader, VapiWriter, http_client
 from tests.helpers import (
     FAST_RETRY,
@@ -419,18 +419,21 @@ def test_a_converged_org_is_known_without_its_lock(
 def test_a_look_outdated_by_another_reconciler_is_listed_again_under_the_lock(
     state: StateWriter, emulator: str, master_key: MasterKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Between an org's look (no lock) and its lock, another reconciler creates its
-    assistants: Postgres no longer shows what the look saw, so the account is listed again
-    under the lock and nothing is created twice."""
+    """Between an org's look (no lock) and its lock, another reconciler creates the assistant
+    the look found missing: Postgres no longer shows what the look saw, so the account is
+    listed again under the lock and nothing is created twice."""
     doc = org_doc("alpha")
+    outbound = doc["spec"]["assistants"].pop("outbound")
     with http_client(emulator, timeout_s=5) as http:
         first = Controller(state, http, master_key, retry=FAST_RETRY, lock_wait_s=5)
         other = Controller(state, http, master_key, retry=FAST_RETRY)
+        assert first.apply(loaded(doc)).ok  # inbound only
+        doc["spec"]["assistants"]["outbound"] = outbound
         look = first._look
 
         def look_then_other_applies(*args: Any, **kwargs: Any) -> Any:
             seen = look(*args, **kwargs)
-            assert seen is not None and seen.live == []  # an empty account: two creates
+            assert seen is not None and len(seen.live) == 1  # outbound missing: a create
             assert other.apply(loaded(doc)).ok
             assert len(live(emulator, key_of(doc))) == 2
             return seen
@@ -440,6 +443,53 @@ def test_a_look_outdated_by_another_reconciler_is_listed_again_under_the_lock(
     [outcome] = report.outcomes
     assert outcome.ok and not [a for a in outcome.done or () if a.resource == "assistant"]
     assert len(live(emulator, key_of(doc))) == 2
+
+
+def test_a_new_org_goes_straight_to_its_lock(
+    controller: Controller, emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An org Postgres does not hold yet always has something to do: it is not looked at
+    without its lock (its account is listed once, under the lock). Nor would such a look's
+    listing be reused: a new org refused for a shared account after its create was answered
+    (`_forget_if_new`) leaves no row, as before, while its assistant stays in Vapi."""
+    looked: list[str] = []
+    look = controller._look
+
+    def spy(desired: Any, *args: Any, **kwargs: Any) -> Any:
+        looked.append(desired.slug)
+        return look(desired, *args, **kwargs)
+
+    monkeypatch.setattr(controller, "_look", spy)
+    doc = org_doc("alpha")
+    before = emulator_stats(emulator).get("GET /assistant", 0)
+    assert controller.apply(loaded(doc)).ok
+    assert looked == [] and len(live(emulator, key_of(doc))) == 2
+    assert emulator_stats(emulator)["GET /assistant"] - before == 1 + 1  # the apply's, ours
+    assert controller.apply(loaded(doc)).ok and looked == ["alpha"]  # now it has a row
+    assert not _Look(None, [], {}, 0, None, True).reusable(None)
+
+
+def test_a_failed_first_read_leaves_each_org_to_its_lock(
+    controller: Controller, state: StateWriter, emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's one read of every org failing costs the look, not the run: each org is
+    read under its lock as before the look, and the run is recorded."""
+    docs = [org_doc("alpha"), org_doc("bravo")]
+    assert controller.apply(loaded(*docs)).ok
+    observe = state.orgs.observe
+    calls: list[int] = []
+
+    def first_fails(org_ids: list[str]) -> Any:
+        calls.append(len(org_ids))
+        if len(calls) == 1:
+            raise StateError("Postgres is unavailable (test)")
+        return observe(org_ids)
+
+    monkeypatch.setattr(state.orgs, "observe", first_fails)
+    docs[0]["spec"]["assistants"]["inbound"]["firstMessage"] = "Changed"
+    report = controller.apply(loaded(*docs))
+    assert report.ok and report.counts()["update"] == 1 and report.run_id is not None
+    assert calls == [2, 1, 1]  # the batch, then each org under its lock
 
 
 # -- a database that dies mid-run --------------------------------------------------------------
