@@ -1079,10 +1079,12 @@ class Controller(PlanController):
         run_id = state.runs.start(command, len(items))
         budget = _DeleteBudget(options.max_deletes)
         # one read for every org: a converged org is known without its lock (`_look`)
-        looking, rows = saved is None, {}
+        # (an org leaving, or one of a saved plan, is never looked at: read under its lock)
+        looked_at = [d.org_id for d, o in items if d is not None and o.ok and not d.retire]
+        looking, rows = saved is None and bool(looked_at), {}
         if looking:
             try:
-                rows = state.orgs.observe([d.org_id for d, o in items if d is not None and o.ok])
+                rows = state.orgs.observe(looked_at)
             except StateError:  # each org meets the trouble on its own, under its lock
                 looking = False
 
