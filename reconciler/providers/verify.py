@@ -30,7 +30,6 @@ cut. Nothing we send (URL, headers, body) is ever quoted.
 from __future__ import annotations
 
 import email.utils
-import http.cookiejar
 import json
 import random
 import time
@@ -42,6 +41,7 @@ import httpx
 
 from reconciler.bounded import ACCEPT_ENCODING, UndecodableAnswer, read_at_most
 from reconciler.redact import printable, redact_text, redact_tree
+from reconciler.sharedhttp import SharedClient
 from reconciler.tls import ssl_context
 from reconciler.twilio import API as TWILIO_API
 from reconciler.twilio import account_url, mask_account_in_logs
@@ -112,14 +112,15 @@ class Endpoints:
         )
 
 
-def http_client(*, max_connections: int = 16) -> httpx.Client:
+def http_client(
+    *, max_connections: int = 16, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
     """One pooled client for every provider and org: no cookies kept (a cookie of one tenant
-    must never ride on another's request), no redirects followed, bounded waits."""
+    must never ride on another's request), no redirects followed, bounded waits. `transport`
+    replaces the network (tests)."""
     mask_account_in_logs()
-    return httpx.Client(
-        cookies=http.cookiejar.CookieJar(
-            policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-        ),
+    return SharedClient(
+        transport=transport,
         follow_redirects=False,
         verify=ssl_context(),  # one per process (`reconciler.tls`)
         timeout=httpx.Timeout(CALL_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
