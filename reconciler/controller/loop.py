@@ -39,9 +39,19 @@ log = logging.getLogger(__name__)
 
 MIN_BATCH = 64
 """Orgs claimed at a time: at least this, or four per org reconciled at once."""
+MAX_BATCHES = 8
+"""A run's due orgs are claimed in at most about this many batches: each batch reads the
+whole fleet's index and decides the run's rules over every spec, so batches of a fixed size
+made a run's cost grow with the square of the fleet."""
 CLAIM_AHEAD = 0.8
 """A claimed org is due again after this fraction of the interval, so the next tick (whose
 jitter may bring it early) finds it due: about one reconcile per interval."""
+
+
+def batch_size(fleet: int, concurrency: int) -> int:
+    """Orgs claimed at a time in a run over `fleet` specs: `MIN_BATCH`, four per worker, or
+    enough for `MAX_BATCHES` batches to cover the fleet, whichever is largest."""
+    return max(MIN_BATCH, 4 * concurrency, -(-fleet // MAX_BATCHES))
 
 
 @dataclass
@@ -55,7 +65,8 @@ class LoopConfig:
     accept_rollouts: frozenset[str] = frozenset()  # `name@version`s that may move more
     git: GitSource | None = None
     backoff: Backoff = field(default_factory=Backoff)
-    batch: int | None = None  # orgs claimed at a time (default: `MIN_BATCH` or 4 per worker)
+    batch: int | None = None  # orgs claimed at a time (default: `MIN_BATCH`, 4 per worker or
+    # an eighth of the fleet, whichever is largest)
 
 
 @dataclass
@@ -182,7 +193,7 @@ class ReconcileLoop:
         digests = {str(s.org.metadata.id): s.digest for s in loaded.specs}
         problems = frozenset((p.path, str(p)) for p in loaded.problems)
         ahead = self.config.interval_s * CLAIM_AHEAD
-        batch = self.config.batch or max(MIN_BATCH, 4 * self.controller.concurrency)
+        batch = self.config.batch or batch_size(len(digests), self.controller.concurrency)
         merged: RunReport | None = None
         while digests and not self.controller.stopping.is_set():
             claimed = self.schedule.claim(digests, next_in_s=ahead, limit=batch, force=force)
