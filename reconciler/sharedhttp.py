@@ -4,8 +4,7 @@ One client (one connection pool) serves every org, so a cookie one tenant's answ
 never ride on another tenant's request. A jar whose policy refuses every domain already keeps
 none, but httpx still wraps each answer and its request in urllib's types to offer them to it:
 about a tenth of the CPU of a no-op list call (`bench/bench_noop.py`). `SharedClient` offers
-nothing: its cookies never take an answer's, and their jar refuses them as well, should httpx
-ever reach it another way.
+nothing: its cookies never take an answer's, and their jar stores none, whoever sets one.
 """
 
 from __future__ import annotations
@@ -16,16 +15,28 @@ from typing import Any
 import httpx
 
 
-def refusing_jar() -> http.cookiejar.CookieJar:
-    """A jar that accepts no cookie from any domain."""
-    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+class EmptyJar(http.cookiejar.CookieJar):
+    """A jar that stores no cookie, whoever offers one: an answer's `Set-Cookie` (also
+    refused by its policy) or code that sets one on the client."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
+
+    def set_cookie_if_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
 
 
 class NoCookies(httpx.Cookies):
-    """Cookies that never take one from an answer (and sit on a refusing jar)."""
+    """Cookies that never hold one: on an `EmptyJar`, and never offering it an answer."""
 
     def __init__(self) -> None:
-        super().__init__(refusing_jar())
+        super().__init__(EmptyJar())
 
     def extract_cookies(self, response: httpx.Response) -> None:
         return None

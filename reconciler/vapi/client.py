@@ -46,7 +46,7 @@ REASON_LIMIT = 200  # the part of a message that quotes Vapi's answer
 # A POST answered with one of these was refused before anything was created. Every other
 # non-2xx answer to a POST (408, 409, 425, 429, 5xx, 3xx, ...) leaves its outcome unknown.
 DEFINITE_REFUSALS = frozenset({400, 401, 403, 404, 405, 413, 415, 422})
-_URLS: dict[tuple[str, str, tuple[tuple[str, Any], ...]], httpx.URL] = {}  # `VapiReader._url`
+_URLS: dict[tuple[str, str, tuple[tuple[str, type, Any], ...]], httpx.URL] = {}  # `VapiReader._url`
 _URLS_KEPT = 1024
 _ESCAPED_QUOTES = re.compile(r'\\+"')
 _NEXT_RUN = "not retried in this run: the next run looks for it before creating again"
@@ -250,11 +250,15 @@ class VapiReader:
 
     # -- one exchange --------------------------------------------------------------------------
 
-    def _url(self, path: str, params: dict[str, Any] | None) -> httpx.URL:
+    def _url(self, path: str, params: dict[str, Any] | None) -> httpx.URL | None:
         """The absolute URL httpx makes of `path` and `params` on this client, remembered:
         every org's list calls ask the same few, and httpx parses the base, the path and the
-        query again for each request (a quarter of the CPU of a no-op list call)."""
-        key = (str(self._http.base_url), path, tuple(params.items()) if params else ())
+        query again for each request (a quarter of the CPU of a no-op list call). None: the
+        client has a query of its own, which httpx puts in place of a URL's (not remembered)."""
+        if self._http.params:  # the client's own query is merged into each request: not here
+            return None
+        query = tuple((k, type(v), v) for k, v in params.items()) if params else ()
+        key = (str(self._http.base_url), path, query)  # typed: 1, 1.0 and True are 3 queries
         url = _URLS.get(key)
         if url is None:
             url = self._http.build_request("GET", path, params=params).url
@@ -267,7 +271,11 @@ class VapiReader:
         self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
     ) -> _Answer:
         url = self._url(path, params)
-        with self._http.stream(method, url, json=json_body, headers=self._headers) as resp:
+        with (
+            self._http.stream(method, path, json=json_body, params=params, headers=self._headers)
+            if url is None
+            else self._http.stream(method, url, json=json_body, headers=self._headers)
+        ) as resp:
             if resp.is_success:
                 declared = _declared_length(resp)
                 if declared is not None and declared > self._max_body:

@@ -41,9 +41,23 @@ def test_a_cookie_of_one_tenant_never_rides_on_another_tenants_request() -> None
         VapiReader(http, "sk-tenant-a-000001").list_assistants()
         VapiReader(http, "sk-tenant-b-000002").list_assistants()
         VapiReader(http, "sk-tenant-a-000001").list_objects("/tool")
-        assert len(seen) == 3
+        assert [str(r.url) for r in seen] == [
+            f"{BASE}/assistant?limit=1000",
+            f"{BASE}/assistant?limit=1000",
+            f"{BASE}/tool?limit=1000",
+        ]
         assert [r.headers.get("cookie") for r in seen] == [None, None, None]
-        assert not list(http.cookies.jar)
+
+
+def test_a_cookie_set_on_the_shared_client_is_not_kept() -> None:
+    seen: list[httpx.Request] = []
+    with http_client(BASE, transport=_cookie_setter(seen)) as http:
+        http.cookies.set("session", "tenant-a")
+        http.cookies["lb"] = "node-1"
+        http.cookies.update({"other": "x"})
+        VapiReader(http, "sk-tenant-b-000002").list_assistants()
+        assert seen[0].headers.get("cookie") is None
+        assert not http.cookies
 
 
 def test_the_provider_client_keeps_no_cookie_either() -> None:
@@ -69,7 +83,7 @@ paths = st.sampled_from(["/assistant", "/tool", "/phone-number", "/v2/phone-numb
 )
 params = st.none() | st.dictionaries(
     st.sampled_from(["limit", "createdAtGe", "createdAtLe", "search", "page"]),
-    st.integers(0, 10**6) | st.text(max_size=20),
+    st.integers(0, 10**6) | st.text(max_size=20) | st.booleans() | st.sampled_from([1, 1.0, 0]),
     max_size=3,
 )
 
@@ -101,3 +115,19 @@ def test_remembered_urls_are_per_base_url() -> None:
         second = VapiReader(b, "k")._url("/assistant", {"limit": 1000})
     assert str(first) == f"{BASE}/assistant?limit=1000"
     assert str(second) == "http://127.0.0.1:9/other/assistant?limit=1000"
+
+
+def test_a_client_with_a_query_of_its_own_sends_both() -> None:
+    seen: list[httpx.Request] = []
+    with httpx.Client(
+        base_url=BASE, params={"tenant": "t1"}, transport=_cookie_setter(seen)
+    ) as http:
+        VapiReader(http, "sk-x").list_objects("/tool")
+    assert str(seen[0].url) == f"{BASE}/tool?tenant=t1&limit=1000"
+
+
+def test_one_true_and_one_point_zero_are_three_queries() -> None:
+    with http_client(BASE) as http:
+        reader = VapiReader(http, "sk-x")
+        urls = [str(reader._url("/tool", {"page": v})) for v in (1, True, 1.0)]
+    assert urls == [f"{BASE}/tool?page=1", f"{BASE}/tool?page=true", f"{BASE}/tool?page=1.0"]
