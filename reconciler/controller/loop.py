@@ -40,18 +40,24 @@ log = logging.getLogger(__name__)
 MIN_BATCH = 64
 """Orgs claimed at a time: at least this, or four per org reconciled at once."""
 MAX_BATCHES = 8
-"""A run's due orgs are claimed in at most about this many batches: each batch reads the
-whole fleet's index and decides the run's rules over every spec, so batches of a fixed size
-made a run's cost grow with the square of the fleet."""
+"""A run's due orgs are claimed in about this many batches (up to `MAX_PER_WORKER` per worker
+each): each batch reads the whole fleet's index and decides the run's rules over every spec, so
+batches of a fixed size made a run's cost grow with the square of the fleet."""
+MAX_PER_WORKER = 8
+"""A batch holds at most this many orgs per org reconciled at once: a claim pushes its orgs
+`CLAIM_AHEAD` of the interval ahead, so a batch must be done well within it (8 org-times),
+or its last orgs come due again before they start and another replica takes them too."""
 CLAIM_AHEAD = 0.8
 """A claimed org is due again after this fraction of the interval, so the next tick (whose
 jitter may bring it early) finds it due: about one reconcile per interval."""
 
 
 def batch_size(fleet: int, concurrency: int) -> int:
-    """Orgs claimed at a time in a run over `fleet` specs: `MIN_BATCH`, four per worker, or
-    enough for `MAX_BATCHES` batches to cover the fleet, whichever is largest."""
-    return max(MIN_BATCH, 4 * concurrency, -(-fleet // MAX_BATCHES))
+    """Orgs claimed at a time in a run over `fleet` specs: enough for `MAX_BATCHES` batches
+    to cover the fleet, but at least `MIN_BATCH` and four per worker, and at most
+    `MAX_PER_WORKER` per worker."""
+    least = max(MIN_BATCH, 4 * concurrency)
+    return max(least, min(-(-fleet // MAX_BATCHES), MAX_PER_WORKER * concurrency))
 
 
 @dataclass
@@ -65,8 +71,7 @@ class LoopConfig:
     accept_rollouts: frozenset[str] = frozenset()  # `name@version`s that may move more
     git: GitSource | None = None
     backoff: Backoff = field(default_factory=Backoff)
-    batch: int | None = None  # orgs claimed at a time (default: `MIN_BATCH`, 4 per worker or
-    # an eighth of the fleet, whichever is largest)
+    batch: int | None = None  # orgs claimed at a time (default: `batch_size`)
 
 
 @dataclass
