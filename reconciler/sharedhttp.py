@@ -1,10 +1,12 @@
-"""The httpx client every tenant's calls share: it keeps no cookie.
+"""The httpx clients every tenant's calls share keep no cookie.
 
 One client (one connection pool) serves every org, so a cookie one tenant's answer sets must
 never ride on another tenant's request. A jar whose policy refuses every domain already keeps
 none, but httpx still wraps each answer and its request in urllib's types to offer them to it:
-about a tenth of the CPU of a no-op list call (`bench/bench_noop.py`). `SharedClient` offers
-nothing: its cookies never take an answer's, and their jar stores none, whoever sets one.
+about a tenth of the CPU of a list call, measured alone. `SharedClient` (the Vapi and the
+provider clients) offers nothing: its cookies never take an answer's, and their jar
+(`EmptyJar`) stores none, whoever sets one. The webhook forwarder's async clients hold an
+`EmptyJar` too (two orgs may forward to one host; every org's webhooks go to the operator's).
 """
 
 from __future__ import annotations

@@ -254,12 +254,16 @@ class VapiReader:
         """The absolute URL httpx makes of `path` and `params` on this client, remembered:
         every org's list calls ask the same few, and httpx parses the base, the path and the
         query again for each request (a quarter of the CPU of a no-op list call). None: the
-        client has a query of its own, which httpx puts in place of a URL's (not remembered)."""
+        client has a query of its own, which httpx puts in place of a URL's, or a value that
+        cannot be a key: then httpx builds it from `path` and `params`, as ever."""
         if self._http.params:  # the client's own query is merged into each request: not here
             return None
         query = tuple((k, type(v), v) for k, v in params.items()) if params else ()
         key = (str(self._http.base_url), path, query)  # typed: 1, 1.0 and True are 3 queries
-        url = _URLS.get(key)
+        try:
+            url = _URLS.get(key)
+        except TypeError:  # a value that is not hashable (a list): built by httpx each time
+            return None
         if url is None:
             url = self._http.build_request("GET", path, params=params).url
             if len(_URLS) >= _URLS_KEPT:  # many ids or pages: start again

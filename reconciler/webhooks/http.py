@@ -43,6 +43,7 @@ from reconciler.bounded import ACCEPT_ENCODING, AnswerTooLarge, UndecodableAnswe
 from reconciler.metrics import ORG_WEBHOOKS, WEBHOOK_REQUESTS
 from reconciler.netpolicy import ForwardPolicy, ForwardRefused
 from reconciler.secrets.crypto import Keys
+from reconciler.sharedhttp import EmptyJar
 from reconciler.webhooks.guard import guarded_transport
 from reconciler.webhooks.resolver import (
     MAX_BODY_BYTES,
@@ -313,6 +314,7 @@ class WebhookEndpoint:
                     transport=guarded_transport(
                         self.forward_policy, max_keepalive_connections=KEEPALIVE_CONNECTIONS
                     ),
+                    cookies=EmptyJar(),  # one org's target must not set a cookie for another's
                     trust_env=False,  # a proxy would resolve the host past the check
                     timeout=httpx.Timeout(self.timeout_s),
                     follow_redirects=False,
@@ -321,6 +323,7 @@ class WebhookEndpoint:
             return self._guarded
         if self._client is None:
             self._client = httpx.AsyncClient(
+                cookies=EmptyJar(),  # every org's webhooks go there: no cookie rides between
                 timeout=httpx.Timeout(self.timeout_s),
                 follow_redirects=False,  # the URL is ours, where it leads is not
                 limits=httpx.Limits(

@@ -458,6 +458,11 @@ def downstream() -> Iterator[tuple[str, list[Received]]]:
             return Response(b"x" * (MAX_BODY_BYTES + 1), media_type="application/octet-stream")
         if path == "/text":
             return PlainTextResponse("plain answer", status_code=202)
+        if path.startswith("/cookie"):  # a target with sessions: each answer sets one
+            slug = request.headers.get("x-reconciler-org-slug", "")
+            answer = Response(b"{}", status_code=200, media_type="application/json")
+            answer.set_cookie("session", f"of-{slug}", path="/")
+            return answer
         return Response(
             b'{"results": [{"toolCallId": "t1", "result": "ok"}]}',
             status_code=201,
@@ -564,6 +569,36 @@ def test_downstream_answers_are_relayed_as_they_are(
     assert (resp.status_code, resp.content) == (status, content)
     assert resp.headers.get("content-type") == content_type
     assert [r.path for r in received] == [path]  # a redirect is not followed
+
+
+def test_a_cookie_one_orgs_target_sets_never_rides_on_another_orgs_forward(
+    state: StateWriter,
+    master_key: MasterKey,
+    target: tuple[str, list[Received]],
+) -> None:
+    """Both pooled clients: the orgs' own URLs (here two orgs on one host) and the operator's
+    one URL that every org's webhooks go to."""
+    url, received = target
+    acme = seed_org(state, master_key, "acme", forward_url=f"{url}/cookie-acme")
+    globex = seed_org(state, master_key, "globex", forward_url=f"{url}/cookie-globex")
+    initech = seed_org(state, master_key, "initech")  # none of its own: the operator's
+    hooli = seed_org(state, master_key, "hooli")
+    app = webhook_app(
+        WebhookResolver(state, master_key), forward_url=f"{url}/cookie-all", forward_policy=LOCAL
+    )
+    with http_to(app) as http:
+        for org in (acme, globex, acme, initech, hooli, initech):
+            raw = body(org.inbound)
+            assert http.post(PATH, content=raw, headers=signed(org.secret, raw)).is_success
+    assert [r.path for r in received] == [
+        "/cookie-acme",
+        "/cookie-globex",
+        "/cookie-acme",
+        "/cookie-all",
+        "/cookie-all",
+        "/cookie-all",
+    ]
+    assert [r.header("cookie") for r in received] == [[]] * 6
 
 
 def test_one_pooled_client_forwards_and_is_closed_on_shutdown(
@@ -992,6 +1027,7 @@ def test_the_webhook_path_never_imports_the_engine() -> None:
         "webhooks",
         "bounded",  # the bounded answer reader, pure
         "netpolicy",  # the forward address policy, pure
+        "sharedhttp",  # the jar that keeps no cookie (httpx only)
     )
     assert out
     assert [m for m in out if m.split(".")[1] not in allowed] == []

@@ -131,3 +131,12 @@ def test_one_true_and_one_point_zero_are_three_queries() -> None:
         reader = VapiReader(http, "sk-x")
         urls = [str(reader._url("/tool", {"page": v})) for v in (1, True, 1.0)]
     assert urls == [f"{BASE}/tool?page=1", f"{BASE}/tool?page=true", f"{BASE}/tool?page=1.0"]
+
+
+def test_a_list_value_is_sent_as_httpx_sends_it_not_remembered() -> None:
+    seen: list[httpx.Request] = []
+    with http_client(BASE, transport=_cookie_setter(seen)) as http:
+        reader = VapiReader(http, "sk-x")
+        assert reader._url("/tool", {"id": ["a", "b"]}) is None
+        reader._request("GET", "/tool", params={"id": ["a", "b"]})
+    assert str(seen[0].url) == f"{BASE}/tool?id=a&id=b"
