@@ -275,10 +275,9 @@ class VapiReader:
         self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
     ) -> _Answer:
         url = self._url(path, params)
-        with (
-            self._http.stream(method, path, json=json_body, params=params, headers=self._headers)
-            if url is None
-            else self._http.stream(method, url, json=json_body, headers=self._headers)
+        target, query = (path, params) if url is None else (url, None)
+        with self._http.stream(
+            method, target, json=json_body, params=query, headers=self._headers
         ) as resp:
             if resp.is_success:
                 declared = _declared_length(resp)
