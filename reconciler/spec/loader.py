@@ -37,7 +37,9 @@ libyaml refuses, or might read otherwise than PyYAML, is read by the pure-Python
 whose verdict and problem (words, line, column) are the ones reported (`_load`). A document of
 plain and quoted scalars, maps and lists only (a spec as written) is built straight from
 libyaml's events with the same resolver and constructors (`_from_events`, about 3x faster
-again); anything else in it is left to the loaders.
+again); anything else in it is left to the loaders. The native decryption takes that document
+instead of parsing the same bytes again (`Parsed`), when yaml.v3 types every plain scalar the
+loader typed the same way (`secrets.native.same_tree`; about a sixth of reading the specs).
 
 `Problem.__str__` passes every part through `redact.printable`, so a file name, a YAML key or
 a message quoting one is always shown on exactly one line without terminal escapes.
@@ -521,8 +523,19 @@ _PYTHON_ONLY = re.compile(
 )
 
 
+Typed = list[tuple[str, Any, bool]]
+"""The plain scalars `_from_events` typed, in document order: (text, value or key, whether
+a key). With the document, what `secrets.native` needs to know whether yaml.v3 reads the same
+bytes as the same tree (`same_tree`): every other scalar is a string to both."""
+
+
 def _load(text: str) -> Any:
-    """The document in `text` exactly as `SpecLoader` reads it, or its exception.
+    return _load_typed(text)[0]
+
+
+def _load_typed(text: str) -> tuple[Any, Typed | None]:
+    """The document in `text` exactly as `SpecLoader` reads it, or its exception; and the
+    plain scalars typed on the way (`Typed`) when `_from_events` read it.
 
     libyaml reads it when it can (`_CSpecLoader`: about 0.7 ms for a 3 KB spec instead of 7).
     When libyaml refuses the text, or the text has a character where the two scanners differ,
@@ -531,14 +544,15 @@ def _load(text: str) -> Any:
     reads (`%YAML 1.3`). `tests/unit/test_spec_cloader.py` holds the two to the same documents
     and verdicts over a corpus, hostile inputs included."""
     if _C_LOADER is not None and not _PYTHON_ONLY.search(text):
-        simple = _from_events(text)
+        typed: Typed = []
+        simple = _from_events(text, typed)
         if simple is not _NOT_SIMPLE:
-            return simple
+            return simple, typed
         try:
-            return yaml.load(text, Loader=_C_LOADER)  # noqa: S506 - the safe constructors
+            return yaml.load(text, Loader=_C_LOADER), None  # noqa: S506 - safe constructors
         except Exception:  # noqa: S110 - SpecLoader decides, and says why, below
             pass
-    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=SpecLoader), None  # noqa: S506 - a SafeLoader subclass
 
 
 _NOT_SIMPLE = object()
@@ -553,7 +567,7 @@ class _Constructor(yaml.constructor.SafeConstructor):
 _CONSTRUCTOR = _Constructor()
 
 
-def _from_events(text: str) -> Any:
+def _from_events(text: str, typed: Typed | None = None) -> Any:
     """The document as `_CSpecLoader` reads it, built straight from libyaml's events (about
     3x faster: no Python composer, no node objects) when it is one document of plain and
     quoted scalars, maps and lists, with no tag, anchor or alias, no directive, no key read
@@ -561,7 +575,7 @@ def _from_events(text: str) -> Any:
     typed by the spec loader's resolver and built by its constructors. Anything else, an
     error included, is `_NOT_SIMPLE`: read by `_CSpecLoader` (and `SpecLoader`), which say
     what is wrong and where. The spec loader's other checks (aliases, depth, keys) are these
-    conditions."""
+    conditions. `typed`: each plain scalar typed by the resolver is added to it."""
     parser = _CParser(text)
     root: list[Any] = []
     # (container, its pending key or _NOT_SIMPLE for none yet)
@@ -576,7 +590,8 @@ def _from_events(text: str) -> Any:
                 if event.tag is not None or event.anchor is not None:
                     return _NOT_SIMPLE
                 text = event.value
-                if not event.implicit[0] or (text and text[0] not in _TYPED_FIRST):
+                resolved = event.implicit[0] and not (text and text[0] not in _TYPED_FIRST)
+                if not resolved:
                     tag = _STR_TAG  # quoted, or no implicit type starts with its character
                 else:
                     tag = _TYPER.resolve(yaml.ScalarNode, text, event.implicit)
@@ -587,11 +602,15 @@ def _from_events(text: str) -> Any:
                     if key in container:
                         return _NOT_SIMPLE
                     top[1] = key
+                    if resolved and typed is not None:
+                        typed.append((text, key, True))
                     continue
                 if tag == _STR_TAG:
                     value: Any = text
                 else:
                     value = constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, text))
+                if resolved and typed is not None:
+                    typed.append((text, value, False))
             elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
                 if event.tag is not None or event.anchor is not None or len(stack) > MAX_DEPTH:
                     return _NOT_SIMPLE
@@ -694,27 +713,36 @@ def _value_problems(path: Path, doc: Any) -> list[Problem]:
 
 def parse_yaml(path: Path, text: str | bytes) -> tuple[dict[str, Any] | None, list[Problem]]:
     """One spec document as JSON-compatible data, or the problems (never raises)."""
+    doc, problems, _ = _parse_typed(path, text)
+    return doc, problems
+
+
+def _parse_typed(
+    path: Path, text: str | bytes
+) -> tuple[dict[str, Any] | None, list[Problem], Typed | None]:
+    """`parse_yaml`, and the plain scalars it typed when `_from_events` read the document."""
     if isinstance(text, bytes):
         data = text
         if len(data) > max(MAX_SPEC_BYTES, sops.MAX_OUTPUT_BYTES):
-            return None, [Problem(path, "", "too large to parse: refused")]
+            return None, [Problem(path, "", "too large to parse: refused")], None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data.count(b"\n", 0, exc.start) + 1
-            return None, [Problem(path, "", f"not valid UTF-8 (line {line})")]
+            return None, [Problem(path, "", f"not valid UTF-8 (line {line})")], None
     try:
-        doc = _load(text)
+        doc, typed = _load_typed(text)
     except yaml.YAMLError as exc:
-        return None, [_yaml_problem(path, text, exc)]
+        return None, [_yaml_problem(path, text, exc)], None
     except RecursionError:
-        return None, [Problem(path, "", "nested too deeply: refused")]
+        return None, [Problem(path, "", "nested too deeply: refused")], None
     if doc is None:
-        return None, [Problem(path, "", "empty document: expected a mapping at the top level")]
+        problem = "empty document: expected a mapping at the top level"
+        return None, [Problem(path, "", problem)], None
     if not isinstance(doc, dict):
-        return None, [Problem(path, "", "expected a mapping at the top level")]
+        return None, [Problem(path, "", "expected a mapping at the top level")], None
     problems = _value_problems(path, doc)
-    return (None, _locate(problems, text)) if problems else (doc, [])
+    return (None, _locate(problems, text), None) if problems else (doc, [], typed)
 
 
 class _Typer(_SpecRules, yaml.resolver.Resolver):
@@ -959,15 +987,24 @@ def _expanded(
     return out, [], ({u.role: u.ref for u in uses}, overridden)
 
 
+Parsed = dict[Path, tuple[dict[str, Any], Typed]]
+"""Each file's document as parsed (before its templates) and the scalars typed on the way,
+when `_from_events` read it: `secrets.native` decrypts from it instead of parsing the same
+bytes again, when yaml.v3 types those scalars the same (`same_tree`)."""
+
+
 def _check_bytes(
     path: Path,
     data: bytes,
     docs: dict[Path, dict[str, Any]] | None = None,
     templates: Templates | None = None,
+    parsed: Parsed | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
-    doc, problems = parse_yaml(path, data)
+    doc, problems, typed = _parse_typed(path, data)
     if doc is None:
         return None, problems
+    if parsed is not None and typed is not None:  # never changed: the steps below copy
+        parsed[path] = (doc, typed)
     if docs is not None:  # its `metadata.id` names a failing org, whatever fails next
         docs[path] = doc
     if doc.get("kind") in TEMPLATE_KINDS:
@@ -1034,18 +1071,21 @@ def _read_and_check(
     cache: Cache | None,
     docs: dict[Path, dict[str, Any]] | None = None,
     templates: Templates | None = None,
+    parsed: Parsed | None = None,
 ) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
     data, problems = _read_spec(found.path, found.real, found.ident)
     if data is None:
         return None, problems
     if cache is None:
-        org, problems = _check_bytes(found.path, data, docs, templates)
+        org, problems = _check_bytes(found.path, data, docs, templates, parsed)
     else:
         org, problems = cache.get_or_compute(
             found.path,
             _cache_key(data, templates or Templates()),
             "checked",
-            lambda: _contained(found.path, lambda: _check_bytes(found.path, data, docs, templates)),
+            lambda: _contained(
+                found.path, lambda: _check_bytes(found.path, data, docs, templates, parsed)
+            ),
         )
     return ((org, data) if org is not None else None), list(problems)
 
@@ -1205,10 +1245,13 @@ def _cross_file_problems(checked: list[tuple[Path, Organization]]) -> list[Probl
 
 
 def _validate(
-    root: Path, cache: Cache | None = None, docs: dict[Path, dict[str, Any]] | None = None
+    root: Path,
+    cache: Cache | None = None,
+    docs: dict[Path, dict[str, Any]] | None = None,
+    parsed: Parsed | None = None,
 ) -> tuple[LoadResult, dict[Path, bytes]]:
     """The checked specs, and the exact bytes each was checked from (and, into `docs`, the
-    document each was parsed to, when it was parsed)."""
+    document each was parsed to, when it was parsed; into `parsed`, see `Parsed`)."""
     found, problems = _walk(root)
     if not found and not problems:
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
@@ -1224,7 +1267,7 @@ def _validate(
     sources: dict[Path, bytes] = {}
     for spec in found:
         outcome, spec_problems = _contained(
-            spec.path, partial(_read_and_check, spec, cache, docs, templates)
+            spec.path, partial(_read_and_check, spec, cache, docs, templates, parsed)
         )
         problems += spec_problems
         if outcome is not None:
@@ -1278,17 +1321,21 @@ def _decrypt_one(
     *,
     binary: bool = True,
     checked: Organization | None = None,
+    parsed: tuple[dict[str, Any], Typed] | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
     """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
     would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed;
     `binary` False: `NeedsBinary` raised where the `sops` binary would be asked. `checked`:
-    the org `validated` gave with its credentials masked (`_with_credentials`)."""
+    the org `validated` gave with its credentials masked (`_with_credentials`). `parsed`: the
+    document of `data` and its typed scalars (`Parsed`), for `secrets.native`."""
     plain: dict[str, Any] | bytes
     try:
         if decrypt is None:
             from reconciler.secrets import native
 
-            plain = native.decrypt_document(path, data, keep=_native_keep, binary=binary)
+            plain = native.decrypt_document(
+                path, data, keep=_native_keep, binary=binary, parsed=parsed
+            )
         else:
             plain = decrypt(path, data)
     except DecryptionError as exc:
@@ -1296,15 +1343,15 @@ def _decrypt_one(
     if isinstance(plain, dict):
         decrypted = plain
     else:
-        parsed, problems = parse_yaml(path, plain)
-        if parsed is None:
+        out, problems = parse_yaml(path, plain)
+        if out is None:
             return None, problems
-        decrypted = parsed
+        decrypted = out
     if validated is None:  # parsed when validated, unless the check came from the cache
-        parsed, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
-        if parsed is None:
+        doc, problems = parse_yaml(path, data)  # cannot fail: these bytes passed before
+        if doc is None:
             return None, problems
-        validated, problems, made_from = _expanded(path, parsed, templates or Templates())
+        validated, problems, made_from = _expanded(path, doc, templates or Templates())
         if validated is None:
             return None, problems
     spec = decrypted.get("spec")
@@ -1371,7 +1418,8 @@ def load_tree(
     from concurrent.futures import ThreadPoolExecutor
 
     docs: dict[Path, dict[str, Any]] = {}
-    checked, sources = _validate(root, cache, docs)
+    parsed: Parsed = {}
+    checked, sources = _validate(root, cache, docs, parsed if decrypt is None else None)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
 
     def one(spec: SpecFile, binary: bool = True) -> tuple[Organization | None, list[Problem]]:
@@ -1389,6 +1437,7 @@ def load_tree(
                     (spec.org.templates, spec.org.overridden),
                     binary=binary,
                     checked=spec.org,
+                    parsed=parsed.get(spec.path),
                 ),
             )
 

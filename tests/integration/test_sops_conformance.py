@@ -729,11 +729,11 @@ def test_load_tree_decrypts_natively_in_its_thread_and_sends_the_rest_to_sops_si
     native_threads: set[str] = set()
     binary_threads: set[str] = set()
 
-    def some_to_the_binary(path: Path, data: bytes, env: Any = None) -> dict[str, Any]:
+    def some_to_the_binary(path: Path, data: bytes, env: Any = None, **kw: Any) -> dict[str, Any]:
         native_threads.add(threading.current_thread().name)
         if path.name in ("org-01.yaml", "org-04.yaml"):
             raise native.Fallback("this test sends it to the binary")
-        return natively(path, data, env)
+        return natively(path, data, env, **kw)
 
     binary = sops.decrypt_bytes
 
@@ -832,5 +832,5 @@ def test_a_number_sops_rewrote_reaches_vapi_as_that_number_and_stays_converged(
     assert again.code == 0, again.out + again.err  # no perpetual diff
 
 
-def _refuse_native(path: Path, data: bytes, env: Any = None) -> dict[str, Any]:
+def _refuse_native(path: Path, data: bytes, env: Any = None, **kw: Any) -> dict[str, Any]:
     raise native.Fallback("this test decrypts with the binary")

@@ -747,14 +747,14 @@ def test_errors_while_validating_one_file_stay_its_problem(
 ) -> None:
     bad = write_good(tmp_path, "bad")
     good = write_good(tmp_path)
-    real = loader.parse_yaml
+    real = loader._parse_typed  # the parse `validate` makes of each file
 
     def parse(path: Path, text: str | bytes) -> Any:
         if path == bad:
             raise error("boom")
         return real(path, text)
 
-    monkeypatch.setattr(loader, "parse_yaml", parse)
+    monkeypatch.setattr(loader, "_parse_typed", parse)
     result = validate_tree(tmp_path)
     assert [s.path for s in result.specs] == [good]
     (problem,) = result.problems

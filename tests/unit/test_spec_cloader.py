@@ -497,3 +497,104 @@ def test_the_event_builder_leaves_hostile_input_to_the_loaders(name: str) -> Non
     text = HOSTILE[name]
     built = _events_path(text)
     assert built[0] != "doc" or built == _outcome(_python_only, text), name
+
+
+# -- the document handed to `secrets.native` (`same_tree`): one parse of an encrypted spec ------
+
+
+def _v3(text: str) -> tuple[str, Any]:
+    from reconciler.secrets.native import Fallback, parse_document
+
+    try:
+        return "tree", _typed(parse_document(text.encode("utf-8")))
+    except Fallback as exc:
+        return "fallback", exc.reason
+
+
+def _reused(text: str) -> tuple[str, Any]:
+    """What the native path decrypts from, given what the loader read: the loader's document
+    when `same_tree` takes it, else "parsed again"."""
+    from reconciler.secrets.native import same_tree
+
+    if loader._PYTHON_ONLY.search(text):
+        return "parsed again", None
+    try:
+        doc, typed = loader._load_typed(text)
+    except (yaml.YAMLError, RecursionError):
+        return "parsed again", None
+    if typed is None or not isinstance(doc, dict):
+        return "parsed again", None
+    tree = same_tree(doc, typed)
+    return ("parsed again", None) if tree is None else ("tree", _typed(tree))
+
+
+def _holds_same_tree(text: str) -> None:
+    """The loader's document stands for yaml.v3's reading only when it is that reading, types
+    and key order included; never where the native parser would send the file to sops."""
+    reused = _reused(text)
+    if reused[0] == "tree":
+        assert reused == _v3(text), text
+
+
+@pytest.mark.parametrize(("name", "text"), CORPUS, ids=[n for n, _ in CORPUS])
+def test_the_loaders_document_stands_for_yaml_v3s_only_when_it_is_it(name: str, text: str) -> None:
+    _holds_same_tree(text)
+
+
+@settings(
+    max_examples=int(os.environ.get("SPEC_CLOADER_EXAMPLES", "400")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(_ATOMS, max_size=40).map("".join))
+def test_generated_texts_stand_for_yaml_v3s_only_when_they_are_it(text: str) -> None:
+    _holds_same_tree(HEAD + "v: " + text)
+    _holds_same_tree(text)
+
+
+_SCALARS_BOTH_WAYS = [
+    *NUMBERS,
+    *("yes", "no", "on", "off", "y", "n", "true", "True", "FALSE", "~", "null", "NULL", ""),
+    *("0777", "08", "0o17", "0x1F", "0b101", "1_000", "1e3", "1e-06", ".5", "+1", "-0"),
+    *("2024-01-01", "12:30", "1:30:00", "9223372036854775808", "18446744073709551616"),
+    *("3.11.0", "ENC[AES256_GCM,data:YQ==,iv:YQ==,tag:YQ==,type:str]", "plain words"),
+]
+
+
+@pytest.mark.parametrize("text", _SCALARS_BOTH_WAYS)
+def test_each_scalar_as_a_value_and_as_a_key(text: str) -> None:
+    for doc in (
+        f"{HEAD}v: {text}\nl: [{text}]\nm: {{k: {text}}}\nq: '{text}'\n",
+        f"{HEAD}{text or 'x'}: v\n",
+        f"{HEAD}spec:\n  a: {text}\n  b:\n    - {text}\n",
+    ):
+        _holds_same_tree(doc)
+
+
+def test_the_real_specs_are_decrypted_from_the_loaders_document(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The example specs (SOPS-encrypted) are parsed once: the native path decrypts from the
+    document the loader read, and gives the orgs a second parse gives."""
+    from reconciler.secrets import native
+
+    examples = ROOT / "specs" / "examples"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(examples / "demo.agekey"))
+    calls: list[int] = []
+    real_parse = native.parse_document
+
+    def counted(data: bytes) -> dict[str, Any]:
+        calls.append(1)
+        return real_parse(data)
+
+    monkeypatch.setattr(native, "parse_document", counted)
+    once = loader.load_tree(examples)
+    assert once.specs and not once.problems
+    assert calls == []  # no file parsed a second time
+    monkeypatch.setattr(native, "same_tree", lambda doc, typed: None)
+    twice = loader.load_tree(examples)
+    assert len(calls) == len(twice.specs)
+    assert [(s.path, s.org) for s in once.specs] == [(s.path, s.org) for s in twice.specs]
+    for a, b in zip(once.specs, twice.specs, strict=True):
+        assert a.org.spec.credentials.revealed() == b.org.spec.credentials.revealed()

@@ -14,7 +14,9 @@ What "exactly" means, step by step (sops 3.11, yaml.v3 v3.0.4):
   and block scalars are strings. A plain scalar that may be a timestamp (`NNNN-...`: sops
   decodes those to `time.Time` and rewrites them), an integer beyond int64, a non-finite float,
   an explicit tag, an anchor or alias, a second document, a duplicate or non-string key falls
-  back to the binary.
+  back to the binary. A caller that read the same bytes already (the spec loader) hands its
+  document over instead, with the plain scalars it typed: taken when yaml.v3 types each of them
+  the same (`same_tree`), so the file is not parsed twice.
 - **Values.** The value at key path `k1, ..., kn` (list indices are not part of it) is
   encrypted if the file's one rule says so (`unencrypted_suffix`, default `_unencrypted`;
   `encrypted_suffix`; `unencrypted_regex`; `encrypted_regex`: any key of the path decides).
@@ -57,7 +59,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,7 @@ from reconciler.secrets.native.yaml_io import (
     format_float_g,
     parse_document,
     resolve_plain,
+    same_tree,
     writes_plain,
 )
 
@@ -144,6 +147,7 @@ def decrypt_document(
     *,
     keep: Callable[[dict[str, Any]], bool],
     binary: bool = True,
+    parsed: tuple[dict[str, Any], Sequence[tuple[str, Any, bool]]] | None = None,
 ) -> dict[str, Any] | bytes:
     """`decrypt_bytes`, except that a tree the native path decrypted (every check made: the
     data key opened with the real key, each value and the MAC verified) is returned as is
@@ -151,12 +155,13 @@ def decrypt_document(
     caller's `keep` says it reads the tree as it would read that YAML (`spec.loader`). A tree
     it does not keep is emitted, as `decrypt_bytes` does; the binary's output is its bytes.
     `binary` False: `NeedsBinary` instead of asking the binary (the caller asks again where
-    `sops` processes may run side by side)."""
+    `sops` processes may run side by side). `parsed`: `data` as the caller read it, with the
+    plain scalars it typed (`same_tree`), so as not to parse the same bytes again."""
     if len(data) > sops.MAX_INPUT_BYTES:
         raise DecryptionError(f"{path}: larger than {sops.MAX_INPUT_BYTES} bytes: refused")
     out: dict[str, Any] | bytes
     try:
-        tree = decrypt_native_tree(path, data, env)
+        tree = decrypt_native_tree(path, data, env, parsed=parsed)
         out = tree if keep(tree) else _emitted(tree)
     except Fallback as exc:
         if not binary:
@@ -202,15 +207,21 @@ def decrypt_native(path: Path, data: bytes, env: Mapping[str, str] | None = None
 
 
 def decrypt_native_tree(
-    path: Path, data: bytes, env: Mapping[str, str] | None = None
+    path: Path,
+    data: bytes,
+    env: Mapping[str, str] | None = None,
+    *,
+    parsed: tuple[dict[str, Any], Sequence[tuple[str, Any, bool]]] | None = None,
 ) -> dict[str, Any]:
     """The decrypted document (without `sops`) as yaml.v3 types it, every check made; raises
     as `decrypt_native` (which emits it). The one seam of the native path: a test that patches
-    it sends every decryption to the binary."""
+    it sends every decryption to the binary. `parsed`: see `same_tree`."""
     environ: Mapping[str, str] = os.environ if env is None else env
     _check_environment(environ)
     engine = _crypto()
-    tree = parse_document(data)
+    tree = same_tree(*parsed) if parsed is not None else None
+    if tree is None:
+        tree = parse_document(data)
     meta = parse_metadata(tree.pop("sops", None))
     key = data_key(path, meta, environ, engine)
     decrypted, computed = decrypt_tree(path, tree, meta, key, engine)
@@ -266,6 +277,7 @@ __all__ = [
     "reset_stats",
     "resolve_plain",
     "rfc3339",
+    "same_tree",
     "stats",
     "writes_plain",
 ]

@@ -7,7 +7,7 @@ import io
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -149,6 +149,27 @@ def parse_document(data: bytes) -> dict[str, Any]:
         raise Fallback("not a mapping at the top level")
     doc: dict[str, Any] = root[0]
     return doc
+
+
+def same_tree(doc: dict[str, Any], typed: Sequence[tuple[str, Any, bool]]) -> dict[str, Any] | None:
+    """The tree `parse_document` builds, from a reading of the same bytes that it does not
+    have to repeat: `doc`, read from libyaml's events with no tag, anchor, alias, directive,
+    duplicate key or second document, nested no deeper than MAX_DEPTH, in which every scalar
+    is a string but the plain ones in `typed` (text, the value or key it was read as, whether
+    a key), in document order. When yaml.v3 types each of those as `doc` holds it (same type,
+    same value; a key a string), `doc` is that tree: its top level is copied (the caller takes
+    `sops` out of it), the rest shared, read only. None when one differs, or is not sure."""
+    for text, value, is_key in typed:
+        try:
+            kind, v3 = resolve_plain(text)
+        except Unsure:
+            return None
+        if is_key:
+            if kind != "str" or v3 != value:
+                return None
+        elif kind == "uint" or type(v3) is not type(value) or v3 != value:
+            return None
+    return dict(doc)
 
 
 def _events(data: bytes) -> Iterator[Any]:
