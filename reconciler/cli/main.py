@@ -10,10 +10,12 @@ the arguments are parsed (`--help` and `--version` exit before).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from reconciler import __version__
@@ -82,6 +84,20 @@ def _load(args: argparse.Namespace) -> LoadResult:
     return loader.slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
 
 
+@contextmanager
+def _settled() -> Iterator[None]:
+    """What is alive now (the modules, every spec just read) is left out of the collector's
+    full passes until the block ends: those live through the run, yet each full pass walked
+    them all again (about a tenth of a no-op run's CPU at 1,000 orgs). Given back to the
+    collector at the end, even on an error: a caller in this process (tests, `serve`'s
+    callers) keeps a collector that sees everything."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _options(args: argparse.Namespace) -> Options:
     """The run's options from the flags. Orgs in Postgres without a spec are orphans only when
     the whole spec folder is read (not one file, not `--org`)."""
@@ -146,7 +162,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         settings = load_settings()
         loaded = _load(args)
         options = _options(args)
-        with runtime(settings, write=False) as rt, _progress(args, applied=False) as progress:
+        with (
+            _settled(),
+            runtime(settings, write=False) as rt,
+            _progress(args, applied=False) as progress,
+        ):
             report = rt.controller.plan(loaded, options=options, progress=progress)
         if out:
             from reconciler.cli import saved
@@ -184,6 +204,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     loaded = _load(args)
     revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
     with (
+        _settled(),
         runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt,
         _progress(args, applied=True) as progress,
     ):
