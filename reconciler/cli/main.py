@@ -90,7 +90,12 @@ def _settled() -> Iterator[None]:
     full passes until the block ends: those live through the run, yet each full pass walked
     them all again (about a tenth of a no-op run's CPU at 1,000 orgs). Given back to the
     collector at the end, even on an error: a caller in this process (tests, `serve`'s
-    callers) keeps a collector that sees everything."""
+    callers) keeps a collector that sees everything. A freeze made before (a host process
+    freezing before it forks, a run beside this one) is left as it is: `gc.unfreeze` is not
+    counted, so undoing it here would undo theirs."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield

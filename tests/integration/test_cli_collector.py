@@ -55,3 +55,18 @@ def test_a_run_that_fails_gives_everything_back_too(
     assert failed.code != 0
     assert frozen and frozen[0] > 0
     assert gc.get_freeze_count() == 0
+
+
+def test_a_freeze_made_before_the_run_is_left_as_it_was(cli: Any, specs: SpecDir) -> None:
+    """A host that froze its objects (before a fork, say) keeps them frozen after a run in
+    its process: `gc.unfreeze` is not counted, so the run does not call it."""
+    specs.write(org_doc("acme"))
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        assert before > 0
+        applied = cli("apply", str(specs.root))
+        assert applied.code == 0, applied.out + applied.err
+        assert gc.get_freeze_count() > before // 2  # still frozen (some died: freed)
+    finally:
+        gc.unfreeze()

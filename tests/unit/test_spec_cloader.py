@@ -571,6 +571,24 @@ def test_each_scalar_as_a_value_and_as_a_key(text: str) -> None:
         _holds_same_tree(doc)
 
 
+def test_the_loader_and_the_native_parser_bound_depth_alike() -> None:
+    """`same_tree` takes a document the loader read within its depth bound as one the native
+    parser reads: the two bounds must be one."""
+    from reconciler.secrets.native import _base
+
+    assert loader.MAX_DEPTH == _base.MAX_DEPTH
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1):
+        text = f"{HEAD}a: " + "[" * depth + "]" * depth + "\n"
+        _holds_same_tree(text)
+
+
+def test_a_zero_keeps_its_sign() -> None:
+    from reconciler.secrets.native import same_tree
+
+    assert same_tree({"v": 0.0}, [("-0.0", 0.0, False)]) is None
+    assert same_tree({"v": -0.0}, [("-0.0", -0.0, False)]) == {"v": -0.0}
+
+
 def test_the_real_specs_are_decrypted_from_the_loaders_document(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -598,3 +616,4 @@ def test_the_real_specs_are_decrypted_from_the_loaders_document(
     assert [(s.path, s.org) for s in once.specs] == [(s.path, s.org) for s in twice.specs]
     for a, b in zip(once.specs, twice.specs, strict=True):
         assert a.org.spec.credentials.revealed() == b.org.spec.credentials.revealed()
+        assert _typed(a.org.model_dump()) == _typed(b.org.model_dump())  # 1, 1.0, True apart

@@ -158,7 +158,9 @@ def same_tree(doc: dict[str, Any], typed: Sequence[tuple[str, Any, bool]]) -> di
     is a string but the plain ones in `typed` (text, the value or key it was read as, whether
     a key), in document order. When yaml.v3 types each of those as `doc` holds it (same type,
     same value; a key a string), `doc` is that tree: its top level is copied (the caller takes
-    `sops` out of it), the rest shared, read only. None when one differs, or is not sure."""
+    `sops` out of it), the rest shared, read only. None when one differs, or is not sure.
+    The reader's depth bound must be this module's MAX_DEPTH (the spec loader's is: a test
+    holds them equal)."""
     for text, value, is_key in typed:
         try:
             kind, v3 = resolve_plain(text)
@@ -169,6 +171,8 @@ def same_tree(doc: dict[str, Any], typed: Sequence[tuple[str, Any, bool]]) -> di
                 return None
         elif kind == "uint" or type(v3) is not type(value) or v3 != value:
             return None
+        elif kind == "float" and math.copysign(1.0, v3) != math.copysign(1.0, value):
+            return None  # -0.0 == 0.0, yet the MAC would write them apart
     return dict(doc)
 
 
