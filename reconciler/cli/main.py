@@ -259,6 +259,7 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
     plan = saved.read(plan_file)
     loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
     with (
+        _settled(),
         runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt,
         _progress(args, applied=True) as progress,
     ):
