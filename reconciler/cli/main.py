@@ -89,10 +89,10 @@ def _settled() -> Iterator[None]:
     """What is alive now (the modules, every spec just read) is left out of the collector's
     full passes until the block ends: those live through the run, yet each full pass walked
     them all again (about a tenth of a no-op run's CPU at 1,000 orgs). Given back to the
-    collector at the end, even on an error: a caller in this process (tests, `serve`'s
-    callers) keeps a collector that sees everything. A freeze made before (a host process
-    freezing before it forks, a run beside this one) is left as it is: `gc.unfreeze` is not
-    counted, so undoing it here would undo theirs."""
+    collector at the end, even on an error: a caller of `main` in its own process (the
+    tests, a program embedding the CLI) keeps a collector that sees everything. A freeze
+    made before (a host process freezing before it forks, a run beside this one) is left as
+    it is: `gc.unfreeze` is not counted, so undoing it here would undo theirs."""
     if gc.get_freeze_count():
         yield
         return
