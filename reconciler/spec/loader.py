@@ -34,7 +34,7 @@ Bounds: a broken or hostile file costs little and stays a few lines about that f
 **Parsing.** libyaml scans and parses (`_CSpecLoader`, about 6x faster); the composer, resolver
 and constructors that enforce the rules above are the same Python code either way, and a text
 libyaml refuses, or might read otherwise than PyYAML, is read by the pure-Python `SpecLoader`,
-whose verdict and problem (words, line, column) are the ones reported (`_load`). A document of
+whose verdict and problem (words, line, column) are the ones reported (`_load_typed`). A document of
 plain and quoted scalars, maps and lists only (a spec as written) is built straight from
 libyaml's events with the same resolver and constructors (`_from_events`, about 3x faster
 again); anything else in it is left to the loaders. The native decryption takes that document
@@ -404,7 +404,7 @@ if _CParser is not None:
         composer (so the alias and depth checks), the resolver and the constructors are the
         same Python code, over the same events. Only for documents that load: whatever it
         refuses is parsed again by `SpecLoader`, whose problem (its words, line and column)
-        is the one reported, and so is its verdict (see `_load`)."""
+        is the one reported, and so is its verdict (see `_load_typed`)."""
 
         def __init__(self, stream: str | bytes) -> None:
             _CParser.__init__(self, stream)
@@ -527,10 +527,6 @@ Typed = list[tuple[str, Any, bool]]
 """The plain scalars `_from_events` typed, in document order: (text, value or key, whether
 a key). With the document, what `secrets.native` needs to know whether yaml.v3 reads the same
 bytes as the same tree (`same_tree`): every other scalar is a string to both."""
-
-
-def _load(text: str) -> Any:
-    return _load_typed(text)[0]
 
 
 def _load_typed(text: str) -> tuple[Any, Typed | None]:

@@ -446,12 +446,16 @@ _ATOMS = st.sampled_from(
 )
 
 
-@settings(
-    max_examples=int(os.environ.get("SPEC_CLOADER_EXAMPLES", "400")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(st.lists(_ATOMS, max_size=40).map("".join))
+def _generated_texts(test: Any) -> Any:
+    """Texts of up to 40 atoms (`SPEC_CLOADER_EXAMPLES` of them, 400 by default)."""
+    return settings(
+        max_examples=int(os.environ.get("SPEC_CLOADER_EXAMPLES", "400")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )(given(st.lists(_ATOMS, max_size=40).map("".join))(test))
+
+
+@_generated_texts
 def test_generated_texts_read_the_same_either_way(text: str) -> None:
     c = _c_path(text)
     if c[0] == "doc":
@@ -541,12 +545,7 @@ def test_the_loaders_document_stands_for_yaml_v3s_only_when_it_is_it(name: str, 
     _holds_same_tree(text)
 
 
-@settings(
-    max_examples=int(os.environ.get("SPEC_CLOADER_EXAMPLES", "400")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(st.lists(_ATOMS, max_size=40).map("".join))
+@_generated_texts
 def test_generated_texts_stand_for_yaml_v3s_only_when_they_are_it(text: str) -> None:
     _holds_same_tree(HEAD + "v: " + text)
     _holds_same_tree(text)
