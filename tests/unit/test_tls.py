@@ -20,9 +20,10 @@ def test_every_client_shares_the_one_context(monkeypatch: pytest.MonkeyPatch) ->
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     assert ctx.cert_store_stats()["x509_ca"] > 0  # certifi's bundle
     with vapi_client("http://127.0.0.1:9") as a, providers_client() as b:
-        for client in (a, b):
-            pool = client._transport._pool  # type: ignore[attr-defined]
-            assert pool._ssl_context is ctx
+        ours = a._transport  # GETs on our own connections, the rest through httpx's
+        assert ours._tls is ctx  # type: ignore[attr-defined]
+        for transport in (ours.other, b._transport):  # type: ignore[attr-defined]
+            assert transport._pool._ssl_context is ctx
 
 
 def test_a_trust_named_by_the_environment_gets_its_own_context(
