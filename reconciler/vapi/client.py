@@ -24,6 +24,7 @@ import json
 import random
 import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -607,15 +608,24 @@ def http_client(
     """One pooled client shared by all orgs; each request carries its org's key.
     `on_response` sees every answer (for metrics: method and status only); `transport`
     replaces the network (tests), which is else `GetTransport` (GETs on our own HTTP/1.1
-    connections: a no-op run's list calls at a third of the CPU)."""
+    connections: a no-op run's list calls at about half the CPU), unless the environment
+    names a proxy: httpx honours one (and `NO_PROXY`) only on a client of its own transport."""
     tls = ssl_context()  # one per process (`reconciler.tls`)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=32)
+    if transport is None and not _proxied():
+        transport = GetTransport(verify=tls, limits=limits)
     return SharedClient(  # no cookies: one tenant's must never ride on another's requests
         event_hooks={"response": [on_response]} if on_response else None,
         base_url=base_url,
         verify=tls,
-        transport=transport or GetTransport(verify=tls, limits=limits),
+        transport=transport,
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         limits=limits,
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
     )
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy for http or https (`HTTP_PROXY`, `HTTPS_PROXY`,
+    `ALL_PROXY`, in either case), as httpx reads it."""
+    return any(key in ("http", "https", "all") for key in urllib.request.getproxies())

@@ -10,7 +10,9 @@ httpx's `HTTPTransport`) goes through a stock `httpx.HTTPTransport`, unchanged.
 Narrow on purpose, and no laxer than h11 anywhere: the head of an answer is bounded as h11
 bounds it (16 KiB), and so are a chunk's size line and the trailers; only `chunked` or one
 `Content-Length` frames a body, never both; a header h11 would refuse is refused; a header
-line folded onto the next is refused too (h11 unfolds it). Anything unexpected is an
+line folded onto the next is refused too (h11 unfolds it), and so is a trailer that names a
+framing header. As with h11, one Content-Length of several equal ones reaches httpx, and a
+Transfer-Encoding in lower case. Anything unexpected is an
 `httpx.RemoteProtocolError` (or the timeout or I/O error it was, as httpx's own types), and
 the connection it came on is closed, never reused. A connection is reused only after an
 answer read to its exact end with nothing after it, and only while it shows no sign of having
@@ -47,11 +49,12 @@ _NAME_RE = re.compile(_TOKEN)
 _VALUE_RE = re.compile(_VALUE)
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _FIELD_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
-_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00\r\n]*))?")
+_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
 _CHUNK_RE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\r\n]*)?[ \t]*")
 _BLANK_RE = re.compile(rb"\n\r?\n")
 _DIGITS_RE = re.compile(rb"[0-9]{1,18}")
 _NO_BODY = frozenset({204, 304})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})  # refused as trailers
 _Origin = tuple[str, str, int]
 
 
@@ -144,6 +147,7 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
         raise _protocol("the answer does not start with an HTTP/1.x status line", request)
     headers: list[tuple[bytes, bytes]] = []
     lengths: set[bytes] = set()
+    length_at = -1  # where the one Content-Length header is kept, as h11 keeps it
     codings: list[bytes] = []
     close = False
     for line in lines[1:]:
@@ -158,8 +162,12 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
         lower = name.lower()
         if lower == b"content-length":
             lengths.update(v.strip() for v in value.split(b","))
+            if length_at >= 0:
+                continue
+            length_at = len(headers)
         elif lower == b"transfer-encoding":
-            codings.append(value.lower())
+            value = value.lower()
+            codings.append(value)
         elif lower == b"connection":
             close = close or b"close" in (t.strip().lower() for t in value.split(b","))
         headers.append((name, value))
@@ -177,6 +185,7 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
         if lengths or _DIGITS_RE.fullmatch(value) is None:
             raise _protocol("the answer has a bad or conflicting Content-Length", request)
         head.length = int(value)
+        headers[length_at] = (headers[length_at][0], value)
     if head.status in _NO_BODY:
         head.length, head.chunked = 0, False
     head.keep = head.minor == 1 and not close and (head.chunked or head.length is not None)
@@ -244,8 +253,9 @@ class _Body(httpx.SyncByteStream):
             taken += len(line) + 2
             if taken > HEAD_LIMIT:
                 raise _protocol(f"the answer's trailers are over {HEAD_LIMIT // 1024} KiB", request)
-            if _FIELD_RE.fullmatch(line) is None:
-                raise _protocol("the answer has a trailer line that is not a header", request)
+            field = _FIELD_RE.fullmatch(line)
+            if field is None or field.group(1).lower() in _FRAMING:
+                raise _protocol("the answer has a trailer that is not a header, or frames", request)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -273,24 +273,9 @@ def h11s(pieces: list[bytes]) -> tuple[int, bytes, list[tuple[bytes, bytes]], by
         elif isinstance(event, h11.EndOfMessage):
             break
     raw = [(name, value) for name, _, value in response.headers._full_items]
-    reusable = not ended and not queue and conn.their_state is h11.DONE
+    unread = queue or conn.trailing_data[0]
+    reusable = not ended and not unread and conn.their_state is h11.DONE
     return response.status_code, response.reason, raw, body, reusable
-
-
-def same(
-    mine: tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool],
-) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes, bool]:
-    """Ours as h11 gives it: h11 writes a Transfer-Encoding in lower case and one
-    Content-Length of several equal ones."""
-    status, reason, headers, body, reusable = mine
-    fixed = []
-    for name, value in headers:
-        if name.lower() == b"transfer-encoding":
-            value = value.lower()
-        elif name.lower() == b"content-length":
-            value = value.split(b",")[0].strip()
-        fixed.append((name, value))
-    return status, reason, fixed, body, reusable
 
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -354,7 +339,7 @@ _PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[Hea
 @given(answers(), st.lists(st.integers(0, 10_000), max_size=12))
 def test_every_answer_is_read_as_h11_reads_it(answer: bytes, cuts: list[int]) -> None:
     pieces = cut(answer, cuts)
-    assert same(ours(pieces)) == h11s(pieces)
+    assert ours(pieces) == h11s(pieces)
 
 
 @_PROPERTY
@@ -365,7 +350,7 @@ def test_a_damaged_answer_is_refused_or_read_as_h11_reads_it(
     """One byte changed, dropped or added anywhere: whatever we read, h11 reads the same
     (and keeps the connection as we do, or reads less); what h11 refuses, we refuse."""
     at = data.draw(st.integers(0, max(0, len(answer) - 1)))
-    byte = data.draw(st.sampled_from(b"\r\n :;\t0aZ\x00\x7f\xff"))
+    byte = data.draw(st.sampled_from(b"\r\n :;\t\x0b\x0c0aZ\x00\x7f\xff"))
     how = data.draw(st.sampled_from(["replace", "drop", "insert"]))
     if how == "replace":
         answer = answer[:at] + bytes([byte]) + answer[at + 1 :]
@@ -379,7 +364,7 @@ def test_a_damaged_answer_is_refused_or_read_as_h11_reads_it(
     except (h11.RemoteProtocolError, h11.LocalProtocolError):
         theirs = None
     try:
-        mine = same(ours(pieces))
+        mine = ours(pieces)
     except (httpx.RemoteProtocolError, httpx.ReadError):
         return  # refused: never laxer than h11, sometimes stricter (folded lines, TE and CL)
     assert theirs is not None, f"we read {answer!r}, which h11 refuses"
@@ -413,11 +398,31 @@ def test_a_damaged_answer_is_refused_or_read_as_h11_reads_it(
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "short"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", "short chunk"),
         (b"", "nothing"),
+        (b"HTTP/1.1 200 O\x0bK\r\nContent-Length: 0\r\n\r\n", "a vertical tab"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: x\r\n\r\n",
+            "",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 0\r\n\r\n",
+            "",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "",
+        ),
     ],
 )
 def test_a_wrong_answer_is_a_protocol_error(answer: bytes, why: str) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         ours([answer])
+
+
+def test_httpx_sees_one_content_length_and_a_lower_case_transfer_encoding_as_h11_gives() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nX: y\r\ncontent-length: 2\r\n\r\n[]"
+    assert ours([answer])[2] == [(b"Content-Length", b"2"), (b"X", b"y")] == h11s([answer])[2]
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: CHUNKED\r\n\r\n2\r\n[]\r\n0\r\n\r\n"
+    assert ours([answer])[2] == [(b"Transfer-Encoding", b"chunked")] == h11s([answer])[2]
 
 
 def test_the_head_chunk_lines_and_trailers_are_bounded_and_endless_input_stops() -> None:
@@ -575,6 +580,21 @@ def test_the_vapi_client_reads_bounded_gzip_answers_through_it(serve: Any) -> No
         server.answer = lambda head, n: [ok(bomb, b"Content-Encoding: gzip\r\n")]
         with pytest.raises(VapiError, match="a body over 1 MiB"):
             VapiReader(http, "k", max_body_bytes=1024 * 1024).list_objects("/assistant")
+
+
+def test_a_proxy_named_by_the_environment_is_honoured_by_httpx_own_transport(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = b'[{"id": "via the proxy", "createdAt": "2026-12-07T00:00:00.000Z"}]'
+    proxy = serve(lambda head, n: [ok(item)])
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    with http_client("http://vapi.invalid", timeout_s=5) as http:
+        assert not isinstance(http._transport, GetTransport)
+        assert VapiReader(http, "k").list_objects("/assistant")[0]["id"] == "via the proxy"
+    assert proxy.heads[0].startswith(b"GET http://vapi.invalid/assistant?limit=1000 HTTP/1.1")
 
 
 # -- TLS ------------------------------------------------------------------------------------------
