@@ -364,23 +364,21 @@ class GetTransport(httpx.BaseTransport):
                 raise _protocol(f"the server answered {head.status} to a GET", request)
 
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
-        stale: list[_Connection] = []
-        found = None
+        """A kept connection to `origin` that shows no sign of being closed, if there is one.
+        The lock is held only to take it: the check is a system call, and a thread that
+        waits for the interpreter with the lock held stalls every other GET behind it."""
         now = time.monotonic()
-        with self._lock:
-            pool = self._idle.get(origin)
-            while pool:
+        while True:
+            with self._lock:
+                pool = self._idle.get(origin)
+                if not pool:
+                    return None
                 conn = pool.pop()
                 self._idle_count -= 1
-                expired = self._expiry is not None and now - conn.idle_since > self._expiry
-                if expired or conn.looks_closed():
-                    stale.append(conn)
-                    continue
-                found = conn
-                break
-        for conn in stale:
+            expired = self._expiry is not None and now - conn.idle_since > self._expiry
+            if not expired and not conn.looks_closed():
+                return conn
             conn.close()
-        return found
 
     def _connect(
         self, origin: _Origin, timeouts: dict[str, Any], request: httpx.Request
@@ -408,18 +406,20 @@ class GetTransport(httpx.BaseTransport):
         return _Connection(sock)
 
     def _finish(self, origin: _Origin, conn: _Connection, reuse: bool) -> None:
-        """An answer's body was closed: keep its connection for the next GET, or close it."""
-        if self._slots is not None:
-            self._slots.release()
+        """An answer's body was closed: keep its connection for the next GET, or close it;
+        then give its slot back (a GET let in by that slot finds the connection kept)."""
+        kept = False
         if reuse:
             conn.idle_since = time.monotonic()
             with self._lock:
-                room = self._keep is None or self._idle_count < self._keep
-                if room and not self._closed:
+                if (self._keep is None or self._idle_count < self._keep) and not self._closed:
                     self._idle.setdefault(origin, []).append(conn)
                     self._idle_count += 1
-                    return
-        conn.close()
+                    kept = True
+        if not kept:
+            conn.close()
+        if self._slots is not None:
+            self._slots.release()
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
+import random
 import re
 import socket
 import ssl
@@ -535,6 +536,68 @@ def test_a_connection_is_kept_only_after_an_answer_read_to_its_exact_end(serve: 
         assert tr._idle_count == 1
         http.get("/").raise_for_status()
     assert tr.connections_made == 6  # a new one after each of the first five, then kept
+
+
+def test_many_threads_on_one_transport_each_read_their_own_answer(serve: Any) -> None:
+    """One client serves every tenant: whatever the server does (answers in pieces, after a
+    1xx, chunked, closes after answering or without answering), no GET reads an answer
+    meant for another, and every slot comes back."""
+    lock = threading.Lock()
+    rng = random.Random(16)
+
+    def answer(head: bytes, n: int) -> list[Step]:
+        found = re.search(rb"(?i)\r\nauthorization: (\S+)", head)
+        assert found is not None
+        body = found.group(1) + b" " + head.split(b" ")[1]
+        with lock:
+            roll, split = rng.random(), rng.randint(1, 40)
+        if roll < 0.1:
+            return [ok(body, b"Connection: close\r\n"), CLOSE]
+        if roll < 0.2:
+            chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            return [
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                + chunked
+                + b"%x\r\n" % len(body)
+                + body
+                + b"\r\n0\r\n\r\n"
+            ]
+        if roll < 0.25:
+            return [CLOSE]
+        whole = ok(body)
+        return [whole[:split], 0.001, whole[split:]]
+
+    server = serve(answer)
+    tr = transport(max_connections=4, max_keepalive_connections=2)
+    wrong: list[Any] = []
+    failures: set[str] = set()
+
+    http = client(server.url, tr)
+
+    def tenant(t: int) -> None:
+        for i in range(40):
+            key, path = f"tenant-{t}", f"/assistant/{t}/{i}"
+            try:
+                got = http.get(path, headers={"Authorization": key})
+            except httpx.HTTPError as exc:
+                failures.add(type(exc).__name__)
+                continue
+            if got.content != f"{key} {path}".encode():
+                wrong.append((key, path, got.status_code, got.content))
+
+    threads = [threading.Thread(target=tenant, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    reused = len(server.heads) - tr.connections_made
+    http.close()
+    assert wrong == []
+    assert reused > 100  # most GETs went on a kept connection
+    assert failures <= {"RemoteProtocolError"}  # a close without an answer, on a new one
+    assert tr._slots is not None and tr._slots._value == 4  # type: ignore[attr-defined]
+    assert tr._idle_count <= 2
+    assert len(server.heads) >= 8 * 40
 
 
 def test_the_gets_in_flight_are_bounded_and_a_wait_past_the_pool_timeout_fails(
