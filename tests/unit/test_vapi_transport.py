@@ -36,7 +36,7 @@ from reconciler.vapi.client import VapiError, VapiReader, http_client
 from reconciler.vapi.transport import HEAD_LIMIT, GetTransport, _Body, _Connection
 
 CLOSE = object()  # a step: the server closes the connection
-Step = Any  # bytes to send, CLOSE, or a float: seconds to wait
+Step = Any  # bytes to send, CLOSE, a float (seconds to wait) or a function to call
 
 
 def ok(body: bytes = b"[]", *extra: bytes) -> bytes:
@@ -101,6 +101,8 @@ class Server:
                         return
                     if isinstance(step, float):
                         time.sleep(step)
+                    elif callable(step):
+                        step()
                     else:
                         conn.sendall(step)
         except (OSError, ssl.SSLError):
@@ -490,11 +492,13 @@ def test_an_idle_connection_the_server_wrote_on_is_never_reused(serve: Any) -> N
     """Servers answer an idle connection with a 408 before they close it: that is not the
     answer to our next GET, which goes on a new connection."""
     late = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    server = serve(lambda head, n: [ok(), 0.1, late, 1.0] if n == 0 else [ok(b"[2]")])
+    written = threading.Event()
+    server = serve(lambda head, n: [ok(), late, written.set, 2.0] if n == 0 else [ok(b"[2]")])
     tr = transport()
     with client(server.url, tr) as http:
         http.get("/a").raise_for_status()
-        time.sleep(0.4)
+        assert written.wait(5)
+        time.sleep(0.05)  # on loopback the bytes are ours once written; a margin all the same
         assert http.get("/b").json() == [2]
     assert tr.connections_made == 2
 
