@@ -57,6 +57,7 @@ _BLANK_RE = re.compile(rb"\n\r?\n")
 _DIGITS_RE = re.compile(rb"[0-9]{1,18}")
 _NO_BODY = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})  # refused as trailers
+_STALE = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)  # a kept one was closed
 _Origin = tuple[str, str, int]
 
 
@@ -131,7 +132,9 @@ class _Connection:
 class _Head:
     __slots__ = ("chunked", "headers", "keep", "length", "minor", "reason", "status")
 
-    def __init__(self, status: int, reason: bytes, minor: int, headers: list[Any]) -> None:
+    def __init__(
+        self, status: int, reason: bytes, minor: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         self.status = status
         self.reason = reason
         self.minor = minor
@@ -198,7 +201,12 @@ class _Body(httpx.SyncByteStream):
     """The raw body of one answer; closing it gives its connection back (or closes it)."""
 
     def __init__(
-        self, owner: GetTransport, origin: _Origin, conn: _Connection, head: _Head, req: Any
+        self,
+        owner: GetTransport,
+        origin: _Origin,
+        conn: _Connection,
+        head: _Head,
+        req: httpx.Request,
     ) -> None:
         self._owner = owner
         self._origin = origin
@@ -331,14 +339,11 @@ class GetTransport(httpx.BaseTransport):
                 conn.fill(request, "before answering")
                 answered = True
                 head = self._read_head(conn, request)
-            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+            except BaseException as exc:
                 conn.close()
-                if reused and not answered:  # closed while it was idle: once more, anew
-                    conn, reused = None, False
+                if reused and not answered and isinstance(exc, _STALE):
+                    conn, reused = None, False  # closed while it was idle: once more, anew
                     continue
-                raise
-            except BaseException:
-                conn.close()
                 raise
             stream = _Body(self, origin, conn, head, request)
             extensions = {"http_version": b"HTTP/1.%d" % head.minor, "reason_phrase": head.reason}
