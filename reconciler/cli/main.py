@@ -14,7 +14,7 @@ import gc
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,20 +85,22 @@ def _load(args: argparse.Namespace) -> LoadResult:
 
 
 @contextmanager
-def _settled() -> Iterator[None]:
-    """What is alive now (the modules, every spec just read) is left out of the collector's
-    full passes until the block ends: those live through the run, yet each full pass walked
-    them all again (about a tenth of a no-op run's CPU at 1,000 orgs). Given back to the
-    collector at the end, even on an error: a caller of `main` in its own process (the
-    tests, a program embedding the CLI) keeps a collector that sees everything. A freeze
-    made before (a host process freezing before it forks, a run beside this one) is left as
-    it is: `gc.unfreeze` is not counted, so undoing it here would undo theirs."""
+def _settled() -> Iterator[Callable[[], None]]:
+    """What lives through the run (the modules, then every spec once read: call the `settle`
+    it gives) is left out of the collector's full passes until the block ends: those live
+    through the run, yet each full pass walked them all again (a tenth of a no-op run's CPU
+    at 1,000 orgs; one full pass while the specs are read, another while the plan is
+    written). Given back to the collector at the end, even on an error: a caller of `main`
+    in its own process (the tests, a program embedding the CLI) keeps a collector that sees
+    everything. A freeze made before (a host process freezing before it forks, a run beside
+    this one) is left as it is: `gc.unfreeze` is not counted, so undoing it here would undo
+    theirs."""
     if gc.get_freeze_count():
-        yield
+        yield lambda: None
         return
     gc.freeze()
     try:
-        yield
+        yield gc.freeze
     finally:
         gc.unfreeze()
 
@@ -150,37 +152,45 @@ def _offline_diff(args: argparse.Namespace) -> RunReport:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    out = getattr(args, "out", None)
+    if getattr(args, "base", None) and out:
+        print("error: --out saves a plan to apply; diff --base makes none", file=sys.stderr)
+        return EXIT_ERROR
+    with _settled() as settle:
+        report = _offline_diff(args) if getattr(args, "base", None) else _plan(args, settle)
+        return _print_plan(args, report)
+
+
+def _plan(args: argparse.Namespace, settle: Callable[[], None]) -> RunReport:
+    from reconciler.config import load_settings
+    from reconciler.server.runtime import runtime
+
+    settings = load_settings()
+    loaded = _load(args)
+    settle()
+    options = _options(args)
+    with (
+        runtime(settings, write=False) as rt,
+        _progress(args, applied=False) as progress,
+    ):
+        report = rt.controller.plan(loaded, options=options, progress=progress)
+    out = getattr(args, "out", None)
+    if out:
+        from reconciler.cli import saved
+
+        held = saved.write(Path(out), report, options, Path(args.path), args.org or [])
+        print(
+            f"saved the plan of {held} org(s) to {out}: `reconciler apply {out}`",
+            file=sys.stderr,
+        )
+    return report
+
+
+def _print_plan(args: argparse.Namespace, report: RunReport) -> int:
     import json
 
     from reconciler.cli.render import render_text, report_json
 
-    out = getattr(args, "out", None)
-    if getattr(args, "base", None):
-        if out:
-            print("error: --out saves a plan to apply; diff --base makes none", file=sys.stderr)
-            return EXIT_ERROR
-        report = _offline_diff(args)
-    else:
-        from reconciler.config import load_settings
-        from reconciler.server.runtime import runtime
-
-        settings = load_settings()
-        loaded = _load(args)
-        options = _options(args)
-        with (
-            _settled(),
-            runtime(settings, write=False) as rt,
-            _progress(args, applied=False) as progress,
-        ):
-            report = rt.controller.plan(loaded, options=options, progress=progress)
-        if out:
-            from reconciler.cli import saved
-
-            held = saved.write(Path(out), report, options, Path(args.path), args.org or [])
-            print(
-                f"saved the plan of {held} org(s) to {out}: `reconciler apply {out}`",
-                file=sys.stderr,
-            )
     if args.format == "json":
         print(json.dumps(report_json(report), indent=2, default=str))
     elif args.format == "markdown":
@@ -206,17 +216,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return _apply_saved(args, plan_file)
     from reconciler.spec.git import worktree_revision
 
-    loaded = _load(args)
-    revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
-    with (
-        _settled(),
-        runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt,
-        _progress(args, applied=True) as progress,
-    ):
-        report = rt.controller.apply(
-            loaded, options=_options(args), revision=revision, progress=progress
-        )
-    render_text(report, _out(), verb="Applied", quiet=args.quiet)
+    with _settled() as settle:
+        loaded = _load(args)
+        settle()
+        revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
+        with (
+            runtime(settings, write=True, lock_wait_s=args.lock_timeout) as rt,
+            _progress(args, applied=True) as progress,
+        ):
+            report = rt.controller.apply(
+                loaded, options=_options(args), revision=revision, progress=progress
+            )
+        render_text(report, _out(), verb="Applied", quiet=args.quiet)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -257,20 +268,21 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
         )
         return EXIT_ERROR
     plan = saved.read(plan_file)
-    loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
-    with (
-        _settled(),
-        runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt,
-        _progress(args, applied=True) as progress,
-    ):
-        report = rt.controller.apply(
-            loaded,
-            options=plan.options,
-            saved=plan.stamps,
-            revision=worktree_revision(plan.specs),
-            progress=progress,
-        )
-    render_text(report, _out(), verb="Applied", quiet=args.quiet)
+    with _settled() as settle:
+        loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
+        settle()
+        with (
+            runtime(load_settings(), write=True, lock_wait_s=args.lock_timeout) as rt,
+            _progress(args, applied=True) as progress,
+        ):
+            report = rt.controller.apply(
+                loaded,
+                options=plan.options,
+                saved=plan.stamps,
+                revision=worktree_revision(plan.specs),
+                progress=progress,
+            )
+        render_text(report, _out(), verb="Applied", quiet=args.quiet)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 

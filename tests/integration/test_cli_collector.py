@@ -1,5 +1,6 @@
 """`apply` and `plan` keep what is alive once the specs are read out of the garbage collector's
-full passes while they run (`cli.main._settled`), and give it back when they end."""
+full passes while they run and while they write their plan (`cli.main._settled`), and give
+it back when they end."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.cli import render as render_module
 from reconciler.controller import run as run_module
 from tests.helpers import SpecDir, org_doc
 
@@ -19,16 +21,27 @@ def test_the_run_is_settled_and_the_collector_sees_everything_after_it(
     frozen: dict[str, int] = {}
     apply, plan = run_module.Controller.apply, run_module.PlanController.plan
 
-    def counted_apply(self: Any, *a: Any, **k: Any) -> Any:
+    written: list[int] = []
+    render_text = render_module.render_text
+
+    def counted_apply(self: Any, loaded: Any, *a: Any, **k: Any) -> Any:
         frozen.setdefault("apply", gc.get_freeze_count())
-        return apply(self, *a, **k)
+        settled.setdefault("apply", _out_of_full_passes(loaded.specs[0]))
+        return apply(self, loaded, *a, **k)
 
-    def counted_plan(self: Any, *a: Any, **k: Any) -> Any:
+    def counted_plan(self: Any, loaded: Any, *a: Any, **k: Any) -> Any:
         frozen.setdefault("plan", gc.get_freeze_count())
-        return plan(self, *a, **k)
+        settled.setdefault("plan", _out_of_full_passes(loaded.specs[0]))
+        return plan(self, loaded, *a, **k)
 
+    def counted_render(*a: Any, **k: Any) -> Any:
+        written.append(gc.get_freeze_count())
+        return render_text(*a, **k)
+
+    settled: dict[str, bool] = {}
     monkeypatch.setattr(run_module.Controller, "apply", counted_apply)
     monkeypatch.setattr(run_module.PlanController, "plan", counted_plan)
+    monkeypatch.setattr(render_module, "render_text", counted_render)
     specs.write(org_doc("acme"))
     applied = cli("apply", str(specs.root))
     assert applied.code == 0, applied.out + applied.err
@@ -42,6 +55,14 @@ def test_the_run_is_settled_and_the_collector_sees_everything_after_it(
     from_file = cli("apply", str(saved))  # a saved plan's apply too
     assert from_file.code == 0, from_file.out + from_file.err
     assert frozen["apply"] > 10_000 and gc.get_freeze_count() == 0
+    # the specs just read were out of the full passes too, and so was the plan's writing
+    assert settled == {"apply": True, "plan": True}
+    assert len(written) == 3 and all(n > 10_000 for n in written)
+
+
+def _out_of_full_passes(spec: Any) -> bool:
+    """Whether a spec the run holds is frozen: no generation of the collector lists it."""
+    return gc.is_tracked(spec) and not any(o is spec for o in gc.get_objects())
 
 
 def test_a_run_that_fails_gives_everything_back_too(
