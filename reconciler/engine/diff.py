@@ -42,20 +42,28 @@ def contains(live: Any, desired: Any) -> bool:
 
     Numbers compare by exact value (`1 == 1.0`, but 2**53 + 1 is not 2**53), booleans only
     with booleans. A leaf Vapi showed masked cannot be checked, so it counts as holding ours.
+    (Loops, not generators: the planner asks this of every field of every object each run.)
     """
     if live == MASKED_BY_VAPI and desired is not None:
         return True
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(
-            contains(live.get(k), v) if v is not None else live.get(k) is None
-            for k, v in desired.items()
-        )
+        if not isinstance(live, dict):
+            return False
+        get = live.get
+        for k, v in desired.items():
+            if v is None:
+                if get(k) is not None:
+                    return False
+            elif not contains(get(k), v):
+                return False
+        return True
     if isinstance(desired, list):
-        return (
-            isinstance(live, list)
-            and len(live) == len(desired)
-            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
-        )
+        if not isinstance(live, list) or len(live) != len(desired):
+            return False
+        for a, b in zip(live, desired, strict=True):  # noqa: SIM110 - no generator
+            if not contains(a, b):
+                return False
+        return True
     if isinstance(desired, bool) or isinstance(live, bool):
         return live is desired
     if isinstance(desired, int | float) and isinstance(live, int | float):

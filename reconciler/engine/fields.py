@@ -33,6 +33,9 @@ class FieldPlan:
     changes: tuple[FieldChange, ...]
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
+    # `same(asked, stored)`: what our last write asked for is what the spec wants now (from
+    # the comparisons of each field already made: a no-op plan walks each value once less)
+    asked_same: bool = False
 
 
 def compare_fields(
@@ -57,6 +60,7 @@ def compare_fields(
     changes: list[FieldChange] = []
     warnings: list[str] = []
     notes: list[str] = []
+    matched: set[str] = set()  # fields where `same(asked[key], stored[key])` holds
     for key, value in body.items():
         if key in immutable:
             continue  # part of the natural key: equal by construction
@@ -70,8 +74,14 @@ def compare_fields(
             continue
         # recorded under a master key rotated out since: its fingerprints cannot be compared
         # with today's, so whether the spec changed is judged by the live value alone
-        rekeyed = asked is not None and bool(leaf_key_ids(asked.get(key)) - leaf_key_ids(wanted))
-        spec_changed = asked is not None and not rekeyed and not same(asked.get(key), wanted)
+        was = asked.get(key) if asked is not None else None
+        # equal values hold the same fingerprints: no key id to compare
+        rekeyed = (
+            asked is not None and was != wanted and bool(leaf_key_ids(was) - leaf_key_ids(wanted))
+        )
+        spec_changed = asked is not None and not rekeyed and not same(was, wanted)
+        if asked is not None and not rekeyed and not spec_changed:
+            matched.add(key)
         if not spec_changed and contains(now, wanted):
             notes += [
                 f"{where}: {path}: Vapi masks this value on read; its drift cannot be checked"
@@ -93,7 +103,11 @@ def compare_fields(
         if key in write_only or live.get(key) is not None:
             patch[key] = None
             changes += field_changes(was if key in write_only else live.get(key), None, key)
-    return FieldPlan(patch, before, tuple(changes), tuple(warnings), tuple(notes))
+    # two JSON objects are `same` exactly when each of their fields is
+    asked_same = asked is not None and all(
+        same(asked.get(key), stored.get(key)) for key in (asked.keys() | stored.keys()) - matched
+    )
+    return FieldPlan(patch, before, tuple(changes), tuple(warnings), tuple(notes), asked_same)
 
 
 def write_only_changes(

@@ -660,7 +660,7 @@ def _plan_assistant(
         and mapping.vapi_assistant_id == vapi_id
         and mapping.name == want.name
         and ours
-        and (same(asked, want.stored) or _rekeyed_only(asked, want.stored))
+        and (fields.asked_same or _rekeyed_only(asked, want.stored))
     )
     if patch:
         adopt = mapping is None or mapping.vapi_assistant_id != vapi_id

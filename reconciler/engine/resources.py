@@ -28,7 +28,6 @@ from reconciler.engine.diff import (
     SERVER_OWNED,
     contains,
     field_changes,
-    same,
 )
 from reconciler.engine.fields import compare_fields
 from reconciler.engine.kinds import KEYED, ResourceKind
@@ -262,7 +261,7 @@ def _converge(
         immutable=kind.immutable,
     )
     patch, warnings, notes = fields.patch, list(fields.warnings), list(fields.notes)
-    in_sync = ours and same(asked, want.stored)
+    in_sync = ours and fields.asked_same
     if patch:
         return (
             UpdateResource(
