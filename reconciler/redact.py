@@ -87,7 +87,11 @@ def mask_tree(value: Any, replace: Callable[[Any], Any], *, under: bool = False)
         return [mask_tree(v, replace, under=under) for v in value]
     if under and value is not None:
         return replace(value)
-    if isinstance(value, str) and _URL_USERINFO.search(value):  # https://user:password@host
+    if (
+        isinstance(value, str)
+        and "@" in value  # the regular expression only where it may match: most leaves are not
+        and _URL_USERINFO.search(value)  # https://user:password@host
+    ):
         return replace(value)
     return value
 
