@@ -20,6 +20,7 @@ tokens, ...), escaped and cut short.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import random
 import re
@@ -209,16 +210,27 @@ def _secret_leaves(body: Any) -> tuple[str, ...]:
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether JSON `value` nests more than `limit` levels (iteratively: no recursion)."""
+    """Whether JSON `value` nests more than `limit` levels (iteratively: no recursion). Only
+    containers are walked (a JSON parser makes dicts and lists): every list call's answer
+    goes through here."""
+    if type(value) is not dict and type(value) is not list:
+        return False
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            if depth >= limit:
-                return True
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children)
+        if depth >= limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _what(method: str, path: str) -> str:
+    """`GET /assistant`, as an error names the call: made once per call and path, not for
+    every answer (most need none)."""
+    return printable(f"{method} {path}", 80)
 
 
 class VapiReader:
@@ -394,7 +406,7 @@ class VapiReader:
         failure of a POST raises at once, ambiguous unless Vapi's answer was a definite refusal.
         """
         post = method == "POST"
-        what = printable(f"{method} {path}", 80)
+        what = _what(method, path)
         if self._unsendable is not None:  # refused here: nothing was sent
             created = ", nothing was created" if post else ""
             raise VapiRejected(
@@ -461,7 +473,7 @@ class VapiReader:
     def _json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         """The status and JSON of a 2xx answer; an answer that is not JSON is a VapiError."""
         post = method == "POST"
-        what = printable(f"{method} {path}", 80)
+        what = _what(method, path)
         code, body = self._request(method, path, **kwargs)
         try:
             text = body.decode("utf-8-sig")
@@ -484,7 +496,7 @@ class VapiReader:
         """An answer that must be one object: a JSON object with a string `id`."""
         code, result = self._json(method, path, **kwargs)
         if not isinstance(result, dict) or not isinstance(result.get("id"), str):
-            what = printable(f"{method} {path}", 80)
+            what = _what(method, path)
             raise self._odd(what, method == "POST", code, f"no {label} (an object with an id)")
         return result
 

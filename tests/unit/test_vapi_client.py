@@ -693,6 +693,32 @@ def test_odd_list_answers(make: Callable[..., Client], reply: Reply, says: str) 
     assert c.sent == 1  # an odd 2xx answer is not retried
 
 
+def _nested(levels: int) -> Any:
+    """An assistant whose `metadata` nests so that the listed page has `levels` levels,
+    through objects and lists in turn."""
+    value: Any = "leaf"
+    for i in range(levels - 2):  # the page (a list) and the assistant (an object) are two
+        value = {"k": value} if i % 2 else [value]
+    return [{"id": "a", "createdAt": "t", "metadata": value}]
+
+
+@pytest.mark.parametrize("levels", [2, 3, 63, 64])
+def test_an_answer_nested_up_to_the_bound_is_read(make: Callable[..., Client], levels: int) -> None:
+    c = make(ok(_nested(levels)))
+    assert [a["id"] for a in c.vapi.list_assistants()] == ["a"]
+
+
+@pytest.mark.parametrize("levels", [65, 66, 200])
+def test_an_answer_nested_past_the_bound_is_refused(
+    make: Callable[..., Client], levels: int
+) -> None:
+    c = make(ok(_nested(levels)), then=ok())
+    with pytest.raises(VapiError) as info:
+        c.vapi.list_assistants()
+    assert "JSON nested deeper than 64 levels" in str(info.value)
+    assert_one_line(info.value, "GET /assistant: ")
+
+
 @pytest.mark.parametrize(
     ("reply", "says"),
     [
