@@ -45,12 +45,17 @@ class NoCookies(httpx.Cookies):
 
 
 class SharedClient(httpx.Client):
-    """An `httpx.Client` whose cookies are always `NoCookies`: none given, none kept."""
+    """An `httpx.Client` whose cookies are always `NoCookies`: none given, none kept.
+    `direct`: the transport it sends every request on (it has no other), named so that a
+    caller may hand it a request as the client would (`vapi.client`); None: not named."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, direct: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         if "cookies" in kwargs:
             raise TypeError("a SharedClient keeps no cookies")
+        if direct is not None and (kwargs.get("transport") is not direct or kwargs.get("mounts")):
+            raise ValueError("direct must be the client's one transport")
         self._none_kept = NoCookies()
+        self.direct = direct
         super().__init__(**kwargs)
 
     @property

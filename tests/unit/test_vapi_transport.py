@@ -31,8 +31,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.sharedhttp import SharedClient
 from reconciler.tls import ssl_context
-from reconciler.vapi.client import VapiError, VapiReader, http_client
+from reconciler.vapi.client import VapiError, VapiReader, _DirectGet, http_client
 from reconciler.vapi.transport import HEAD_LIMIT, GetTransport, _Body, _Connection
 
 CLOSE = object()  # a step: the server closes the connection
@@ -647,6 +648,81 @@ def test_the_vapi_client_reads_bounded_gzip_answers_through_it(serve: Any) -> No
         server.answer = lambda head, n: [ok(bomb, b"Content-Encoding: gzip\r\n")]
         with pytest.raises(VapiError, match="a body over 1 MiB"):
             VapiReader(http, "k", max_body_bytes=1024 * 1024).list_objects("/assistant")
+
+
+def test_the_vapi_clients_gets_skip_the_client_and_send_what_it_would_send(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list call goes straight to the transport (`_DirectGet`): the same request, byte for
+    byte, as the client sends for the same GET, and the client's response hooks see it."""
+    item = b'[{"id": "a1", "createdAt": "2026-12-07T00:00:00.000Z"}]'
+    server = serve(lambda head, n: [ok(item)])
+    sent: list[str] = []
+    send = httpx.Client.send
+
+    def counted(self: httpx.Client, request: httpx.Request, **kw: Any) -> httpx.Response:
+        sent.append(request.method)
+        return send(self, request, **kw)
+
+    monkeypatch.setattr(httpx.Client, "send", counted)
+    seen: list[tuple[str, str, int]] = []
+    hook = lambda r: seen.append((r.request.method, r.request.url.path, r.status_code))  # noqa: E731
+    with http_client(server.url, timeout_s=5, on_response=hook) as http:
+        reader = VapiReader(http, "k-1")
+        assert reader.list_objects("/assistant")[0]["id"] == "a1"
+        assert sent == []  # not through the client
+        answer = http.get(
+            "/assistant", params={"limit": 1000}, headers={"Authorization": "Bearer k-1"}
+        )
+        assert answer.status_code == 200 and sent == ["GET"]
+    assert len(server.heads) == 2 and server.heads[0] == server.heads[1]
+    assert b"\r\nAuthorization: Bearer k-1\r\n" in server.heads[0]
+    assert seen == [("GET", "/assistant", 200)] * 2
+
+
+def _bypassed(http: httpx.Client) -> bool:
+    return _DirectGet.of(http, {"Authorization": "Bearer k"}) is not None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"auth": ("user", "password")},
+        {"event_hooks": {"request": [lambda r: None]}},
+        {"params": {"always": "1"}},
+        {"follow_redirects": True},
+        {"headers": {"authorization": "Bearer someone else"}},
+    ],
+)
+def test_a_client_with_work_of_its_own_for_each_request_keeps_it(
+    serve: Any, extra: dict[str, Any]
+) -> None:
+    server = serve(lambda head, n: [ok()])
+    tr = transport()
+    with SharedClient(direct=tr, transport=tr, base_url=server.url, timeout=5) as plain:
+        assert _bypassed(plain)
+    tr = transport()
+    with SharedClient(direct=tr, transport=tr, base_url=server.url, timeout=5, **extra) as http:
+        assert not _bypassed(http)
+        assert VapiReader(http, "k").list_objects("/assistant") == []
+    head = server.heads[-1]
+    assert (b"Authorization: Basic " in head) is ("auth" in extra)
+    assert (b"always=1" in head) is ("params" in extra)
+
+
+def test_only_a_client_that_names_its_one_transport_is_bypassed(serve: Any) -> None:
+    server = serve(lambda head, n: [ok()])
+    with httpx.Client(base_url=server.url, transport=transport()) as unnamed:
+        assert not _bypassed(unnamed)
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, json=[]))
+    with http_client(server.url, transport=mock) as mocked:
+        assert not _bypassed(mocked)
+        assert VapiReader(mocked, "k").list_objects("/assistant") == []
+    tr = transport()
+    with pytest.raises(ValueError, match="one transport"):
+        SharedClient(direct=tr, transport=transport())
+    with pytest.raises(ValueError, match="one transport"):
+        SharedClient(direct=tr, transport=tr, mounts={"http://other": transport()})
 
 
 def test_a_proxy_named_by_the_environment_is_honoured_by_httpx_own_transport(
