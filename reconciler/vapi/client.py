@@ -242,12 +242,12 @@ class _DirectGet:
     a client with none of that work to do (`of`); the tests compare the two requests byte for
     byte."""
 
-    __slots__ = ("extensions", "headers", "hooks", "transport")
+    __slots__ = ("headers", "hooks", "timeout", "transport")
 
     def __init__(self, http: httpx.Client, transport: GetTransport, own: dict[str, str]) -> None:
         self.transport = transport
         self.headers = [*http.headers.raw, *((k.encode(), v.encode()) for k, v in own.items())]
-        self.extensions = {"timeout": http.timeout.as_dict()}
+        self.timeout = http.timeout.as_dict()
         self.hooks = tuple(http.event_hooks["response"])
 
     @classmethod
@@ -268,7 +268,9 @@ class _DirectGet:
         return cls(http, transport, own)
 
     def send(self, url: httpx.URL) -> httpx.Response:
-        request = httpx.Request("GET", url, headers=self.headers, extensions=self.extensions)
+        # extensions of its own, as the client gives each request (a transport may add to them)
+        extensions = {"timeout": dict(self.timeout)}
+        request = httpx.Request("GET", url, headers=self.headers, extensions=extensions)
         response = self.transport.handle_request(request)
         response.request = request
         try:

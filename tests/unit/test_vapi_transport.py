@@ -678,6 +678,21 @@ def test_the_vapi_clients_gets_skip_the_client_and_send_what_it_would_send(
     assert len(server.heads) == 2 and server.heads[0] == server.heads[1]
     assert b"\r\nAuthorization: Bearer k-1\r\n" in server.heads[0]
     assert seen == [("GET", "/assistant", 200)] * 2
+    # each request its own extensions, with the client's timeouts
+    direct = _DirectGet.of(http, {"Authorization": "Bearer k"})
+    assert direct is not None
+    made: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        made.append(request)
+        return httpx.Response(200)
+
+    direct.transport = httpx.MockTransport(record)  # type: ignore[assignment]
+    direct.send(httpx.URL("http://x/a")).close()
+    direct.send(httpx.URL("http://x/a")).close()
+    assert made[0].extensions is not made[1].extensions
+    assert made[0].extensions["timeout"] is not made[1].extensions["timeout"]
+    assert made[0].extensions == {"timeout": http.timeout.as_dict()}
 
 
 def _bypassed(http: httpx.Client) -> bool:
