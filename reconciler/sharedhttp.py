@@ -52,11 +52,13 @@ class SharedClient(httpx.Client):
     def __init__(self, *, direct: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         if "cookies" in kwargs:
             raise TypeError("a SharedClient keeps no cookies")
-        if direct is not None and (kwargs.get("transport") is not direct or kwargs.get("mounts")):
+        if direct is not None and (
+            kwargs.get("transport") is not direct or kwargs.get("mounts") or kwargs.get("proxy")
+        ):
             raise ValueError("direct must be the client's one transport")
         self._none_kept = NoCookies()
         self.direct = direct
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # given a transport, httpx mounts no proxy of the environment
 
     @property
     def cookies(self) -> httpx.Cookies:

@@ -253,12 +253,14 @@ class _DirectGet:
     @classmethod
     def of(cls, http: httpx.Client, own: dict[str, str]) -> _DirectGet | None:
         """None unless `http` names its one transport as ours (`SharedClient.direct`) and has
-        no auth, request hooks, query of its own, redirects to follow or header of the call's
-        names already: then the client's own way."""
+        no auth (nor a user in its base URL), request hooks, query of its own, redirects to
+        follow or header of the call's names already: then the client's own way (a closed
+        client's too: it refuses to send)."""
         transport = getattr(http, "direct", None)
         if (
             not isinstance(transport, GetTransport)
             or http.auth is not None
+            or http.base_url.userinfo  # httpx makes basic auth of it
             or http.event_hooks["request"]
             or http.params
             or http.follow_redirects
@@ -339,8 +341,9 @@ class VapiReader:
         self, method: str, path: str, json_body: Any, params: dict[str, Any] | None
     ) -> _Answer:
         url = self._url(path, params)
-        if method == "GET" and url is not None and self._direct is not None:
-            resp = self._direct.send(url)
+        direct = self._direct
+        if method == "GET" and url is not None and direct is not None and not self._http.is_closed:
+            resp = direct.send(url)
             try:
                 return self._answer(resp)
             finally:

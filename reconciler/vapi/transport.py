@@ -296,6 +296,8 @@ class GetTransport(httpx.BaseTransport):
         self.connections_made = 0  # how many sockets this transport opened (tests, benches)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:  # as a closed httpx client refuses: no new connection
+            raise RuntimeError("Cannot send a request, as the transport has been closed.")
         if not self._ours(request):
             return self.other.handle_request(request)
         timeouts = request.extensions.get("timeout") or {}

@@ -733,11 +733,33 @@ def test_only_a_client_that_names_its_one_transport_is_bypassed(serve: Any) -> N
     with http_client(server.url, transport=mock) as mocked:
         assert not _bypassed(mocked)
         assert VapiReader(mocked, "k").list_objects("/assistant") == []
+    with http_client(f"http://u:p@localhost:{server.port}") as userinfo:  # basic auth
+        assert not _bypassed(userinfo)
+        assert VapiReader(userinfo, "k").list_objects("/assistant") == []
+    assert b"Authorization: Basic dTpw" in server.heads[-1]
     tr = transport()
     with pytest.raises(ValueError, match="one transport"):
         SharedClient(direct=tr, transport=transport())
     with pytest.raises(ValueError, match="one transport"):
         SharedClient(direct=tr, transport=tr, mounts={"http://other": transport()})
+    with pytest.raises(ValueError, match="one transport"):
+        SharedClient(direct=tr, transport=tr, proxy="http://127.0.0.1:3128")
+
+
+def test_a_closed_client_sends_nothing_more(serve: Any) -> None:
+    """Its GETs are refused as the client refuses them: no new connection after the end."""
+    server = serve(lambda head, n: [ok()])
+    with http_client(server.url, timeout_s=5) as http:
+        reader = VapiReader(http, "k")
+        assert reader.list_objects("/assistant") == []
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        reader.list_objects("/assistant")
+    assert len(server.heads) == 1
+    direct = _DirectGet.of(http, {"Authorization": "Bearer k"})
+    assert direct is not None
+    with pytest.raises(RuntimeError, match="transport has been closed"):
+        direct.send(httpx.URL(f"{server.url}/assistant"))
+    assert len(server.heads) == 1
 
 
 def test_a_proxy_named_by_the_environment_is_honoured_by_httpx_own_transport(
@@ -750,7 +772,7 @@ def test_a_proxy_named_by_the_environment_is_honoured_by_httpx_own_transport(
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
     with http_client("http://vapi.invalid", timeout_s=5) as http:
-        assert not isinstance(http._transport, GetTransport)
+        assert not isinstance(http._transport, GetTransport) and not _bypassed(http)
         assert VapiReader(http, "k").list_objects("/assistant")[0]["id"] == "via the proxy"
     assert proxy.heads[0].startswith(b"GET http://vapi.invalid/assistant?limit=1000 HTTP/1.1")
 
