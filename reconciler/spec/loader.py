@@ -521,6 +521,20 @@ _PYTHON_ONLY = re.compile(
     r"|(?:^|[\s\[\]{},])!\S*[,\[\]{}]",  # a tag with a flow indicator in it or after it
     re.MULTILINE,
 )
+_ODD_CHARACTER = re.compile(r"[\ufeff\x85\u2028\u2029]")
+_HEADER_COMMENT = re.compile(r"[|>][-+0-9]*#")
+_FLOW_TAG = re.compile(r"(?:^|[\s\[\]{},])!\S*[,\[\]{}]", re.MULTILINE)
+
+
+def _python_only(text: str) -> bool:
+    """Whether `_PYTHON_ONLY` matches `text`, each of its branches searched only when the
+    character it cannot match without is in the text: the one search of all three branches
+    tried each at every position (about 0.07 ms of a 1.7 KB spec, a third of its parse)."""
+    if "\t" in text or (not text.isascii() and _ODD_CHARACTER.search(text)):
+        return True
+    if "#" in text and _HEADER_COMMENT.search(text):
+        return True
+    return "!" in text and _FLOW_TAG.search(text) is not None
 
 
 Typed = list[tuple[str, Any, bool]]
@@ -539,7 +553,7 @@ def _load_typed(text: str) -> tuple[Any, Typed | None]:
     ones given: libyaml words its errors differently and refuses a few documents PyYAML
     reads (`%YAML 1.3`). `tests/unit/test_spec_cloader.py` holds the two to the same documents
     and verdicts over a corpus, hostile inputs included."""
-    if _C_LOADER is not None and not _PYTHON_ONLY.search(text):
+    if _C_LOADER is not None and not _python_only(text):
         typed: Typed = []
         simple = _from_events(text, typed)
         if simple is not _NOT_SIMPLE:

@@ -180,7 +180,7 @@ def _outcome(load: Any, text: str) -> tuple[str, Any]:
 
 def _c_path(text: str) -> tuple[str, Any]:
     """What the libyaml path makes of `text`, when `parse_yaml` lets it read `text` at all."""
-    if loader._PYTHON_ONLY.search(text):
+    if loader._python_only(text):
         return "routed to SpecLoader", None
     return _outcome(_c_only, text)
 
@@ -312,6 +312,25 @@ def test_texts_where_the_scanners_differ_are_read_by_spec_loader(
     if name != "BOM inside":
         assert doc is None and problems  # PyYAML refuses a tab there
     assert _parsed((doc, problems)) == _parsed(_parse_python_only(monkeypatch, text))
+
+
+_ROUTING = "\t\ufeff\x85\u2028\u2029|>#!-+09 ,[]{}\nab\u00e9"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=_ROUTING, max_size=30))
+def test_the_routing_check_is_its_pattern(text: str) -> None:
+    """`_python_only`, which searches each branch only when its character is there, routes
+    exactly the texts `_PYTHON_ONLY` matches (over the characters each branch turns on)."""
+    assert loader._python_only(text) is bool(loader._PYTHON_ONLY.search(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [*HOSTILE.values(), "a: |-2#x\n", "a: >+ #\n", "[!x, 1]\n", "a: !b,\n", "é\u2028"],
+)
+def test_the_routing_check_is_its_pattern_on_the_corpus(text: str) -> None:
+    assert loader._python_only(text) is bool(loader._PYTHON_ONLY.search(text))
 
 
 def test_hostile_input_costs_little_on_the_libyaml_path() -> None:
@@ -473,7 +492,7 @@ def test_generated_texts_read_the_same_either_way(text: str) -> None:
 
 
 def _events_path(text: str) -> tuple[str, Any]:
-    if loader._PYTHON_ONLY.search(text):
+    if loader._python_only(text):
         return "routed to SpecLoader", None
     built = loader._from_events(text)
     return ("not simple", None) if built is loader._NOT_SIMPLE else ("doc", _typed(built))
@@ -490,7 +509,7 @@ def test_the_event_builder_reads_what_spec_loader_reads_or_passes(name: str, tex
 
 def test_the_event_builder_builds_the_real_specs() -> None:
     real = [(n, t) for n, t in CORPUS if n.startswith(("specs/examples/", "examples/"))]
-    read = [(n, t) for n, t in real if not loader._PYTHON_ONLY.search(t)]
+    read = [(n, t) for n, t in real if not loader._python_only(t)]
     assert len(read) >= len(real) // 2
     for name, text in read:
         assert _events_path(text)[0] == "doc", name
@@ -520,7 +539,7 @@ def _reused(text: str) -> tuple[str, Any]:
     when `same_tree` takes it, else "parsed again"."""
     from reconciler.secrets.native import same_tree
 
-    if loader._PYTHON_ONLY.search(text):
+    if loader._python_only(text):
         return "parsed again", None
     try:
         doc, typed = loader._load_typed(text)
