@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
@@ -253,6 +254,20 @@ def _changes(outcome: OrgOutcome) -> dict[str, int]:
     for action in outcome.done or ():
         c[action.kind] += 1
     return {k: c[k] for k in ("create", "update", "delete", "adopt") if c[k]}
+
+
+def _secrets(desired: DesiredOrg) -> list[str]:
+    """The org's secret values, masked in any error answer that echoes one, on reads as on
+    writes: its credentials and the secret leaves of the bodies it sends."""
+    found = [
+        value
+        for cred in desired.credentials.values()
+        for value in cred.config.reveal().values()
+        if isinstance(value, str)
+    ]
+    bodies = [a.body for a in desired.assistants.values()]
+    bodies += [r.body for objects in desired.resources.values() for r in objects.values()]
+    return found + _secret_leaves(bodies)
 
 
 def _secret_leaves(bodies: list[dict[str, Any]]) -> list[str]:
@@ -748,16 +763,7 @@ class PlanController:
         key = desired.vapi_api_key
         if key is None:
             return None
-        secrets = [  # masked in any error answer that echoes one, on reads as on writes
-            value
-            for cred in desired.credentials.values()
-            for value in cred.config.reveal().values()
-            if isinstance(value, str)
-        ]
-        bodies = [a.body for a in desired.assistants.values()]
-        bodies += [r.body for objects in desired.resources.values() for r in objects.values()]
-        secrets += _secret_leaves(bodies)
-        return kind(self.http, key.reveal(), retry=self.retry, secrets=secrets)
+        return kind(self.http, key.reveal(), retry=self.retry, secrets=partial(_secrets, desired))
 
     @staticmethod
     def _list_live(reader: VapiReader | None, outcome: OrgOutcome) -> list[dict[str, Any]] | None:

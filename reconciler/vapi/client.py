@@ -294,13 +294,17 @@ class VapiReader:
         *,
         retry: RetryPolicy | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
-        secrets: Iterable[str] = (),
+        secrets: Iterable[str] | Callable[[], Iterable[str]] = (),
     ) -> None:
         """`secrets`: the org's other secret values (its webhook secret, ...), masked like the
-        key wherever an answer we quote holds one."""
+        key wherever an answer we quote holds one; or what gives them, asked the first time an
+        answer is quoted (a converged org's reader quotes none, and finding them walks every
+        body of the org)."""
         self._http = http
         self._headers = {"Authorization": f"Bearer {api_key}"}
-        self._known: tuple[str, ...] = (api_key, *secrets)
+        self._api_key = api_key
+        self._secrets = secrets
+        self._known_values: tuple[str, ...] | None = None
         self._sent: tuple[str, ...] = ()  # secret leaves of the body in flight
         self._retry = retry or RetryPolicy()
         self._max_body = max_body_bytes
@@ -313,6 +317,15 @@ class VapiReader:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._http.base_url})"
+
+    @property
+    def _known(self) -> tuple[str, ...]:
+        """The key and the org's other secrets: what an answer we quote is masked of."""
+        known = self._known_values
+        if known is None:
+            more = self._secrets() if callable(self._secrets) else self._secrets
+            known = self._known_values = (self._api_key, *more)
+        return known
 
     # -- one exchange --------------------------------------------------------------------------
 
