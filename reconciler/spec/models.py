@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -114,12 +115,18 @@ class Credentials(_Camel):
         for yaml_key, provider in PROVIDERS.items():
             model = getattr(self, to_snake(yaml_key))
             if model is not None:
-                out[provider] = {
-                    to_camel(k): v.get_secret_value() for k, v in model if v is not None
-                }
+                out[provider] = {_camel(k): v.get_secret_value() for k, v in model if v is not None}
         return out
 
 
+@functools.cache
+def _camel(name: str) -> str:
+    """A credential field's YAML name (a few fixed names: each made once, not for every org
+    of every run)."""
+    return to_camel(name)
+
+
+@functools.cache
 def to_snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
