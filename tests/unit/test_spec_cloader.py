@@ -325,12 +325,20 @@ def test_the_routing_check_is_its_pattern(text: str) -> None:
     assert loader._python_only(text) is bool(loader._PYTHON_ONLY.search(text))
 
 
-@pytest.mark.parametrize(
-    "text",
-    [*HOSTILE.values(), "a: |-2#x\n", "a: >+ #\n", "[!x, 1]\n", "a: !b,\n", "é\u2028"],
-)
-def test_the_routing_check_is_its_pattern_on_the_corpus(text: str) -> None:
-    assert loader._python_only(text) is bool(loader._PYTHON_ONLY.search(text))
+ROUTED = {
+    **HOSTILE,
+    "block header, chomping and indent, comment": "a: |-2#x\n",
+    "folded header, space, comment": "a: >+ #\n",
+    "tag in a flow list": "[!x, 1]\n",
+    "tag before a comma": "a: !b,\n",
+    "non-ASCII and a line separator": "é\u2028",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTED))
+def test_the_routing_check_is_its_pattern_on_the_corpus(name: str) -> None:
+    text = ROUTED[name]
+    assert loader._python_only(text) is bool(loader._PYTHON_ONLY.search(text)), name
 
 
 def test_hostile_input_costs_little_on_the_libyaml_path() -> None:
