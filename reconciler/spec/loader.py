@@ -601,10 +601,8 @@ def _from_events(text: str, typed: Typed | None = None) -> Any:
                     return _NOT_SIMPLE
                 text = event.value
                 resolved = event.implicit[0] and not (text and text[0] not in _TYPED_FIRST)
-                if not resolved:
-                    tag = _STR_TAG  # quoted, or no implicit type starts with its character
-                else:
-                    tag = _TYPER.resolve(yaml.ScalarNode, text, event.implicit)
+                # quoted, or no implicit type starts with its character: a string
+                tag = _plain_tag(text) if resolved else _STR_TAG
                 top = stack[-1]
                 container = top[0]
                 if type(container) is dict and top[1] is _NOT_SIMPLE:  # a key
@@ -769,6 +767,24 @@ _TYPED_FIRST = frozenset(
 )
 
 
+_PLAIN_TAGS: dict[str, str] = {}
+_PLAIN_TAGS_KEPT = 4096
+_PLAIN_TAG_CHARS = 64
+
+
+def _plain_tag(text: str) -> str:
+    """The tag the spec loader's resolver gives `text` as a plain scalar (a pure function of
+    the text), remembered for short texts: a fleet's files share most keys and many values
+    (`name`, `outbound`, `true`), and each is tried against several of YAML 1.1's patterns.
+    Bounded in count and length, so a hostile file cannot grow it."""
+    tag = _PLAIN_TAGS.get(text)
+    if tag is None:
+        tag = _TYPER.resolve(yaml.ScalarNode, text, (True, False))
+        if len(text) <= _PLAIN_TAG_CHARS and len(_PLAIN_TAGS) < _PLAIN_TAGS_KEPT:
+            _PLAIN_TAGS[text] = tag
+    return tag
+
+
 def _reads_as_text(text: str, writes_plain: Callable[[str], bool]) -> bool:
     """Whether this loader reads `text`, as the native path emits it, back as that string."""
     if text == "<<":  # the emitter hands it to the binary
@@ -780,7 +796,7 @@ def _reads_as_text(text: str, writes_plain: Callable[[str], bool]) -> bool:
             return False
     if text and text[0] not in _TYPED_FIRST:
         return True
-    tag = _TYPER.resolve(yaml.ScalarNode, text, (True, False))
+    tag = _plain_tag(text)
     return tag == _STR_TAG or not writes_plain(text)  # quoted: a string either way
 
 

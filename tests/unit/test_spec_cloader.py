@@ -341,6 +341,54 @@ def test_the_routing_check_is_its_pattern_on_the_corpus(name: str) -> None:
     assert loader._python_only(text) is bool(loader._PYTHON_ONLY.search(text)), name
 
 
+_SCALARS = st.sampled_from(
+    [
+        "yes",
+        "No",
+        "on",
+        "~",
+        "null",
+        "1e3",
+        "1e-06",
+        "0x1F",
+        "0o17",
+        "1_000",
+        "2024-01-01",
+        ".inf",
+        "-.5",
+        "+1",
+        "<<",
+        "=",
+        "name",
+        "outbound",
+        "1e400",
+        "12:30:00",
+        "true",
+        "",
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_SCALARS, st.text(max_size=12)), max_size=8))
+def test_a_remembered_tag_is_the_resolvers(texts: list[str]) -> None:
+    """`_plain_tag` remembers the resolver's tag of a text: asked again, the same answer."""
+    for text in texts + texts:
+        want = loader._TYPER.resolve(yaml.ScalarNode, text, (True, False))
+        assert loader._plain_tag(text) == want, text
+
+
+def test_the_remembered_tags_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile file of many distinct (or long) scalars cannot grow the memo past its bound."""
+    monkeypatch.setattr(loader, "_PLAIN_TAGS", {})
+    long = "y" * (loader._PLAIN_TAG_CHARS + 1)
+    assert loader._plain_tag(long) == loader._STR_TAG and long not in loader._PLAIN_TAGS
+    for i in range(loader._PLAIN_TAGS_KEPT + 500):
+        loader._plain_tag(f"n{i}")
+    assert len(loader._PLAIN_TAGS) == loader._PLAIN_TAGS_KEPT
+    assert loader._plain_tag("1e3") == loader._FLOAT_TAG  # past the bound: still right
+
+
 def test_hostile_input_costs_little_on_the_libyaml_path() -> None:
     import time
 
