@@ -110,14 +110,18 @@ def mac_bytes(value: Any) -> bytes:
 
 
 class _Rule:
-    """sops's `shouldBeEncrypted` for the file's one rule, memoised per key."""
+    """sops's `shouldBeEncrypted` for the file's one rule: a value is encrypted when a key
+    on its path hits the rule (or, for an `unencrypted_*` rule, when none does). The walk
+    carries whether a key above hit (`hit`), each key tried once (memoised per key: the
+    parser gives only string keys)."""
 
     def __init__(self, meta: Metadata) -> None:
         self.kind, self.value = meta.rule
         self.regex = meta.rule_regex
+        self.inverted = self.kind.startswith("unencrypted")
         self._memo: dict[str, bool] = {}
 
-    def _hit(self, key: str) -> bool:
+    def hit(self, key: str) -> bool:
         hit = self._memo.get(key)
         if hit is None:
             if self.regex is not None:
@@ -127,9 +131,9 @@ class _Rule:
             self._memo[key] = hit
         return hit
 
-    def encrypted(self, path: list[str]) -> bool:
-        hit = any(self._hit(k) for k in path)
-        return not hit if self.kind.startswith("unencrypted") else hit
+    def encrypted(self, hit: bool) -> bool:
+        """For a value under keys of which one hit the rule (`hit`) or none did."""
+        return not hit if self.inverted else hit
 
 
 def _b64(text: str) -> bytes:
@@ -169,13 +173,13 @@ def decrypt_tree(
     keys: list[str] = []
     cipher = engine.aesgcm(key)
 
-    def walk(node: Any) -> Any:
+    def walk(node: Any, hit: bool) -> Any:
         kind = type(node)
         if kind is dict:
             out: dict[str, Any] = {}
             for k, v in node.items():
                 keys.append(k)
-                value = walk(v)
+                value = walk(v, hit or rule.hit(k))
                 if type(value) is Comment:  # sops would write it as a mapping: not here
                     raise Fallback("comment value in a mapping")
                 out[k] = value
@@ -184,10 +188,10 @@ def decrypt_tree(
         if kind is list:
             # sops 3.11 turns a comment in an encrypted list into an item `ENC[...,type:comment]`
             # on encryption; decrypted, it is a comment again: not data, not in the MAC
-            return [value for value in map(walk, node) if type(value) is not Comment]
+            return [value for v in node if type(value := walk(v, hit)) is not Comment]
         if node is None:
             return None  # sops neither decrypts nor MACs a null
-        encrypted = rule.encrypted(keys)
+        encrypted = rule.encrypted(hit)
         if encrypted:
             if kind is not str:
                 raise Fallback("plaintext under an encrypted key")  # sops 3.11 panics
@@ -204,5 +208,5 @@ def decrypt_tree(
             mac.update(mac_bytes(value))
         return value
 
-    decrypted = walk(tree)
+    decrypted = walk(tree, False)
     return decrypted, mac.hexdigest().upper()
