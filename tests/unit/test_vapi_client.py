@@ -1185,3 +1185,34 @@ def test_a_refused_patch_created_nothing_to_speak_of(make: Callable[..., Client]
     with pytest.raises(VapiError) as raised:
         c.vapi.update_object("/tool", "t1", {"async": True})
     assert raised.value.nothing_created is False  # not a create: the fact does not apply
+
+
+def test_the_orgs_secrets_are_found_once_and_only_when_an_answer_is_quoted() -> None:
+    """`secrets` given as what finds them: a reader whose answers are all fine never asks (a
+    converged org's list call walks no body for them); the first answer quoted asks once,
+    and every secret it names is masked in the error, as a list of them would be."""
+    asked: list[int] = []
+    secret = "whsec-ECHOED-1234567890"
+
+    def secrets() -> list[str]:
+        asked.append(1)
+        return [secret]
+
+    answers = iter(
+        [
+            httpx.Response(200, json=[]),
+            httpx.Response(400, json={"message": f"bad header {secret}"}),
+            httpx.Response(400, json={"message": f"again {secret}"}),
+        ]
+    )
+    with httpx.Client(
+        base_url=BASE, transport=httpx.MockTransport(lambda request: next(answers))
+    ) as http:
+        reader = VapiReader(http, API_KEY, retry=FAST_RETRY, secrets=secrets)
+        assert reader.list_assistants() == []
+        assert asked == []
+        for said in ("bad header", "again"):
+            with pytest.raises(VapiError) as err:
+                reader.list_assistants()
+            assert said in str(err.value) and secret not in str(err.value)
+    assert asked == [1]
