@@ -601,11 +601,11 @@ def _from_events(text: str, typed: Typed | None = None) -> Any:
                     return _NOT_SIMPLE
                 text = event.value
                 resolved = event.implicit[0] and not (text and text[0] not in _TYPED_FIRST)
-                # quoted, or no implicit type starts with its character: a string
-                tag = _plain_tag(text) if resolved else _STR_TAG
                 top = stack[-1]
                 container = top[0]
                 if type(container) is dict and top[1] is _NOT_SIMPLE:  # a key
+                    # quoted, or no implicit type starts with its character: a string
+                    tag = _plain_tag(text, key=True) if resolved else _STR_TAG
                     key = text if tag == _STR_TAG else _mapping_key(yaml.ScalarNode(tag, text))
                     if key in container:
                         return _NOT_SIMPLE
@@ -613,6 +613,7 @@ def _from_events(text: str, typed: Typed | None = None) -> Any:
                     if resolved and typed is not None:
                         typed.append((text, key, True))
                     continue
+                tag = _plain_tag(text) if resolved else _STR_TAG
                 if tag == _STR_TAG:
                     value: Any = text
                 else:
@@ -772,21 +773,25 @@ _PLAIN_TAGS_KEPT = 4096
 _PLAIN_TAG_CHARS = 64
 
 
-def _plain_tag(text: str) -> str:
+def _plain_tag(text: str, *, key: bool = False) -> str:
     """The tag the spec loader's resolver gives `text` as a plain scalar (a pure function of
-    the text), remembered for short texts: a fleet's files share most keys and many values
-    (`name`, `outbound`, `true`), and each is tried against several of YAML 1.1's patterns.
-    Bounded in count and length, so a hostile file cannot grow it."""
-    tag = _PLAIN_TAGS.get(text)
+    the text). A mapping key's is remembered (`key`): a fleet's files share most of their
+    keys (`name`, `outbound`, `firstMessage`), and each is tried against several of YAML
+    1.1's patterns. Only keys: a value may be a decrypted secret (this loader also reads
+    sops's output, and checks decrypted trees), which must not outlive its run in a
+    process-wide table; a key is the file's own text, which sops never encrypts. Bounded in
+    count and length all the same, so a hostile file cannot grow it."""
+    tag = _PLAIN_TAGS.get(text) if key else None
     if tag is None:
         tag = _TYPER.resolve(yaml.ScalarNode, text, (True, False))
-        if len(text) <= _PLAIN_TAG_CHARS and len(_PLAIN_TAGS) < _PLAIN_TAGS_KEPT:
+        if key and len(text) <= _PLAIN_TAG_CHARS and len(_PLAIN_TAGS) < _PLAIN_TAGS_KEPT:
             _PLAIN_TAGS[text] = tag
     return tag
 
 
-def _reads_as_text(text: str, writes_plain: Callable[[str], bool]) -> bool:
-    """Whether this loader reads `text`, as the native path emits it, back as that string."""
+def _reads_as_text(text: str, writes_plain: Callable[[str], bool], *, key: bool = False) -> bool:
+    """Whether this loader reads `text`, as the native path emits it, back as that string
+    (`key`: a mapping key, see `_plain_tag`)."""
     if text == "<<":  # the emitter hands it to the binary
         return False
     if not text.isascii():
@@ -796,7 +801,7 @@ def _reads_as_text(text: str, writes_plain: Callable[[str], bool]) -> bool:
             return False
     if text and text[0] not in _TYPED_FIRST:
         return True
-    tag = _plain_tag(text)
+    tag = _plain_tag(text, key=key)
     return tag == _STR_TAG or not writes_plain(text)  # quoted: a string either way
 
 
@@ -835,7 +840,7 @@ def reads_back_as_is(tree: dict[str, Any], writes_plain: Callable[[str], bool]) 
                 stack.extend((v, depth + 1, secret) for v in node)
                 continue
             for k, v in node.items():
-                if type(k) is not str or not _reads_as_text(k, writes_plain):
+                if type(k) is not str or not _reads_as_text(k, writes_plain, key=True):
                     return False
                 size += NODE_BYTES + 10 * len(k)
                 stack.append((v, depth + 1, secret or (node is spec and k == "credentials")))

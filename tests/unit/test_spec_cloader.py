@@ -372,9 +372,11 @@ _SCALARS = st.sampled_from(
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.one_of(_SCALARS, st.text(max_size=12)), max_size=8))
 def test_a_remembered_tag_is_the_resolvers(texts: list[str]) -> None:
-    """`_plain_tag` remembers the resolver's tag of a text: asked again, the same answer."""
+    """`_plain_tag` remembers the resolver's tag of a key: asked again, as a key or a value,
+    the same answer."""
     for text in texts + texts:
         want = loader._TYPER.resolve(yaml.ScalarNode, text, (True, False))
+        assert loader._plain_tag(text, key=True) == want, text
         assert loader._plain_tag(text) == want, text
 
 
@@ -382,11 +384,35 @@ def test_the_remembered_tags_are_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     """A hostile file of many distinct (or long) scalars cannot grow the memo past its bound."""
     monkeypatch.setattr(loader, "_PLAIN_TAGS", {})
     long = "y" * (loader._PLAIN_TAG_CHARS + 1)
-    assert loader._plain_tag(long) == loader._STR_TAG and long not in loader._PLAIN_TAGS
+    assert loader._plain_tag(long, key=True) == loader._STR_TAG
+    assert long not in loader._PLAIN_TAGS
     for i in range(loader._PLAIN_TAGS_KEPT + 500):
-        loader._plain_tag(f"n{i}")
+        loader._plain_tag(f"n{i}", key=True)
     assert len(loader._PLAIN_TAGS) == loader._PLAIN_TAGS_KEPT
-    assert loader._plain_tag("1e3") == loader._FLOAT_TAG  # past the bound: still right
+    assert loader._plain_tag("1e3", key=True) == loader._FLOAT_TAG  # past the bound: right
+
+
+SECRETS = ("0f8fad5b-d9cb-469f-a165-70867728950e", "fa8d3c2b9e0147d6a1b2c3d4e5f60718", "no-1")
+
+
+def test_no_value_is_remembered_only_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value may be a decrypted secret (the loader reads sops's output and checks decrypted
+    trees): it must not outlive the run in the process-wide memo. Secrets whose first
+    character a YAML 1.1 type starts with (a digit, `f`, `n`) are read both ways, and only
+    the keys around them are remembered."""
+    from reconciler.secrets.native import writes_plain
+
+    monkeypatch.setattr(loader, "_PLAIN_TAGS", {})
+    creds = {"vapi": {"apiKey": SECRETS[0], "webhookSecret": SECRETS[1]}, "nested": SECRETS[2]}
+    text = yaml.safe_dump({"kind": "Organization", "spec": {"credentials": creds}})
+    doc, problems = parse_yaml(Path("x.yaml"), text)
+    assert doc is not None and not problems
+    assert loader.reads_back_as_is(doc, writes_plain)
+    for secret in SECRETS:
+        assert loader._reads_as_text(secret, writes_plain)
+    assert loader._PLAIN_TAGS, "the keys were remembered"
+    assert not set(SECRETS) & set(loader._PLAIN_TAGS)
+    assert "nested" in loader._PLAIN_TAGS  # a key: the file's own text
 
 
 def test_hostile_input_costs_little_on_the_libyaml_path() -> None:
