@@ -70,8 +70,7 @@ def apply_in_process(specs: Path) -> None:
     from reconciler.cli.main import main
     from reconciler.spec import loader
 
-    # as a fresh `reconciler apply` process: no scalar's tag remembered from a run before
-    # (each org's own values would be; a fleet's shared keys are learnt within one run)
+    # as a fresh `reconciler apply` process: no key's tag remembered from a run before
     getattr(loader, "_PLAIN_TAGS", {}).clear()
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = main(["apply", str(specs)])
