@@ -119,11 +119,8 @@ class Credentials(_Camel):
         return out
 
 
-@functools.cache
-def _camel(name: str) -> str:
-    """A credential field's YAML name (a few fixed names: each made once, not for every org
-    of every run)."""
-    return to_camel(name)
+# a credential field's YAML name: a few fixed names, each made once, not for every org of every run
+_camel = functools.cache(to_camel)
 
 
 @functools.cache

@@ -373,11 +373,16 @@ _SCALARS = st.sampled_from(
 @given(st.lists(st.one_of(_SCALARS, st.text(max_size=12)), max_size=8))
 def test_a_remembered_tag_is_the_resolvers(texts: list[str]) -> None:
     """`_plain_tag` remembers the resolver's tag of a key: asked again, as a key or a value,
-    the same answer."""
-    for text in texts + texts:
-        want = loader._TYPER.resolve(yaml.ScalarNode, text, (True, False))
-        assert loader._plain_tag(text, key=True) == want, text
-        assert loader._plain_tag(text) == want, text
+    the same answer (from a table of its own, so that every short key is remembered)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loader, "_PLAIN_TAGS", {})
+        for again in (False, True):
+            for text in texts:
+                want = loader._TYPER.resolve(yaml.ScalarNode, text, (True, False))
+                assert loader._plain_tag(text, key=True) == want, text
+                assert loader._plain_tag(text) == want, text
+                if again and len(text) <= loader._PLAIN_TAG_CHARS:
+                    assert loader._PLAIN_TAGS[text] == want, text
 
 
 def test_the_remembered_tags_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
