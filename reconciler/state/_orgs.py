@@ -166,7 +166,7 @@ def _lock_key(org_id: str) -> int:
 class OrgReader(Repository):
     def observe(self, org_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Org row, credentials, assistants and mappings of many orgs, in one query."""
-        with self._db.read() as cur:
+        with self._db.read(jit=False) as cur:
             rows = cur.execute(_OBSERVE_SQL, (org_ids,)).fetchall()
         return {r["id"]: r for r in rows}
 
