@@ -1353,19 +1353,21 @@ def _decrypt_one(
     binary: bool = True,
     checked: Organization | None = None,
     parsed: tuple[dict[str, Any], Typed] | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[Organization | None, list[Problem]]:
     """`decrypt` None: `secrets.native`, whose decrypted tree is taken as is when its YAML
     would read back the same (`reads_back_as_is`), else its YAML (or the binary's) parsed;
     `binary` False: `NeedsBinary` raised where the `sops` binary would be asked. `checked`:
     the org `validated` gave with its credentials masked (`_with_credentials`). `parsed`: the
-    document of `data` and its typed scalars (`Parsed`), for `secrets.native`."""
+    document of `data` and its typed scalars (`Parsed`), for `secrets.native`. `env`: the
+    environment sops reads (`os.environ` when None)."""
     plain: dict[str, Any] | bytes
     try:
         if decrypt is None:
             from reconciler.secrets import native
 
             plain = native.decrypt_document(
-                path, data, keep=_native_keep, binary=binary, parsed=parsed
+                path, data, env, keep=_native_keep, binary=binary, parsed=parsed
             )
         else:
             plain = decrypt(path, data)
@@ -1452,6 +1454,9 @@ def load_tree(
     parsed: Parsed = {}
     checked, sources = _validate(root, cache, docs, parsed if decrypt is None else None)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
+    # the environment as it is now, for every file: `os.environ` answers each variable sops
+    # looks for and does not find (a dozen a file) by raising and catching a KeyError
+    env = dict(os.environ)
 
     def one(spec: SpecFile, binary: bool = True) -> tuple[Organization | None, list[Problem]]:
         data = sources[spec.path]
@@ -1469,6 +1474,7 @@ def load_tree(
                     binary=binary,
                     checked=spec.org,
                     parsed=parsed.get(spec.path),
+                    env=env,
                 ),
             )
 
