@@ -974,20 +974,25 @@ def _check_encrypted(path: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], l
             Problem(path, "sops", "credentials are present but the file is not SOPS-encrypted")
         )
 
-    def walk(node: Any, where: str) -> Any:
-        if isinstance(node, dict):
-            return {k: walk(v, f"{where}.{k}") for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
-        if isinstance(node, str) and _ENC.match(node):
-            return _PLACEHOLDER
-        problems.append(Problem(path, where, "plaintext secret: encrypt this file with sops"))
-        return _PLACEHOLDER
-
     masked = dict(doc)
     masked.pop("sops", None)
-    masked["spec"] = {**doc["spec"], "credentials": walk(creds, "spec.credentials")}
+    placeholders = _placeholders(path, creds, "spec.credentials", problems)
+    masked["spec"] = {**doc["spec"], "credentials": placeholders}
     return masked, problems
+
+
+def _placeholders(path: Path, node: Any, where: str, problems: list[Problem]) -> Any:
+    """`node` with each ciphertext leaf a placeholder; a plaintext leaf is a problem. A
+    function of its own, not a closure calling itself: that would be a reference cycle per
+    file, left to the collector."""
+    if isinstance(node, dict):
+        return {k: _placeholders(path, v, f"{where}.{k}", problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_placeholders(path, v, f"{where}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and _ENC.match(node):
+        return _PLACEHOLDER
+    problems.append(Problem(path, where, "plaintext secret: encrypt this file with sops"))
+    return _PLACEHOLDER
 
 
 def credential_problems(path: Path, doc: dict[str, Any]) -> list[Problem]:

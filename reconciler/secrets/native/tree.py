@@ -165,21 +165,35 @@ def decrypt_tree(
     path: Path, tree: dict[str, Any], meta: Metadata, key: bytes, engine: _Crypto
 ) -> tuple[dict[str, Any], str]:
     """The tree with its values decrypted, and the MAC sops computes over it."""
-    rule = _Rule(meta)
-    mac = hashlib.sha512()
-    mac_only = meta.mac_only_encrypted
-    if mac_only:
-        mac.update(MAC_ONLY_ENCRYPTED_INIT)
-    keys: list[str] = []
-    cipher = engine.aesgcm(key)
+    walk = _Walk(path, meta, key, engine)
+    decrypted = walk.node(tree, False)
+    return decrypted, walk.mac.hexdigest().upper()
 
-    def walk(node: Any, hit: bool) -> Any:
+
+class _Walk:
+    """One file's decryption, node by node. An object, not a closure calling itself: that
+    is a reference cycle, which kept the cipher (so the file's data key) until the collector
+    ran; this is freed when its file is done."""
+
+    def __init__(self, path: Path, meta: Metadata, key: bytes, engine: _Crypto) -> None:
+        self.path = path
+        self.rule = _Rule(meta)
+        self.mac = hashlib.sha512()
+        self.mac_only = meta.mac_only_encrypted
+        if self.mac_only:
+            self.mac.update(MAC_ONLY_ENCRYPTED_INIT)
+        self.keys: list[str] = []
+        self.cipher = engine.aesgcm(key)
+        self.invalid_tag = engine.invalid_tag
+
+    def node(self, node: Any, hit: bool) -> Any:
         kind = type(node)
         if kind is dict:
             out: dict[str, Any] = {}
+            keys, rule = self.keys, self.rule
             for k, v in node.items():
                 keys.append(k)
-                value = walk(v, hit or rule.hit(k))
+                value = self.node(v, hit or rule.hit(k))
                 if type(value) is Comment:  # sops would write it as a mapping: not here
                     raise Fallback("comment value in a mapping")
                 out[k] = value
@@ -188,15 +202,15 @@ def decrypt_tree(
         if kind is list:
             # sops 3.11 turns a comment in an encrypted list into an item `ENC[...,type:comment]`
             # on encryption; decrypted, it is a comment again: not data, not in the MAC
-            return [value for v in node if type(value := walk(v, hit)) is not Comment]
+            return [value for v in node if type(value := self.node(v, hit)) is not Comment]
         if node is None:
             return None  # sops neither decrypts nor MACs a null
-        encrypted = rule.encrypted(hit)
+        encrypted = self.rule.encrypted(hit)
         if encrypted:
             if kind is not str:
                 raise Fallback("plaintext under an encrypted key")  # sops 3.11 panics
             value = open_value(
-                path, cipher, engine.invalid_tag, node, additional_data(keys), "value"
+                self.path, self.cipher, self.invalid_tag, node, additional_data(self.keys), "value"
             )
             if type(value) is bytes:
                 raise Fallback("bytes value (sops 3.11 panics on it)")
@@ -204,9 +218,6 @@ def decrypt_tree(
                 return value
         else:
             value = node
-        if encrypted or not mac_only:
-            mac.update(mac_bytes(value))
+        if encrypted or not self.mac_only:
+            self.mac.update(mac_bytes(value))
         return value
-
-    decrypted = walk(tree, False)
-    return decrypted, mac.hexdigest().upper()
