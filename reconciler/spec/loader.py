@@ -1292,11 +1292,12 @@ def _validate(
     if not found and not problems:
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
     tdir = templates_dir(root)
-    in_tdir = [f for f in found if f.path.is_relative_to(tdir)]
+    is_template = [f.path.is_relative_to(tdir) for f in found]  # asked once a file: 4 us
+    in_tdir = [f for f, template in zip(found, is_template, strict=True) if template]
     if root.is_file() and tdir.is_dir() and _outside(tdir) is None:
         in_tdir, walk_problems = _walk(tdir)
         problems += walk_problems
-    found = [f for f in found if not f.path.is_relative_to(tdir)]
+    found = [f for f, template in zip(found, is_template, strict=True) if not template]
     templates, lock_path, template_problems = _load_templates(tdir, in_tdir)
     problems += [p for p in template_problems if p not in problems]  # a link: once
     checked: list[tuple[Path, Organization]] = []
