@@ -16,6 +16,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -93,9 +94,12 @@ class MasterKey:
 
     def fingerprint(self, config: dict[str, Any]) -> str:
         """Keyed digest: tells a changed credential without decrypting, and leaks nothing."""
-        return hmac.new(
-            self._subkey(b"fingerprint"), _canonical(config), hashlib.sha256
-        ).hexdigest()
+        return hmac.new(self._fingerprint_key, _canonical(config), hashlib.sha256).hexdigest()
+
+    @cached_property
+    def _fingerprint_key(self) -> bytes:
+        # derived once: a run takes several fingerprints of each org's credentials
+        return self._subkey(b"fingerprint")
 
 
 def _canonical(config: dict[str, Any]) -> bytes:
