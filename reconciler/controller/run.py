@@ -927,7 +927,9 @@ class PlanController:
         started: float,
         progress: Progress | None = None,
     ) -> RunReport:
-        rows = self.state.orgs.observe([d.org_id for d, o in items if d is not None and o.ok])
+        rows = self.state.orgs.observe(
+            [d.org_id for d, o in items if d is not None and o.ok], many=True
+        )
         if progress is not None:
             progress.stage("listing", len(items))
 
@@ -1029,8 +1031,13 @@ class Controller(PlanController):
         # own time (tens of ms at 1,000 orgs, more across a network) passes while the desired
         # state is worked out, instead of after it
         first_read = self._read_ahead(loaded, only) if saved is None else None
-        items, accounts, run = self._desired(loaded, peers, options, saved, only)
-        self._record_rollouts(run.rollouts)
+        try:
+            items, accounts, run = self._desired(loaded, peers, options, saved, only)
+            self._record_rollouts(run.rollouts)
+        except BaseException:
+            if first_read is not None:
+                first_read.cancel()  # not started yet: never is
+            raise
         report = self._apply_items(
             items,
             accounts,
@@ -1052,7 +1059,9 @@ class Controller(PlanController):
     ) -> Future[dict[str, dict[str, Any]]] | None:
         """`orgs.observe` of every org of `loaded` (of `only`, when given), in a thread of
         its own: a superset of the orgs `_apply_items` looks at (the refused are read and
-        not used)."""
+        not used). Read before the run's rollouts and run row are written, which it does
+        not return; an org it shows converged is one a replica could change just after
+        either way, and any other is read again under its lock. None: read it then."""
         ids = [str(s.org.metadata.id) for s in loaded.specs]
         if only is not None:
             ids = [org_id for org_id in ids if org_id in only]
@@ -1060,7 +1069,9 @@ class Controller(PlanController):
             return None
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="first-read")
         try:
-            return reader.submit(self.writer.orgs.observe, ids)
+            return reader.submit(self.writer.orgs.observe, ids, many=True)
+        except RuntimeError:  # no thread to be had: the read is made in its place
+            return None
         finally:
             reader.shutdown(wait=False)  # the read goes on; its thread ends with it
 
@@ -1124,7 +1135,9 @@ class Controller(PlanController):
         if looking:
             try:
                 rows = (
-                    first_read.result() if first_read is not None else state.orgs.observe(looked_at)
+                    first_read.result()
+                    if first_read is not None
+                    else state.orgs.observe(looked_at, many=True)
                 )
             except StateError:  # each org meets the trouble on its own, under its lock
                 looking = False

@@ -479,11 +479,11 @@ def test_a_failed_first_read_leaves_each_org_to_its_lock(
     observe = state.orgs.observe
     calls: list[int] = []
 
-    def first_fails(org_ids: list[str]) -> Any:
+    def first_fails(org_ids: list[str], *, many: bool = False) -> Any:
         calls.append(len(org_ids))
         if len(calls) == 1:
             raise StateError("Postgres is unavailable (test)")
-        return observe(org_ids)
+        return observe(org_ids, many=many)
 
     monkeypatch.setattr(state.orgs, "observe", first_fails)
     docs[0]["spec"]["assistants"]["inbound"]["firstMessage"] = "Changed"
