@@ -1,13 +1,16 @@
 """The CPU of a no-op `reconciler apply` and of its floor, counted in instructions (valgrind's
-callgrind), not seconds: the same count whatever else the machine is doing, so two commits,
-or the reconciler and its floor, compare exactly on a shared, noisy machine.
+callgrind), not seconds: whatever else the machine is doing, the count of single-threaded
+work is the same from run to run, and that of the threaded listing moves by a percent or two
+(how often the threads hand the interpreter lock over), against a tenth and more for seconds
+on a shared machine.
 
 Each count is the difference between two processes under callgrind after the same start
 (imports), one making K=1 and one K=3 of the measured thing: half of it is one no-op apply
-(`bench_noop.apply_in_process`: specs read and decrypted, every org listed and planned, the
-run recorded) or one floor (`bench_noop.floor`: the same list calls alone, 16 at a time). The
-emulator runs in this process, uncounted, and the cold apply that creates everything runs
-here too, at full speed, before any count.
+(`bench_noop.one_in_process`: specs read and decrypted, every org listed and planned, the
+run recorded) or one floor (`bench_noop.floor`: the same list calls alone, 16 at a time).
+The emulator runs in a process of its own, uncounted; the cold apply that creates
+everything runs before, at full speed. Per org, each count includes its run's fixed part
+(the floor makes an httpx client, with its TLS context, each time).
 
     python -m bench.bench_instructions --database-url URL [--orgs 100] [--base REV]
 
