@@ -4,6 +4,7 @@ status), the slug index, the per-org advisory lock, retirement and the retention
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -178,16 +179,25 @@ class OrgReader(Repository):
         with self._db.read() as cur:
             rows = cur.execute(
                 "SELECT o.id::text AS org_id, o.slug, o.vapi_account_id, o.status,"
-                " (SELECT json_object_agg(a.role, a.template) FROM assistants a"
-                "   WHERE a.org_id = o.id AND a.status = 'ready') AS templates"
+                " (SELECT json_object_agg(a.role, a.template ORDER BY a.role)::text"
+                "   FROM assistants a WHERE a.org_id = o.id AND a.status = 'ready') AS templates"
                 " FROM organizations o WHERE o.retired_at IS NULL"
             ).fetchall()
-        return [
-            OrgIndexRow(
-                r["org_id"], r["slug"], r["vapi_account_id"], r["templates"] or {}, r["status"]
+        # as text, each distinct one parsed once: most orgs have the same roles and templates
+        # (a serve run reads this once per batch; json.loads of every row was 3 ms per 1,000)
+        parsed: dict[str, dict[str, str | None]] = {}
+        out = []
+        for r in rows:
+            text = r["templates"]
+            templates = parsed.get(text) if text is not None else {}
+            if templates is None:
+                templates = parsed[text] = json.loads(text)
+            out.append(
+                OrgIndexRow(
+                    r["org_id"], r["slug"], r["vapi_account_id"], dict(templates), r["status"]
+                )
             )
-            for r in rows
-        ]
+        return out
 
     def live_id(self, slug: str) -> str | None:
         """The id of the live org with this slug, if any (for `org retire`)."""
