@@ -30,10 +30,17 @@ class AccountRegistry:
         self._seen: set[str] = set()  # orgs whose account a listing or an answer showed now
         self._members: dict[str, set[str]] = {}  # account -> org ids reaching it (the reverse)
         self.index = list(index)  # every org Postgres knows, as the run started
-        for row in self.index:
-            self._slugs[row.org_id] = row.slug
-            if row.vapi_account_id:
-                self._set_accounts(row.org_id, frozenset({row.vapi_account_id}))
+        slugs, accounts, members = self._slugs, self._accounts, self._members
+        for row in self.index:  # `_set_accounts` inlined: an org's first row replaces nothing
+            org_id, account = row.org_id, row.vapi_account_id
+            slugs[org_id] = row.slug
+            if not account:
+                continue
+            if org_id in accounts:
+                self._set_accounts(org_id, frozenset((account,)))
+            else:
+                accounts[org_id] = frozenset((account,))
+                members.setdefault(account, set()).add(org_id)
 
     def _set_accounts(self, org_id: str, accounts: frozenset[str]) -> None:
         """Under the lock (or in __init__): both maps at once, so lookups stay O(1)."""

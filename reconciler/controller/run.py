@@ -499,8 +499,9 @@ class PlanController:
         self.lock_wait_s = lock_wait_s
         self.secret_grace_s = secret_grace_s
         self.stopping = threading.Event()  # set: orgs not yet started are skipped
-        # (path, file digest) -> its facts: `serve` asks them of the whole fleet each batch
-        self._spec_views: dict[tuple[Path, str], tuple[SpecFacts, tuple[tuple[str, str], ...]]] = {}
+        # file digest -> its facts (all from the bytes): `serve` asks them of the fleet each batch
+        self._spec_views: dict[str, tuple[SpecFacts, tuple[tuple[str, str], ...]]] = {}
+        self._fleet_views: tuple[LoadResult, int, list[Any]] | None = None
 
     def master_key_refusal(self) -> str | None:
         """One line when this process's active master key is not the one Postgres records
@@ -539,18 +540,19 @@ class PlanController:
                 for path, org_id in fleet.failed_ids.items()
             },
         }
+        views = self._views(fleet)
         return RunFacts(
             specs=tuple(self._spec_facts(s) for s in loaded.specs),
             known=tuple(KnownOrg(row.org_id, row.slug) for row in index),
             failed=tuple(failed.values()),
-            peers=tuple(self._spec_facts(s) for s in peers.specs) if peers else None,
+            peers=tuple(facts for facts, _ in views) if peers else None,
             whole_fleet=options.orphans,
             prune=options.prune,
             max_deletes=options.max_deletes,
             saved={k: v.slug for k, v in saved.items()} if saved is not None else None,
             moves=tuple(
                 m
-                for m in _template_moves(map(self._spec_view, fleet.specs), index)
+                for m in _template_moves(views, index)
                 if m.org_id not in held
             ),
             max_template_orgs=options.max_template_orgs,
@@ -602,6 +604,16 @@ class PlanController:
             out.append(decide(ref, declared[ref], movers[ref], row))
         return tuple(out)
 
+    def _views(self, fleet: LoadResult) -> list[tuple[SpecFacts, tuple[tuple[str, str], ...]]]:
+        """`_spec_view` of every spec of `fleet`, kept for the last fleet asked: a `serve` run
+        hands each of its batches the same one."""
+        last = self._fleet_views
+        if last is not None and last[0] is fleet and last[1] == len(fleet.specs):
+            return last[2]
+        views = [self._spec_view(s) for s in fleet.specs]
+        self._fleet_views = (fleet, len(fleet.specs), views)
+        return views
+
     def _spec_facts(self, spec: SpecFile) -> SpecFacts:
         return self._spec_view(spec)[0]
 
@@ -610,7 +622,7 @@ class PlanController:
         `serve` run asks them of every spec of the fleet for each batch it claims (a keyed
         digest each), and again each run."""
         seen = self._spec_views
-        known = seen.get((spec.path, spec.digest)) if spec.digest else None
+        known = seen.get(spec.digest) if spec.digest else None
         if known is not None:
             return known
         vapi = spec.org.spec.credentials.vapi
@@ -624,7 +636,7 @@ class PlanController:
         if spec.digest:
             if len(seen) >= _VIEWS_KEPT:  # files changed many times: start again
                 seen.clear()
-            seen[(spec.path, spec.digest)] = view
+            seen[spec.digest] = view
         return view
 
     def run_plan(
