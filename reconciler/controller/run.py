@@ -550,11 +550,7 @@ class PlanController:
             prune=options.prune,
             max_deletes=options.max_deletes,
             saved={k: v.slug for k, v in saved.items()} if saved is not None else None,
-            moves=tuple(
-                m
-                for m in _template_moves(views, index)
-                if m.org_id not in held
-            ),
+            moves=tuple(m for m in _template_moves(views, index) if m.org_id not in held),
             max_template_orgs=options.max_template_orgs,
             accept_rollouts=options.accept_rollouts,
         )
