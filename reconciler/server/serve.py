@@ -11,6 +11,7 @@ uvicorn serves HTTP in a third, and the main thread only waits for signals:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -102,6 +103,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         _install_signals(stop, loop)
         for line in startup_lines(settings, options, replica):
             log.info("%s", line)
+        settle_heap()
         loop.start()
         verifier = _start_verification(settings, rt)
         try:
@@ -130,6 +132,15 @@ def serve(settings: Settings, options: ServeOptions) -> int:
                 os._exit(0)
     log.info("stopped")
     return 0
+
+
+def settle_heap() -> None:
+    """What is alive once the process is set up (modules, the app, the pools) lives as long as
+    the process: the collector is told so (`gc.freeze`), after collecting what set-up left.
+    Each full collection of a serve run then walks only what runs made, not every import
+    again: at 1,000 orgs, 98 -> 42 us of CPU per org and run (docs/benchmarks.md)."""
+    gc.collect()
+    gc.freeze()
 
 
 def startup_lines(settings: Settings, options: ServeOptions, replica: str) -> list[str]:
