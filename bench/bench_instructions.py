@@ -12,7 +12,10 @@ The emulator runs in a process of its own, uncounted; the cold apply that create
 everything runs before, at full speed. Per org, each count includes its run's fixed part
 (the floor makes an httpx client, with its TLS context, each time).
 
-    python -m bench.bench_instructions --database-url URL [--orgs 100] [--base REV]
+    python -m bench.bench_instructions --database-url URL [--orgs 100] [--base REV] [--loop]
+
+`--loop`: also one no-op run of `serve`'s loop (`bench_noop.loop_runs`: every org due, the
+spec cache filled by a run before, the heap settled as `serve` settles it), K=1 and K=3 runs.
 
 `--base REV`: the same counts for REV (a git worktree), on the same specs and state (REV
 must plan them as a no-op: no write is allowed). About a minute a process at 100 orgs:
@@ -40,6 +43,11 @@ def child(mode: str, k: int, specs: Path, url: str) -> None:
     measured = Path(reconciler.__file__).resolve()
     assert measured.is_relative_to(Path.cwd().resolve()), f"measured {measured}"
     n = sum(1 for p in specs.iterdir() if p.name.startswith("org-"))
+    if mode == "loop":  # serve's steady state: after a run that fills its spec cache
+        pg = os.environ["RECONCILER_DATABASE_URL"]
+        rows = bn.loop_runs(url, pg, specs, k)
+        assert all(row["writes"] == 0 for row in rows), rows
+        return
     for _ in range(k):
         if mode == "apply":
             row = bn.one_in_process(url, specs)
@@ -70,7 +78,10 @@ def main() -> None:
     ap.add_argument("--orgs", type=int, default=100)
     ap.add_argument("--base")
     ap.add_argument("--database-url", dest="db")
-    ap.add_argument("--child", choices=("apply", "floor"))
+    ap.add_argument("--child", choices=("apply", "floor", "loop"))
+    ap.add_argument(
+        "--loop", action="store_true", help="also a no-op run of serve's loop (spec cache warm)"
+    )
     ap.add_argument("--k", type=int, default=1)
     ap.add_argument("--specs", type=Path)
     ap.add_argument("--url")
@@ -111,19 +122,21 @@ def main() -> None:
                 seed_accounts(url, args.orgs)
                 bn._truncate(args.db)
                 bn.apply_in_process(root / "s")  # cold: creates every assistant
+                loop = " serve loop run, M instructions / org | loop / floor |" * args.loop
                 print(
                     f"| {args.orgs} orgs, assistants only | no-op apply, M instructions / org "
-                    "| floor, M instructions / org | apply / floor |\n|---|---|---|---|",
+                    f"| floor, M instructions / org | apply / floor |{loop}\n"
+                    f"|---|---|---|---|{'---|---|' * args.loop}",
                     flush=True,
                 )
                 for label, checkout in checkouts:
                     apply = per_org(checkout, "apply", root, url, args.orgs)
                     floor = per_org(checkout, "floor", root, url, args.orgs)
-                    print(
-                        f"| {label} | {apply / 1e6:.2f} | {floor / 1e6:.2f} "
-                        f"| {apply / floor:.2f}x |",
-                        flush=True,
-                    )
+                    row = f"| {label} | {apply / 1e6:.2f} | {floor / 1e6:.2f} | {apply / floor:.2f}x |"
+                    if args.loop:
+                        run = per_org(checkout, "loop", root, url, args.orgs)
+                        row += f" {run / 1e6:.2f} | {run / floor:.2f}x |"
+                    print(row, flush=True)
                 bn._truncate(args.db)  # as found: the next benchmark's orgs are its own
         finally:
             if args.base:
