@@ -1307,9 +1307,10 @@ class Controller(PlanController):
         """Every org's status in one batch, then the run row. A database that is down by now
         costs the record, never the report: the run's notes say what was not written."""
         statuses = [self._status(o, accounts, revision) for o in report.outcomes if not o.skipped]
-        reported = {s.org_id for s in statuses}
-        by_slug = {row.slug: row.org_id for row in accounts.index if row.org_id not in reported}
-        statuses += stalled_files(report.problems, by_slug, revision, report.failed_ids)
+        if report.problems:  # a file that failed: its org, when Postgres knows it, is Stalled
+            reported = {s.org_id for s in statuses}
+            by_slug = {r.slug: r.org_id for r in accounts.index if r.org_id not in reported}
+            statuses += stalled_files(report.problems, by_slug, revision, report.failed_ids)
         errors = [{"org": o.slug, "error": o.error or ""} for o in report.failed]
         errors += [{"file": str(p.path), "error": str(p)} for p in report.problems]
         try:
