@@ -14,6 +14,7 @@ creates run concurrently.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import subprocess
@@ -35,6 +36,7 @@ from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.controller.run import Controller, pool_size
 from reconciler.secrets import sops
 from reconciler.secrets.crypto import MasterKey
+from reconciler.server.serve import settle_heap
 from reconciler.state.db import embedded_url, open_pool
 from reconciler.state.migrate import migrate
 from reconciler.state.store import StateWriter
@@ -160,6 +162,7 @@ def measure(url: str, pg: str, root: Path, concurrency: int, n: int) -> list[dic
             replica="bench",
             decrypt=decrypt,
         )
+        settle_heap()  # as `serve` does before its loop starts (undone at the end)
         for name in ("cold run", "no-op run, all due", "tick, none due"):
             if name == "no-op run, all due":
                 with pool.connection() as conn:
@@ -209,6 +212,7 @@ def measure(url: str, pg: str, root: Path, concurrency: int, n: int) -> list[dic
                 "sql": 0,
             }
         )
+    gc.unfreeze()
     pool.close()
     return rows
 
