@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import gc
 import io
 import os
 import pstats
@@ -119,7 +118,7 @@ def loop_runs(url: str, pg: str, specs: Path, runs: int) -> list[dict[str, float
     after a first run), every org due, as each interval makes them: `runs` no-op runs."""
     from reconciler.controller.loop import LoopConfig, ReconcileLoop
     from reconciler.controller.run import Controller, pool_size
-    from reconciler.server.serve import settle_heap
+    from reconciler.heap import settled
     from reconciler.state.db import open_pool
     from reconciler.state.store import StateWriter
     from reconciler.vapi.client import http_client
@@ -131,25 +130,25 @@ def loop_runs(url: str, pg: str, specs: Path, runs: int) -> list[dict[str, float
     with http_client(url, max_connections=CONCURRENCY) as http:
         ctl = Controller(state, http, key, concurrency=CONCURRENCY)
         loop = ReconcileLoop(ctl, state, LoopConfig(specs, interval_s=60), replica="bench")
-        settle_heap()  # as `serve` does before its loop starts (undone below for the rest)
-        for i in range(runs + 1):  # the first fills the spec cache
-            with pool.connection() as conn:
-                conn.execute("UPDATE org_schedule SET next_run_at = now()")
-            before, q0 = stats(url), state.queries
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            report = loop.run_once()
-            row = {"s": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
-            assert report is not None and report.ok, report and [o.error for o in report.failed]
-            after = stats(url)
-            row["vapi"] = sum(after.values()) - sum(before.values())
-            lists = sum(
-                after.get(f"GET {path}", 0) - before.get(f"GET {path}", 0) for path in EVERY_KIND
-            )
-            row["writes"] = row["vapi"] - lists
-            row["sql"] = state.queries - q0
-            if i:
-                rows.append(row)
-    gc.unfreeze()
+        with settled():  # as `serve` does before its loop starts
+            for i in range(runs + 1):  # the first fills the spec cache
+                with pool.connection() as conn:
+                    conn.execute("UPDATE org_schedule SET next_run_at = now()")
+                before, q0 = stats(url), state.queries
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                report = loop.run_once()
+                row = {"s": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
+                assert report is not None and report.ok, report and [o.error for o in report.failed]
+                after = stats(url)
+                row["vapi"] = sum(after.values()) - sum(before.values())
+                lists = sum(
+                    after.get(f"GET {path}", 0) - before.get(f"GET {path}", 0)
+                    for path in EVERY_KIND
+                )
+                row["writes"] = row["vapi"] - lists
+                row["sql"] = state.queries - q0
+                if i:
+                    rows.append(row)
     pool.close()
     return rows
 

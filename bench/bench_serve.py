@@ -14,7 +14,6 @@ creates run concurrently.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import socket
 import subprocess
@@ -34,9 +33,9 @@ from bench.bench_reconcile import bench_doc, with_kinds
 from bench.report import table, write_section
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.controller.run import Controller, pool_size
+from reconciler.heap import settled
 from reconciler.secrets import sops
 from reconciler.secrets.crypto import MasterKey
-from reconciler.server.serve import settle_heap
 from reconciler.state.db import embedded_url, open_pool
 from reconciler.state.migrate import migrate
 from reconciler.state.store import StateWriter
@@ -162,57 +161,56 @@ def measure(url: str, pg: str, root: Path, concurrency: int, n: int) -> list[dic
             replica="bench",
             decrypt=decrypt,
         )
-        settle_heap()  # as `serve` does before its loop starts (undone at the end)
-        for name in ("cold run", "no-op run, all due", "tick, none due"):
-            if name == "no-op run, all due":
-                with pool.connection() as conn:
-                    conn.execute("UPDATE org_schedule SET next_run_at = now()")
-            before, q0, s0 = stats(url), state.queries, spawned[0]
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            report = loop.run_once()
-            seconds = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
-            if report is not None:
-                assert report.ok, [o.error for o in report.failed][:3]
-            after = stats(url)
-            calls = sum(after.values()) - sum(before.values())
-            lists = after.get("GET /assistant", 0) - before.get("GET /assistant", 0)
+        with settled():  # as `serve` does before its loop starts
+            for name in ("cold run", "no-op run, all due", "tick, none due"):
+                if name == "no-op run, all due":
+                    with pool.connection() as conn:
+                        conn.execute("UPDATE org_schedule SET next_run_at = now()")
+                before, q0, s0 = stats(url), state.queries, spawned[0]
+                t0, cpu0 = time.perf_counter(), time.process_time()
+                report = loop.run_once()
+                seconds = time.perf_counter() - t0
+                cpu = time.process_time() - cpu0
+                if report is not None:
+                    assert report.ok, [o.error for o in report.failed][:3]
+                after = stats(url)
+                calls = sum(after.values()) - sum(before.values())
+                lists = after.get("GET /assistant", 0) - before.get("GET /assistant", 0)
+                rows.append(
+                    {
+                        "run": name,
+                        "s": seconds,
+                        "cpu": cpu,
+                        "vapi": calls,
+                        "list": lists,
+                        "writes": calls - lists,
+                        "sops": spawned[0] - s0,
+                        "sql": state.queries - q0,
+                    }
+                )
+            # the floor: the same list calls, same client and concurrency, no reconciler work
+            keys = [f"bench-org-{i:04d}" for i in range(n)]
+            before, t0, cpu0 = stats(url), time.perf_counter(), time.process_time()
+            with ThreadPoolExecutor(max_workers=concurrency) as workers:
+                list(
+                    workers.map(
+                        lambda k: http.get("/assistant", headers={"Authorization": f"Bearer {k}"}),
+                        keys,
+                    )
+                )
+            calls = sum(stats(url).values()) - sum(before.values())
             rows.append(
                 {
-                    "run": name,
-                    "s": seconds,
-                    "cpu": cpu,
+                    "run": "list calls alone (floor)",
+                    "s": time.perf_counter() - t0,
+                    "cpu": time.process_time() - cpu0,
                     "vapi": calls,
-                    "list": lists,
-                    "writes": calls - lists,
-                    "sops": spawned[0] - s0,
-                    "sql": state.queries - q0,
+                    "list": calls,
+                    "writes": 0,
+                    "sops": 0,
+                    "sql": 0,
                 }
             )
-        # the floor: the same list calls, same client and concurrency, no reconciler work
-        keys = [f"bench-org-{i:04d}" for i in range(n)]
-        before, t0, cpu0 = stats(url), time.perf_counter(), time.process_time()
-        with ThreadPoolExecutor(max_workers=concurrency) as workers:
-            list(
-                workers.map(
-                    lambda k: http.get("/assistant", headers={"Authorization": f"Bearer {k}"}),
-                    keys,
-                )
-            )
-        calls = sum(stats(url).values()) - sum(before.values())
-        rows.append(
-            {
-                "run": "list calls alone (floor)",
-                "s": time.perf_counter() - t0,
-                "cpu": time.process_time() - cpu0,
-                "vapi": calls,
-                "list": calls,
-                "writes": 0,
-                "sops": 0,
-                "sql": 0,
-            }
-        )
-    gc.unfreeze()
     pool.close()
     return rows
 

@@ -10,16 +10,15 @@ the arguments are parsed (`--help` and `--version` exit before).
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler import __version__
 from reconciler.cli import parsers
+from reconciler.heap import settled
 
 TYPE_CHECKING = False  # as typing's, which --help need not import (mypy knows the name)
 if TYPE_CHECKING:
@@ -84,27 +83,6 @@ def _load(args: argparse.Namespace) -> LoadResult:
     return loader.slugs_filter(loader.load_tree(Path(args.path)), args.org or [])
 
 
-@contextmanager
-def _settled() -> Iterator[Callable[[], None]]:
-    """What lives through the run (the modules, then every spec once read: call the `settle`
-    it gives) is left out of the collector's full passes until the block ends: those live
-    through the run, yet each full pass walked them all again (a tenth of a no-op run's CPU
-    at 1,000 orgs; one full pass while the specs are read, another while the plan is
-    written). Given back to the collector at the end, even on an error: a caller of `main`
-    in its own process (the tests, a program embedding the CLI) keeps a collector that sees
-    everything. A freeze made before (a host process freezing before it forks, a run beside
-    this one) is left as it is: `gc.unfreeze` is not counted, so undoing it here would undo
-    theirs."""
-    if gc.get_freeze_count():
-        yield lambda: None
-        return
-    gc.freeze()
-    try:
-        yield gc.freeze
-    finally:
-        gc.unfreeze()
-
-
 def _options(args: argparse.Namespace) -> Options:
     """The run's options from the flags. Orgs in Postgres without a spec are orphans only when
     the whole spec folder is read (not one file, not `--org`)."""
@@ -156,7 +134,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if getattr(args, "base", None) and out:
         print("error: --out saves a plan to apply; diff --base makes none", file=sys.stderr)
         return EXIT_ERROR
-    with _settled() as settle:
+    with settled() as settle:
         report = _offline_diff(args) if getattr(args, "base", None) else _plan(args, settle)
         return _print_plan(args, report)
 
@@ -216,7 +194,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return _apply_saved(args, plan_file)
     from reconciler.spec.git import worktree_revision
 
-    with _settled() as settle:
+    with settled() as settle:
         loaded = _load(args)
         settle()
         revision = worktree_revision(Path(args.path))  # as `serve --git-url` records its commit
@@ -268,7 +246,7 @@ def _apply_saved(args: argparse.Namespace, plan_file: Path) -> int:
         )
         return EXIT_ERROR
     plan = saved.read(plan_file)
-    with _settled() as settle:
+    with settled() as settle:
         loaded = loader.slugs_filter(loader.load_tree(plan.specs), list(plan.orgs))
         settle()
         with (

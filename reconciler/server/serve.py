@@ -33,6 +33,7 @@ from reconciler.config import Settings
 from reconciler.controller.loop import LoopConfig, ReconcileLoop
 from reconciler.engine.runplan import MAX_DELETES, MAX_TEMPLATE_ORGS
 from reconciler.errors import ConfigError
+from reconciler.heap import settled
 from reconciler.netpolicy import ForwardPolicy
 from reconciler.providers.job import VerifyJob
 from reconciler.providers.verify import Endpoints
@@ -103,44 +104,36 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         _install_signals(stop, loop)
         for line in startup_lines(settings, options, replica):
             log.info("%s", line)
-        settle_heap()
-        loop.start()
-        verifier = _start_verification(settings, rt)
-        try:
-            while not stop.wait(0.5):
-                pass
-        finally:
-            deadline = time.monotonic() + STOP_TIMEOUT_S - 1.0
-            if verifier is not None:
-                verifier.halt()  # no new check starts; those in flight are bounded
-            finished = loop.stop(deadline - time.monotonic() - 1.0)
-            if verifier is not None:
-                finished = verifier.wait(deadline - time.monotonic() - 1.0) and finished
-            if not finished:
-                log.warning("stopping with a run still in progress (it is abandoned)")
-            server.should_exit = True
-            thread = getattr(server, "_thread", None)
-            if isinstance(thread, threading.Thread):
-                thread.join(max(0.1, deadline - time.monotonic()))
-            _close(resolver)
-            if not finished:
-                # The run's thread still waits on Vapi, sops or git: the interpreter would wait
-                # for it at exit. Abandon it, as a crash would: the engine survives that
-                # (create-pending rows; the advisory lock dies with its connection).
-                log.info("stopped")
-                logging.shutdown()
-                os._exit(0)
+        gc.collect()  # what set-up left, before the rest is frozen for the process's life
+        with settled():  # each run's full collections walk what runs made, not the imports
+            loop.start()
+            verifier = _start_verification(settings, rt)
+            try:
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                deadline = time.monotonic() + STOP_TIMEOUT_S - 1.0
+                if verifier is not None:
+                    verifier.halt()  # no new check starts; those in flight are bounded
+                finished = loop.stop(deadline - time.monotonic() - 1.0)
+                if verifier is not None:
+                    finished = verifier.wait(deadline - time.monotonic() - 1.0) and finished
+                if not finished:
+                    log.warning("stopping with a run still in progress (it is abandoned)")
+                server.should_exit = True
+                thread = getattr(server, "_thread", None)
+                if isinstance(thread, threading.Thread):
+                    thread.join(max(0.1, deadline - time.monotonic()))
+                _close(resolver)
+                if not finished:
+                    # The run's thread still waits on Vapi, sops or git: the interpreter would wait
+                    # for it at exit. Abandon it, as a crash would: the engine survives that
+                    # (create-pending rows; the advisory lock dies with its connection).
+                    log.info("stopped")
+                    logging.shutdown()
+                    os._exit(0)
     log.info("stopped")
     return 0
-
-
-def settle_heap() -> None:
-    """What is alive once the process is set up (modules, the app, the pools) lives as long as
-    the process: the collector is told so (`gc.freeze`), after collecting what set-up left.
-    Each full collection of a serve run then walks only what runs made, not every import
-    again: at 1,000 orgs, 98 -> 42 us of CPU per org and run (docs/benchmarks.md)."""
-    gc.collect()
-    gc.freeze()
 
 
 def startup_lines(settings: Settings, options: ServeOptions, replica: str) -> list[str]:

@@ -1,5 +1,5 @@
 """`apply` and `plan` keep what is alive once the specs are read out of the garbage collector's
-full passes while they run and while they write their plan (`cli.main._settled`), and give
+full passes while they run and while they write their plan (`reconciler.heap.settled`), and give
 it back when they end."""
 
 from __future__ import annotations
