@@ -20,6 +20,7 @@ fixtures (Postgres, the emulator, an age key, `cli`, `controller`) are in tests/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -145,11 +146,19 @@ class SpecDir:
         return path
 
 
-def loaded(*docs: dict[str, Any]) -> LoadResult:
-    """Spec documents as the loader hands them over (decrypted, SLUG.yaml): no sops needed."""
+def loaded(*docs: dict[str, Any], digests: bool = False) -> LoadResult:
+    """Spec documents as the loader hands them over (decrypted, SLUG.yaml): no sops needed.
+    `digests`: each with a digest of its content (of its JSON here, of its bytes in the
+    loader), which the controller remembers a spec's facts by."""
     return LoadResult(
         [
-            SpecFile(Path(f"{d['metadata']['slug']}.yaml"), Organization.model_validate(d))
+            SpecFile(
+                Path(f"{d['metadata']['slug']}.yaml"),
+                Organization.model_validate(d),
+                hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+                if digests
+                else "",
+            )
             for d in docs
         ],
         [],

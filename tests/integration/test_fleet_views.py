@@ -4,31 +4,9 @@ of the run before (a key moved to another org between runs is two orgs on one ac
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-from typing import Any
-
 from reconciler.controller.run import Controller, Options
-from reconciler.spec.loader import LoadResult, SpecFile
-from reconciler.spec.models import Organization
-from tests.helpers import org_doc
-
-
-def loaded(*docs: dict[str, Any]) -> LoadResult:
-    """As the loader hands specs over: each with the digest of its bytes (here, its JSON),
-    which the controller remembers each spec's facts by."""
-    return LoadResult(
-        [
-            SpecFile(
-                Path(f"{d['metadata']['slug']}.yaml"),
-                Organization.model_validate(d),
-                hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest(),
-            )
-            for d in docs
-        ],
-        [],
-    )
+from reconciler.spec.loader import LoadResult
+from tests.helpers import loaded, org_doc
 
 
 def _refused(controller: Controller, batch: LoadResult, fleet: LoadResult) -> dict[str, str]:
@@ -38,20 +16,14 @@ def _refused(controller: Controller, batch: LoadResult, fleet: LoadResult) -> di
 
 def test_each_fleet_is_read_afresh(controller: Controller) -> None:
     a, b = org_doc("fleet-a", api_key="key-a"), org_doc("fleet-b", api_key="key-b")
-    first = loaded(a, b)
+    first = loaded(a, b, digests=True)
     batch_b = LoadResult([first.specs[1]], [])
     assert _refused(controller, batch_b, first) == {}
     assert _refused(controller, batch_b, first) == {}  # the same fleet again: as it was
 
     # the next run: org a now holds b's key (b's own file unchanged, batch b alone)
-    moved = {
-        **a,
-        "spec": {
-            **a["spec"],
-            "credentials": {"vapi": {**a["spec"]["credentials"]["vapi"], "apiKey": "key-b"}},
-        },
-    }
-    second = loaded(moved, b)
+    moved = org_doc("fleet-a", org_id=a["metadata"]["id"], api_key="key-b")
+    second = loaded(moved, b, digests=True)
     batch_b = LoadResult([second.specs[1]], [])
     refused = _refused(controller, batch_b, second)
     assert "shares its Vapi API key with fleet-a" in refused.get("fleet-b", ""), refused
