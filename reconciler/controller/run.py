@@ -58,6 +58,7 @@ from reconciler.metrics import ORG_WEBHOOKS
 from reconciler.redact import SENSITIVE, mask_tree, printable
 from reconciler.secrets.crypto import Keys, UnknownKeyId, as_ring
 from reconciler.spec.loader import LoadResult, Problem, SpecFile
+from reconciler.spec.models import Organization
 from reconciler.state.store import (
     SECRET_GRACE_S,
     OrgIndexRow,
@@ -502,6 +503,9 @@ class PlanController:
         # file digest -> its facts (all from the bytes): `serve` asks them of the fleet each batch
         self._spec_views: dict[str, tuple[SpecFacts, tuple[tuple[str, str], ...]]] = {}
         self._fleet_views: tuple[LoadResult, int, list[Any]] | None = None
+        # id of a spec's org object -> (that object, its path, its desired state): `serve`
+        # hands the same object each run while the file and its templates are unchanged
+        self._desired_kept: dict[int, tuple[Organization, str, DesiredOrg]] = {}
 
     def master_key_refusal(self) -> str | None:
         """One line when this process's active master key is not the one Postgres records
@@ -668,9 +672,7 @@ class PlanController:
                 out.append((None, outcome))
                 continue
             try:
-                desired = desired_org(
-                    spec.org, self.key, source=str(spec.path), fingerprint=self.fingerprint
-                )
+                desired = self._desired_org(spec, fleet=len((peers or loaded).all_specs))
             except Exception as exc:  # anything in one org's spec is that org's failure only
                 outcome.error = _message(exc)
                 outcome.stalled = "SpecInvalid"
@@ -692,6 +694,22 @@ class PlanController:
         retiring = {k.org_id for k in run.orphans} if run and run.retire_orphans else set()
         accounts = AccountRegistry(row for row in index if row.org_id not in retiring)
         return out, accounts, run
+
+    def _desired_org(self, spec: SpecFile, *, fleet: int) -> DesiredOrg:
+        """`desired_org` of the spec, kept for its org object: a function of that object, the
+        path and this controller's key alone, and never changed once made (a plan copies what
+        it fills in). A `serve` run asks it of every org each run; the spec cache hands the
+        same object while the file and its templates are unchanged. At most twice the fleet
+        is kept (files changed since start it again)."""
+        kept, source = self._desired_kept, str(spec.path)
+        known = kept.get(id(spec.org))
+        if known is not None and known[0] is spec.org and known[1] == source:
+            return known[2]
+        desired = desired_org(spec.org, self.key, source=source, fingerprint=self.fingerprint)
+        if len(kept) >= 2 * fleet + 16:
+            kept.clear()
+        kept[id(spec.org)] = (spec.org, source, desired)
+        return desired
 
     def _orphans(self, rows: Iterable[KnownOrg]) -> list[tuple[DesiredOrg | None, OrgOutcome]]:
         """Orgs in Postgres without a spec: to retire, reached through their stored Vapi key."""

@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from reconciler.controller.run import Controller
-from reconciler.spec.loader import load_tree
+from reconciler.engine.desired import desired_org
+from reconciler.spec.cache import SpecCache
+from reconciler.spec.loader import Cache, LoadResult, load_tree
 from reconciler.state.store import StateWriter
 from tests.helpers import SpecDir, emulator_stats, fault, key_of, live, org_doc, twilio_number
 
@@ -87,7 +89,11 @@ def rows(state: StateWriter, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def apply(controller: Controller, specs: SpecDir, **kwargs: Any) -> Any:
-    report = controller.apply(load_tree(specs.root), **kwargs)
+    return apply_loaded(controller, load_tree(specs.root), **kwargs)
+
+
+def apply_loaded(controller: Controller, fleet: LoadResult, **kwargs: Any) -> Any:
+    report = controller.apply(fleet, **kwargs)
     assert report.ok, [o.error for o in report.failed]
     return report
 
@@ -365,3 +371,46 @@ def test_a_misspelt_role_is_refused_not_taken_for_a_new_assistant(specs: SpecDir
     specs.write(doc)
     (problem,) = load_tree(specs.root).problems
     assert "looks like a misspelt 'inbound'" in str(problem)
+
+
+def test_the_desired_state_kept_between_runs_is_never_changed_by_them(
+    specs: SpecDir, controller: Controller, emulator: str
+) -> None:
+    """`serve` plans each run from the desired state made for the spec object its cache hands
+    again (`PlanController._desired_org`): a run that fills ids into what it sends (the
+    tools' ids into the assistants, an assistant's id into a number) must fill copies, or the
+    next run would plan from what the last one wrote."""
+    doc = tenant("kept")
+    specs.write(doc)
+    cache: Cache = SpecCache()
+    fleet = load_tree(specs.root, cache=cache)
+    (spec,) = fleet.specs
+    apply_loaded(controller, fleet)  # everything created, ids filled in as they come
+    kept = controller._desired_kept[id(spec.org)][2]
+    again = load_tree(specs.root, cache=cache)
+    assert again.specs[0].org is spec.org  # the file unchanged: the same object, kept state
+    before = kind_writes(emulator)
+    apply_loaded(controller, again)
+    assert kind_writes(emulator) == before
+    assert controller._desired_kept[id(spec.org)][2] is kept
+    fresh = desired_org(
+        spec.org, controller.key, source=str(spec.path), fingerprint=controller.fingerprint
+    )
+    assert kept == fresh
+
+
+def test_a_changed_spec_is_planned_from_its_new_content_not_the_state_kept(
+    specs: SpecDir, controller: Controller, emulator: str
+) -> None:
+    doc = tenant("kept")
+    path = specs.write(doc)
+    cache: Cache = SpecCache()
+    apply_loaded(controller, load_tree(specs.root, cache=cache))
+    doc["spec"]["tools"]["book_appointment"]["function"]["description"] = "Book a visit"
+    doc["spec"]["assistants"]["inbound"]["firstMessage"] = "Welcome back!"
+    assert specs.write(doc) == path  # the same file, new content
+    apply_loaded(controller, load_tree(specs.root, cache=cache))
+    inbound = next(a for a in live(emulator, key_of(doc)) if a["metadata"]["role"] == "inbound")
+    assert inbound["firstMessage"] == "Welcome back!"
+    book = next(t for t in listed(emulator, doc, "/tool") if t["type"] == "function")
+    assert book["function"]["description"] == "Book a visit"
