@@ -38,6 +38,16 @@ class SpecCache(Generic[T]):
         self.hits = 0
         self.misses = 0
 
+    def get(self, path: Path, data_digest: str, stage: str) -> T | None:
+        """The outcome kept for these bytes, if any (a miss is counted by `get_or_compute`)."""
+        key = (path, data_digest, stage)
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]
+
     def get_or_compute(
         self, path: Path, data_digest: str, stage: str, compute: Callable[[], T]
     ) -> T:

@@ -1097,33 +1097,32 @@ Outcome = tuple[Organization | None, list[Problem]]
 Cache = SpecCache[Outcome]
 
 
-def _cache_key(data: bytes, templates: Templates) -> str:
-    """An org file's outcome depends on its bytes and on the templates it names."""
-    return digest(data) + templates.cache_key(data)
-
-
 def _read_and_check(
     found: _Found,
     cache: Cache | None,
     docs: dict[Path, dict[str, Any]] | None = None,
     templates: Templates | None = None,
     parsed: Parsed | None = None,
-) -> tuple[tuple[Organization, bytes] | None, list[Problem]]:
+) -> tuple[tuple[Organization, bytes, str] | None, list[Problem]]:
+    """The file's org, the bytes it was checked from and their digest (taken once a file:
+    the spec is known by it from here on)."""
     data, problems = _read_spec(found.path, found.real, found.ident)
     if data is None:
         return None, problems
+    data_digest = digest(data)
+    # an org file's outcome depends on its bytes and on the templates it names
     if cache is None:
         org, problems = _check_bytes(found.path, data, docs, templates, parsed)
     else:
         org, problems = cache.get_or_compute(
             found.path,
-            _cache_key(data, templates or Templates()),
+            data_digest + (templates or Templates()).cache_key(data),
             "checked",
             lambda: _contained(
                 found.path, lambda: _check_bytes(found.path, data, docs, templates, parsed)
             ),
         )
-    return ((org, data) if org is not None else None), list(problems)
+    return ((org, data, data_digest) if org is not None else None), list(problems)
 
 
 def templates_dir(root: Path) -> Path:
@@ -1292,7 +1291,10 @@ def _validate(
     if not found and not problems:
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
     tdir = templates_dir(root)
-    is_template = [f.path.is_relative_to(tdir) for f in found]  # asked once a file: 4 us
+    # `is_relative_to`, on paths both made from `root` (so alike in form): 4 us a file, this
+    # 0.2, asked of every file each run of `serve`
+    under = os.path.join(tdir, "")
+    is_template = [str(f.path).startswith(under) for f in found]
     in_tdir = [f for f, template in zip(found, is_template, strict=True) if template]
     if root.is_file() and tdir.is_dir() and _outside(tdir) is None:
         in_tdir, walk_problems = _walk(tdir)
@@ -1300,7 +1302,7 @@ def _validate(
     found = [f for f, template in zip(found, is_template, strict=True) if not template]
     templates, lock_path, template_problems = _load_templates(tdir, in_tdir)
     problems += [p for p in template_problems if p not in problems]  # a link: once
-    checked: list[tuple[Path, Organization]] = []
+    checked: list[tuple[Path, Organization, str]] = []
     sources: dict[Path, bytes] = {}
     for spec in found:
         outcome, spec_problems = _contained(
@@ -1308,12 +1310,12 @@ def _validate(
         )
         problems += spec_problems
         if outcome is not None:
-            checked.append((spec.path, outcome[0]))
+            checked.append((spec.path, outcome[0], outcome[2]))
             sources[spec.path] = outcome[1]
-    for problem in _cross_file_problems(checked):  # rare: each file parsed again for where
-        problems += _locate([problem], sources[problem.path])
+    for problem in _cross_file_problems([(p, o) for p, o, _ in checked]):  # rare: each file
+        problems += _locate([problem], sources[problem.path])  # parsed again for where
     bad = {p.path for p in problems}
-    specs = [SpecFile(p, o, digest(sources[p])) for p, o in checked if p not in bad]
+    specs = [SpecFile(p, o, d) for p, o, d in checked if p not in bad]
     return LoadResult(specs, problems, templates=templates, lock_path=lock_path), sources
 
 
@@ -1486,12 +1488,22 @@ def load_tree(
 
         if cache is None:
             return run()
-        key = _cache_key(data, checked.templates)
-        org, problems = cache.get_or_compute(spec.path, key, "decrypted", run)
+        org, problems = cache.get_or_compute(spec.path, key_of(spec), "decrypted", run)
         return org, list(problems)
+
+    def key_of(spec: SpecFile) -> str:
+        return spec.digest + checked.templates.cache_key(sources[spec.path])
 
     results: dict[Path, tuple[Organization | None, list[Problem]]] = {}
     pooled = needs_sops
+    if decrypt is not None and cache is not None:  # a file seen before waits for no thread
+        pooled = []
+        for spec in needs_sops:
+            seen = cache.get(spec.path, key_of(spec), "decrypted")
+            if seen is None:
+                pooled.append(spec)
+            else:
+                results[spec.path] = seen[0], list(seen[1])
     if decrypt is None:
         # In this thread: the native path holds the interpreter lock throughout, so threads
         # would only take turns (about a tenth more CPU). A file it cannot settle alone goes
@@ -1514,7 +1526,7 @@ def load_tree(
         org, found = results.get(spec.path, (spec.org, []))
         problems += found
         if org is not None:
-            specs.append(SpecFile(spec.path, org, digest(sources[spec.path])))
+            specs.append(SpecFile(spec.path, org, spec.digest))
     failed = _failed_ids(problems, docs)
     return LoadResult(specs, problems, failed, checked.templates, checked.lock_path)
 

@@ -13,15 +13,14 @@ due at once, whatever its backoff.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-
-from psycopg.types.json import Jsonb
 
 from reconciler.state.store import StateWriter
 
 _CLAIM_SQL = """
 WITH wanted AS (
-  SELECT * FROM jsonb_to_recordset(%(orgs)s) AS w(id uuid, digest text)
+  SELECT * FROM jsonb_to_recordset(%(orgs)s::jsonb) AS w(id uuid, digest text)
 ), due AS (
   SELECT s.org_id FROM org_schedule s JOIN wanted w ON w.id = s.org_id
   WHERE s.next_run_at <= now() OR s.spec_digest IS DISTINCT FROM w.digest OR %(force)s
@@ -67,7 +66,8 @@ class Schedule:
         schedule or backoff, except those another replica holds this very moment."""
         if not digests:
             return set()
-        orgs = Jsonb([{"id": org_id, "digest": digest} for org_id, digest in digests.items()])
+        # as text, made once for both statements (each `Jsonb` parameter is dumped again)
+        orgs = json.dumps([{"id": org_id, "digest": digest} for org_id, digest in digests.items()])
         params = {
             "orgs": orgs,
             "limit": limit,
@@ -78,7 +78,7 @@ class Schedule:
         with self.state._db.tx(2) as conn:
             conn.execute(
                 "INSERT INTO org_schedule (org_id) SELECT w.id"
-                " FROM jsonb_to_recordset(%s) AS w(id uuid) ON CONFLICT (org_id) DO NOTHING",
+                " FROM jsonb_to_recordset(%s::jsonb) AS w(id uuid) ON CONFLICT (org_id) DO NOTHING",
                 (orgs,),
             )
             rows = conn.execute(_CLAIM_SQL, params).fetchall()
