@@ -242,13 +242,14 @@ class _DirectGet:
     a client with none of that work to do (`of`); the tests compare the two requests byte for
     byte."""
 
-    __slots__ = ("headers", "hooks", "timeout", "transport")
+    __slots__ = ("by_host", "headers", "hooks", "timeout", "transport")
 
     def __init__(self, http: httpx.Client, transport: GetTransport, own: dict[str, str]) -> None:
         self.transport = transport
         self.headers = [*http.headers.raw, *((k.encode(), v.encode()) for k, v in own.items())]
         self.timeout = http.timeout.as_dict()
         self.hooks = tuple(http.event_hooks["response"])
+        self.by_host: dict[bytes, httpx.Headers] = {}  # the request's headers, by `Host`
 
     @classmethod
     def of(cls, http: httpx.Client, own: dict[str, str]) -> _DirectGet | None:
@@ -269,10 +270,27 @@ class _DirectGet:
             return None
         return cls(http, transport, own)
 
-    def send(self, url: httpx.URL) -> httpx.Response:
+    def _request(self, url: httpx.URL) -> httpx.Request:
         # extensions of its own, as the client gives each request (a transport may add to them)
         extensions = {"timeout": dict(self.timeout)}
-        request = httpx.Request("GET", url, headers=self.headers, extensions=extensions)
+        if not url.host:
+            return httpx.Request("GET", url, headers=self.headers, extensions=extensions)
+        # as httpx makes it for a GET without a body (`Host` first, an empty body read), with
+        # the headers made once for the host rather than twice for each request
+        netloc = url.netloc
+        headers = self.by_host.get(netloc)
+        if headers is None:
+            headers = httpx.Headers([(b"Host", netloc), *self.headers])
+            if len(self.by_host) < 4:
+                self.by_host[netloc] = headers
+        request = httpx.Request(
+            "GET", url, headers=headers, stream=httpx.ByteStream(b""), extensions=extensions
+        )
+        request.read()
+        return request
+
+    def send(self, url: httpx.URL) -> httpx.Response:
+        request = self._request(url)
         response = self.transport.handle_request(request)
         response.request = request
         try:

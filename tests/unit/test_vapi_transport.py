@@ -695,6 +695,24 @@ def test_the_vapi_clients_gets_skip_the_client_and_send_what_it_would_send(
     assert made[0].extensions == {"timeout": http.timeout.as_dict()}
 
 
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8123/assistant?limit=1000", "https://api.vapi.ai/tool", "http://h/"]
+)
+def test_a_direct_get_is_the_request_the_client_builds(url: str) -> None:
+    """Its headers are made once per host (`_DirectGet.by_host`), the rest as httpx does."""
+    with http_client("https://api.vapi.ai", timeout_s=5) as http:
+        own = {"Authorization": "Bearer k-1"}
+        direct = _DirectGet.of(http, own)
+        assert direct is not None
+        built = http.build_request("GET", url, headers=own)
+        for _ in range(2):  # made, then kept
+            made = direct._request(httpx.URL(url))
+            assert made.headers.raw == built.headers.raw
+            assert (made.method, made.url, made.content) == (built.method, built.url, b"")
+            assert type(made.stream) is type(built.stream) is httpx.ByteStream
+        assert list(direct.by_host) == [built.url.netloc]
+
+
 def _bypassed(http: httpx.Client) -> bool:
     return _DirectGet.of(http, {"Authorization": "Bearer k"}) is not None
 
