@@ -79,21 +79,38 @@ def mask_tree(value: Any, replace: Callable[[Any], Any], *, under: bool = False)
     replaced), so two masked trees still compare leaf by leaf. `None` is kept: an absent
     secret is not a secret.
     """
+    return _masked(value, replace, under)
+
+
+def _masked(value: Any, replace: Callable[[Any], Any], under: bool) -> Any:
+    # every live object of every org goes through here on each run: what a JSON parser makes
+    # is told by its exact type first, anything else (a subclass) as before
+    kind = type(value)
+    if kind is str:
+        return replace(value) if under or _has_userinfo(value) else value
+    if kind is dict:
+        if under:
+            return {k: _masked(v, replace, True) for k, v in value.items()}
+        return {k: _masked(v, replace, is_sensitive_key(k)) for k, v in value.items()}
+    if kind is list:
+        return [_masked(v, replace, under) for v in value]
+    if value is None or kind is int or kind is bool or kind is float:
+        return replace(value) if under and value is not None else value
     if isinstance(value, dict):
-        return {
-            k: mask_tree(v, replace, under=under or is_sensitive_key(k)) for k, v in value.items()
-        }
+        return {k: _masked(v, replace, under or is_sensitive_key(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [mask_tree(v, replace, under=under) for v in value]
-    if under and value is not None:
+        return [_masked(v, replace, under) for v in value]
+    if under:
         return replace(value)
-    if (
-        isinstance(value, str)
-        and "@" in value  # the regular expression only where it may match: most leaves are not
-        and _URL_USERINFO.search(value)  # https://user:password@host
-    ):
+    if isinstance(value, str) and _has_userinfo(value):
         return replace(value)
     return value
+
+
+def _has_userinfo(text: str) -> bool:
+    """https://user:password@host (the regular expression only where it may match: most
+    strings have no "@")."""
+    return "@" in text and _URL_USERINFO.search(text) is not None
 
 
 def redact_tree(value: Any) -> Any:
