@@ -195,7 +195,8 @@ class ReconcileLoop:
         `--prune`, deletes and retirements wait for the end of the run, where they are counted
         together against `--max-deletes`: past it, none is made (`_deletes`)."""
         force, self._force = self._force, False
-        digests = {str(s.org.metadata.id): s.digest for s in loaded.specs}
+        ids = [str(s.org.metadata.id) for s in loaded.specs]  # once a run, not once a batch
+        digests = {org_id: s.digest for org_id, s in zip(ids, loaded.specs, strict=True)}
         problems = frozenset((p.path, str(p)) for p in loaded.problems)
         ahead = self.config.interval_s * CLAIM_AHEAD
         batch = self.config.batch or batch_size(len(digests), self.controller.concurrency)
@@ -204,13 +205,13 @@ class ReconcileLoop:
             claimed = self.schedule.claim(digests, next_in_s=ahead, limit=batch, force=force)
             if not claimed:
                 break
-            report = self._apply_batch(loaded, claimed, revision, first=merged is None)
+            report = self._apply_batch(loaded, ids, claimed, revision, first=merged is None)
             merged = _merge(merged, report)
             digests = {k: v for k, v in digests.items() if k not in claimed}
             if len(claimed) < batch:
                 break
         if merged is None and problems != self._reported:  # nothing due, but news to report
-            merged = self._apply_batch(loaded, set(), revision, first=True)
+            merged = self._apply_batch(loaded, ids, set(), revision, first=True)
         if orphans and not self.controller.stopping.is_set():
             merged = _merge(merged, self._orphans(loaded, revision))
         if merged is not None and self.config.prune:
@@ -230,10 +231,17 @@ class ReconcileLoop:
         )
 
     def _apply_batch(
-        self, loaded: LoadResult, claimed: set[str], revision: str | None, *, first: bool
+        self,
+        loaded: LoadResult,
+        ids: list[str],
+        claimed: set[str],
+        revision: str | None,
+        *,
+        first: bool,
     ) -> RunReport:
+        """`ids`: the org id of each of `loaded.specs`, in order."""
         subset = LoadResult(
-            [s for s in loaded.specs if str(s.org.metadata.id) in claimed],
+            [s for s, org_id in zip(loaded.specs, ids, strict=True) if org_id in claimed],
             loaded.problems if first else [],  # spec problems: reported by the first batch
             loaded.failed_ids if first else {},
             loaded.templates,
