@@ -782,8 +782,28 @@ class PlanController:
                     log.debug("progress: %s", type(exc).__name__)
             return outcome
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(guarded, items))
+        if not items:
+            return []
+        # each worker takes the next org until none is left: a future per worker, not per org
+        done: list[OrgOutcome | None] = [None] * len(items)
+        waiting = iter(enumerate(items))
+        taking = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with taking:
+                    taken = next(waiting, None)
+                if taken is None:
+                    return
+                done[taken[0]] = guarded(taken[1])
+
+        workers = min(self.concurrency, len(items))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for started in [pool.submit(drain) for _ in range(workers)]:
+                started.result()
+        outcomes = [outcome for outcome in done if outcome is not None]
+        assert len(outcomes) == len(items)  # every worker ended well: each org was taken
+        return outcomes
 
     def _client(self, desired: DesiredOrg, kind: type[_Client]) -> _Client | None:
         key = desired.vapi_api_key
