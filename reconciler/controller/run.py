@@ -788,19 +788,28 @@ class PlanController:
         done: list[OrgOutcome | None] = [None] * len(items)
         waiting = iter(enumerate(items))
         taking = threading.Lock()
+        abandon = threading.Event()  # interrupted (Ctrl-C, or worse than an org's failure)
 
         def drain() -> None:
             while True:
                 with taking:
-                    taken = next(waiting, None)
+                    taken = None if abandon.is_set() else next(waiting, None)
                 if taken is None:
                     return
-                done[taken[0]] = guarded(taken[1])
+                try:
+                    done[taken[0]] = guarded(taken[1])
+                except BaseException:
+                    abandon.set()  # no org is started after it, as no future ran after it
+                    raise
 
         workers = min(self.concurrency, len(items))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for started in [pool.submit(drain) for _ in range(workers)]:
-                started.result()
+            try:
+                for started in [pool.submit(drain) for _ in range(workers)]:
+                    started.result()
+            except BaseException:
+                abandon.set()  # the orgs under way finish; no other starts
+                raise
         outcomes = [outcome for outcome in done if outcome is not None]
         assert len(outcomes) == len(items)  # every worker ended well: each org was taken
         return outcomes

@@ -1293,8 +1293,8 @@ def _validate(
     tdir = templates_dir(root)
     # `is_relative_to`, on paths both made from `root` (so alike in form): 4 us a file, this
     # 0.2, asked of every file each run of `serve`
-    under = os.path.join(tdir, "")
-    is_template = [str(f.path).startswith(under) for f in found]
+    exact, under = str(tdir), os.path.join(tdir, "")
+    is_template = [(p := str(f.path)).startswith(under) or p == exact for f in found]
     in_tdir = [f for f, template in zip(found, is_template, strict=True) if template]
     if root.is_file() and tdir.is_dir() and _outside(tdir) is None:
         in_tdir, walk_problems = _walk(tdir)

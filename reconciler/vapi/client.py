@@ -255,8 +255,8 @@ class _DirectGet:
     def of(cls, http: httpx.Client, own: dict[str, str]) -> _DirectGet | None:
         """None unless `http` names its one transport as ours (`SharedClient.direct`) and has
         no auth (nor a user in its base URL), request hooks, query of its own, redirects to
-        follow or header of the call's names already: then the client's own way (a closed
-        client's too: it refuses to send)."""
+        follow, `Host` or header of the call's names already: then the client's own way (a
+        closed client's too: it refuses to send)."""
         transport = getattr(http, "direct", None)
         if (
             not isinstance(transport, GetTransport)
@@ -265,7 +265,7 @@ class _DirectGet:
             or http.event_hooks["request"]
             or http.params
             or http.follow_redirects
-            or any(name in http.headers for name in own)
+            or any(name in http.headers for name in (*own, "host"))
         ):
             return None
         return cls(http, transport, own)

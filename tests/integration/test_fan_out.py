@@ -55,3 +55,26 @@ def test_each_org_once_in_order_as_many_at_a_time_as_the_bound(
     assert most[0] == concurrency
     assert [o.org_id for o in outcomes if o.error] == ["id-5"]
     assert ctl._each([], work) == []
+
+
+class _Interrupted(BaseException):
+    """Worse than an org's failure (as Ctrl-C is): the run stops."""
+
+
+def test_an_interruption_starts_no_further_org(
+    state: StateWriter, emulator: str, master_key: MasterKey
+) -> None:
+    with http_client(emulator, timeout_s=5) as http:
+        ctl = Controller(state, http, master_key, concurrency=2, retry=FAST_RETRY)
+        worked: list[str] = []
+
+        def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
+            worked.append(desired.org_id)
+            if desired.org_id == "id-2":
+                raise _Interrupted
+            # the first org holds its worker (the one the run waits for first) past it
+            time.sleep(0.5 if desired.org_id == "id-0" else 0.05)
+
+        with pytest.raises(_Interrupted):
+            ctl._each(_items(12), work)
+    assert sorted(worked) == ["id-0", "id-1", "id-2"], worked  # under way, not the rest
