@@ -67,13 +67,16 @@ def test_an_interruption_starts_no_further_org(
     with http_client(emulator, timeout_s=5) as http:
         ctl = Controller(state, http, master_key, concurrency=2, retry=FAST_RETRY)
         worked: list[str] = []
+        reached = threading.Event()
 
         def work(desired: DesiredOrg, outcome: OrgOutcome) -> None:
             worked.append(desired.org_id)
             if desired.org_id == "id-2":
+                reached.set()
                 raise _Interrupted
-            # the first org holds its worker (the one the run waits for first) past it
-            time.sleep(0.5 if desired.org_id == "id-0" else 0.05)
+            if desired.org_id == "id-0":  # holds its worker (the one the run waits for
+                reached.wait(10)  # first) until the interruption, and a while after it
+                time.sleep(0.2)
 
         with pytest.raises(_Interrupted):
             ctl._each(_items(12), work)
