@@ -663,6 +663,7 @@ class PlanController:
         run = plan_run(self._facts(loaded, peers, options, index, saved, held=held))
         run = replace(run, rollouts=rollouts)
         out: list[tuple[DesiredOrg | None, OrgOutcome]] = []
+        fleet = len((peers or loaded).all_specs)
         for spec in loaded.specs:
             md = spec.org.metadata
             outcome = OrgOutcome(md.slug, str(md.id), spec_digest=spec.digest)
@@ -672,7 +673,7 @@ class PlanController:
                 out.append((None, outcome))
                 continue
             try:
-                desired = self._desired_org(spec, fleet=len((peers or loaded).all_specs))
+                desired = self._desired_org(spec, fleet=fleet)
             except Exception as exc:  # anything in one org's spec is that org's failure only
                 outcome.error = _message(exc)
                 outcome.stalled = "SpecInvalid"

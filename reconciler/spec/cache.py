@@ -42,11 +42,13 @@ class SpecCache(Generic[T]):
         """The outcome kept for these bytes, if any (a miss is counted by `get_or_compute`)."""
         key = (path, data_digest, stage)
         with self._lock:
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
+            return self._hit(key) if key in self._entries else None
+
+    def _hit(self, key: Key) -> T:
+        """Under the lock, for a key it holds: its entry, counted and made the newest."""
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return self._entries[key]
 
     def get_or_compute(
         self, path: Path, data_digest: str, stage: str, compute: Callable[[], T]
@@ -54,9 +56,7 @@ class SpecCache(Generic[T]):
         key = (path, data_digest, stage)
         with self._lock:
             if key in self._entries:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return self._entries[key]
+                return self._hit(key)
             self.misses += 1
         value = compute()  # outside the lock: sops runs concurrently for different files
         with self._lock:

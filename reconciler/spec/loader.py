@@ -1103,26 +1103,27 @@ def _read_and_check(
     docs: dict[Path, dict[str, Any]] | None = None,
     templates: Templates | None = None,
     parsed: Parsed | None = None,
-) -> tuple[tuple[Organization, bytes, str] | None, list[Problem]]:
-    """The file's org, the bytes it was checked from and their digest (taken once a file:
-    the spec is known by it from here on)."""
+) -> tuple[tuple[Organization, bytes, str, str] | None, list[Problem]]:
+    """The file's org, the bytes it was checked from, their digest and its key in `cache`
+    (each made once a file: the spec is known by them from here on)."""
     data, problems = _read_spec(found.path, found.real, found.ident)
     if data is None:
         return None, problems
     data_digest = digest(data)
     # an org file's outcome depends on its bytes and on the templates it names
+    key = "" if cache is None else data_digest + (templates or Templates()).cache_key(data)
     if cache is None:
         org, problems = _check_bytes(found.path, data, docs, templates, parsed)
     else:
         org, problems = cache.get_or_compute(
             found.path,
-            data_digest + (templates or Templates()).cache_key(data),
+            key,
             "checked",
             lambda: _contained(
                 found.path, lambda: _check_bytes(found.path, data, docs, templates, parsed)
             ),
         )
-    return ((org, data, data_digest) if org is not None else None), list(problems)
+    return ((org, data, data_digest, key) if org is not None else None), list(problems)
 
 
 def templates_dir(root: Path) -> Path:
@@ -1284,9 +1285,11 @@ def _validate(
     cache: Cache | None = None,
     docs: dict[Path, dict[str, Any]] | None = None,
     parsed: Parsed | None = None,
+    keys: dict[Path, str] | None = None,
 ) -> tuple[LoadResult, dict[Path, bytes]]:
     """The checked specs, and the exact bytes each was checked from (and, into `docs`, the
-    document each was parsed to, when it was parsed; into `parsed`, see `Parsed`)."""
+    document each was parsed to, when it was parsed; into `parsed`, see `Parsed`; into
+    `keys`, each spec's key in `cache`)."""
     found, problems = _walk(root)
     if not found and not problems:
         return LoadResult([], [Problem(root, "", "no spec files found (*.yaml, *.yml)")]), {}
@@ -1312,6 +1315,8 @@ def _validate(
         if outcome is not None:
             checked.append((spec.path, outcome[0], outcome[2]))
             sources[spec.path] = outcome[1]
+            if keys is not None:
+                keys[spec.path] = outcome[3]
     for problem in _cross_file_problems([(p, o) for p, o, _ in checked]):  # rare: each file
         problems += _locate([problem], sources[problem.path])  # parsed again for where
     bad = {p.path for p in problems}
@@ -1460,7 +1465,8 @@ def load_tree(
 
     docs: dict[Path, dict[str, Any]] = {}
     parsed: Parsed = {}
-    checked, sources = _validate(root, cache, docs, parsed if decrypt is None else None)
+    keys: dict[Path, str] = {}  # each spec's key in `cache`, made as it was checked
+    checked, sources = _validate(root, cache, docs, parsed if decrypt is None else None, keys)
     needs_sops = [s for s in checked.specs if _has_credentials(s.org)]
     # the environment as it is now, for every file: `os.environ` answers each variable sops
     # looks for and does not find (a dozen a file) by raising and catching a KeyError
@@ -1488,18 +1494,15 @@ def load_tree(
 
         if cache is None:
             return run()
-        org, problems = cache.get_or_compute(spec.path, key_of(spec), "decrypted", run)
+        org, problems = cache.get_or_compute(spec.path, keys[spec.path], "decrypted", run)
         return org, list(problems)
-
-    def key_of(spec: SpecFile) -> str:
-        return spec.digest + checked.templates.cache_key(sources[spec.path])
 
     results: dict[Path, tuple[Organization | None, list[Problem]]] = {}
     pooled = needs_sops
     if decrypt is not None and cache is not None:  # a file seen before waits for no thread
         pooled = []
         for spec in needs_sops:
-            seen = cache.get(spec.path, key_of(spec), "decrypted")
+            seen = cache.get(spec.path, keys[spec.path], "decrypted")
             if seen is None:
                 pooled.append(spec)
             else:
