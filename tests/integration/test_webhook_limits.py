@@ -234,7 +234,9 @@ def test_the_deadline_holds_for_many_concurrent_forwards_to_a_silent_target(
     state: StateWriter, master_key: MasterKey, downstream: tuple[str, Downstream]
 ) -> None:
     """200 webhooks at once to a target that accepts and never answers: every one is
-    answered 504 by the deadline (1 s here), none later."""
+    answered by the deadline (1 s here), none later. The answer is 504, or 408 for a request
+    whose body the loaded event loop had not taken in before the deadline passed (the deadline
+    covers the whole request, the body included): both are the deadline's answers."""
     url, _ = downstream
     acme = seed_org(state, master_key, "acme")
     app = webhook_app(
@@ -250,7 +252,8 @@ def test_the_deadline_holds_for_many_concurrent_forwards_to_a_silent_target(
         # deadline (a lookup queued past it is 503, `test_the_deadline_covers_verification_too`)
         assert [status for status, _ in post_many(server, [request])] == [504]
         results = post_many(server, [request] * 200)
-    assert {status for status, _ in results} == {504}
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {504, 408}, statuses  # the first request above was a 504
     # 1 s, plus the slack of 200 clients on a loaded 2-core machine (2.8 s seen under load);
     # without a deadline nothing would answer before the clients' own 30 s
     assert max(took for _, took in results) < 6.0
