@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -92,19 +92,26 @@ def _is_outage(exc: Exception) -> bool:
 class _Breaker:
     """After the database was found unreachable, fail at once for a moment instead of making
     every org wait out the pool timeout: a database that is down for good costs a run seconds,
-    not minutes, and one that restarts is tried again shortly after."""
+    not minutes, and one that restarts is tried again shortly after.
 
-    def __init__(self, pause_s: float) -> None:
+    A patient call (the run's own record at its end) waits out the pause, then tries; one such
+    wait per outage: once a patient call has itself found the database unreachable, the next
+    ones fail at once like the others until a call succeeds (the run's row after its orgs'
+    statuses failed would cost the pause and a pool timeout more, for nothing)."""
+
+    def __init__(self, pause_s: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.pause_s = pause_s
+        self._sleep = sleep
         self._until = 0.0
         self._reason = ""
+        self._patience_spent = False
 
     @contextmanager
     def guard(self, *, patient: bool = False) -> Iterator[None]:
-        """`patient` (the run's own record at its end): wait out the pause, then try."""
         wait = self._until - time.monotonic()
-        if wait > 0 and patient:
-            time.sleep(wait)
+        waited = wait > 0 and patient and not self._patience_spent
+        if waited:
+            self._sleep(wait)
         elif wait > 0:
             raise StateError(f"{self._reason} (not retried for a few seconds)")
         try:
@@ -114,7 +121,11 @@ class _Breaker:
             if _is_outage(exc):
                 self._reason = str(error)
                 self._until = time.monotonic() + self.pause_s
+                self._patience_spent = self._patience_spent or patient
             raise error from None
+        self._patience_spent = False
+        if waited:  # it got through after the pause: the database is back for every caller
+            self._until = 0.0
 
 
 _JIT_SINCE = 110000  # the `jit` setting exists from Postgres 11

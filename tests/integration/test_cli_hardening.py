@@ -219,6 +219,8 @@ def test_postgres_gone_mid_apply_is_a_few_lines_and_a_report(
 ) -> None:
     for i in range(3):
         specs.write(org_doc(f"org-{i}"))
+    # the same waits as in production, shorter: a statement gives up on the pool after 3 s
+    monkeypatch.setattr("reconciler.state.db.POOL_TIMEOUT_S", 3.0)
     real = VapiWriter.create_assistant
     with cuttable(database_url) as proxy:
         calls = {"n": 0}

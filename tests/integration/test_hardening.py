@@ -578,6 +578,8 @@ def test_postgres_gone_for_good_mid_run_the_report_survives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     docs = [org_doc(f"org-{i}") for i in range(4)]
+    # the same waits as in production, shorter: a statement gives up on the pool after 3 s
+    monkeypatch.setattr("reconciler.state.db.POOL_TIMEOUT_S", 3.0)
     report, elapsed = apply_while_postgres_dies(
         database_url, emulator, master_key, monkeypatch, docs, stay_down=True
     )
