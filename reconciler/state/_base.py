@@ -94,21 +94,30 @@ class _Breaker:
     every org wait out the pool timeout: a database that is down for good costs a run seconds,
     not minutes, and one that restarts is tried again shortly after.
 
-    A patient call (the run's own record at its end) waits out the pause, then tries; one such
-    wait per outage: once a patient call has itself found the database unreachable, the next
-    ones fail at once like the others until a call succeeds (the run's row after its orgs'
-    statuses failed would cost the pause and a pool timeout more, for nothing)."""
+    A patient call (the run's own record at its end) waits out the pause, then tries. Once a
+    patient call has given an outage its chance (it waited out the pause, or the pool's
+    timeout) and still found the database unreachable, the next patient calls fail at once
+    like the others until a call gets through: the run's row after its orgs' statuses waited
+    and failed would cost the pause and a pool timeout more. A patient call that failed at
+    once (a connection cut by a restart) spends nothing: the next one still waits."""
 
-    def __init__(self, pause_s: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        pause_s: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pause_s = pause_s
         self._sleep = sleep
+        self._clock = clock
         self._until = 0.0
         self._reason = ""
         self._patience_spent = False
 
     @contextmanager
     def guard(self, *, patient: bool = False) -> Iterator[None]:
-        wait = self._until - time.monotonic()
+        wait = self._until - self._clock()
         waited = wait > 0 and patient and not self._patience_spent
         if waited:
             self._sleep(wait)
@@ -120,12 +129,11 @@ class _Breaker:
             error = state_error(exc)
             if _is_outage(exc):
                 self._reason = str(error)
-                self._until = time.monotonic() + self.pause_s
-                self._patience_spent = self._patience_spent or patient
+                self._until = self._clock() + self.pause_s
+                if patient and (waited or isinstance(exc, PoolTimeout)):
+                    self._patience_spent = True
             raise error from None
         self._patience_spent = False
-        if waited:  # it got through after the pause: the database is back for every caller
-            self._until = 0.0
 
 
 _JIT_SINCE = 110000  # the `jit` setting exists from Postgres 11

@@ -253,7 +253,8 @@ def test_the_deadline_holds_for_many_concurrent_forwards_to_a_silent_target(
         assert [status for status, _ in post_many(server, [request])] == [504]
         results = post_many(server, [request] * 200)
     statuses = [status for status, _ in results]
-    assert set(statuses) <= {504, 408}, statuses  # the first request above was a 504
+    assert len(statuses) == 200 and set(statuses) <= {504, 408}, statuses
+    assert statuses.count(504) >= 100, statuses  # the forwards' deadline, at scale
     # 1 s, plus the slack of 200 clients on a loaded 2-core machine (2.8 s seen under load);
     # without a deadline nothing would answer before the clients' own 30 s
     assert max(took for _, took in results) < 6.0
