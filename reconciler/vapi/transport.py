@@ -26,6 +26,7 @@ more on a new one (a GET changes nothing: httpx's callers retry it anyway, after
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import select
@@ -274,6 +275,60 @@ class _Body(httpx.SyncByteStream):
             self._owner._finish(self._origin, conn, reuse)
 
 
+class _Slots:
+    """A bounded count of GETs in flight whose waiters are served in the order they came: a
+    released slot is handed to the longest-waiting GET, so one thread's GETs back to back
+    (another org's) cannot take it again before that GET wakes, as they can a
+    `threading.BoundedSemaphore`'s."""
+
+    def __init__(self, n: int) -> None:
+        self._lock = threading.Lock()
+        self._free = self._size = n
+        self._waiting: collections.deque[threading.Event] = collections.deque()
+
+    def acquire(self, timeout: float | None) -> bool:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return True
+            handed = threading.Event()
+            self._waiting.append(handed)
+        try:
+            if handed.wait(timeout):
+                return True
+        except BaseException:  # interrupted (Ctrl-C): a slot handed over meanwhile goes on
+            with self._lock:
+                if handed.is_set():
+                    self._give_back()
+                else:
+                    self._waiting.remove(handed)
+            raise
+        with self._lock:
+            if handed.is_set():  # handed over as the wait ended
+                return True
+            self._waiting.remove(handed)
+            return False
+
+    @property
+    def free(self) -> int:
+        """Slots neither taken nor handed to a waiter (all of them once every GET ended)."""
+        with self._lock:
+            return self._free
+
+    def release(self) -> None:
+        with self._lock:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Under the lock: the slot to the first waiter, else to the count."""
+        if self._waiting:
+            self._waiting.popleft().set()  # the slot goes straight to it
+        elif self._free < self._size:
+            self._free += 1
+        else:  # as a BoundedSemaphore: a slot given back twice is a bug, not a new slot
+            raise ValueError("a GET slot was released more often than taken")
+
+
 class GetTransport(httpx.BaseTransport):
     """httpx's transport for our clients: bodiless GETs on our own pooled HTTP/1.1
     connections, everything else through a stock `httpx.HTTPTransport` (`other`).
@@ -291,7 +346,7 @@ class GetTransport(httpx.BaseTransport):
         self._keep = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
         cap = limits.max_connections
-        self._slots = None if cap is None else threading.BoundedSemaphore(cap)
+        self._slots = None if cap is None else _Slots(cap)
         self._closed = False
         self.connections_made = 0  # how many sockets this transport opened (tests, benches)
 
@@ -354,7 +409,10 @@ class GetTransport(httpx.BaseTransport):
             )
 
     def _read_head(self, conn: _Connection, request: httpx.Request) -> _Head:
-        """The head of the final answer, past any interim (1xx) one."""
+        """The head of the final answer, past any interim (1xx) one. The interim heads count
+        against the same bound: a server sending them without end is refused, as an endless
+        head is (every read getting bytes, no read timeout would end it)."""
+        interim = 0  # bytes of the interim heads read before this one
         while True:
             found = _BLANK_RE.search(conn.buf)
             while found is None:
@@ -371,6 +429,9 @@ class GetTransport(httpx.BaseTransport):
                 return head
             if head.status == 101 or head.status < 100:
                 raise _protocol(f"the server answered {head.status} to a GET", request)
+            interim += len(raw)
+            if interim > HEAD_LIMIT:
+                raise _protocol(f"interim answers over {HEAD_LIMIT // 1024} KiB", request)
 
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
         """A kept connection to `origin` that shows no sign of being closed, if there is one.

@@ -600,7 +600,7 @@ def test_many_threads_on_one_transport_each_read_their_own_answer(serve: Any) ->
     assert wrong == []
     assert reused > 100  # most GETs went on a kept connection
     assert failures <= {"RemoteProtocolError"}  # a close without an answer, on a new one
-    assert tr._slots is not None and tr._slots._value == 4  # type: ignore[attr-defined]
+    assert tr._slots is not None and tr._slots.free == 4
     assert tr._idle_count <= 2
     assert len(server.heads) >= 8 * 40
 
