@@ -279,8 +279,29 @@ counts (Python's `json` keeps the last, others the first) and the org verified m
 one every reader sees."""
 
 
+_FOLDED_ORG_KEYS: Final = {k.casefold(): k for k in ORG_KEYS}
+
+
 class DuplicateKey(ValueError):
     pass
+
+
+def _no_case_variants(objects: Iterable[object]) -> None:
+    """In each of the objects the org is read from, a key that is one of `ORG_KEYS` but for
+    case (`AssistantId`, `assi\u017ftantId`: Go's and .NET's case-insensitive readers take it
+    for `assistantId`, the last copy winning in Go) is refused: the org verified must be the
+    one every reader sees, and Vapi writes these keys one way only. Only these objects: deeper
+    down, a key is the call's content (tool arguments, variables), which may say `Type`."""
+    for obj in objects:
+        if not isinstance(obj, dict):
+            continue
+        for key in obj:
+            if key not in ORG_KEYS:
+                exact = _FOLDED_ORG_KEYS.get(key.casefold())
+                if exact is not None:
+                    raise MalformedWebhook(
+                        f"the body gives {printable(key, 40)} where {exact} is read"
+                    )
 
 
 def _one_meaning(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -331,6 +352,7 @@ def lookup_keys(body: bytes) -> tuple[str, str | None, str | None]:
     call = message.get("call")
     if call is not None and not isinstance(call, dict):
         raise MalformedWebhook("message.call is not an object")
+    _no_case_variants((doc, message, call, message.get("phoneNumber")))
     kind = message.get("type")
     kind = kind if isinstance(kind, str) else None
     assistant_id = call.get("assistantId") if call is not None else None
