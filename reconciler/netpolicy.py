@@ -128,6 +128,20 @@ class ForwardPolicy:
                 continue
         return cls(parse_networks(allowed), frozenset(own), own_port)
 
+    def _own(self, address: IPAddress) -> bool:
+        """Whether a connection to `address` (on the service's port) reaches this service.
+        A zone id (`::1%1`) names the same address. Any loopback address does when the
+        service listens on one (on Linux every 127/8 address reaches a server on 0.0.0.0, and
+        one on 127.0.0.1 is refused the rest of 127/8 all the same: nothing else answers
+        there on that port that a tenant should reach), and so does the unspecified one."""
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            address = ipaddress.IPv6Address(str(address).split("%")[0])
+        plain = _plain(address)
+        own = self.own_addresses
+        if plain in own or address in own or plain.is_unspecified:
+            return True
+        return plain.is_loopback and any(a.is_loopback for a in own)
+
     def is_allowed(self, address: IPAddress) -> bool:
         plain = _plain(address)
         return any(
@@ -139,9 +153,7 @@ class ForwardPolicy:
 
     def check(self, address: IPAddress, port: int) -> None:
         """`ForwardRefused` when a forward may not connect to `address:port`."""
-        if port == self.own_port and (
-            _plain(address) in self.own_addresses or address in self.own_addresses
-        ):
+        if port == self.own_port and self._own(address):
             raise ForwardRefused("the service's own listen address")
         if self.is_allowed(address):
             return
