@@ -412,12 +412,13 @@ def listening_socket() -> socket.socket:
 
 
 @contextmanager
-def served(app: Any) -> Iterator[str]:
+def served(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
     """`app` served by uvicorn (lifespan on, no access log: paths may hold secrets) on a free
-    port in a thread; yields its base URL."""
+    127.0.0.1 port in a thread, or on the caller's listening `sock` (any address; closed
+    after); yields its base URL (127.0.0.1's for a socket on every address)."""
     import uvicorn
 
-    sock = listening_socket()
+    sock = sock if sock is not None else listening_socket()
     config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -426,8 +427,11 @@ def served(app: Any) -> Iterator[str]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.started
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+        host = "127.0.0.1"
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -391,37 +391,22 @@ def serving(
     """A webhook server on the caller's listening socket (any address, closed after);
     yields a function that posts one verified webhook of a new org whose forward URL is
     the one given."""
-    import uvicorn
-
     assert lab.state is not None
     state = lab.state
     app = webhook_app(WebhookResolver(state, lab.master_key), forward_policy=policy, timeout_s=1.0)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started
-    host, port = sock.getsockname()[:2]
-    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    if host in ("0.0.0.0", "::"):  # noqa: S104 - compared, not bound
-        base = f"http://127.0.0.1:{port}"
     orgs = 0
-    try:
-        with httpx.Client(base_url=base, timeout=10, trust_env=False) as http:
+    with (
+        served(app, sock) as base,
+        httpx.Client(base_url=base, timeout=10, trust_env=False) as http,
+    ):
 
-            def send(url: str) -> Sent:
-                nonlocal orgs
-                orgs += 1
-                org = seed_org(state, lab.master_key, f"org{orgs}", forward_url=url)
-                return _post(http, org)
+        def send(url: str) -> Sent:
+            nonlocal orgs
+            orgs += 1
+            org = seed_org(state, lab.master_key, f"org{orgs}", forward_url=url)
+            return _post(http, org)
 
-            yield send
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+        yield send
 
 
 def verdict(sent: Sent) -> tuple[int, Any, dict[str, float]]:
