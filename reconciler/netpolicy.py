@@ -109,15 +109,24 @@ def why_refused(address: IPAddress) -> str | None:
 class ForwardPolicy:
     """The policy applied to org forward URLs. `own_addresses` and `own_port`: where the
     service listens (every local address when it listens on 0.0.0.0 or ::), refused always;
-    `allowed`: the operator's exceptions."""
+    `allowed`: the operator's exceptions. `everywhere`: it listens on every address, so a
+    connection to any address of this machine on its port reaches it, including those its
+    name does not resolve to (another interface's, a container bridge's), which only the
+    connection tells (`guard.GuardedBackend`)."""
 
     allowed: tuple[Network, ...] = ()
     own_addresses: frozenset[IPAddress] = field(default_factory=frozenset)
     own_port: int | None = None
+    everywhere: bool = False
 
     @classmethod
     def from_setting(
-        cls, allowed: str | None, own_addresses: Iterable[str] = (), own_port: int | None = None
+        cls,
+        allowed: str | None,
+        own_addresses: Iterable[str] = (),
+        own_port: int | None = None,
+        *,
+        everywhere: bool = False,
     ) -> ForwardPolicy:
         """ValueError for a bad `allowed`; own addresses that do not parse are skipped."""
         own: set[IPAddress] = set()
@@ -126,7 +135,7 @@ class ForwardPolicy:
                 own.add(_plain(ipaddress.ip_address(host.split("%")[0])))
             except ValueError:
                 continue
-        return cls(parse_networks(allowed), frozenset(own), own_port)
+        return cls(parse_networks(allowed), frozenset(own), own_port, everywhere)
 
     def _own(self, address: IPAddress) -> bool:
         """Whether a connection to `address` (on the service's port) reaches this service.

@@ -256,7 +256,10 @@ def _webhooks(
         rt.database_url, rt.state.assistants.touch_mappings, listen=settings.webhook_listen
     )
     policy = ForwardPolicy.from_setting(
-        settings.forward_allow_networks, _own_addresses(listen[0]), listen[1]
+        settings.forward_allow_networks,
+        _own_addresses(listen[0]),
+        listen[1],
+        everywhere=listen[0] in _EVERY_ADDRESS,
     )
     endpoint = WebhookEndpoint(
         resolver,
@@ -270,10 +273,13 @@ def _webhooks(
     return endpoint, resolver
 
 
+_EVERY_ADDRESS = ("0.0.0.0", "::", "")  # noqa: S104 - compared, not bound
+
+
 def _own_addresses(host: str) -> list[str]:
     """The addresses this server answers on: `host`, or every address of this machine when it
     listens on all (0.0.0.0, ::), as far as its name resolves, plus loopback."""
-    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
+    if host not in _EVERY_ADDRESS:
         return [host]
     found = ["127.0.0.1", "::1"]
     try:

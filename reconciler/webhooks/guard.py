@@ -59,7 +59,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         error: Exception | None = None
         for address in addresses:  # the first that answers, as a connect to the name would
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     str(address),
                     port,
                     timeout=timeout,
@@ -68,6 +68,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
+                continue
+            if port == self.policy.own_port and self.policy.everywhere and _to_self(stream):
+                await stream.aclose()
+                raise ForwardRefused("the service's own listen address")
+            return stream
         assert error is not None
         raise error
 
@@ -81,6 +86,22 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def _to_self(stream: httpcore.AsyncNetworkStream) -> bool:
+    """Whether the connection is to this machine: one to any of its own addresses is made
+    from that same address (the kernel's local route), one to another machine never is."""
+    sock = stream.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        local, peer = sock.getsockname()[0], sock.getpeername()[0]
+        return bool(
+            ipaddress.ip_address(str(local).split("%")[0])
+            == ipaddress.ip_address(str(peer).split("%")[0])
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def guarded_transport(
