@@ -29,6 +29,14 @@ def _this_machines_address() -> str | None:
 
 
 @pytest.fixture
+def address() -> str:
+    found = _this_machines_address()
+    if found is None:
+        pytest.skip("this machine has no non-loopback address")
+    return found
+
+
+@pytest.fixture
 def listening() -> Iterator[int]:
     """A server socket on every address (as `serve --listen 0.0.0.0:PORT`); its port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -49,11 +57,8 @@ def connect(policy: ForwardPolicy, host: str, port: int) -> None:
 
 
 def test_a_forward_to_any_address_of_this_machine_on_the_services_port_is_refused(
-    listening: int,
+    address: str, listening: int
 ) -> None:
-    address = _this_machines_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address")
     # its name resolves to loopback only; the operator allows the address's network
     policy = ForwardPolicy.from_setting(
         f"{address}/32", ["127.0.0.1", "::1"], listening, everywhere=True
@@ -64,11 +69,8 @@ def test_a_forward_to_any_address_of_this_machine_on_the_services_port_is_refuse
 
 
 def test_the_same_address_on_another_port_or_a_service_on_one_address_is_reached(
-    listening: int,
+    address: str, listening: int
 ) -> None:
-    address = _this_machines_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address")
     other = ForwardPolicy.from_setting(f"{address}/32", [], listening + 1, everywhere=True)
     connect(other, address, listening)  # another port: another service, reached
     one_address = ForwardPolicy.from_setting(f"{address}/32", ["10.9.8.7"], listening)

@@ -232,6 +232,21 @@ def assert_settled(tr: GetTransport, slots: int = SLOTS) -> None:
         assert all(not conn.buf for conn in pool)
 
 
+def assert_refused_then_own(
+    server: RawServer, error: type[Exception], *, match: str | None = None, timeout: float = 1.0
+) -> GetTransport:
+    """Org A's GET fails with `error`; org B's next GET through the same transport gets its
+    own answer, and the transport is settled (its slot back, no dirty connection kept).
+    Returns the transport."""
+    tr = transport()
+    with client(server, tr, timeout=timeout) as http:
+        with pytest.raises(error, match=match):
+            get(http, ORG_A, "/a")
+        assert_own(http, ORG_B, "/b")
+        assert_settled(tr)
+    return tr
+
+
 # -- bytes past the end of an answer --------------------------------------------------------------
 
 
@@ -383,12 +398,7 @@ def test_a_huge_chunk_size_line_is_refused_at_the_bound(
         conn.play([head + size_line + b"ab\r\n0\r\n\r\n", 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match="KiB"):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    assert_refused_then_own(server, httpx.RemoteProtocolError, match="KiB")
 
 
 def test_an_endless_chunk_size_line_is_refused_without_waiting_for_its_end(
@@ -423,12 +433,7 @@ def test_a_chunk_size_of_twenty_hex_digits_is_only_as_long_as_what_comes(
         conn.play([head + b"F" * 20 + b"\r\n" + b"x" * 10_000 + FORGED, CLOSE])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match="inside the body"):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    tr = assert_refused_then_own(server, httpx.RemoteProtocolError, match="inside the body")
     assert tr.connections_made == 2
 
 
@@ -560,12 +565,7 @@ def test_an_answer_read_to_the_close_that_never_closes_times_out(
         conn.play([b"HTTP/1.0 200 OK\r\n\r\n[1", 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr, timeout=0.2) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    assert_refused_then_own(server, httpx.ReadTimeout, timeout=0.2)
 
 
 # -- answers without a body, interim answers, a HEAD's answer to a GET ------------------------------
@@ -638,12 +638,7 @@ def test_a_switch_of_protocols_to_a_get_is_refused(
         conn.play([interim, 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match="101"):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    assert_refused_then_own(server, httpx.RemoteProtocolError, match="101")
 
 
 def test_a_flood_of_interim_answers_is_refused_at_the_head_bound(
@@ -679,12 +674,7 @@ def test_an_answer_as_to_a_head_stalls_the_get_and_the_next_one_gets_its_own(
         conn.play([0.05, FORGED, 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr, timeout=0.3) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    tr = assert_refused_then_own(server, httpx.ReadTimeout, timeout=0.3)
     assert tr.connections_made == 2
 
 
@@ -711,12 +701,7 @@ def test_an_oversized_head_is_refused_at_the_bound(
         conn.play([head, 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr, timeout=2.0) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match="KiB"):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    assert_refused_then_own(server, httpx.RemoteProtocolError, match="KiB", timeout=2.0)
 
 
 def test_an_endless_stream_of_header_lines_is_refused_without_waiting_for_its_end(
@@ -778,12 +763,9 @@ def test_a_status_line_that_is_not_http_1_is_refused(
         conn.play([answer + FORGED, 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr) as http:
-        with pytest.raises(httpx.RemoteProtocolError, match=r"status line|head|not a header"):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    assert_refused_then_own(
+        server, httpx.RemoteProtocolError, match=r"status line|head|not a header"
+    )
 
 
 def test_a_banner_without_a_blank_line_times_out(serve: Callable[..., RawServer]) -> None:
@@ -792,12 +774,7 @@ def test_a_banner_without_a_blank_line_times_out(serve: Callable[..., RawServer]
         conn.play([b"SSH-2.0-OpenSSH_9.6\r\n", 5.0])
 
     server = serve(first_then_tagged(first))
-    tr = transport()
-    with client(server, tr, timeout=0.2) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            get(http, ORG_A, "/a")
-        assert_own(http, ORG_B, "/b")
-        assert_settled(tr)
+    assert_refused_then_own(server, httpx.ReadTimeout, timeout=0.2)
 
 
 # -- answers nobody asked for yet -------------------------------------------------------------------
